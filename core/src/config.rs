@@ -1,0 +1,184 @@
+//! Configuration shared by every binary: flags with environment fallbacks, the same names
+//! everywhere (`HERALD_*`, plus the original `MONGO_URI`, `REDIS_ADDR`, `REDIS_PASSWORD`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::retry::{parse_duration, parse_schedule, RetryPolicy, DEFAULT_SCHEDULE};
+use crate::ssrf::TargetGuard;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    /// Listen address of the api.
+    #[arg(long, env = "HERALD_ADDR", default_value = "0.0.0.0:8000")]
+    pub addr: SocketAddr,
+
+    /// SQLite file of standalone mode.
+    #[arg(long, env = "HERALD_SQLITE_PATH", default_value = "herald.db")]
+    pub sqlite_path: PathBuf,
+
+    /// `full` makes every acknowledged event survive a power loss; `normal` only a crash.
+    #[arg(long, env = "HERALD_SQLITE_SYNC", default_value = "full", value_parser = ["full", "normal"])]
+    pub sqlite_sync: String,
+
+    /// MongoDB connection string (production mode).
+    #[arg(long, env = "MONGO_URI")]
+    pub mongo_uri: Option<String>,
+
+    /// Redis URL (production mode), e.g. `redis://redis:6379/0`.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Redis `host:port`, the original README's form; used when `REDIS_URL` is unset.
+    #[arg(long, env = "REDIS_ADDR")]
+    pub redis_addr: Option<String>,
+
+    #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+
+    /// Comma-separated CIDRs exempt from the SSRF guard, e.g. `127.0.0.0/8,::1/128`.
+    #[arg(long, env = "HERALD_ALLOW_TARGETS", default_value = "", value_parser = parse_allow)]
+    pub allow_targets: AllowList,
+
+    /// Delays between attempts, e.g. `10s,30s,1m,5m,15m` (`ms` allowed).
+    #[arg(long, env = "HERALD_RETRY_SCHEDULE", default_value = DEFAULT_SCHEDULE, value_parser = parse_schedule_arg)]
+    pub retry_schedule: Schedule,
+
+    /// Attempts in all (default: the schedule's length plus one).
+    #[arg(long, env = "HERALD_MAX_ATTEMPTS")]
+    pub max_attempts: Option<u32>,
+
+    /// Per-attempt timeout.
+    #[arg(long, env = "HERALD_DELIVERY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub delivery_timeout: Duration,
+
+    /// How long a worker holds a delivery before another may take it over.
+    #[arg(long, env = "HERALD_DELIVERY_LEASE", default_value = "3m", value_parser = parse_duration)]
+    pub delivery_lease: Duration,
+
+    /// Deliveries in flight at once per process.
+    #[arg(long, env = "HERALD_DELIVERY_CONCURRENCY", default_value_t = 256)]
+    pub delivery_concurrency: usize,
+
+    /// Deliveries in flight at once per subscription and process.
+    #[arg(long, env = "HERALD_SUBSCRIPTION_CONCURRENCY", default_value_t = 16)]
+    pub subscription_concurrency: usize,
+
+    /// Attempt-log retention.
+    #[arg(long, env = "HERALD_RETENTION", default_value = "72h", value_parser = parse_duration)]
+    pub retention: Duration,
+
+    /// How often the retention task runs.
+    #[arg(long, env = "HERALD_RETENTION_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    pub retention_interval: Duration,
+
+    /// Bearer key for the management API; unset leaves it open.
+    #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Bearer key for ingest; unset leaves ingest open (signatures still apply).
+    #[arg(long, env = "HERALD_INGEST_KEY", hide_env_values = true)]
+    pub ingest_key: Option<String>,
+
+    /// Largest accepted payload in bytes.
+    #[arg(long, env = "HERALD_MAX_PAYLOAD", default_value_t = 1024 * 1024)]
+    pub max_payload: usize,
+
+    /// Ingest requests per second per subscription before 429 (0: unlimited).
+    #[arg(long, env = "HERALD_INGEST_RATE_LIMIT", default_value_t = 0)]
+    pub ingest_rate_limit: u32,
+
+    /// `text` or `json`.
+    #[arg(long, env = "HERALD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AllowList(pub Vec<IpNet>);
+
+#[derive(Debug, Clone)]
+pub struct Schedule(pub Vec<Duration>);
+
+fn parse_allow(s: &str) -> Result<AllowList, String> {
+    TargetGuard::parse_allow_list(s).map(AllowList)
+}
+
+fn parse_schedule_arg(s: &str) -> Result<Schedule, String> {
+    parse_schedule(s).map(Schedule)
+}
+
+impl Settings {
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy::from_schedule(self.retry_schedule.0.clone())
+            .with_overrides(None, self.max_attempts)
+    }
+
+    pub fn target_guard(&self) -> TargetGuard {
+        TargetGuard::new(self.allow_targets.0.clone())
+    }
+
+    /// The Redis URL from `REDIS_URL`, or from `REDIS_ADDR` + `REDIS_PASSWORD`.
+    pub fn redis(&self) -> Option<String> {
+        if let Some(url) = &self.redis_url {
+            return Some(url.clone());
+        }
+        self.redis_addr.as_ref().map(|addr| match &self.redis_password {
+            Some(pw) if !pw.is_empty() => format!("redis://:{pw}@{addr}/"),
+            _ => format!("redis://{addr}/"),
+        })
+    }
+
+    /// Standalone when neither MongoDB nor Redis is configured.
+    pub fn standalone(&self) -> bool {
+        self.mongo_uri.is_none() && self.redis().is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        s: Settings,
+    }
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let s = Cli::try_parse_from(["herald"]).unwrap().s;
+        assert_eq!(s.addr.to_string(), "0.0.0.0:8000");
+        assert_eq!(s.retry_policy(), RetryPolicy::default());
+        assert_eq!(s.retention, Duration::from_secs(72 * 3600));
+        assert_eq!(s.delivery_timeout, Duration::from_secs(10));
+        assert_eq!(s.max_payload, 1 << 20);
+        assert!(s.allow_targets.0.is_empty());
+    }
+
+    #[test]
+    fn flags_parse_and_bad_values_are_refused() {
+        let s = Cli::try_parse_from([
+            "herald",
+            "--retry-schedule",
+            "100ms,200ms",
+            "--allow-targets",
+            "127.0.0.0/8,::1/128",
+            "--redis-addr",
+            "redis:6379",
+            "--redis-password",
+            "pw",
+        ])
+        .unwrap()
+        .s;
+        assert_eq!(s.retry_policy().max_attempts, 3);
+        assert_eq!(s.allow_targets.0.len(), 2);
+        assert_eq!(s.redis().as_deref(), Some("redis://:pw@redis:6379/"));
+        assert!(!s.standalone());
+        assert!(Cli::try_parse_from(["herald", "--retry-schedule", "1x"]).is_err());
+        assert!(Cli::try_parse_from(["herald", "--allow-targets", "nope"]).is_err());
+    }
+}

@@ -1,0 +1,19 @@
+//! Herald's core: the domain model, the storage / queue / log traits with their backends,
+//! request signing, the retry policy, the SSRF guard and the configuration shared by every binary.
+
+pub mod backend;
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod ids;
+pub mod model;
+pub mod retry;
+pub mod signing;
+pub mod sqlite;
+pub mod ssrf;
+pub mod subscriptions;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
+
+pub use backend::{AttemptLog, Backend, Queue, SubscriptionStore};
+pub use error::{StoreError, ValidationError};

@@ -1,0 +1,607 @@
+//! The domain model: subscriptions, events, queued deliveries and delivery attempts.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::error::ValidationError;
+use crate::retry::parse_schedule;
+
+pub const SECRET_MIN_LEN: usize = 16;
+pub const SECRET_MAX_LEN: usize = 256;
+pub const MAX_ATTEMPTS_LIMIT: u32 = 50;
+pub const TIMEOUT_MS_LIMIT: u64 = 120_000;
+
+/// Who manages a subscription when it is not the REST API (the Kubernetes operator).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Owner {
+    /// `kubernetes` for subscriptions reconciled from a `WebhookSubscription`.
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// A subscriber: where deliveries go and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscription {
+    pub id: String,
+    pub target_url: String,
+    /// Event types delivered to this subscriber; empty means every type.
+    pub event_types: Vec<String>,
+    pub secret: Option<String>,
+    pub headers: BTreeMap<String, String>,
+    pub max_attempts: Option<u32>,
+    pub timeout_ms: Option<u64>,
+    /// Delays between attempts, overriding the global schedule.
+    pub retry_schedule_ms: Option<Vec<u64>>,
+    pub paused: bool,
+    pub owner: Option<Owner>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Subscription {
+    pub fn accepts(&self, event_type: Option<&str>) -> bool {
+        self.event_types.is_empty()
+            || event_type.is_some_and(|t| self.event_types.iter().any(|e| e == t))
+    }
+
+    pub fn timeout(&self, default: Duration) -> Duration {
+        self.timeout_ms.map(Duration::from_millis).unwrap_or(default)
+    }
+
+    pub fn retry_schedule(&self) -> Option<Vec<Duration>> {
+        self.retry_schedule_ms
+            .as_ref()
+            .map(|s| s.iter().copied().map(Duration::from_millis).collect())
+    }
+}
+
+/// The writable fields of a subscription, as a create request carries them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionSpec {
+    /// `http` or `https` URL that receives the deliveries.
+    pub target_url: String,
+    /// Event types to deliver; empty or absent means all.
+    #[serde(default)]
+    pub event_types: Vec<String>,
+    /// HMAC secret, 16 to 256 bytes; `whsec_<base64>` for Standard Webhooks receivers.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Extra headers sent with every delivery.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Attempts in all, the first included (default: the schedule's length plus one).
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// Per-attempt timeout in milliseconds (default: `HERALD_DELIVERY_TIMEOUT`).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Delays between attempts, e.g. `["10s", "30s", "1m"]`.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub retry_schedule: Option<Vec<String>>,
+    /// A paused subscription keeps its queued deliveries until it is resumed.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// A partial update (`PATCH`): absent fields stay as they are; `null` clears an optional field.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionPatch {
+    pub target_url: Option<String>,
+    pub event_types: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub secret: Option<Option<String>>,
+    pub headers: Option<BTreeMap<String, String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<u32>)]
+    pub max_attempts: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<u64>)]
+    pub timeout_ms: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub retry_schedule: Option<Option<Vec<String>>>,
+    pub paused: Option<bool>,
+}
+
+fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+impl SubscriptionSpec {
+    /// Checks every field and returns the normalized values a subscription stores.
+    pub fn validate(&self) -> Result<ValidSpec, ValidationError> {
+        let url = reqwest_free_url_check(&self.target_url)?;
+        let mut event_types = Vec::with_capacity(self.event_types.len());
+        for t in &self.event_types {
+            let t = t.trim();
+            if t.is_empty() || t.len() > 256 {
+                return Err(ValidationError::new(
+                    "event_types",
+                    "event types must be 1 to 256 characters",
+                ));
+            }
+            if !event_types.iter().any(|e: &String| e == t) {
+                event_types.push(t.to_string());
+            }
+        }
+        if let Some(secret) = &self.secret {
+            if secret.len() < SECRET_MIN_LEN || secret.len() > SECRET_MAX_LEN {
+                return Err(ValidationError::new(
+                    "secret",
+                    format!("must be {SECRET_MIN_LEN} to {SECRET_MAX_LEN} bytes"),
+                ));
+            }
+            crate::signing::SigningKey::from_secret(secret)?;
+        }
+        for (name, value) in &self.headers {
+            validate_header(name, value)?;
+        }
+        if let Some(n) = self.max_attempts {
+            if n == 0 || n > MAX_ATTEMPTS_LIMIT {
+                return Err(ValidationError::new(
+                    "max_attempts",
+                    format!("must be 1 to {MAX_ATTEMPTS_LIMIT}"),
+                ));
+            }
+        }
+        if let Some(ms) = self.timeout_ms {
+            if ms == 0 || ms > TIMEOUT_MS_LIMIT {
+                return Err(ValidationError::new(
+                    "timeout_ms",
+                    format!("must be 1 to {TIMEOUT_MS_LIMIT}"),
+                ));
+            }
+        }
+        let retry_schedule_ms = match &self.retry_schedule {
+            None => None,
+            Some(items) => Some(
+                parse_schedule(&items.join(","))
+                    .map_err(|m| ValidationError::new("retry_schedule", m))?
+                    .into_iter()
+                    .map(|d| d.as_millis() as u64)
+                    .collect(),
+            ),
+        };
+        Ok(ValidSpec {
+            target_url: url,
+            event_types,
+            secret: self.secret.clone(),
+            headers: self.headers.clone(),
+            max_attempts: self.max_attempts,
+            timeout_ms: self.timeout_ms,
+            retry_schedule_ms,
+            paused: self.paused,
+        })
+    }
+
+    /// The spec of an existing subscription, for applying a patch to it.
+    pub fn of(sub: &Subscription) -> Self {
+        Self {
+            target_url: sub.target_url.clone(),
+            event_types: sub.event_types.clone(),
+            secret: sub.secret.clone(),
+            headers: sub.headers.clone(),
+            max_attempts: sub.max_attempts,
+            timeout_ms: sub.timeout_ms,
+            retry_schedule: sub
+                .retry_schedule_ms
+                .as_ref()
+                .map(|v| v.iter().map(|ms| format!("{ms}ms")).collect()),
+            paused: sub.paused,
+        }
+    }
+
+    pub fn apply(mut self, patch: SubscriptionPatch) -> Self {
+        if let Some(v) = patch.target_url {
+            self.target_url = v;
+        }
+        if let Some(v) = patch.event_types {
+            self.event_types = v;
+        }
+        if let Some(v) = patch.secret {
+            self.secret = v;
+        }
+        if let Some(v) = patch.headers {
+            self.headers = v;
+        }
+        if let Some(v) = patch.max_attempts {
+            self.max_attempts = v;
+        }
+        if let Some(v) = patch.timeout_ms {
+            self.timeout_ms = v;
+        }
+        if let Some(v) = patch.retry_schedule {
+            self.retry_schedule = v;
+        }
+        if let Some(v) = patch.paused {
+            self.paused = v;
+        }
+        self
+    }
+}
+
+/// A spec that passed validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidSpec {
+    pub target_url: String,
+    pub event_types: Vec<String>,
+    pub secret: Option<String>,
+    pub headers: BTreeMap<String, String>,
+    pub max_attempts: Option<u32>,
+    pub timeout_ms: Option<u64>,
+    pub retry_schedule_ms: Option<Vec<u64>>,
+    pub paused: bool,
+}
+
+/// Headers Herald sets itself; a subscription may not override them.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "user-agent",
+    "event-type",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "x-hub-signature-256",
+];
+
+fn validate_header(name: &str, value: &str) -> Result<(), ValidationError> {
+    let token_ok = !name.is_empty()
+        && name.len() <= 256
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !token_ok {
+        return Err(ValidationError::new(
+            "headers",
+            format!("invalid header name {name:?}"),
+        ));
+    }
+    if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+        return Err(ValidationError::new(
+            "headers",
+            format!("header {name:?} is set by Herald and cannot be overridden"),
+        ));
+    }
+    if value.len() > 4096 || value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+        return Err(ValidationError::new(
+            "headers",
+            format!("invalid value for header {name:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that a target is an absolute `http`/`https` URL with a host, without a URL crate:
+/// the delivery client parses it for real, this rejects what could never be delivered.
+fn reqwest_free_url_check(raw: &str) -> Result<String, ValidationError> {
+    let err = |m: &str| ValidationError::new("target_url", m.to_string());
+    let url = raw.trim();
+    if url.is_empty() {
+        return Err(err("is required"));
+    }
+    if url.len() > 2048 {
+        return Err(err("must be at most 2048 characters"));
+    }
+    let lower = url.to_ascii_lowercase();
+    let rest = if let Some(r) = lower.strip_prefix("https://") {
+        r
+    } else if let Some(r) = lower.strip_prefix("http://") {
+        r
+    } else {
+        return Err(err("must be an http:// or https:// URL"));
+    };
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(err("must not contain spaces or control characters"));
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit('@').next().unwrap_or("");
+    if authority.contains('@') {
+        return Err(err("must not contain credentials"));
+    }
+    let host = if let Some(v6) = host_port.strip_prefix('[') {
+        match v6.split_once(']') {
+            Some((h, _)) => h,
+            None => return Err(err("has an unterminated IPv6 address")),
+        }
+    } else {
+        host_port.split(':').next().unwrap_or("")
+    };
+    if host.is_empty() {
+        return Err(err("must name a host"));
+    }
+    Ok(url.to_string())
+}
+
+/// One ingested event, stored as the exact bytes received.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub webhook_id: String,
+    pub event_type: Option<String>,
+    pub payload: Bytes,
+    pub received_at: DateTime<Utc>,
+}
+
+/// Scope and key of an `Idempotency-Key` header: the same pair within 24 h is one ingest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    /// The subscription id for `/ingest/{id}`, `events` for fan-out.
+    pub scope: String,
+    pub key: String,
+}
+
+/// What ingest hands to the queue: one event, one delivery per listed subscription.
+#[derive(Debug, Clone)]
+pub struct Publish {
+    pub event: Event,
+    pub subscription_ids: Vec<String>,
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishOutcome {
+    Accepted,
+    /// The idempotency key was seen within its window: nothing new was queued.
+    Duplicate { webhook_id: String, matched: usize },
+}
+
+/// A delivery taken off the queue by a worker, holding a lease until settled.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub webhook_id: String,
+    pub subscription_id: String,
+    pub event_type: Option<String>,
+    pub payload: Bytes,
+    /// The number this attempt will have (1 for the first).
+    pub attempt: u32,
+    /// Set by a manual replay: the attempt after which the delivery fails for good.
+    pub final_attempt: Option<u32>,
+    /// Backend-specific handle that identifies this lease when settling.
+    pub receipt: String,
+}
+
+/// How a worker finishes a job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Disposition {
+    Delivered,
+    /// The attempt failed; try again at the given time.
+    RetryAt(DateTime<Utc>),
+    /// The last attempt failed, or the delivery cannot be made at all.
+    Failed,
+    /// No attempt was made (e.g. the subscription is paused); look again at the given time.
+    Defer(DateTime<Utc>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Settlement {
+    pub webhook_id: String,
+    pub subscription_id: String,
+    pub receipt: String,
+    /// Attempts made so far, this one included.
+    pub attempts: u32,
+    pub disposition: Disposition,
+    pub last_error: Option<String>,
+}
+
+/// Jobs claimed in one call, and when the next not-yet-due job becomes due.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    pub jobs: Vec<Job>,
+    pub next_due: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum Outcome {
+    Success,
+    FailedAttempt,
+    Failure,
+}
+
+/// One delivery attempt, as logged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Attempt {
+    pub webhook_id: String,
+    pub subscription_id: String,
+    pub event_type: Option<String>,
+    pub target_url: String,
+    pub attempted_at: DateTime<Utc>,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    pub outcome: Outcome,
+    pub http_status: Option<u16>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+    /// The first 1 KiB of the response body.
+    pub response_excerpt: Option<String>,
+}
+
+pub const RESPONSE_EXCERPT_BYTES: usize = 1024;
+
+/// Where one delivery (one event to one subscription) stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    Queued,
+    Delivering,
+    Succeeded,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DeliveryStatus {
+    pub subscription_id: String,
+    pub status: DeliveryState,
+    pub attempts: u32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+}
+
+/// An ingested event with the state of each of its deliveries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookRecord {
+    pub webhook_id: String,
+    pub event_type: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub deliveries: Vec<DeliveryStatus>,
+}
+
+impl WebhookRecord {
+    /// One state for the whole webhook: settled only when every delivery is.
+    pub fn status(&self) -> DeliveryState {
+        let all = |s| self.deliveries.iter().all(|d| d.status == s);
+        if self.deliveries.is_empty() || all(DeliveryState::Succeeded) {
+            DeliveryState::Succeeded
+        } else if all(DeliveryState::Queued) {
+            DeliveryState::Queued
+        } else if self.deliveries.iter().all(|d| {
+            matches!(d.status, DeliveryState::Succeeded | DeliveryState::Failed)
+        }) {
+            DeliveryState::Failed
+        } else {
+            DeliveryState::Delivering
+        }
+    }
+}
+
+/// Queue counts for metrics and readiness.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, ToSchema)]
+pub struct QueueStats {
+    /// Deliveries due now, waiting for a worker.
+    pub ready: u64,
+    /// Deliveries waiting for a retry (or their first attempt) at a later time.
+    pub scheduled: u64,
+    /// Deliveries held by a worker.
+    pub in_flight: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(url: &str) -> SubscriptionSpec {
+        SubscriptionSpec {
+            target_url: url.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn urls_must_be_http_with_a_host() {
+        assert!(spec("https://example.com/hook").validate().is_ok());
+        assert!(spec("http://127.0.0.1:9000/x").validate().is_ok());
+        assert!(spec("http://[::1]:9000/x").validate().is_ok());
+        for bad in [
+            "",
+            "ftp://example.com",
+            "example.com",
+            "http://",
+            "http:///path",
+            "http://user:pw@example.com/",
+            "http://exa mple.com/",
+            "http://[::1/",
+        ] {
+            let e = spec(bad).validate().unwrap_err();
+            assert_eq!(e.field, "target_url", "{bad}");
+        }
+    }
+
+    #[test]
+    fn secrets_headers_and_limits_are_checked() {
+        let mut s = spec("https://example.com");
+        s.secret = Some("short".into());
+        assert_eq!(s.validate().unwrap_err().field, "secret");
+        s.secret = Some("a".repeat(16));
+        assert!(s.validate().is_ok());
+        s.headers.insert("Webhook-Id".into(), "x".into());
+        assert_eq!(s.validate().unwrap_err().field, "headers");
+        s.headers.clear();
+        s.headers.insert("X-Team".into(), "a\r\nb".into());
+        assert_eq!(s.validate().unwrap_err().field, "headers");
+        s.headers.clear();
+        s.max_attempts = Some(0);
+        assert_eq!(s.validate().unwrap_err().field, "max_attempts");
+        s.max_attempts = Some(3);
+        s.retry_schedule = Some(vec!["10s".into(), "soon".into()]);
+        assert_eq!(s.validate().unwrap_err().field, "retry_schedule");
+        s.retry_schedule = Some(vec!["10ms".into(), "1m".into()]);
+        assert_eq!(s.validate().unwrap().retry_schedule_ms, Some(vec![10, 60_000]));
+    }
+
+    #[test]
+    fn patches_apply_and_clear() {
+        let base = SubscriptionSpec {
+            target_url: "https://a.example/".into(),
+            secret: Some("s".repeat(20)),
+            max_attempts: Some(3),
+            ..Default::default()
+        };
+        let patch: SubscriptionPatch =
+            serde_json::from_str(r#"{"secret": null, "event_types": ["a"]}"#).unwrap();
+        let out = base.apply(patch);
+        assert_eq!(out.secret, None);
+        assert_eq!(out.max_attempts, Some(3));
+        assert_eq!(out.event_types, vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn event_type_matching() {
+        let mut s = Subscription {
+            id: "sub_x".into(),
+            target_url: "https://a/".into(),
+            event_types: vec![],
+            secret: None,
+            headers: Default::default(),
+            max_attempts: None,
+            timeout_ms: None,
+            retry_schedule_ms: None,
+            paused: false,
+            owner: None,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        };
+        assert!(s.accepts(None) && s.accepts(Some("a")));
+        s.event_types = vec!["order.created".into()];
+        assert!(s.accepts(Some("order.created")));
+        assert!(!s.accepts(Some("order.paid")) && !s.accepts(None));
+    }
+
+    #[test]
+    fn webhook_status_aggregates_deliveries() {
+        let d = |status| DeliveryStatus {
+            subscription_id: "s".into(),
+            status,
+            attempts: 0,
+            next_attempt_at: None,
+            last_error: None,
+        };
+        let rec = |v: Vec<DeliveryState>| WebhookRecord {
+            webhook_id: "m".into(),
+            event_type: None,
+            received_at: Utc::now(),
+            deliveries: v.into_iter().map(d).collect(),
+        };
+        use DeliveryState::*;
+        assert_eq!(rec(vec![Queued, Queued]).status(), Queued);
+        assert_eq!(rec(vec![Queued, Succeeded]).status(), Delivering);
+        assert_eq!(rec(vec![Succeeded, Succeeded]).status(), Succeeded);
+        assert_eq!(rec(vec![Failed, Succeeded]).status(), Failed);
+        assert_eq!(rec(vec![Delivering]).status(), Delivering);
+    }
+}

@@ -1,0 +1,180 @@
+//! The retry policy: when a failed attempt is tried again, and when a delivery gives up.
+//!
+//! The default schedule is 10 s, 30 s, 1 min, 5 min, 15 min: six attempts in all. A subscription
+//! may carry its own schedule and attempt count. A `Retry-After` on 429/503 is honoured when it
+//! asks for longer than the schedule.
+
+use std::time::{Duration, SystemTime};
+
+pub const DEFAULT_SCHEDULE: &str = "10s,30s,1m,5m,15m";
+/// A `Retry-After` never postpones a retry beyond this.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// Parses a comma-separated list of delays such as `10s,30s,1m,5m,15m` or `100ms,200ms`.
+pub fn parse_schedule(s: &str) -> Result<Vec<Duration>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        out.push(parse_duration(part)?);
+    }
+    if out.len() > 49 {
+        return Err("at most 49 delays".into());
+    }
+    Ok(out)
+}
+
+/// Parses one duration such as `250ms`, `10s`, `1m`, `72h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+/// Formats a delay the way the schedule is written (`10s`, `1m`, `250ms`).
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 3_600_000 == 0 && ms > 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 && ms > 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Delays between attempts: `schedule[0]` after the first attempt, and so on.
+    pub schedule: Vec<Duration>,
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self::from_schedule(parse_schedule(DEFAULT_SCHEDULE).expect("default schedule parses"))
+    }
+}
+
+impl RetryPolicy {
+    /// A schedule of n delays allows n + 1 attempts.
+    pub fn from_schedule(schedule: Vec<Duration>) -> Self {
+        let max_attempts = schedule.len() as u32 + 1;
+        Self {
+            schedule,
+            max_attempts,
+        }
+    }
+
+    /// The policy for one subscription: its own schedule and attempt count where it has them.
+    pub fn with_overrides(&self, schedule: Option<Vec<Duration>>, max_attempts: Option<u32>) -> Self {
+        let mut p = match schedule {
+            Some(s) => Self::from_schedule(s),
+            None => self.clone(),
+        };
+        if let Some(n) = max_attempts {
+            p.max_attempts = n.max(1);
+        }
+        p
+    }
+
+    /// After attempt number `attempt` (1-based) failed: the delay before the next one, or `None`
+    /// when that was the last. Past the end of the schedule the last delay repeats.
+    pub fn next_delay(&self, attempt: u32, retry_after: Option<Duration>) -> Option<Duration> {
+        if attempt >= self.max_attempts {
+            return None;
+        }
+        let idx = (attempt.max(1) - 1) as usize;
+        let base = self
+            .schedule
+            .get(idx)
+            .or(self.schedule.last())
+            .copied()
+            .unwrap_or(Duration::ZERO);
+        Some(match retry_after {
+            Some(ra) => base.max(ra.min(MAX_RETRY_AFTER)),
+            None => base,
+        })
+    }
+}
+
+/// Reads a `Retry-After` value: delay-seconds or an HTTP date.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn default_schedule_is_the_documented_one() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.max_attempts, 6);
+        let delays: Vec<_> = (1..=6).map(|a| p.next_delay(a, None)).collect();
+        assert_eq!(
+            delays,
+            vec![
+                Some(secs(10)),
+                Some(secs(30)),
+                Some(secs(60)),
+                Some(secs(300)),
+                Some(secs(900)),
+                None
+            ]
+        );
+    }
+
+    #[test]
+    fn overrides_and_repeat_of_last_delay() {
+        let p = RetryPolicy::default().with_overrides(None, Some(8));
+        assert_eq!(p.next_delay(6, None), Some(secs(900)));
+        assert_eq!(p.next_delay(7, None), Some(secs(900)));
+        assert_eq!(p.next_delay(8, None), None);
+        let p = RetryPolicy::default().with_overrides(Some(vec![Duration::from_millis(5)]), None);
+        assert_eq!(p.max_attempts, 2);
+        assert_eq!(p.next_delay(1, None), Some(Duration::from_millis(5)));
+        assert_eq!(p.next_delay(2, None), None);
+        let single = RetryPolicy::default().with_overrides(None, Some(1));
+        assert_eq!(single.next_delay(1, None), None);
+    }
+
+    #[test]
+    fn retry_after_only_lengthens() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.next_delay(1, Some(secs(120))), Some(secs(120)));
+        assert_eq!(p.next_delay(1, Some(secs(2))), Some(secs(10)));
+        assert_eq!(p.next_delay(1, Some(secs(10_000_000))), Some(MAX_RETRY_AFTER));
+    }
+
+    #[test]
+    fn parses_schedules_and_retry_after() {
+        assert_eq!(
+            parse_schedule("100ms, 1s,2m,1h").unwrap(),
+            vec![
+                Duration::from_millis(100),
+                secs(1),
+                secs(120),
+                secs(3600)
+            ]
+        );
+        assert!(parse_schedule("10s,x").is_err());
+        assert_eq!(parse_schedule("").unwrap(), vec![]);
+        let now = SystemTime::UNIX_EPOCH + secs(1_000_000);
+        assert_eq!(parse_retry_after("7", now), Some(secs(7)));
+        let later = httpdate::fmt_http_date(now + secs(90));
+        assert_eq!(parse_retry_after(&later, now), Some(secs(90)));
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(format_duration(secs(60)), "1m");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(format_duration(secs(10)), "10s");
+    }
+}

@@ -1,0 +1,124 @@
+//! The standalone backend: subscriptions, queue and attempt log in one SQLite file.
+//!
+//! All writes go through one writer thread that commits whatever has arrived in one transaction
+//! (group commit, WAL), so many concurrent ingests cost one fsync; an acknowledgement is sent
+//! only after its transaction committed. Reads run on a small pool of read-only connections.
+//!
+//! The queue is the `deliveries` table. `due_at` is when a row may be claimed: the time of its
+//! next attempt while pending, the end of its lease while a worker holds it. A worker that
+//! dies leaves its lease to expire, and the row is claimed again (at least once).
+
+mod queue;
+mod schema;
+mod store;
+mod writer;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{Notify, Semaphore};
+
+use crate::backend::{Backend, Result};
+use crate::error::StoreError;
+pub use writer::Writer;
+
+const READERS: usize = 4;
+
+/// The shared handle every SQLite trait implementation holds.
+pub struct Sqlite {
+    writer: Writer,
+    readers: Mutex<Vec<Connection>>,
+    reader_permits: Semaphore,
+    /// Wakes in-process workers when new work is committed.
+    work: Notify,
+}
+
+/// Durability of commits: `Full` survives power loss, `Normal` survives a process crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sync {
+    Full,
+    Normal,
+}
+
+impl Sqlite {
+    pub fn open(path: &Path, sync: Sync) -> Result<Arc<Self>> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.is_dir() {
+                return Err(StoreError::Unavailable(format!(
+                    "directory {} of HERALD_SQLITE_PATH does not exist",
+                    dir.display()
+                )));
+            }
+        }
+        let conn = Connection::open(path)
+            .map_err(|e| StoreError::Unavailable(format!("open {}: {e}", path.display())))?;
+        schema::configure_writer(&conn, sync)?;
+        schema::migrate(&conn)?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let r = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            schema::configure_reader(&r)?;
+            readers.push(r);
+        }
+        Ok(Arc::new(Self {
+            writer: Writer::start(conn)?,
+            readers: Mutex::new(readers),
+            reader_permits: Semaphore::new(READERS),
+            work: Notify::new(),
+        }))
+    }
+
+    /// The backend set of standalone mode.
+    pub fn backend(self: &Arc<Self>) -> Backend {
+        Backend {
+            name: "sqlite",
+            subscriptions: Arc::new(self.clone()),
+            queue: Arc::new(self.clone()),
+            attempts: Arc::new(self.clone()),
+        }
+    }
+
+    /// Runs `f` on the writer thread inside the next group commit; returns once it committed.
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        self.writer.run(f).await
+    }
+
+    /// Runs `f` on a pooled read-only connection off the async runtime.
+    async fn read<T, F>(self: &Arc<Self>, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let _permit = self
+            .reader_permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Unavailable("store closed".into()))?;
+        let conn = self.readers.lock().unwrap().pop().expect("a permit means a reader");
+        let this = self.clone();
+        let (conn, out) = tokio::task::spawn_blocking(move || {
+            let out = f(&conn);
+            (conn, out)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("reader task: {e}")))?;
+        this.readers.lock().unwrap().push(conn);
+        out
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn from_ms(ms: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}

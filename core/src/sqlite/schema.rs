@@ -1,0 +1,103 @@
+//! Tables, indexes and connection settings of the SQLite backend.
+
+use rusqlite::Connection;
+
+use super::Sync;
+use crate::backend::Result;
+
+/// Delivery states stored in `deliveries.state`.
+pub const PENDING: i64 = 0;
+pub const LEASED: i64 = 1;
+pub const SUCCEEDED: i64 = 2;
+pub const FAILED: i64 = 3;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS subscriptions (
+    id        TEXT PRIMARY KEY,
+    owner_key TEXT,
+    doc       TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS subscriptions_owner ON subscriptions(owner_key) WHERE owner_key IS NOT NULL;
+
+-- One row per ingested event: the payload exactly as received.
+CREATE TABLE IF NOT EXISTS events (
+    webhook_id  TEXT PRIMARY KEY,
+    event_type  TEXT,
+    payload     BLOB NOT NULL,
+    received_at INTEGER NOT NULL
+);
+
+-- The queue: one row per (event, subscription).
+CREATE TABLE IF NOT EXISTS deliveries (
+    id              INTEGER PRIMARY KEY,
+    webhook_id      TEXT NOT NULL,
+    subscription_id TEXT NOT NULL,
+    state           INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    final_attempt   INTEGER,
+    due_at          INTEGER NOT NULL,
+    last_error      TEXT,
+    updated_at      INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS deliveries_webhook ON deliveries(webhook_id, subscription_id);
+-- Claiming: open rows by the time they become claimable.
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(due_at) WHERE state < 2;
+CREATE INDEX IF NOT EXISTS deliveries_open_by_sub ON deliveries(subscription_id) WHERE state < 2;
+-- Retention of settled rows.
+CREATE INDEX IF NOT EXISTS deliveries_settled ON deliveries(updated_at) WHERE state >= 2;
+
+CREATE TABLE IF NOT EXISTS attempts (
+    id               INTEGER PRIMARY KEY,
+    webhook_id       TEXT NOT NULL,
+    subscription_id  TEXT NOT NULL,
+    event_type       TEXT,
+    target_url       TEXT NOT NULL,
+    attempted_at     INTEGER NOT NULL,
+    attempt          INTEGER NOT NULL,
+    outcome          TEXT NOT NULL,
+    http_status      INTEGER,
+    error            TEXT,
+    duration_ms      INTEGER NOT NULL,
+    response_excerpt TEXT
+);
+CREATE INDEX IF NOT EXISTS attempts_by_subscription ON attempts(subscription_id, attempted_at);
+CREATE INDEX IF NOT EXISTS attempts_by_webhook ON attempts(webhook_id);
+CREATE INDEX IF NOT EXISTS attempts_by_age ON attempts(attempted_at);
+
+CREATE TABLE IF NOT EXISTS idempotency (
+    scope      TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    webhook_id TEXT NOT NULL,
+    matched    INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (scope, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency(created_at);
+"#;
+
+pub fn configure_writer(conn: &Connection, sync: Sync) -> Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(crate::StoreError::Unavailable(format!(
+            "SQLite refused WAL mode (got {mode})"
+        )));
+    }
+    conn.execute_batch(match sync {
+        Sync::Full => "PRAGMA synchronous=FULL;",
+        Sync::Normal => "PRAGMA synchronous=NORMAL;",
+    })?;
+    conn.execute_batch("PRAGMA temp_store=MEMORY; PRAGMA cache_size=-32000;")?;
+    Ok(())
+}
+
+pub fn configure_reader(conn: &Connection) -> Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute_batch("PRAGMA cache_size=-8000;")?;
+    Ok(())
+}
+
+pub fn migrate(conn: &Connection) -> Result<()> {
+    conn.execute_batch(SCHEMA)?;
+    Ok(())
+}

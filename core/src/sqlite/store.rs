@@ -1,0 +1,234 @@
+//! Subscriptions and the attempt log on SQLite.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::{from_ms, Sqlite};
+use crate::backend::{AttemptLog, Result, SubscriptionStore};
+use crate::error::StoreError;
+use crate::model::{Attempt, Outcome, Subscription};
+
+/// Rows deleted per transaction, so retention never holds the writer for long.
+const DELETE_CHUNK: i64 = 5_000;
+
+fn encode(sub: &Subscription) -> Result<(Option<String>, String)> {
+    let owner = sub
+        .owner
+        .as_ref()
+        .map(|o| format!("{}/{}/{}", o.kind, o.namespace, o.name));
+    let doc = serde_json::to_string(sub).map_err(|e| StoreError::Backend(e.to_string()))?;
+    Ok((owner, doc))
+}
+
+fn decode(doc: String) -> rusqlite::Result<Subscription> {
+    serde_json::from_str(&doc).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+#[async_trait]
+impl SubscriptionStore for Arc<Sqlite> {
+    async fn insert(&self, sub: &Subscription) -> Result<()> {
+        let (owner, doc) = encode(sub)?;
+        let id = sub.id.clone();
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "INSERT INTO subscriptions (id, owner_key, doc) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(id) DO NOTHING",
+                )?
+                .execute(params![id, owner, doc])?;
+            if n == 0 {
+                return Err(StoreError::Conflict(format!("subscription {id} exists")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Subscription>> {
+        let id = id.to_string();
+        self.read(move |c| {
+            Ok(c.prepare_cached("SELECT doc FROM subscriptions WHERE id = ?1")?
+                .query_row([id], |r| decode(r.get(0)?))
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn list(&self, limit: usize, after: Option<&str>) -> Result<Vec<Subscription>> {
+        let after = after.unwrap_or("").to_string();
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT doc FROM subscriptions WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![after, limit as i64], |r| decode(r.get(0)?))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn list_all(&self) -> Result<Vec<Subscription>> {
+        self.read(|c| {
+            let mut st = c.prepare_cached("SELECT doc FROM subscriptions ORDER BY id")?;
+            let rows = st.query_map([], |r| decode(r.get(0)?))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn replace(&self, sub: &Subscription) -> Result<()> {
+        let (owner, doc) = encode(sub)?;
+        let id = sub.id.clone();
+        self.write(move |c| {
+            let n = c
+                .prepare_cached("UPDATE subscriptions SET owner_key = ?2, doc = ?3 WHERE id = ?1")?
+                .execute(params![id, owner, doc])?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remove(&self, id: &str) -> Result<bool> {
+        let id = id.to_string();
+        self.write(move |c| {
+            Ok(c.prepare_cached("DELETE FROM subscriptions WHERE id = ?1")?
+                .execute([id])?
+                > 0)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await
+    }
+}
+
+fn outcome_str(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Success => "Success",
+        Outcome::FailedAttempt => "FailedAttempt",
+        Outcome::Failure => "Failure",
+    }
+}
+
+fn attempt_row(r: &Row<'_>) -> rusqlite::Result<Attempt> {
+    let outcome: String = r.get(6)?;
+    Ok(Attempt {
+        webhook_id: r.get(0)?,
+        subscription_id: r.get(1)?,
+        event_type: r.get(2)?,
+        target_url: r.get(3)?,
+        attempted_at: from_ms(r.get(4)?),
+        attempt: r.get(5)?,
+        outcome: match outcome.as_str() {
+            "Success" => Outcome::Success,
+            "FailedAttempt" => Outcome::FailedAttempt,
+            _ => Outcome::Failure,
+        },
+        http_status: r.get(7)?,
+        error: r.get(8)?,
+        duration_ms: r.get::<_, i64>(9)? as u64,
+        response_excerpt: r.get(10)?,
+    })
+}
+
+const ATTEMPT_COLUMNS: &str = "webhook_id, subscription_id, event_type, target_url, attempted_at, \
+     attempt, outcome, http_status, error, duration_ms, response_excerpt";
+
+/// Deletes rows chosen by `select_ids` (which must take one `?1` cutoff and a `LIMIT ?2`) in
+/// chunks, one writer transaction each.
+pub(super) async fn delete_in_chunks(
+    db: &Arc<Sqlite>,
+    table: &'static str,
+    select_ids: &'static str,
+    cutoff: i64,
+) -> Result<u64> {
+    let mut total = 0u64;
+    loop {
+        let n = db
+            .write(move |c: &Connection| {
+                let sql = format!("DELETE FROM {table} WHERE rowid IN ({select_ids})");
+                Ok(c.prepare_cached(&sql)?.execute(params![cutoff, DELETE_CHUNK])? as u64)
+            })
+            .await?;
+        total += n;
+        if n < DELETE_CHUNK as u64 {
+            return Ok(total);
+        }
+    }
+}
+
+#[async_trait]
+impl AttemptLog for Arc<Sqlite> {
+    async fn record(&self, attempts: Vec<Attempt>) -> Result<()> {
+        if attempts.is_empty() {
+            return Ok(());
+        }
+        self.write(move |c| {
+            let mut st = c.prepare_cached(&format!(
+                "INSERT INTO attempts ({ATTEMPT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+            ))?;
+            for a in &attempts {
+                st.execute(params![
+                    a.webhook_id,
+                    a.subscription_id,
+                    a.event_type,
+                    a.target_url,
+                    a.attempted_at.timestamp_millis(),
+                    a.attempt,
+                    outcome_str(a.outcome),
+                    a.http_status,
+                    a.error,
+                    a.duration_ms as i64,
+                    a.response_excerpt,
+                ])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn by_subscription(&self, subscription_id: &str, limit: usize) -> Result<Vec<Attempt>> {
+        let id = subscription_id.to_string();
+        self.read(move |c| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE subscription_id = ?1
+                 ORDER BY attempted_at DESC, id DESC LIMIT ?2"
+            ))?;
+            let rows = st.query_map(params![id, limit as i64], attempt_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn by_webhook(&self, webhook_id: &str) -> Result<Vec<Attempt>> {
+        let id = webhook_id.to_string();
+        self.read(move |c| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE webhook_id = ?1
+                 ORDER BY attempted_at, id"
+            ))?;
+            let rows = st.query_map([id], attempt_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn delete_older_than(&self, cutoff: DateTime<Utc>) -> Result<u64> {
+        delete_in_chunks(
+            self,
+            "attempts",
+            "SELECT id FROM attempts WHERE attempted_at < ?1 LIMIT ?2",
+            cutoff.timestamp_millis(),
+        )
+        .await
+    }
+}

@@ -1,0 +1,51 @@
+//! The SQLite backend against the shared behavioural suite, on real files.
+
+use herald_core::sqlite::{Sqlite, Sync};
+use herald_core::testkit;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_passes_the_backend_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let counter = std::sync::atomic::AtomicUsize::new(0);
+    testkit::run_all(|| {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let path = dir.path().join(format!("suite-{n}.db"));
+        async move { Sqlite::open(&path, Sync::Full).unwrap().backend() }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sqlite_reopens_with_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reopen.db");
+    {
+        let db = Sqlite::open(&path, Sync::Full).unwrap().backend();
+        db.subscriptions
+            .insert(&testkit::subscription("sub_keep"))
+            .await
+            .unwrap();
+        db.queue
+            .publish(testkit::publish("msg_keep", &["sub_keep"], b"{\"k\":1}"))
+            .await
+            .unwrap();
+    }
+    let db = Sqlite::open(&path, Sync::Full).unwrap().backend();
+    assert!(db.subscriptions.get("sub_keep").await.unwrap().is_some());
+    let jobs = db
+        .queue
+        .claim(10, std::time::Duration::from_secs(5), &[])
+        .await
+        .unwrap()
+        .jobs;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(&jobs[0].payload[..], b"{\"k\":1}");
+}
+
+#[test]
+fn a_missing_directory_is_a_clear_error() {
+    let err = Sqlite::open(std::path::Path::new("/nonexistent-dir/x/herald.db"), Sync::Full)
+        .err()
+        .expect("fails");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+}
