@@ -63,7 +63,11 @@ impl SubscriptionCache {
     /// Every subscription that accepts `event_type`, from a snapshot refreshed after the TTL.
     pub async fn matching(&self, event_type: Option<&str>) -> Result<Vec<Arc<Subscription>>> {
         let all = self.all().await?;
-        Ok(all.iter().filter(|s| s.accepts(event_type)).cloned().collect())
+        Ok(all
+            .iter()
+            .filter(|s| s.accepts(event_type))
+            .cloned()
+            .collect())
     }
 
     async fn all(&self) -> Result<Arc<Vec<Arc<Subscription>>>> {

@@ -125,10 +125,12 @@ impl Settings {
         if let Some(url) = &self.redis_url {
             return Some(url.clone());
         }
-        self.redis_addr.as_ref().map(|addr| match &self.redis_password {
-            Some(pw) if !pw.is_empty() => format!("redis://:{pw}@{addr}/"),
-            _ => format!("redis://{addr}/"),
-        })
+        self.redis_addr
+            .as_ref()
+            .map(|addr| match &self.redis_password {
+                Some(pw) if !pw.is_empty() => format!("redis://:{pw}@{addr}/"),
+                _ => format!("redis://{addr}/"),
+            })
     }
 
     /// Standalone when neither MongoDB nor Redis is configured.

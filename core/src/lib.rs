@@ -17,3 +17,4 @@ pub mod testkit;
 
 pub use backend::{AttemptLog, Backend, Queue, SubscriptionStore};
 pub use error::{StoreError, ValidationError};
+pub mod telemetry;

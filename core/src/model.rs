@@ -51,7 +51,9 @@ impl Subscription {
     }
 
     pub fn timeout(&self, default: Duration) -> Duration {
-        self.timeout_ms.map(Duration::from_millis).unwrap_or(default)
+        self.timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or(default)
     }
 
     pub fn retry_schedule(&self) -> Option<Vec<Duration>> {
@@ -359,7 +361,10 @@ pub struct Publish {
 pub enum PublishOutcome {
     Accepted,
     /// The idempotency key was seen within its window: nothing new was queued.
-    Duplicate { webhook_id: String, matched: usize },
+    Duplicate {
+        webhook_id: String,
+        matched: usize,
+    },
 }
 
 /// A delivery taken off the queue by a worker, holding a lease until settled.
@@ -470,9 +475,11 @@ impl WebhookRecord {
             DeliveryState::Succeeded
         } else if all(DeliveryState::Queued) {
             DeliveryState::Queued
-        } else if self.deliveries.iter().all(|d| {
-            matches!(d.status, DeliveryState::Succeeded | DeliveryState::Failed)
-        }) {
+        } else if self
+            .deliveries
+            .iter()
+            .all(|d| matches!(d.status, DeliveryState::Succeeded | DeliveryState::Failed))
+        {
             DeliveryState::Failed
         } else {
             DeliveryState::Delivering
@@ -541,7 +548,10 @@ mod tests {
         s.retry_schedule = Some(vec!["10s".into(), "soon".into()]);
         assert_eq!(s.validate().unwrap_err().field, "retry_schedule");
         s.retry_schedule = Some(vec!["10ms".into(), "1m".into()]);
-        assert_eq!(s.validate().unwrap().retry_schedule_ms, Some(vec![10, 60_000]));
+        assert_eq!(
+            s.validate().unwrap().retry_schedule_ms,
+            Some(vec![10, 60_000])
+        );
     }
 
     #[test]

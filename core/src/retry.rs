@@ -66,7 +66,11 @@ impl RetryPolicy {
     }
 
     /// The policy for one subscription: its own schedule and attempt count where it has them.
-    pub fn with_overrides(&self, schedule: Option<Vec<Duration>>, max_attempts: Option<u32>) -> Self {
+    pub fn with_overrides(
+        &self,
+        schedule: Option<Vec<Duration>>,
+        max_attempts: Option<u32>,
+    ) -> Self {
         let mut p = match schedule {
             Some(s) => Self::from_schedule(s),
             None => self.clone(),
@@ -152,19 +156,17 @@ mod tests {
         let p = RetryPolicy::default();
         assert_eq!(p.next_delay(1, Some(secs(120))), Some(secs(120)));
         assert_eq!(p.next_delay(1, Some(secs(2))), Some(secs(10)));
-        assert_eq!(p.next_delay(1, Some(secs(10_000_000))), Some(MAX_RETRY_AFTER));
+        assert_eq!(
+            p.next_delay(1, Some(secs(10_000_000))),
+            Some(MAX_RETRY_AFTER)
+        );
     }
 
     #[test]
     fn parses_schedules_and_retry_after() {
         assert_eq!(
             parse_schedule("100ms, 1s,2m,1h").unwrap(),
-            vec![
-                Duration::from_millis(100),
-                secs(1),
-                secs(120),
-                secs(3600)
-            ]
+            vec![Duration::from_millis(100), secs(1), secs(120), secs(3600)]
         );
         assert!(parse_schedule("10s,x").is_err());
         assert_eq!(parse_schedule("").unwrap(), vec![]);

@@ -74,7 +74,8 @@ impl SigningKey {
         let given = hex::decode(hex_sig).map_err(|_| SignatureError::Malformed)?;
         let mut mac = HmacSha256::new_from_slice(&self.hub).expect("HMAC takes any key");
         mac.update(body);
-        mac.verify_slice(&given).map_err(|_| SignatureError::Mismatch)
+        mac.verify_slice(&given)
+            .map_err(|_| SignatureError::Mismatch)
     }
 }
 

@@ -178,7 +178,13 @@ mod tests {
     #[test]
     fn admits_public_addresses() {
         let g = TargetGuard::default();
-        for addr in ["93.184.216.34", "1.1.1.1", "172.32.0.1", "2606:4700::1111", "8.8.8.8"] {
+        for addr in [
+            "93.184.216.34",
+            "1.1.1.1",
+            "172.32.0.1",
+            "2606:4700::1111",
+            "8.8.8.8",
+        ] {
             assert_eq!(g.check(ip(addr)), Ok(()), "{addr}");
         }
     }
@@ -201,13 +207,11 @@ mod tests {
         let g = TargetGuard::default();
         let sa = |s: &str| SocketAddr::new(ip(s), 443);
         // A name that resolves to a private address only is refused ...
-        assert_eq!(
-            g.filter(vec![sa("10.0.0.5")]).unwrap_err().class,
-            "private"
-        );
+        assert_eq!(g.filter(vec![sa("10.0.0.5")]).unwrap_err().class, "private");
         // ... and a mixed answer keeps only the public addresses.
         assert_eq!(
-            g.filter(vec![sa("192.168.1.2"), sa("93.184.216.34")]).unwrap(),
+            g.filter(vec![sa("192.168.1.2"), sa("93.184.216.34")])
+                .unwrap(),
             vec![sa("93.184.216.34")]
         );
     }

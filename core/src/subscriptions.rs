@@ -100,13 +100,7 @@ impl Subscriptions {
         let current = self.get(id).await?;
         check_owner(&current, caller)?;
         let v = self.validate(spec)?;
-        let sub = build(
-            current.id,
-            v,
-            current.owner,
-            current.created_at,
-            Utc::now(),
-        );
+        let sub = build(current.id, v, current.owner, current.created_at, Utc::now());
         self.cache.store().replace(&sub).await?;
         self.cache.invalidate(id);
         if !sub.paused {

@@ -103,7 +103,13 @@ pub async fn subscriptions_crud(b: Backend) {
     s.insert(&subscription("sub_c")).await.unwrap();
     assert_eq!(s.get("sub_a").await.unwrap().unwrap(), a);
     assert!(s.get("sub_zz").await.unwrap().is_none());
-    let page: Vec<_> = s.list(2, None).await.unwrap().into_iter().map(|x| x.id).collect();
+    let page: Vec<_> = s
+        .list(2, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|x| x.id)
+        .collect();
     assert_eq!(page, vec!["sub_a", "sub_b"]);
     let page: Vec<_> = s
         .list(2, Some("sub_b"))
@@ -180,14 +186,19 @@ pub async fn payload_bytes_are_kept_exactly(b: Backend) {
 
 pub async fn retries_wait_until_due(b: Backend) {
     let q = &b.queue;
-    q.publish(publish("msg_r", &["sub_a"], b"{}")).await.unwrap();
+    q.publish(publish("msg_r", &["sub_a"], b"{}"))
+        .await
+        .unwrap();
     let job = q.claim(1, LEASE, &[]).await.unwrap().jobs.remove(0);
     let due = Utc::now() + ChronoDuration::milliseconds(300);
     q.settle(vec![settle(&job, Disposition::RetryAt(due))])
         .await
         .unwrap();
     let claimed = q.claim(1, LEASE, &[]).await.unwrap();
-    assert!(claimed.jobs.is_empty(), "a retry is not claimable before it is due");
+    assert!(
+        claimed.jobs.is_empty(),
+        "a retry is not claimable before it is due"
+    );
     let next = claimed.next_due.expect("next due time known");
     assert!((next - due).num_milliseconds().abs() < 5);
     assert_eq!(q.stats().await.unwrap().scheduled, 1);
@@ -202,7 +213,9 @@ pub async fn retries_wait_until_due(b: Backend) {
 
 pub async fn expired_leases_are_reclaimed(b: Backend) {
     let q = &b.queue;
-    q.publish(publish("msg_l", &["sub_a"], b"{}")).await.unwrap();
+    q.publish(publish("msg_l", &["sub_a"], b"{}"))
+        .await
+        .unwrap();
     let first = q
         .claim(1, Duration::from_millis(200), &[])
         .await
@@ -214,7 +227,10 @@ pub async fn expired_leases_are_reclaimed(b: Backend) {
     let second = q.claim(1, LEASE, &[]).await.unwrap().jobs;
     assert_eq!(second.len(), 1, "a dead worker's lease expires");
     assert_eq!(second[0].webhook_id, "msg_l");
-    assert_eq!(second[0].attempt, 1, "no attempt was recorded by the dead worker");
+    assert_eq!(
+        second[0].attempt, 1,
+        "no attempt was recorded by the dead worker"
+    );
 }
 
 pub async fn idempotency_keys_dedupe(b: Backend) {
@@ -247,7 +263,9 @@ pub async fn idempotency_keys_dedupe(b: Backend) {
 
 pub async fn replay_and_expedite(b: Backend) {
     let q = &b.queue;
-    q.publish(publish("msg_x", &["sub_a"], b"{}")).await.unwrap();
+    q.publish(publish("msg_x", &["sub_a"], b"{}"))
+        .await
+        .unwrap();
     let job = q.claim(1, LEASE, &[]).await.unwrap().jobs.remove(0);
     assert_eq!(q.replay("msg_x").await.unwrap(), 0, "nothing failed yet");
     q.settle(vec![settle(&job, Disposition::Failed)])
@@ -258,7 +276,9 @@ pub async fn replay_and_expedite(b: Backend) {
     assert_eq!(again.attempt, 2);
     assert_eq!(again.final_attempt, Some(2));
 
-    q.publish(publish("msg_y", &["sub_b"], b"{}")).await.unwrap();
+    q.publish(publish("msg_y", &["sub_b"], b"{}"))
+        .await
+        .unwrap();
     let job = q.claim(1, LEASE, &[]).await.unwrap().jobs.remove(0);
     let later = Utc::now() + ChronoDuration::hours(1);
     q.settle(vec![settle(&job, Disposition::RetryAt(later))])
@@ -278,7 +298,9 @@ pub async fn claim_skips_subscriptions(b: Backend) {
             .await
             .unwrap();
     }
-    q.publish(publish("msg_f", &["sub_fast"], b"{}")).await.unwrap();
+    q.publish(publish("msg_f", &["sub_fast"], b"{}"))
+        .await
+        .unwrap();
     let jobs = q.claim(1, LEASE, &["sub_slow".into()]).await.unwrap().jobs;
     assert_eq!(jobs.len(), 1);
     assert_eq!(jobs[0].subscription_id, "sub_fast");
@@ -297,7 +319,10 @@ pub async fn attempt_log_order_and_retention(b: Backend) {
     .unwrap();
     let recent = log.by_subscription("sub_a", 20).await.unwrap();
     assert_eq!(
-        recent.iter().map(|a| a.webhook_id.as_str()).collect::<Vec<_>>(),
+        recent
+            .iter()
+            .map(|a| a.webhook_id.as_str())
+            .collect::<Vec<_>>(),
         vec!["msg_2", "msg_1", "msg_1"],
         "newest first"
     );
@@ -314,10 +339,7 @@ pub async fn attempt_log_order_and_retention(b: Backend) {
     assert_eq!(a.error.as_deref(), Some("HTTP 500"));
     assert_eq!(a.response_excerpt.as_deref(), Some("oops"));
     assert_eq!(a.duration_ms, 12);
-    let deleted = log
-        .delete_older_than(Utc::now() - h(72))
-        .await
-        .unwrap();
+    let deleted = log.delete_older_than(Utc::now() - h(72)).await.unwrap();
     assert_eq!(deleted, 2);
     assert!(log.by_webhook("msg_1").await.unwrap().is_empty());
     assert_eq!(log.by_subscription("sub_a", 20).await.unwrap().len(), 1);
@@ -326,18 +348,30 @@ pub async fn attempt_log_order_and_retention(b: Backend) {
 
 pub async fn purge_keeps_open_deliveries(b: Backend) {
     let q = &b.queue;
-    q.publish(publish("msg_done", &["sub_a"], b"{}")).await.unwrap();
-    q.publish(publish("msg_open", &["sub_b"], b"{}")).await.unwrap();
+    q.publish(publish("msg_done", &["sub_a"], b"{}"))
+        .await
+        .unwrap();
+    q.publish(publish("msg_open", &["sub_b"], b"{}"))
+        .await
+        .unwrap();
     let jobs = q.claim(10, LEASE, &[]).await.unwrap().jobs;
     let done = jobs.iter().find(|j| j.webhook_id == "msg_done").unwrap();
     q.settle(vec![settle(done, Disposition::Delivered)])
         .await
         .unwrap();
     // Nothing is older than an hour ago: nothing goes.
-    q.purge(Utc::now() - ChronoDuration::hours(1)).await.unwrap();
+    q.purge(Utc::now() - ChronoDuration::hours(1))
+        .await
+        .unwrap();
     assert!(q.webhook("msg_done").await.unwrap().is_some());
     tokio::time::sleep(Duration::from_millis(5)).await;
     q.purge(Utc::now()).await.unwrap();
-    assert!(q.webhook("msg_done").await.unwrap().is_none(), "settled and old");
-    assert!(q.webhook("msg_open").await.unwrap().is_some(), "still in flight");
+    assert!(
+        q.webhook("msg_done").await.unwrap().is_none(),
+        "settled and old"
+    );
+    assert!(
+        q.webhook("msg_open").await.unwrap().is_some(),
+        "still in flight"
+    );
 }

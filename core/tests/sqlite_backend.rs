@@ -44,8 +44,11 @@ async fn sqlite_reopens_with_its_data() {
 
 #[test]
 fn a_missing_directory_is_a_clear_error() {
-    let err = Sqlite::open(std::path::Path::new("/nonexistent-dir/x/herald.db"), Sync::Full)
-        .err()
-        .expect("fails");
+    let err = Sqlite::open(
+        std::path::Path::new("/nonexistent-dir/x/herald.db"),
+        Sync::Full,
+    )
+    .err()
+    .expect("fails");
     assert!(err.to_string().contains("does not exist"), "{err}");
 }

@@ -102,7 +102,12 @@ impl Sqlite {
             .acquire()
             .await
             .map_err(|_| StoreError::Unavailable("store closed".into()))?;
-        let conn = self.readers.lock().unwrap().pop().expect("a permit means a reader");
+        let conn = self
+            .readers
+            .lock()
+            .unwrap()
+            .pop()
+            .expect("a permit means a reader");
         let this = self.clone();
         let (conn, out) = tokio::task::spawn_blocking(move || {
             let out = f(&conn);

@@ -158,7 +158,14 @@ impl Queue for Arc<Sqlite> {
                         (PENDING, t.timestamp_millis())
                     }
                 };
-                st.execute(params![s.receipt, state, s.attempts, due, s.last_error, now])?;
+                st.execute(params![
+                    s.receipt,
+                    state,
+                    s.attempts,
+                    due,
+                    s.last_error,
+                    now
+                ])?;
             }
             Ok(())
         })

@@ -52,9 +52,11 @@ impl SubscriptionStore for Arc<Sqlite> {
     async fn get(&self, id: &str) -> Result<Option<Subscription>> {
         let id = id.to_string();
         self.read(move |c| {
-            Ok(c.prepare_cached("SELECT doc FROM subscriptions WHERE id = ?1")?
-                .query_row([id], |r| decode(r.get(0)?))
-                .optional()?)
+            Ok(
+                c.prepare_cached("SELECT doc FROM subscriptions WHERE id = ?1")?
+                    .query_row([id], |r| decode(r.get(0)?))
+                    .optional()?,
+            )
         })
         .await
     }
@@ -156,7 +158,8 @@ pub(super) async fn delete_in_chunks(
         let n = db
             .write(move |c: &Connection| {
                 let sql = format!("DELETE FROM {table} WHERE rowid IN ({select_ids})");
-                Ok(c.prepare_cached(&sql)?.execute(params![cutoff, DELETE_CHUNK])? as u64)
+                Ok(c.prepare_cached(&sql)?
+                    .execute(params![cutoff, DELETE_CHUNK])? as u64)
             })
             .await?;
         total += n;

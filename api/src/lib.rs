@@ -1,0 +1,289 @@
+//! Herald's HTTP server: management API, ingest, status, dashboard, metrics and OpenAPI. In
+//! standalone mode (no MongoDB/Redis configured) the same process also runs the delivery
+//! engine and the retention sweep on one SQLite file.
+
+mod auth;
+mod error;
+mod extract;
+mod routes;
+mod state;
+mod ui;
+mod views;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::{middleware, Router};
+use herald_core::backend::Backend;
+use herald_core::cache::SubscriptionCache;
+use herald_core::config::Settings;
+use herald_core::sqlite::{Sqlite, Sync};
+use herald_core::subscriptions::Subscriptions;
+use herald_core::telemetry;
+use herald_delivery::{retention, Engine, EngineConfig};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
+use utoipa_scalar::Servable;
+
+pub use error::ApiError;
+use state::{AppState, RateLimiter};
+
+/// Largest management request body (subscriptions are small).
+pub const MANAGEMENT_BODY_LIMIT: usize = 256 * 1024;
+/// How long subscription reads stay cached in-process; writes invalidate at once.
+const CACHE_TTL: Duration = Duration::from_secs(2);
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Herald", description = "Webhook delivery service: ingest once, delivered to every subscriber with retries."),
+    paths(
+        routes::ops::ping,
+        routes::ops::healthz,
+        routes::ops::readyz,
+        routes::ops::metrics,
+        routes::ops::stats,
+        routes::subscriptions::create,
+        routes::subscriptions::list,
+        routes::subscriptions::get,
+        routes::subscriptions::replace,
+        routes::subscriptions::patch,
+        routes::subscriptions::delete,
+        routes::ingest::ingest,
+        routes::ingest::fanout,
+        routes::webhooks::status,
+        routes::webhooks::retry,
+        routes::webhooks::recent,
+        routes::webhooks::logs_alias,
+    ),
+    tags(
+        (name = "subscriptions", description = "who receives what"),
+        (name = "ingest", description = "events in"),
+        (name = "status", description = "what happened to them"),
+        (name = "ops", description = "health and metrics"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The OpenAPI document served at `/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+fn build_router(state: AppState) -> Router {
+    let management = Router::new()
+        .route(
+            "/subscriptions",
+            post(routes::subscriptions::create).get(routes::subscriptions::list),
+        )
+        .route(
+            "/subscriptions/{id}",
+            get(routes::subscriptions::get)
+                .put(routes::subscriptions::replace)
+                .patch(routes::subscriptions::patch)
+                .delete(routes::subscriptions::delete),
+        )
+        .route(
+            "/subscriptions/{id}/deliveries",
+            get(routes::webhooks::recent),
+        )
+        .route("/subscription/logs/{id}", get(routes::webhooks::logs_alias))
+        .route("/webhooks/{webhook_id}", get(routes::webhooks::status))
+        .route(
+            "/webhooks/{webhook_id}/retry",
+            post(routes::webhooks::retry),
+        )
+        .route("/stats", get(routes::ops::stats))
+        .layer(DefaultBodyLimit::max(MANAGEMENT_BODY_LIMIT))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::management,
+        ));
+    let ingest = Router::new()
+        .route("/ingest/{subscription_id}", post(routes::ingest::ingest))
+        .route("/events", post(routes::ingest::fanout))
+        .layer(DefaultBodyLimit::max(state.max_payload))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::ingest));
+    let doc = openapi();
+    let public = Router::new()
+        .route("/ping", get(routes::ops::ping))
+        .route("/healthz", get(routes::ops::healthz))
+        .route("/readyz", get(routes::ops::readyz))
+        .route("/metrics", get(routes::ops::metrics))
+        .route(
+            "/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { axum::Json(doc) }
+            }),
+        );
+    Router::new()
+        .merge(management)
+        .merge(ingest)
+        .merge(public)
+        .with_state(state)
+        .merge(utoipa_scalar::Scalar::with_url("/docs", openapi()))
+        .merge(ui::router())
+        .fallback(|| async { ApiError::NotFound("route") })
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+/// The process-wide Prometheus recorder (installed once, shared by every server in a process).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(telemetry::ATTEMPT_DURATION.to_string()),
+                    &[
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    ],
+                )
+                .expect("bucket list is not empty")
+                .install_recorder()
+                .expect("the metrics recorder installs once");
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("herald-metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(Duration::from_secs(5));
+                    upkeep.run_upkeep();
+                })
+                .expect("spawn metrics upkeep");
+            handle
+        })
+        .clone()
+}
+
+pub fn init_tracing(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Opens the backends the settings name.
+pub fn open_backend(settings: &Settings) -> anyhow::Result<Backend> {
+    if !settings.standalone() {
+        anyhow::bail!(
+            "MONGO_URI / REDIS_URL are set, but this build of Herald runs standalone on SQLite only; \
+             unset them to use HERALD_SQLITE_PATH"
+        );
+    }
+    let sync = if settings.sqlite_sync == "normal" {
+        Sync::Normal
+    } else {
+        Sync::Full
+    };
+    let db = Sqlite::open(&settings.sqlite_path, sync).with_context(|| {
+        format!(
+            "opening the SQLite store {}",
+            settings.sqlite_path.display()
+        )
+    })?;
+    Ok(db.backend())
+}
+
+/// A running Herald: the api, and in standalone mode the delivery engine and retention sweep.
+pub struct Herald {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Herald {
+    /// Opens the store, binds the listener and starts every task.
+    pub async fn start(settings: Settings) -> anyhow::Result<Herald> {
+        let backend = open_backend(&settings)?;
+        let listener = tokio::net::TcpListener::bind(settings.addr)
+            .await
+            .with_context(|| format!("binding {}", settings.addr))?;
+        let addr = listener.local_addr()?;
+        let cache = Arc::new(SubscriptionCache::new(
+            backend.subscriptions.clone(),
+            CACHE_TTL,
+        ));
+        let subscriptions = Arc::new(Subscriptions::new(
+            cache.clone(),
+            backend.queue.clone(),
+            settings.target_guard(),
+        ));
+        let state = AppState {
+            backend: backend.clone(),
+            cache: cache.clone(),
+            subscriptions,
+            max_payload: settings.max_payload,
+            api_key: settings
+                .api_key
+                .clone()
+                .filter(|k| !k.is_empty())
+                .map(Into::into),
+            ingest_key: settings
+                .ingest_key
+                .clone()
+                .filter(|k| !k.is_empty())
+                .map(Into::into),
+            rate_limiter: (settings.ingest_rate_limit > 0)
+                .then(|| Arc::new(RateLimiter::new(settings.ingest_rate_limit))),
+            metrics: metrics_handle(),
+        };
+        let shutdown = CancellationToken::new();
+        let app = build_router(state);
+
+        let engine = tokio::spawn(Engine::run(
+            backend.clone(),
+            cache,
+            EngineConfig::from_settings(&settings),
+            shutdown.clone(),
+        ));
+        let sweeper = tokio::spawn(retention::run_periodic(
+            backend,
+            settings.retention,
+            settings.retention_interval,
+            shutdown.clone(),
+        ));
+        let stop = shutdown.clone();
+        let tasks = tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+            .context("serving HTTP")?;
+            engine.await.context("delivery engine")?;
+            sweeper.await.context("retention sweep")?;
+            Ok(())
+        });
+        tracing::info!(%addr, store = %settings.sqlite_path.display(), "Herald standalone is listening");
+        Ok(Herald {
+            addr,
+            shutdown,
+            tasks,
+        })
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops taking new work, finishes what is in flight, and waits for every task.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.tasks.await.context("Herald tasks")?
+    }
+}

@@ -1,0 +1,219 @@
+//! Ingest: accept an event, verify it, store and queue it durably, answer 202.
+//!
+//! The store-and-enqueue step runs in its own task: if the client disconnects, axum drops the
+//! handler, but the spawned task still completes, so an event is either fully queued or was
+//! never acknowledged (and never half-stored).
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use chrono::Utc;
+use herald_core::model::{Event, IdempotencyKey, Publish, PublishOutcome};
+use herald_core::signing::{SigningKey, HUB_SIGNATURE_HEADER};
+use herald_core::telemetry;
+
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{body_error, check_json_content_type, check_json_syntax};
+use crate::state::AppState;
+use crate::views::{FanoutAccepted, IngestAccepted};
+
+const FANOUT_SCOPE: &str = "events";
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(|s| Some(s.trim()))
+            .map_err(|_| ApiError::BadRequest(format!("header {name} must be visible ASCII"))),
+    }
+}
+
+fn event_type(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    match header_str(headers, "event-type")? {
+        None | Some("") => Ok(None),
+        Some(t) if t.len() > 256 => Err(ApiError::invalid(
+            "Event-Type",
+            "must be at most 256 characters",
+        )),
+        Some(t) => Ok(Some(t.to_string())),
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap, scope: &str) -> Result<Option<IdempotencyKey>, ApiError> {
+    match header_str(headers, "idempotency-key")? {
+        None | Some("") => Ok(None),
+        Some(k) if k.len() > 255 => Err(ApiError::invalid(
+            "Idempotency-Key",
+            "must be at most 255 characters",
+        )),
+        Some(k) => Ok(Some(IdempotencyKey {
+            scope: scope.to_string(),
+            key: k.to_string(),
+        })),
+    }
+}
+
+fn checked_body(
+    st: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, ApiError> {
+    check_json_content_type(headers)?;
+    let body = body.map_err(|e| body_error(e, st.max_payload))?;
+    check_json_syntax(&body)?;
+    Ok(body)
+}
+
+/// Stores and queues in a task of its own, so a client that goes away cannot cancel it half-way.
+async fn publish(st: &AppState, p: Publish) -> Result<PublishOutcome, ApiError> {
+    let queue = st.backend.queue.clone();
+    let matched = p.subscription_ids.len() as u64;
+    let out = tokio::spawn(async move { queue.publish(p).await })
+        .await
+        .map_err(|e| ApiError::Internal(format!("ingest task: {e}")))??;
+    if out == PublishOutcome::Accepted {
+        telemetry::count_ingested(1);
+        metrics::counter!(telemetry::DELIVERIES_QUEUED).increment(matched);
+    }
+    Ok(out)
+}
+
+fn replayed<T: serde::Serialize>(body: T, duplicate: bool) -> Response {
+    let mut resp = (StatusCode::ACCEPTED, Json(body)).into_response();
+    if duplicate {
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    resp
+}
+
+#[utoipa::path(post, path = "/ingest/{subscription_id}", tag = "ingest",
+    request_body(content = Object, content_type = "application/json", description = "any JSON document; delivered byte for byte"),
+    params(
+        ("subscription_id" = String, Path),
+        ("Event-Type" = Option<String>, Header),
+        ("Idempotency-Key" = Option<String>, Header, description = "the same key within 24 h returns the first answer and queues nothing"),
+        ("X-Hub-Signature-256" = Option<String>, Header, description = "sha256=<hex HMAC of the body>, required when the subscription has a secret"),
+    ),
+    responses((status = 202, body = IngestAccepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+              (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn ingest(
+    State(st): State<AppState>,
+    Path(subscription_id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let sub = st
+        .cache
+        .get(&subscription_id)
+        .await?
+        .ok_or(ApiError::NotFound("subscription"))?;
+    let body = checked_body(&st, &headers, body)?;
+    if let Some(secret) = &sub.secret {
+        let key = SigningKey::from_secret(secret).map_err(|e| ApiError::Internal(e.to_string()))?;
+        key.verify_hub(header_str(&headers, HUB_SIGNATURE_HEADER)?, &body)?;
+    }
+    let event_type = event_type(&headers)?;
+    if !sub.accepts(event_type.as_deref()) {
+        return Err(ApiError::invalid(
+            "Event-Type",
+            format!(
+                "subscription accepts only {:?}, not {:?}",
+                sub.event_types,
+                event_type.as_deref().unwrap_or("")
+            ),
+        ));
+    }
+    let idempotency = idempotency_key(&headers, &sub.id)?;
+    if let Some(rl) = &st.rate_limiter {
+        if !rl.allow(&sub.id) {
+            return Err(ApiError::RateLimited);
+        }
+    }
+    let webhook_id = herald_core::ids::webhook_id();
+    let p = Publish {
+        event: Event {
+            webhook_id: webhook_id.clone(),
+            event_type,
+            payload: body,
+            received_at: Utc::now(),
+        },
+        subscription_ids: vec![sub.id.clone()],
+        idempotency,
+    };
+    Ok(match publish(&st, p).await? {
+        PublishOutcome::Accepted => replayed(
+            IngestAccepted {
+                webhook_id,
+                status: "queued",
+            },
+            false,
+        ),
+        PublishOutcome::Duplicate { webhook_id, .. } => replayed(
+            IngestAccepted {
+                webhook_id,
+                status: "queued",
+            },
+            true,
+        ),
+    })
+}
+
+#[utoipa::path(post, path = "/events", tag = "ingest",
+    request_body(content = Object, content_type = "application/json"),
+    params(("Event-Type" = String, Header, description = "required: selects the subscriptions"),
+           ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 202, body = FanoutAccepted), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 415, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn fanout(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = checked_body(&st, &headers, body)?;
+    let event_type = event_type(&headers)?
+        .ok_or_else(|| ApiError::BadRequest("the Event-Type header is required".into()))?;
+    let idempotency = idempotency_key(&headers, FANOUT_SCOPE)?;
+    if let Some(rl) = &st.rate_limiter {
+        if !rl.allow(FANOUT_SCOPE) {
+            return Err(ApiError::RateLimited);
+        }
+    }
+    let subs = st.cache.matching(Some(&event_type)).await?;
+    let webhook_id = herald_core::ids::webhook_id();
+    let p = Publish {
+        event: Event {
+            webhook_id: webhook_id.clone(),
+            event_type: Some(event_type),
+            payload: body,
+            received_at: Utc::now(),
+        },
+        subscription_ids: subs.iter().map(|s| s.id.clone()).collect(),
+        idempotency,
+    };
+    let matched = p.subscription_ids.len();
+    Ok(match publish(&st, p).await? {
+        PublishOutcome::Accepted => replayed(
+            FanoutAccepted {
+                webhook_id,
+                matched,
+            },
+            false,
+        ),
+        PublishOutcome::Duplicate {
+            webhook_id,
+            matched,
+        } => replayed(
+            FanoutAccepted {
+                webhook_id,
+                matched,
+            },
+            true,
+        ),
+    })
+}

@@ -1,0 +1,4 @@
+pub mod ingest;
+pub mod ops;
+pub mod subscriptions;
+pub mod webhooks;

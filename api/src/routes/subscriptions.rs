@@ -1,0 +1,101 @@
+//! Subscription management: create, list, read, update, delete.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use herald_core::model::{SubscriptionPatch, SubscriptionSpec};
+use herald_core::subscriptions::Caller;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::JsonBody;
+use crate::state::AppState;
+use crate::views::{SubscriptionPage, SubscriptionView};
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListParams {
+    /// Page size, 1 to 500 (default 50).
+    pub limit: Option<usize>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[utoipa::path(post, path = "/subscriptions", tag = "subscriptions", request_body = SubscriptionSpec,
+    responses((status = 201, body = SubscriptionView), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn create(
+    State(st): State<AppState>,
+    JsonBody(spec): JsonBody<SubscriptionSpec>,
+) -> Result<(StatusCode, Json<SubscriptionView>), ApiError> {
+    let sub = st.subscriptions.create(&spec, None).await?;
+    Ok((StatusCode::CREATED, Json(sub.into())))
+}
+
+#[utoipa::path(get, path = "/subscriptions", tag = "subscriptions", params(ListParams),
+    responses((status = 200, body = SubscriptionPage)))]
+pub async fn list(
+    State(st): State<AppState>,
+    Query(p): Query<ListParams>,
+) -> Result<Json<SubscriptionPage>, ApiError> {
+    let page = st
+        .subscriptions
+        .list(p.limit.unwrap_or(50), p.cursor.as_deref())
+        .await?;
+    Ok(Json(SubscriptionPage {
+        data: page.data.into_iter().map(Into::into).collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+#[utoipa::path(get, path = "/subscriptions/{id}", tag = "subscriptions",
+    responses((status = 200, body = SubscriptionView), (status = 404, body = ErrorBody)))]
+pub async fn get(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<SubscriptionView>, ApiError> {
+    Ok(Json(st.subscriptions.get(&id).await?.into()))
+}
+
+#[utoipa::path(put, path = "/subscriptions/{id}", tag = "subscriptions", request_body = SubscriptionSpec,
+    responses((status = 200, body = SubscriptionView), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "managed by the Kubernetes operator"),
+              (status = 422, body = ErrorBody)))]
+pub async fn replace(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(spec): JsonBody<SubscriptionSpec>,
+) -> Result<Json<SubscriptionView>, ApiError> {
+    Ok(Json(
+        st.subscriptions
+            .update(&id, &spec, &Caller::Api)
+            .await?
+            .into(),
+    ))
+}
+
+#[utoipa::path(patch, path = "/subscriptions/{id}", tag = "subscriptions", request_body = SubscriptionPatch,
+    responses((status = 200, body = SubscriptionView), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn patch(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(patch): JsonBody<SubscriptionPatch>,
+) -> Result<Json<SubscriptionView>, ApiError> {
+    Ok(Json(
+        st.subscriptions
+            .patch(&id, patch, &Caller::Api)
+            .await?
+            .into(),
+    ))
+}
+
+#[utoipa::path(delete, path = "/subscriptions/{id}", tag = "subscriptions",
+    responses((status = 204, description = "deleted; queued deliveries end as Failure"),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn delete(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    st.subscriptions.delete(&id, &Caller::Api).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

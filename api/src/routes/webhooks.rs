@@ -1,0 +1,92 @@
+//! Delivery status: one webhook with its attempts, a subscription's recent attempts, replay.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::error::{ApiError, ErrorBody};
+use crate::state::AppState;
+use crate::views::{AttemptList, Requeued, WebhookStatus};
+
+const MAX_ATTEMPTS_LISTED: usize = 1000;
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct RecentParams {
+    /// How many attempts, newest first (default 20, at most 1000).
+    pub limit: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/webhooks/{webhook_id}", tag = "status",
+    responses((status = 200, body = WebhookStatus), (status = 404, body = ErrorBody)))]
+pub async fn status(
+    State(st): State<AppState>,
+    Path(webhook_id): Path<String>,
+) -> Result<Json<WebhookStatus>, ApiError> {
+    let (rec, attempts) = tokio::try_join!(
+        st.backend.queue.webhook(&webhook_id),
+        st.backend.attempts.by_webhook(&webhook_id)
+    )?;
+    let rec = rec.ok_or(ApiError::NotFound("webhook"))?;
+    Ok(Json(WebhookStatus::new(rec, attempts)))
+}
+
+#[utoipa::path(post, path = "/webhooks/{webhook_id}/retry", tag = "status",
+    responses((status = 202, body = Requeued), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "no failed delivery to retry")))]
+pub async fn retry(
+    State(st): State<AppState>,
+    Path(webhook_id): Path<String>,
+) -> Result<(StatusCode, Json<Requeued>), ApiError> {
+    let requeued = st.backend.queue.replay(&webhook_id).await?;
+    if requeued == 0 {
+        return match st.backend.queue.webhook(&webhook_id).await? {
+            None => Err(ApiError::NotFound("webhook")),
+            Some(rec) => Err(ApiError::Conflict(format!(
+                "nothing to retry: the webhook is {}, only failed deliveries can be retried",
+                serde_json::to_value(rec.status())
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            ))),
+        };
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Requeued {
+            webhook_id,
+            requeued,
+        }),
+    ))
+}
+
+#[utoipa::path(get, path = "/subscriptions/{id}/deliveries", tag = "status", params(RecentParams),
+    responses((status = 200, body = AttemptList), (status = 404, body = ErrorBody)))]
+pub async fn recent(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Query(p): Query<RecentParams>,
+) -> Result<Json<AttemptList>, ApiError> {
+    let limit = p.limit.unwrap_or(20).clamp(1, MAX_ATTEMPTS_LISTED);
+    let data = st.backend.attempts.by_subscription(&id, limit).await?;
+    // A deleted subscription's log stays readable until retention removes it.
+    if data.is_empty() && st.backend.subscriptions.get(&id).await?.is_none() {
+        return Err(ApiError::NotFound("subscription"));
+    }
+    Ok(Json(AttemptList {
+        subscription_id: id,
+        data,
+    }))
+}
+
+/// The original README's path for the same list.
+#[utoipa::path(get, path = "/subscription/logs/{id}", tag = "status", params(RecentParams),
+    responses((status = 200, body = AttemptList), (status = 404, body = ErrorBody)))]
+pub async fn logs_alias(
+    st: State<AppState>,
+    id: Path<String>,
+    p: Query<RecentParams>,
+) -> Result<Json<AttemptList>, ApiError> {
+    recent(st, id, p).await
+}

@@ -1,0 +1,125 @@
+//! The JSON shapes the API answers with (and documents in its OpenAPI description).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use herald_core::model::{
+    Attempt, DeliveryState, DeliveryStatus, Owner, QueueStats, Subscription, WebhookRecord,
+};
+use herald_core::retry::format_duration;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// A subscription as the API shows it: the secret is never returned, only whether there is one.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubscriptionView {
+    pub id: String,
+    pub target_url: String,
+    pub event_types: Vec<String>,
+    pub has_secret: bool,
+    pub headers: BTreeMap<String, String>,
+    pub max_attempts: Option<u32>,
+    pub timeout_ms: Option<u64>,
+    pub retry_schedule: Option<Vec<String>>,
+    pub paused: bool,
+    pub owner: Option<Owner>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<Subscription> for SubscriptionView {
+    fn from(s: Subscription) -> Self {
+        Self {
+            has_secret: s.secret.is_some(),
+            retry_schedule: s
+                .retry_schedule()
+                .map(|v| v.into_iter().map(format_duration).collect()),
+            id: s.id,
+            target_url: s.target_url,
+            event_types: s.event_types,
+            headers: s.headers,
+            max_attempts: s.max_attempts,
+            timeout_ms: s.timeout_ms,
+            paused: s.paused,
+            owner: s.owner,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubscriptionPage {
+    pub data: Vec<SubscriptionView>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IngestAccepted {
+    pub webhook_id: String,
+    /// Always `queued`: the event is durably queued, delivery follows.
+    pub status: &'static str,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FanoutAccepted {
+    pub webhook_id: String,
+    /// How many subscriptions the event was queued for.
+    pub matched: usize,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookStatus {
+    pub webhook_id: String,
+    pub event_type: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub status: DeliveryState,
+    pub deliveries: Vec<DeliveryStatus>,
+    /// Every attempt, oldest first.
+    pub attempts: Vec<Attempt>,
+}
+
+impl WebhookStatus {
+    pub fn new(rec: WebhookRecord, attempts: Vec<Attempt>) -> Self {
+        Self {
+            status: rec.status(),
+            webhook_id: rec.webhook_id,
+            event_type: rec.event_type,
+            received_at: rec.received_at,
+            deliveries: rec.deliveries,
+            attempts,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttemptList {
+    pub subscription_id: String,
+    /// Newest first.
+    pub data: Vec<Attempt>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Requeued {
+    pub webhook_id: String,
+    pub requeued: usize,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Stats {
+    /// Events ingested by this process since it started.
+    pub ingested: u64,
+    /// Deliveries that succeeded in this process since it started.
+    pub delivered: u64,
+    /// Deliveries that failed for good in this process since it started.
+    pub failed: u64,
+    pub queue: QueueStats,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}

@@ -1,0 +1,43 @@
+//! Metric names, in one place for every binary and the dashboard's counters.
+
+pub const EVENTS_INGESTED: &str = "herald_events_ingested_total";
+pub const DELIVERIES_QUEUED: &str = "herald_deliveries_queued_total";
+pub const DELIVERIES_SUCCEEDED: &str = "herald_deliveries_succeeded_total";
+pub const DELIVERIES_FAILED: &str = "herald_deliveries_failed_total";
+pub const ATTEMPTS: &str = "herald_attempts_total";
+pub const ATTEMPT_DURATION: &str = "herald_attempt_duration_seconds";
+pub const QUEUE_READY: &str = "herald_queue_ready";
+pub const QUEUE_SCHEDULED: &str = "herald_queue_retry_backlog";
+pub const QUEUE_IN_FLIGHT: &str = "herald_queue_in_flight";
+pub const RETENTION_DELETED: &str = "herald_retention_deleted_total";
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Totals since this process started, for the dashboard's counters (`GET /stats`).
+#[derive(Debug, Default)]
+pub struct Counts {
+    pub ingested: AtomicU64,
+    pub delivered: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+pub static COUNTS: Counts = Counts {
+    ingested: AtomicU64::new(0),
+    delivered: AtomicU64::new(0),
+    failed: AtomicU64::new(0),
+};
+
+pub fn count_ingested(n: u64) {
+    COUNTS.ingested.fetch_add(n, Ordering::Relaxed);
+    metrics::counter!(EVENTS_INGESTED).increment(n);
+}
+
+pub fn count_final(succeeded: bool) {
+    if succeeded {
+        COUNTS.delivered.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(DELIVERIES_SUCCEEDED).increment(1);
+    } else {
+        COUNTS.failed.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(DELIVERIES_FAILED).increment(1);
+    }
+}

@@ -1,0 +1,9 @@
+//! Herald's delivery side: the engine that claims, sends and settles deliveries, the outgoing
+//! HTTP client with its SSRF guard, and the retention sweep.
+
+pub mod attempt;
+pub mod engine;
+pub mod http;
+pub mod retention;
+
+pub use engine::{Engine, EngineConfig};
