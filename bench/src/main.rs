@@ -1,0 +1,493 @@
+//! `herald-bench`: Herald's benchmark harness. See bench/README.md.
+
+mod floor;
+mod herald;
+mod http;
+mod load;
+mod receiver;
+mod report;
+mod scenarios;
+mod serve;
+mod stats;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use herald::{Launch, Mode};
+use report::{Machine, Matrix, ModeResults, Phase};
+use scenarios::{Ctx, E2eOpts, FloorOpts, IngestOpts, MemoryOpts, RetryOpts};
+use stats::parse_duration;
+
+#[derive(Parser)]
+#[command(
+    name = "herald-bench",
+    version,
+    about = "Herald's benchmark harness: ingest, end-to-end delivery, retry timing, memory, floors",
+    long_about = "Herald's benchmark harness. Starts a standalone Herald itself (a fresh SQLite file \
+                  per scenario) or measures one already running (--url). Traffic goes to loopback \
+                  only; every load loop is bounded in time and in request count."
+)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Which Herald deployment to start. `redis-mongo` (api + delivery on Redis and MongoDB) is
+    /// designed in but not available yet.
+    #[arg(long, global = true, value_enum, default_value_t = Mode::Standalone)]
+    mode: Mode,
+    /// Measure an already-running Herald at this base URL (loopback only) instead of starting one.
+    #[arg(long, global = true, env = "HERALD_BENCH_URL")]
+    url: Option<String>,
+    /// With --url: the Herald process's pid, for its CPU time and RSS (/proc/<pid>).
+    #[arg(long, global = true)]
+    pid: Option<u32>,
+    /// The Herald binary to start [default: <workspace>/target/release/herald].
+    #[arg(long, global = true, env = "HERALD_BIN")]
+    herald_bin: Option<PathBuf>,
+    /// Extra environment for a Herald the harness starts (repeatable), e.g. RUST_LOG=warn.
+    #[arg(long = "herald-env", global = true, value_parser = parse_kv)]
+    herald_env: Vec<(String, String)>,
+    /// Where started processes keep their data (SQLite file, Redis AOF) [default: system temp].
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Redis for the HTTP + Redis floor (and, later, for redis-mongo mode); loopback only.
+    /// Without it the harness starts `redis-server` on a free port.
+    #[arg(long, global = true, env = "HERALD_TEST_REDIS_URL")]
+    redis_url: Option<String>,
+    /// MongoDB for redis-mongo mode (not available yet).
+    #[arg(long, global = true, env = "HERALD_TEST_MONGO_URI")]
+    mongo_uri: Option<String>,
+    /// Also write the result as JSON to this file.
+    #[arg(long, global = true)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Ingest throughput (closed loop per connection count) and latency at a fixed rate (open loop).
+    Ingest {
+        #[arg(long, value_delimiter = ',', default_value = "8,32,128")]
+        connections: Vec<usize>,
+        /// Duration of each closed-loop run.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Cap on requests per closed-loop run.
+        #[arg(long, default_value_t = 2_000_000)]
+        max_requests: u64,
+        /// Open-loop rate, requests/s in total (0: skip the open-loop run).
+        #[arg(long, default_value_t = 2000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 32)]
+        open_connections: usize,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        open_duration: Duration,
+        /// How long to wait, after each run, for every accepted event to be delivered.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        drain_timeout: Duration,
+    },
+    /// End to end: a burst of N events until all are received, then ingest-to-receipt latency
+    /// at a steady rate.
+    E2e {
+        #[arg(long, default_value_t = 20_000)]
+        events: u64,
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// Steady-phase rate, requests/s (0: skip).
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        steady_duration: Duration,
+        /// Give up waiting for deliveries after this long (per phase).
+        #[arg(long, default_value = "120s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Retry timing: N webhooks whose first attempt gets a 500; how late each retry arrives and
+    /// Herald's CPU while they all wait. A started Herald gets HERALD_RETRY_SCHEDULE=<delay>; one
+    /// at --url should be started with it (the subscription also asks for it).
+    Retries {
+        #[arg(long, default_value_t = 100_000)]
+        count: u64,
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        delay: Duration,
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// Extra time, past the last retry's due time, allowed for every retry to arrive.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// RSS of the Herald process: idle, peak and at the end of a sustained run.
+    Memory {
+        #[arg(long, default_value = "3s", value_parser = parse_duration)]
+        idle: Duration,
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        drain_timeout: Duration,
+    },
+    /// The floors: the same client against an empty axum handler, and against a handler doing
+    /// one Redis XADD per request.
+    Floor {
+        #[arg(long, value_delimiter = ',', default_value = "8,32,128")]
+        connections: Vec<usize>,
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 2_000_000)]
+        max_requests: u64,
+        /// Skip the Redis floors.
+        #[arg(long)]
+        no_redis: bool,
+    },
+    /// The whole matrix (floors, then ingest, e2e, retries, memory on standalone), written as
+    /// Markdown and JSON to <out-dir>/<date>-<commit>.{md,json}.
+    Matrix {
+        #[arg(long, default_value = "bench/results")]
+        out_dir: PathBuf,
+        /// Commit to name the results after [default: `git rev-parse --short HEAD`].
+        #[arg(long)]
+        commit: Option<String>,
+        /// Date to name the results after [default: today, UTC].
+        #[arg(long)]
+        date: Option<String>,
+        /// The command line to record in the results.
+        #[arg(long, default_value = "scripts/bench.sh")]
+        command: String,
+        /// A seconds-long version of everything (smoke runs); results are not comparable.
+        #[arg(long)]
+        quick: bool,
+        /// Skip the Redis floors.
+        #[arg(long)]
+        no_redis: bool,
+        /// Webhooks in the retries scenario.
+        #[arg(long, default_value_t = 100_000)]
+        retries_count: u64,
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        retries_delay: Duration,
+    },
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))?;
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn git(args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(args)
+        .current_dir(workspace_root())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, serde_json::to_vec_pretty(value)?)
+        .with_context(|| format!("write {}", path.display()))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let c = &cli.common;
+    if c.mode == Mode::RedisMongo {
+        // The flag exists so scripts can be written against it; the mode does not yet.
+        println!("{}", herald::NOT_AVAILABLE);
+        if matches!(cli.cmd, Cmd::Floor { .. }) {
+            println!("(the floors need no Herald: run `herald-bench floor` without --mode)");
+        }
+        std::process::exit(2);
+    }
+    let data_root = c.data_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let ctx = Ctx {
+        epoch: Instant::now(),
+        url: c.url.clone(),
+        pid: c.pid,
+        launch: Launch {
+            bin: c
+                .herald_bin
+                .clone()
+                .unwrap_or_else(|| herald::default_bin("release")),
+            data_root: data_root.clone(),
+            env: c.herald_env.clone(),
+        },
+        data_root,
+    };
+    let json = c.json.clone();
+    let value = match cli.cmd {
+        Cmd::Ingest {
+            connections,
+            duration,
+            max_requests,
+            rate,
+            open_connections,
+            open_duration,
+            drain_timeout,
+        } => serde_json::to_value(
+            scenarios::ingest(
+                &ctx,
+                &IngestOpts {
+                    connections,
+                    duration,
+                    max_requests,
+                    rate,
+                    open_connections,
+                    open_duration,
+                    drain_timeout,
+                },
+            )
+            .await?,
+        )?,
+        Cmd::E2e {
+            events,
+            connections,
+            rate,
+            steady_duration,
+            timeout,
+        } => serde_json::to_value(
+            scenarios::e2e(
+                &ctx,
+                &E2eOpts {
+                    events,
+                    connections,
+                    rate,
+                    steady_duration,
+                    timeout,
+                },
+            )
+            .await?,
+        )?,
+        Cmd::Retries {
+            count,
+            delay,
+            connections,
+            timeout,
+        } => serde_json::to_value(
+            scenarios::retries(
+                &ctx,
+                &RetryOpts {
+                    count,
+                    delay,
+                    connections,
+                    timeout,
+                },
+            )
+            .await?,
+        )?,
+        Cmd::Memory {
+            idle,
+            duration,
+            rate,
+            connections,
+            drain_timeout,
+        } => serde_json::to_value(
+            scenarios::memory(
+                &ctx,
+                &MemoryOpts {
+                    idle,
+                    duration,
+                    rate,
+                    connections,
+                    drain_timeout,
+                },
+            )
+            .await?,
+        )?,
+        Cmd::Floor {
+            connections,
+            duration,
+            max_requests,
+            no_redis,
+        } => serde_json::to_value(
+            scenarios::floor(
+                &ctx,
+                &FloorOpts {
+                    connections,
+                    duration,
+                    max_requests,
+                    redis_url: c.redis_url.clone(),
+                    no_redis,
+                },
+            )
+            .await?,
+        )?,
+        Cmd::Matrix {
+            out_dir,
+            commit,
+            date,
+            command,
+            quick,
+            no_redis,
+            retries_count,
+            retries_delay,
+        } => {
+            let m = matrix(
+                &ctx,
+                c,
+                MatrixOpts {
+                    commit,
+                    date,
+                    command,
+                    quick,
+                    no_redis,
+                    retries_count,
+                    retries_delay,
+                },
+            )
+            .await?;
+            let stem = format!("{}-{}", m.date, m.commit);
+            std::fs::create_dir_all(&out_dir)?;
+            let md = out_dir.join(format!("{stem}.md"));
+            let js = out_dir.join(format!("{stem}.json"));
+            std::fs::write(&md, m.markdown())?;
+            write_json(&js, &m)?;
+            println!("\n{}", m.markdown());
+            println!("wrote {} and {}", md.display(), js.display());
+            serde_json::to_value(&m)?
+        }
+    };
+    if let Some(path) = json {
+        write_json(&path, &value)?;
+    }
+    Ok(())
+}
+
+struct MatrixOpts {
+    commit: Option<String>,
+    date: Option<String>,
+    command: String,
+    quick: bool,
+    no_redis: bool,
+    retries_count: u64,
+    retries_delay: Duration,
+}
+
+async fn matrix(ctx: &Ctx, c: &Common, o: MatrixOpts) -> Result<Matrix> {
+    let t0 = Instant::now();
+    let machine = Machine::detect();
+    if c.url.is_none() && !ctx.launch.bin.is_file() {
+        bail!(
+            "Herald binary {} not found: run `cargo build --release -p herald-api` first (scripts/bench.sh does)",
+            ctx.launch.bin.display()
+        );
+    }
+    let secs = Duration::from_secs;
+    let q = o.quick;
+    let floor_opts = FloorOpts {
+        connections: if q { vec![8] } else { vec![8, 32, 128] },
+        duration: if q { secs(1) } else { secs(5) },
+        max_requests: 2_000_000,
+        redis_url: c.redis_url.clone(),
+        no_redis: o.no_redis,
+    };
+    let ingest_opts = IngestOpts {
+        connections: if q { vec![8] } else { vec![8, 32, 128] },
+        duration: if q { secs(1) } else { secs(10) },
+        max_requests: if q { 300 } else { 2_000_000 },
+        rate: if q { 100.0 } else { 2000.0 },
+        open_connections: if q { 4 } else { 32 },
+        open_duration: if q { secs(1) } else { secs(10) },
+        drain_timeout: if q { secs(30) } else { secs(60) },
+    };
+    let e2e_opts = E2eOpts {
+        events: if q { 300 } else { 20_000 },
+        connections: if q { 8 } else { 32 },
+        rate: if q { 100.0 } else { 1000.0 },
+        steady_duration: if q { secs(1) } else { secs(10) },
+        timeout: if q { secs(30) } else { secs(120) },
+    };
+    let retry_opts = RetryOpts {
+        count: if q { 200 } else { o.retries_count },
+        delay: if q { secs(5) } else { o.retries_delay },
+        connections: if q { 8 } else { 32 },
+        timeout: if q { secs(30) } else { secs(60) },
+    };
+    let memory_opts = MemoryOpts {
+        idle: if q { secs(1) } else { secs(3) },
+        duration: if q { secs(2) } else { secs(60) },
+        rate: if q { 100.0 } else { 1000.0 },
+        connections: if q { 4 } else { 16 },
+        drain_timeout: if q { secs(30) } else { secs(60) },
+    };
+    let settings = serde_json::json!({
+        "quick": q,
+        "floor": {"connections": floor_opts.connections, "duration_s": floor_opts.duration.as_secs_f64()},
+        "ingest": {"connections": ingest_opts.connections, "duration_s": ingest_opts.duration.as_secs_f64(),
+                   "open_rate": ingest_opts.rate, "open_connections": ingest_opts.open_connections,
+                   "open_duration_s": ingest_opts.open_duration.as_secs_f64()},
+        "e2e": {"events": e2e_opts.events, "connections": e2e_opts.connections, "steady_rate": e2e_opts.rate,
+                "steady_duration_s": e2e_opts.steady_duration.as_secs_f64()},
+        "retries": {"count": retry_opts.count, "delay_s": retry_opts.delay.as_secs_f64()},
+        "memory": {"rate": memory_opts.rate, "duration_s": memory_opts.duration.as_secs_f64(),
+                   "connections": memory_opts.connections},
+        "herald_env": c.herald_env,
+    });
+    let floor = Phase::from_result(scenarios::floor(ctx, &floor_opts).await);
+    let ingest = Phase::from_result(scenarios::ingest(ctx, &ingest_opts).await);
+    let e2e = Phase::from_result(scenarios::e2e(ctx, &e2e_opts).await);
+    let retries = Phase::from_result(scenarios::retries(ctx, &retry_opts).await);
+    let memory = Phase::from_result(scenarios::memory(ctx, &memory_opts).await);
+    for (name, failed) in [
+        ("floor", matches!(floor, Phase::Failed { .. })),
+        ("ingest", matches!(ingest, Phase::Failed { .. })),
+        ("e2e", matches!(e2e, Phase::Failed { .. })),
+        ("retries", matches!(retries, Phase::Failed { .. })),
+        ("memory", matches!(memory, Phase::Failed { .. })),
+    ] {
+        if failed {
+            eprintln!("matrix: the {name} phase failed; see the results file");
+        }
+    }
+    let mut m = Matrix {
+        date: o.date.unwrap_or_else(report::utc_date),
+        commit: o
+            .commit
+            .or_else(|| git(&["rev-parse", "--short", "HEAD"]))
+            .unwrap_or_else(|| "unknown".into()),
+        command: o.command,
+        machine,
+        herald: c
+            .url
+            .clone()
+            .unwrap_or_else(|| ctx.launch.bin.display().to_string()),
+        settings,
+        floor,
+        standalone: Some(ModeResults {
+            ingest,
+            e2e,
+            retries,
+            memory,
+        }),
+        redis_mongo: "not available yet".into(),
+        targets: Vec::new(),
+        elapsed_s: 0.0,
+    };
+    m.check_targets();
+    m.elapsed_s = t0.elapsed().as_secs_f64();
+    Ok(m)
+}

@@ -1,0 +1,533 @@
+//! The matrix's results: the JSON document and its Markdown rendering.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::load::LoadResult;
+use crate::scenarios::{mib, E2eResult, FloorResult, IngestResult, MemoryResult, RetryResult};
+
+/// A phase's result, or why it has none.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Phase<T> {
+    Done(T),
+    Failed { error: String },
+}
+
+impl<T> Phase<T> {
+    pub fn from_result(r: anyhow::Result<T>) -> Self {
+        match r {
+            Ok(v) => Phase::Done(v),
+            Err(e) => Phase::Failed {
+                error: format!("{e:#}"),
+            },
+        }
+    }
+
+    pub fn done(&self) -> Option<&T> {
+        match self {
+            Phase::Done(v) => Some(v),
+            Phase::Failed { .. } => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Machine {
+    pub nproc: usize,
+    pub cpu_model: String,
+    pub mem_total_kib: u64,
+    pub kernel: String,
+    /// /proc/loadavg when the run started: other work on the machine skews every figure.
+    pub loadavg_at_start: String,
+}
+
+impl Machine {
+    pub fn detect() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        Self {
+            nproc: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            cpu_model: cpuinfo
+                .lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_else(|| "unknown".into()),
+            mem_total_kib: meminfo
+                .lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_default(),
+            loadavg_at_start: std::fs::read_to_string("/proc/loadavg")
+                .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+                .unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModeResults {
+    pub ingest: Phase<IngestResult>,
+    pub e2e: Phase<E2eResult>,
+    pub retries: Phase<RetryResult>,
+    pub memory: Phase<MemoryResult>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetCheck {
+    pub target: String,
+    pub measured: String,
+    /// None: not measured (mode missing, phase failed).
+    pub met: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Matrix {
+    pub date: String,
+    pub commit: String,
+    pub command: String,
+    pub machine: Machine,
+    /// Where the standalone Herald came from (binary path or --url).
+    pub herald: String,
+    pub settings: serde_json::Value,
+    pub floor: Phase<FloorResult>,
+    pub standalone: Option<ModeResults>,
+    /// "not available yet" until Herald has its Redis + MongoDB backends.
+    pub redis_mongo: String,
+    pub targets: Vec<TargetCheck>,
+    pub elapsed_s: f64,
+}
+
+fn same_conns(rs: &[LoadResult], c: usize) -> Option<&LoadResult> {
+    rs.iter().find(|r| r.connections == c)
+}
+
+fn pct(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.0} %", a / b * 100.0)
+    } else {
+        "–".into()
+    }
+}
+
+impl Matrix {
+    /// Fills `targets` from the results (the targets for this pass).
+    pub fn check_targets(&mut self) {
+        let mut t = Vec::new();
+        let sa = self.standalone.as_ref();
+        let ingest = sa.and_then(|m| m.ingest.done());
+        let best = ingest.and_then(|i| {
+            i.closed
+                .iter()
+                .max_by(|a, b| a.rps.total_cmp(&b.rps))
+                .cloned()
+        });
+        t.push(TargetCheck {
+            target: "ingest standalone ≥ 8,000 req/s (every 202 durable)".into(),
+            measured: best
+                .as_ref()
+                .map(|b| format!("{:.0} req/s at {} connections", b.rps, b.connections))
+                .unwrap_or_else(|| "not measured".into()),
+            met: best.as_ref().map(|b| b.rps >= 8000.0 && b.errors == 0),
+        });
+        let e2e = sa.and_then(|m| m.e2e.done());
+        t.push(TargetCheck {
+            target: "end to end standalone ≥ 5,000 deliveries/s".into(),
+            measured: e2e
+                .map(|e| format!("{:.0} deliveries/s", e.deliveries_per_s))
+                .unwrap_or_else(|| "not measured".into()),
+            met: e2e.map(|e| e.deliveries_per_s >= 5000.0 && e.burst_all_received),
+        });
+        let r = sa.and_then(|m| m.retries.done());
+        t.push(TargetCheck {
+            target: format!(
+                "retries: p99 lateness ≤ 1 s with {} waiting",
+                r.map(|r| r.count).unwrap_or(100_000)
+            ),
+            measured: r
+                .map(|r| {
+                    format!(
+                        "p99 {:.0} ms, max {:.0} ms ({} of {} retried)",
+                        r.lateness.p99_ms, r.lateness.max_ms, r.retried, r.first_failures
+                    )
+                })
+                .unwrap_or_else(|| "not measured".into()),
+            met: r.map(|r| r.all_retried && r.lateness.p99_ms <= 1000.0),
+        });
+        t.push(TargetCheck {
+            target: "retries: Herald CPU while they wait ≤ 5 % of a core".into(),
+            measured: r
+                .and_then(|r| r.waiting_cpu_pct.map(|c| (r, c)))
+                .map(|(r, c)| {
+                    format!(
+                        "{c:.1} % with {} waiting ({:.0} s window)",
+                        r.waiting_during_cpu_window, r.cpu_window_s
+                    )
+                })
+                .unwrap_or_else(|| "not measured".into()),
+            met: r.and_then(|r| r.waiting_cpu_pct).map(|c| c <= 5.0),
+        });
+        let m = sa.and_then(|m| m.memory.done());
+        t.push(TargetCheck {
+            target: "idle RSS ≤ 30 MB".into(),
+            measured: m
+                .map(|m| format!("{:.1} MiB", mib(m.idle_rss_kib)))
+                .unwrap_or_else(|| "not measured".into()),
+            met: m.map(|m| (m.idle_rss_kib as f64) * 1024.0 <= 30e6),
+        });
+        t.push(TargetCheck {
+            target: "no RSS growth over the sustained run".into(),
+            measured: m
+                .map(|m| {
+                    format!(
+                        "{:+.1} % ({:.1} → {:.1} MiB)",
+                        m.growth_pct,
+                        mib(m.warm_rss_kib),
+                        mib(m.end_rss_kib)
+                    )
+                })
+                .unwrap_or_else(|| "not measured".into()),
+            // Allocator noise aside: under 10 % from a quarter of the way in to the end.
+            met: m.map(|m| m.growth_pct < 10.0),
+        });
+        t.push(TargetCheck {
+            target: "ingest Redis mode ≥ 15,000 req/s at 32 conns, p99 ≤ 10 ms, ≥ 50 % of HTTP + Redis floor".into(),
+            measured: "not available yet (no Redis + MongoDB mode)".into(),
+            met: None,
+        });
+        self.targets = t;
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let m = &self.machine;
+        let _ = writeln!(
+            s,
+            "# Herald benchmark: {}, commit `{}`\n",
+            self.date, self.commit
+        );
+        let _ = writeln!(
+            s,
+            "Machine: {} cores ({}), {:.1} GiB memory, Linux {}, load average {} at the start. The load generator, the receiver, Herald and Redis all share these cores.  ",
+            m.nproc,
+            m.cpu_model,
+            m.mem_total_kib as f64 / 1024.0 / 1024.0,
+            m.kernel,
+            m.loadavg_at_start
+        );
+        let _ = writeln!(s, "Command: `{}`  ", self.command);
+        let _ = writeln!(
+            s,
+            "Herald: standalone (SQLite) from {}. Redis + MongoDB mode: {}. Run took {:.0} s.\n",
+            self.herald, self.redis_mongo, self.elapsed_s
+        );
+
+        let _ = writeln!(s, "## Ingest (`POST /ingest/{{sub}}`, ~100-byte JSON)\n");
+        let _ = writeln!(
+            s,
+            "| scenario | conns | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | % of HTTP floor | % of HTTP + Redis floor | server CPU |"
+        );
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let floor = self.floor.done();
+        let row = |s: &mut String,
+                   name: &str,
+                   r: &LoadResult,
+                   vs_http: String,
+                   vs_redis: String| {
+            let rate = r
+                .target_rate
+                .map(|x| format!(" at {x:.0}/s"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "| {name}{rate} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {vs_http} | {vs_redis} | {} |",
+                r.connections,
+                r.rps,
+                r.latency.p50_ms,
+                r.latency.p90_ms,
+                r.latency.p99_ms,
+                r.latency.p999_ms,
+                r.errors,
+                r.server_cpu_pct
+                    .map(|c| format!("{c:.0} %"))
+                    .unwrap_or_else(|| "–".into()),
+            );
+        };
+        match &self.floor {
+            Phase::Done(f) => {
+                for r in &f.http {
+                    row(
+                        &mut s,
+                        "floor: empty axum handler",
+                        r,
+                        "100 %".into(),
+                        "–".into(),
+                    );
+                }
+                for r in &f.http_redis {
+                    let vs = same_conns(&f.http, r.connections)
+                        .map(|h| pct(r.rps, h.rps))
+                        .unwrap_or_default();
+                    row(
+                        &mut s,
+                        "floor: HTTP + one Redis XADD",
+                        r,
+                        vs,
+                        "100 %".into(),
+                    );
+                }
+                for r in &f.redis_xadd {
+                    row(
+                        &mut s,
+                        "Redis XADD alone (no HTTP)",
+                        r,
+                        "–".into(),
+                        "–".into(),
+                    );
+                }
+                if let Some(n) = &f.redis_note {
+                    let _ = writeln!(s, "| Redis floors: {n} | | | | | | | | | | |");
+                }
+            }
+            Phase::Failed { error } => {
+                let _ = writeln!(s, "| floor failed: {error} | | | | | | | | | | |");
+            }
+        }
+        let vs = |r: &LoadResult| {
+            let http = floor
+                .and_then(|f| same_conns(&f.http, r.connections))
+                .map(|h| pct(r.rps, h.rps))
+                .unwrap_or_else(|| "–".into());
+            let redis = floor
+                .and_then(|f| same_conns(&f.http_redis, r.connections))
+                .map(|h| pct(r.rps, h.rps))
+                .unwrap_or_else(|| "–".into());
+            (http, redis)
+        };
+        let sa = self.standalone.as_ref();
+        match sa.map(|m| &m.ingest) {
+            Some(Phase::Done(i)) => {
+                for r in &i.closed {
+                    let (a, b) = vs(r);
+                    row(&mut s, "**Herald standalone**, closed loop", r, a, b);
+                }
+                if let Some(r) = &i.open {
+                    row(
+                        &mut s,
+                        "Herald standalone, open loop",
+                        r,
+                        "–".into(),
+                        "–".into(),
+                    );
+                }
+            }
+            Some(Phase::Failed { error }) => {
+                let _ = writeln!(
+                    s,
+                    "| Herald standalone failed: {error} | | | | | | | | | | |"
+                );
+            }
+            None => {}
+        }
+        let _ = writeln!(
+            s,
+            "| Herald Redis + MongoDB | – | {} | | | | | | | | |",
+            self.redis_mongo
+        );
+        let _ = writeln!(
+            s,
+            "\nClosed loop: each connection sends its next request when the previous one is answered. Open loop: a fixed rate, latency measured from each request's intended send time (no coordinated omission). After each Herald phase the harness waits until its receiver has every accepted event.\n"
+        );
+
+        let _ = writeln!(s, "## End to end (standalone, one process)\n");
+        match sa.map(|m| &m.e2e) {
+            Some(Phase::Done(e)) => {
+                let _ = writeln!(s, "| figure | value |\n|---|---:|");
+                let _ = writeln!(
+                    s,
+                    "| burst: events ingested ({} conns, closed loop) | {} in {:.2} s ({:.0} req/s) |",
+                    e.burst_ingest.connections,
+                    e.burst_ingest.ok,
+                    e.burst_ingest.elapsed_s,
+                    e.burst_ingest.rps
+                );
+                let _ = writeln!(
+                    s,
+                    "| burst: all received | {} ({} of {}) |",
+                    if e.burst_all_received {
+                        "yes"
+                    } else {
+                        "**no**"
+                    },
+                    e.burst_received,
+                    e.burst_ingest.ok
+                );
+                let _ = writeln!(
+                    s,
+                    "| burst: first ingest → last delivery | {:.2} s |",
+                    e.burst_total_s
+                );
+                let _ = writeln!(
+                    s,
+                    "| **deliveries/s** (received ÷ that time) | **{:.0}** |",
+                    e.deliveries_per_s
+                );
+                let _ = writeln!(
+                    s,
+                    "| drain after the last 202 | {:.2} s at {:.0} deliveries/s |",
+                    e.drain_s, e.drain_rate
+                );
+                if let Some(c) = e.burst_server_cpu_pct {
+                    let _ = writeln!(s, "| Herald CPU during the burst | {c:.0} % |");
+                }
+                if let Some(r) = &e.steady_ingest {
+                    let l = &e.steady_latency;
+                    let _ = writeln!(
+                        s,
+                        "| steady {:.0}/s for {:.0} s: ingest → receipt p50 / p90 / p99 / p99.9 / max | {:.1} / {:.1} / {:.1} / {:.1} / {:.1} ms |",
+                        r.target_rate.unwrap_or(0.0),
+                        r.elapsed_s,
+                        l.p50_ms,
+                        l.p90_ms,
+                        l.p99_ms,
+                        l.p999_ms,
+                        l.max_ms
+                    );
+                }
+                let _ = writeln!(s, "| duplicate deliveries | {} |", e.duplicates);
+            }
+            Some(Phase::Failed { error }) => {
+                let _ = writeln!(s, "failed: {error}");
+            }
+            None => {}
+        }
+
+        let _ = writeln!(s, "\n## Retries (standalone)\n");
+        match sa.map(|m| &m.retries) {
+            Some(Phase::Done(r)) => {
+                let _ = writeln!(s, "| figure | value |\n|---|---:|");
+                let _ = writeln!(
+                    s,
+                    "| webhooks whose first attempt got a 500 | {} (ingested at {:.0} req/s) |",
+                    r.first_failures, r.ingest.rps
+                );
+                let _ = writeln!(s, "| retry delay | {:.0} s |", r.delay_s);
+                let _ = writeln!(
+                    s,
+                    "| retried (all?) | {} ({}) |",
+                    r.retried,
+                    if r.all_retried { "all" } else { "**not all**" }
+                );
+                let _ = writeln!(
+                    s,
+                    "| lateness vs due time p50 / p99 / max | {:.0} / {:.0} / {:.0} ms |",
+                    r.lateness.p50_ms, r.lateness.p99_ms, r.lateness.max_ms
+                );
+                let _ = writeln!(
+                    s,
+                    "| retries earlier than due | {} (max {:.0} ms early) |",
+                    r.early_retries, r.max_early_ms
+                );
+                let _ = writeln!(
+                    s,
+                    "| Herald CPU while they wait | {} |",
+                    r.waiting_cpu_pct
+                        .map(|c| format!(
+                            "{c:.1} % of a core, {} waiting, {:.0} s window",
+                            r.waiting_during_cpu_window, r.cpu_window_s
+                        ))
+                        .unwrap_or_else(|| "not measured".into())
+                );
+                if let Some(n) = &r.note {
+                    let _ = writeln!(s, "| note | {n} |");
+                }
+            }
+            Some(Phase::Failed { error }) => {
+                let _ = writeln!(s, "failed: {error}");
+            }
+            None => {}
+        }
+
+        let _ = writeln!(s, "\n## Memory (standalone, RSS of the Herald process)\n");
+        match sa.map(|m| &m.memory) {
+            Some(Phase::Done(m)) => {
+                let _ = writeln!(s, "| idle | warm (¼ in) | peak | end of run | after drain | growth warm → end | sustained load |\n|---:|---:|---:|---:|---:|---:|---|");
+                let _ = writeln!(
+                    s,
+                    "| {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:+.1} % | {:.0}/s for {:.0} s, {} errors |",
+                    mib(m.idle_rss_kib),
+                    mib(m.warm_rss_kib),
+                    mib(m.peak_rss_kib),
+                    mib(m.end_rss_kib),
+                    mib(m.after_drain_rss_kib),
+                    m.growth_pct,
+                    m.load.target_rate.unwrap_or(0.0),
+                    m.load.elapsed_s,
+                    m.load.errors
+                );
+            }
+            Some(Phase::Failed { error }) => {
+                let _ = writeln!(s, "failed: {error}");
+            }
+            None => {}
+        }
+
+        let _ = writeln!(
+            s,
+            "\n## Targets\n\n| target | measured | met |\n|---|---|---|"
+        );
+        for t in &self.targets {
+            let met = match t.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "–",
+            };
+            let _ = writeln!(s, "| {} | {} | {met} |", t.target, t.measured);
+        }
+        s
+    }
+}
+
+/// Today's UTC date, `YYYY-MM-DD`, without a date crate.
+pub fn utc_date() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+// Howard Hinnant's days-to-civil algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+    }
+}

@@ -1,0 +1,624 @@
+//! The benchmark scenarios: floors, ingest, end-to-end, retries, memory.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use hyper::header::{HeaderName, HeaderValue};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::floor::{self, LocalRedis};
+use crate::herald::{self, Herald, Launch};
+use crate::http::{self, Base};
+use crate::load::{self, LoadResult, Op, Spec};
+use crate::receiver::{self, Receiver};
+use crate::stats::{self, Percentiles};
+
+/// Where the Herald under test comes from.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub epoch: Instant,
+    /// An already-running Herald (`--url`) and, optionally, its pid.
+    pub url: Option<String>,
+    pub pid: Option<u32>,
+    /// Otherwise, how to start a standalone one (fresh data directory per scenario).
+    pub launch: Launch,
+    pub data_root: PathBuf,
+}
+
+impl Ctx {
+    pub async fn herald(&self, extra_env: &[(String, String)]) -> Result<Herald> {
+        match &self.url {
+            Some(url) => Herald::external(url, self.pid).await,
+            None => Herald::spawn(&self.launch, extra_env).await,
+        }
+    }
+}
+
+fn ingest_op(base: &Base, sub: &str, kind: &'static str) -> Op {
+    Op::Http {
+        base: base.clone(),
+        path: format!("/ingest/{sub}"),
+        headers: vec![(
+            HeaderName::from_static("event-type"),
+            HeaderValue::from_static("bench.event"),
+        )],
+        body: load::payload(kind),
+    }
+}
+
+/// Waits until the receiver has every accepted event; records the wait on the phase.
+async fn drain(r: &mut LoadResult, receiver: &Receiver, expected: u64, timeout: Duration) {
+    let t = Instant::now();
+    let ok = receiver.wait_delivered(expected, timeout).await;
+    r.drain_s = Some(t.elapsed().as_secs_f64());
+    r.undelivered = Some(if ok {
+        0
+    } else {
+        expected.saturating_sub(receiver.delivered())
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Floors
+
+#[derive(Debug, Clone)]
+pub struct FloorOpts {
+    pub connections: Vec<usize>,
+    pub duration: Duration,
+    pub max_requests: u64,
+    pub redis_url: Option<String>,
+    pub no_redis: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FloorResult {
+    /// Empty axum handler (HTTP ceiling).
+    pub http: Vec<LoadResult>,
+    /// An axum handler doing one Redis XADD per request (HTTP + Redis floor).
+    pub http_redis: Vec<LoadResult>,
+    /// XADD alone, as many concurrent callers as connections, one multiplexed connection.
+    pub redis_xadd: Vec<LoadResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_note: Option<String>,
+}
+
+pub async fn floor(ctx: &Ctx, o: &FloorOpts) -> Result<FloorResult> {
+    let mut out = FloorResult::default();
+    println!("== floor: empty axum handler (HTTP ceiling)");
+    {
+        let server = floor::empty_server()?;
+        let op = ingest_op(&Base::from_addr(server.addr), "sub_floor", "floor");
+        for &c in &o.connections {
+            let spec = Spec {
+                label: "floor http (empty handler)".into(),
+                connections: c,
+                duration: o.duration,
+                max_requests: o.max_requests,
+                rate: None,
+            };
+            let r = load::run_measured(&spec, &op, ctx.epoch, None).await?;
+            r.print();
+            out.http.push(r);
+        }
+    }
+    if o.no_redis {
+        out.redis_note = Some("skipped (--no-redis)".into());
+        return Ok(out);
+    }
+    let mut _local = None;
+    let url = match &o.redis_url {
+        Some(u) => u.clone(),
+        None => match LocalRedis::start(&ctx.data_root).await {
+            Ok(r) => {
+                let u = r.url.clone();
+                _local = Some(r);
+                u
+            }
+            Err(e) => {
+                println!("== floor: Redis skipped: {e:#}");
+                out.redis_note = Some(format!("skipped: {e:#}"));
+                return Ok(out);
+            }
+        },
+    };
+    let redis_pid = _local.as_ref().map(|r: &LocalRedis| r.pid());
+    let conn = floor::connect(&url).await?;
+    println!("== floor: one Redis XADD per request ({url}, AOF everysec when started here)");
+    {
+        let server = floor::redis_server_handler(conn.clone())?;
+        let op = ingest_op(&Base::from_addr(server.addr), "sub_floor", "floor");
+        for &c in &o.connections {
+            let spec = Spec {
+                label: "floor http + redis XADD".into(),
+                connections: c,
+                duration: o.duration,
+                max_requests: o.max_requests,
+                rate: None,
+            };
+            let r = load::run_measured(&spec, &op, ctx.epoch, redis_pid).await?;
+            r.print();
+            out.http_redis.push(r);
+        }
+    }
+    {
+        let conn = Arc::new(conn);
+        let op = Op::Custom(Arc::new(move |seq| {
+            let mut c = (*conn).clone();
+            Box::pin(async move {
+                let body = format!(r#"{{"bench":"xadd","seq":{seq}}}"#);
+                redis::cmd("XADD")
+                    .arg("herald:bench:xadd")
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(1_000_000)
+                    .arg("*")
+                    .arg("p")
+                    .arg(body)
+                    .query_async::<String>(&mut c)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            })
+        }));
+        for &c in &o.connections {
+            let spec = Spec {
+                label: "redis XADD alone".into(),
+                connections: c,
+                duration: o.duration,
+                max_requests: o.max_requests,
+                rate: None,
+            };
+            let r = load::run_measured(&spec, &op, ctx.epoch, redis_pid).await?;
+            r.print();
+            out.redis_xadd.push(r);
+        }
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ingest
+
+#[derive(Debug, Clone)]
+pub struct IngestOpts {
+    pub connections: Vec<usize>,
+    pub duration: Duration,
+    pub max_requests: u64,
+    pub rate: f64,
+    pub open_connections: usize,
+    pub open_duration: Duration,
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct IngestResult {
+    pub closed: Vec<LoadResult>,
+    pub open: Option<LoadResult>,
+    pub accepted: u64,
+    pub delivered: u64,
+}
+
+pub async fn ingest(ctx: &Ctx, o: &IngestOpts) -> Result<IngestResult> {
+    let herald = ctx.herald(&[]).await?;
+    let receiver = Receiver::start(receiver::Mode::Ok, ctx.epoch)?;
+    let sub = http::create_subscription(&herald.base, &json!({"target_url": receiver.hook_url()}))
+        .await?;
+    let op = ingest_op(&herald.base, &sub, "ingest");
+    println!(
+        "== ingest: POST {}/ingest/{sub} (deliveries go to the harness's receiver)",
+        herald.base.url()
+    );
+    let mut out = IngestResult::default();
+    for &c in &o.connections {
+        let spec = Spec {
+            label: "ingest closed loop".into(),
+            connections: c,
+            duration: o.duration,
+            max_requests: o.max_requests,
+            rate: None,
+        };
+        let mut r = load::run_measured(&spec, &op, ctx.epoch, herald.pid).await?;
+        out.accepted += r.ok;
+        drain(&mut r, &receiver, out.accepted, o.drain_timeout).await;
+        r.print();
+        out.closed.push(r);
+    }
+    if o.rate > 0.0 {
+        let spec = Spec {
+            label: "ingest open loop".into(),
+            connections: o.open_connections,
+            duration: o.open_duration,
+            max_requests: (o.rate * o.open_duration.as_secs_f64()).ceil() as u64 + 1,
+            rate: Some(o.rate),
+        };
+        let mut r = load::run_measured(&spec, &op, ctx.epoch, herald.pid).await?;
+        out.accepted += r.ok;
+        drain(&mut r, &receiver, out.accepted, o.drain_timeout).await;
+        r.print();
+        out.open = Some(r);
+    }
+    out.delivered = receiver.delivered();
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// End to end
+
+#[derive(Debug, Clone)]
+pub struct E2eOpts {
+    pub events: u64,
+    pub connections: usize,
+    pub rate: f64,
+    pub steady_duration: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct E2eResult {
+    pub events: u64,
+    /// The burst's ingest phase (closed loop, `events` requests).
+    pub burst_ingest: LoadResult,
+    /// Distinct webhooks received from the burst.
+    pub burst_received: u64,
+    pub burst_all_received: bool,
+    /// First ingest sent to last delivery received.
+    pub burst_total_s: f64,
+    /// `burst_received / burst_total_s`.
+    pub deliveries_per_s: f64,
+    /// Last ingest answered to last delivery received.
+    pub drain_s: f64,
+    /// Deliveries received after the last ingest was answered, per second of drain.
+    pub drain_rate: f64,
+    /// Herald's CPU from the first ingest to the last delivery, % of one core.
+    pub burst_server_cpu_pct: Option<f64>,
+    pub duplicates: u64,
+    /// The steady phase's ingest (open loop at `rate`).
+    pub steady_ingest: Option<LoadResult>,
+    pub steady_all_received: bool,
+    /// Ingest (intended send time) to receipt.
+    pub steady_latency: Percentiles,
+}
+
+pub async fn e2e(ctx: &Ctx, o: &E2eOpts) -> Result<E2eResult> {
+    let herald = ctx.herald(&[]).await?;
+    let receiver = Receiver::start(receiver::Mode::Ok, ctx.epoch)?;
+    let spec_json = json!({"target_url": receiver.hook_url()});
+    let burst_sub = http::create_subscription(&herald.base, &spec_json).await?;
+    println!(
+        "== e2e: burst of {} events, then {:.0}/s for {:?}",
+        o.events, o.rate, o.steady_duration
+    );
+    let cpu0 = herald.pid.and_then(herald::cpu_seconds);
+    let spec = Spec {
+        label: "e2e burst ingest".into(),
+        connections: o.connections,
+        duration: o.timeout,
+        max_requests: o.events,
+        rate: None,
+    };
+    let op = ingest_op(&herald.base, &burst_sub, "e2e");
+    let mut burst = load::run_measured(&spec, &op, ctx.epoch, herald.pid).await?;
+    let ingest_end = Instant::now();
+    let at_end = receiver.delivered();
+    let all = receiver.wait_delivered(burst.ok, o.timeout).await;
+    let received = receiver.delivered();
+    let last = receiver.last_delivery_at().unwrap_or(ingest_end);
+    let started = burst.started_at.unwrap_or(ingest_end);
+    let cpu1 = herald.pid.and_then(herald::cpu_seconds);
+    let total_s = last
+        .saturating_duration_since(started)
+        .as_secs_f64()
+        .max(1e-9);
+    let drain_s = last.saturating_duration_since(ingest_end).as_secs_f64();
+    burst.undelivered = Some(burst.ok.saturating_sub(received));
+    burst.print();
+    let mut out = E2eResult {
+        events: o.events,
+        burst_received: received,
+        burst_all_received: all,
+        burst_total_s: total_s,
+        deliveries_per_s: received as f64 / total_s,
+        drain_s,
+        drain_rate: if drain_s > 0.0 {
+            received.saturating_sub(at_end) as f64 / drain_s
+        } else {
+            0.0
+        },
+        burst_server_cpu_pct: match (cpu0, cpu1) {
+            (Some(a), Some(b)) => Some((b - a) / total_s * 100.0),
+            _ => None,
+        },
+        burst_ingest: burst,
+        ..Default::default()
+    };
+    println!(
+        "e2e burst: {received}/{} delivered in {total_s:.2} s = {:.0} deliveries/s (drain after ingest {drain_s:.2} s at {:.0}/s){}",
+        out.burst_ingest.ok,
+        out.deliveries_per_s,
+        out.drain_rate,
+        out.burst_server_cpu_pct
+            .map(|c| format!(", Herald CPU {c:.0}%"))
+            .unwrap_or_default()
+    );
+    if o.rate > 0.0 {
+        receiver.reset_latency();
+        let steady_sub = http::create_subscription(&herald.base, &spec_json).await?;
+        let spec = Spec {
+            label: "e2e steady ingest".into(),
+            connections: 8,
+            duration: o.steady_duration,
+            max_requests: (o.rate * o.steady_duration.as_secs_f64()).ceil() as u64 + 1,
+            rate: Some(o.rate),
+        };
+        let op = ingest_op(&herald.base, &steady_sub, "e2e");
+        let mut r = load::run_measured(&spec, &op, ctx.epoch, herald.pid).await?;
+        let expected = out.burst_ingest.ok + r.ok;
+        drain(&mut r, &receiver, expected, o.timeout).await;
+        r.print();
+        out.steady_all_received = r.undelivered == Some(0);
+        out.steady_ingest = Some(r);
+        out.steady_latency = receiver.snapshot().latency;
+        let l = &out.steady_latency;
+        println!(
+            "e2e steady: ingest-to-receipt p50 {:.2} ms  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  ({} deliveries)",
+            l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms, l.count
+        );
+    }
+    out.duplicates = receiver.snapshot().duplicates;
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retries
+
+#[derive(Debug, Clone)]
+pub struct RetryOpts {
+    pub count: u64,
+    pub delay: Duration,
+    pub connections: usize,
+    /// Extra time allowed, past the last retry's due time, for every retry to arrive.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RetryResult {
+    pub count: u64,
+    pub delay_s: f64,
+    pub ingest: LoadResult,
+    /// First attempts answered 500.
+    pub first_failures: u64,
+    /// Retries answered 200.
+    pub retried: u64,
+    pub all_retried: bool,
+    /// Retries waiting (failed once, not yet retried) while CPU was measured.
+    pub waiting_during_cpu_window: u64,
+    /// Herald's CPU while every retry waited, % of one core (None: no window; see note).
+    pub waiting_cpu_pct: Option<f64>,
+    pub cpu_window_s: f64,
+    /// Retry arrival minus due time (due = the 500 answer + delay).
+    pub lateness: Percentiles,
+    pub early_retries: u64,
+    pub max_early_ms: f64,
+    pub duplicates: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+pub async fn retries(ctx: &Ctx, o: &RetryOpts) -> Result<RetryResult> {
+    let schedule = stats::schedule_string(o.delay);
+    let herald = ctx
+        .herald(&[("HERALD_RETRY_SCHEDULE".into(), schedule.clone())])
+        .await?;
+    let receiver = Receiver::start(receiver::Mode::FailFirst { delay: o.delay }, ctx.epoch)?;
+    let mut note = None;
+    // The per-subscription schedule makes an external Herald (--url) behave too; a Herald
+    // that rejects the field still has HERALD_RETRY_SCHEDULE when the harness started it.
+    let spec =
+        json!({"target_url": receiver.hook_url(), "retry_schedule": [schedule], "max_attempts": 2});
+    let sub = match http::create_subscription(&herald.base, &spec).await {
+        Ok(s) => s,
+        Err(e) => {
+            note = Some(format!(
+                "per-subscription retry_schedule refused ({e:#}); relying on HERALD_RETRY_SCHEDULE"
+            ));
+            http::create_subscription(&herald.base, &json!({"target_url": receiver.hook_url()}))
+                .await?
+        }
+    };
+    println!(
+        "== retries: {} webhooks, first attempt answered 500, retry due {schedule} later",
+        o.count
+    );
+    let spec = Spec {
+        label: "retries ingest".into(),
+        connections: o.connections,
+        duration: o.delay + o.timeout,
+        max_requests: o.count,
+        rate: None,
+    };
+    let op = ingest_op(&herald.base, &sub, "retry");
+    let ingest = load::run_measured(&spec, &op, ctx.epoch, herald.pid).await?;
+    ingest.print();
+    let accepted = ingest.ok;
+    // Every first attempt made (and failed)?
+    let end = Instant::now() + o.delay + o.timeout;
+    while receiver.first_failures() < accepted && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (first_fail, last_fail, _) = receiver.fail_times();
+    let mut out = RetryResult {
+        count: o.count,
+        delay_s: o.delay.as_secs_f64(),
+        first_failures: receiver.first_failures(),
+        ..Default::default()
+    };
+    // CPU while they all wait: from 1 s after the last first attempt to 0.5 s before the
+    // earliest retry is due.
+    if let (Some(pid), Some(first)) = (herald.pid, first_fail) {
+        let start = Instant::now() + Duration::from_secs(1);
+        let stop = first + o.delay - Duration::from_millis(500).min(o.delay);
+        if stop > start + Duration::from_secs(1) {
+            tokio::time::sleep_until(start.into()).await;
+            out.waiting_during_cpu_window = receiver.first_failures() - receiver.delivered();
+            let window = stop - Instant::now();
+            out.waiting_cpu_pct = herald::cpu_percent(pid, window).await;
+            out.cpu_window_s = window.as_secs_f64();
+            println!(
+                "retries: {} waiting; Herald CPU while they wait {:.2}% of a core (over {:.1} s)",
+                out.waiting_during_cpu_window,
+                out.waiting_cpu_pct.unwrap_or(f64::NAN),
+                out.cpu_window_s
+            );
+        } else {
+            note = Some(format!(
+                "no idle window to measure CPU: the first attempts took longer than the delay ({schedule}); use a longer --delay"
+            ));
+        }
+    } else if herald.pid.is_none() {
+        note = Some("Herald's pid unknown (--url without --pid): CPU not measured".into());
+    }
+    let deadline = last_fail.unwrap_or_else(Instant::now) + o.delay + o.timeout;
+    let wait = deadline.saturating_duration_since(Instant::now());
+    out.all_retried = receiver.wait_delivered(accepted, wait).await;
+    let snap = receiver.snapshot();
+    out.retried = snap.delivered;
+    out.lateness = snap.lateness;
+    out.early_retries = snap.early_retries;
+    out.max_early_ms = snap.max_early_ms;
+    out.duplicates = snap.duplicates;
+    out.ingest = ingest;
+    out.note = note;
+    let l = &out.lateness;
+    println!(
+        "retries: {}/{} retried; lateness p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms; early {}",
+        out.retried, out.first_failures, l.p50_ms, l.p99_ms, l.max_ms, out.early_retries
+    );
+    if let Some(n) = &out.note {
+        println!("retries: note: {n}");
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory
+
+#[derive(Debug, Clone)]
+pub struct MemoryOpts {
+    pub idle: Duration,
+    pub duration: Duration,
+    pub rate: f64,
+    pub connections: usize,
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MemoryResult {
+    pub idle_rss_kib: u64,
+    /// Highest RSS sampled (every 250 ms) during the run and its drain.
+    pub peak_rss_kib: u64,
+    /// VmHWM at the end (the kernel's own peak).
+    pub hwm_kib: u64,
+    /// RSS a quarter of the way into the run (warmed up).
+    pub warm_rss_kib: u64,
+    /// RSS at the end of the run.
+    pub end_rss_kib: u64,
+    /// RSS after the backlog drained and 2 s passed.
+    pub after_drain_rss_kib: u64,
+    /// `end / warm - 1`, in percent.
+    pub growth_pct: f64,
+    pub load: LoadResult,
+    /// (seconds since the run started, RSS KiB), one a second.
+    pub samples: Vec<(f64, u64)>,
+}
+
+pub async fn memory(ctx: &Ctx, o: &MemoryOpts) -> Result<MemoryResult> {
+    let herald = ctx.herald(&[]).await?;
+    let Some(pid) = herald.pid else {
+        bail!("memory needs Herald's pid: pass --pid with --url");
+    };
+    let rss = || herald::rss_kib(pid).map(|(r, _)| r).unwrap_or(0);
+    tokio::time::sleep(o.idle).await;
+    let idle = rss();
+    println!("== memory: idle RSS {} KiB (pid {pid})", idle);
+    let receiver = Receiver::start(receiver::Mode::Ok, ctx.epoch)?;
+    let sub = http::create_subscription(&herald.base, &json!({"target_url": receiver.hook_url()}))
+        .await?;
+    let spec = Spec {
+        label: "memory sustained ingest".into(),
+        connections: o.connections,
+        duration: o.duration,
+        max_requests: (o.rate * o.duration.as_secs_f64()).ceil() as u64 + 1,
+        rate: Some(o.rate),
+    };
+    let op = ingest_op(&herald.base, &sub, "memory");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let t0 = Instant::now();
+            let mut samples = Vec::new();
+            let mut peak = 0;
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
+                let r = herald::rss_kib(pid).map(|(r, _)| r).unwrap_or(0);
+                peak = peak.max(r);
+                if n.is_multiple_of(4) {
+                    samples.push((t0.elapsed().as_secs_f64(), r));
+                }
+                n += 1;
+            }
+            (peak, samples)
+        })
+    };
+    let warm_at = Instant::now() + o.duration / 4;
+    let warm = tokio::spawn(async move {
+        tokio::time::sleep_until(warm_at.into()).await;
+        herald::rss_kib(pid).map(|(r, _)| r).unwrap_or(0)
+    });
+    let mut load = load::run_measured(&spec, &op, ctx.epoch, Some(pid)).await?;
+    let end_rss = rss();
+    let accepted = load.ok;
+    drain(&mut load, &receiver, accepted, o.drain_timeout).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (peak, samples) = sampler.await.context("sampler")?;
+    let warm = warm.await.context("warm sample")?;
+    let hwm = herald::rss_kib(pid).map(|(_, h)| h).unwrap_or(0);
+    load.print();
+    let out = MemoryResult {
+        idle_rss_kib: idle,
+        peak_rss_kib: peak.max(end_rss).max(after),
+        hwm_kib: hwm,
+        warm_rss_kib: warm,
+        end_rss_kib: end_rss,
+        after_drain_rss_kib: after,
+        growth_pct: if warm > 0 {
+            (end_rss as f64 / warm as f64 - 1.0) * 100.0
+        } else {
+            0.0
+        },
+        load,
+        samples,
+    };
+    println!(
+        "memory: idle {:.1} MiB, warm {:.1} MiB, peak {:.1} MiB (HWM {:.1}), end {:.1} MiB, after drain {:.1} MiB, growth warm->end {:+.1}%",
+        mib(out.idle_rss_kib),
+        mib(out.warm_rss_kib),
+        mib(out.peak_rss_kib),
+        mib(out.hwm_kib),
+        mib(out.end_rss_kib),
+        mib(out.after_drain_rss_kib),
+        out.growth_pct
+    );
+    Ok(out)
+}
+
+pub fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}

@@ -1,0 +1,206 @@
+//! Smoke runs of the harness: a few hundred requests each, seconds in all. They check that the
+//! harness works and counts (non-zero counts, no errors, everything delivered); they never
+//! assert performance figures.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+const BENCH: &str = env!("CARGO_BIN_EXE_herald-bench");
+
+/// A scratch directory under the target dir (real disk, cleaned at the start of each run).
+fn scratch(name: &str) -> PathBuf {
+    let dir = target_profile_dir()
+        .join("herald-bench-smoke")
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// target/<profile>: this test binary lives in target/<profile>/deps.
+fn target_profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// The Herald binary: $HERALD_BIN, else `herald` in this profile's target dir, else in the
+/// other profile's. Cargo cannot hand a binary of another crate to this test, so it must have
+/// been built first (`cargo test --workspace` does; otherwise `cargo build -p herald-api`).
+fn herald_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("HERALD_BIN") {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "HERALD_BIN={} is not a file", p.display());
+        return p;
+    }
+    let profile_dir = target_profile_dir();
+    let target = profile_dir.parent().expect("target dir");
+    let candidates = [
+        profile_dir.join("herald"),
+        target.join("debug").join("herald"),
+        target.join("release").join("herald"),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "the herald binary is missing (looked for {candidates:?}): build it with \
+                 `cargo build -p herald-api` (or set HERALD_BIN) and run the test again"
+            )
+        })
+}
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new(BENCH)
+        .args(args)
+        .env_remove("HERALD_BENCH_URL")
+        .env_remove("HERALD_TEST_REDIS_URL")
+        .output()
+        .expect("run herald-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "herald-bench {args:?} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn read_json(path: &Path) -> Value {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_str(&text).expect("valid JSON")
+}
+
+fn u(v: &Value, path: &str) -> u64 {
+    v.pointer(path)
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("{path} missing or not a count in {v:#}"))
+}
+
+/// Checks one load phase: something was answered, nothing failed.
+fn assert_load_ok(v: &Value, path: &str) {
+    assert!(
+        u(v, &format!("{path}/ok")) > 0,
+        "{path}: no requests answered: {v:#}"
+    );
+    assert_eq!(u(v, &format!("{path}/errors")), 0, "{path}: errors: {v:#}");
+}
+
+#[test]
+fn floor_counts_requests() {
+    let dir = scratch("floor");
+    let json = dir.join("floor.json");
+    run(&[
+        "floor",
+        "--connections",
+        "4",
+        "--duration",
+        "1s",
+        "--max-requests",
+        "300",
+        "--no-redis",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let v = read_json(&json);
+    assert_load_ok(&v, "/http/0");
+    assert!(
+        u(&v, "/http/0/ok") <= 300,
+        "the request cap was not honoured: {v:#}"
+    );
+    assert!(u(&v, "/http/0/latency/count") > 0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn redis_mongo_mode_says_not_available() {
+    let out = Command::new(BENCH)
+        .args(["--mode", "redis-mongo", "ingest"])
+        .output()
+        .expect("run herald-bench");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not available yet"));
+}
+
+#[test]
+fn quick_matrix_against_standalone_herald() {
+    let bin = herald_bin();
+    let dir = scratch("matrix");
+    let stdout = run(&[
+        "matrix",
+        "--quick",
+        "--no-redis",
+        "--herald-bin",
+        bin.to_str().unwrap(),
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--out-dir",
+        dir.to_str().unwrap(),
+        "--commit",
+        "smoke",
+        "--date",
+        "today",
+    ]);
+    let v = read_json(&dir.join("today-smoke.json"));
+    assert!(
+        dir.join("today-smoke.md").is_file(),
+        "no Markdown written:\n{stdout}"
+    );
+    for phase in [
+        "floor",
+        "standalone/ingest",
+        "standalone/e2e",
+        "standalone/retries",
+        "standalone/memory",
+    ] {
+        assert!(
+            v.pointer(&format!("/{phase}/error")).is_none(),
+            "{phase} failed: {:#}",
+            v.pointer(&format!("/{phase}")).unwrap()
+        );
+    }
+    assert_load_ok(&v, "/floor/http/0");
+
+    let ingest = v.pointer("/standalone/ingest").unwrap();
+    assert_load_ok(ingest, "/closed/0");
+    assert_load_ok(ingest, "/open");
+    assert_eq!(u(ingest, "/closed/0/undelivered"), 0, "{ingest:#}");
+    assert_eq!(
+        u(ingest, "/delivered"),
+        u(ingest, "/accepted"),
+        "{ingest:#}"
+    );
+
+    let e2e = v.pointer("/standalone/e2e").unwrap();
+    assert_load_ok(e2e, "/burst_ingest");
+    assert_eq!(e2e["burst_all_received"], true, "{e2e:#}");
+    assert_eq!(u(e2e, "/burst_received"), u(e2e, "/burst_ingest/ok"));
+    assert_load_ok(e2e, "/steady_ingest");
+    assert_eq!(e2e["steady_all_received"], true, "{e2e:#}");
+    assert!(u(e2e, "/steady_latency/count") > 0, "{e2e:#}");
+
+    let retries = v.pointer("/standalone/retries").unwrap();
+    assert_load_ok(retries, "/ingest");
+    assert_eq!(retries["all_retried"], true, "{retries:#}");
+    assert_eq!(
+        u(retries, "/retried"),
+        u(retries, "/ingest/ok"),
+        "{retries:#}"
+    );
+    assert_eq!(u(retries, "/first_failures"), u(retries, "/ingest/ok"));
+    assert!(u(retries, "/lateness/count") > 0, "{retries:#}");
+
+    let memory = v.pointer("/standalone/memory").unwrap();
+    assert_load_ok(memory, "/load");
+    assert!(u(memory, "/idle_rss_kib") > 0 && u(memory, "/peak_rss_kib") > 0);
+
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Herald's benchmark matrix: floors (empty axum handler, HTTP + Redis XADD), then ingest,
+# end-to-end delivery, retry timing and memory against a standalone Herald the harness starts
+# itself. Under 10 minutes on the 2-core reference machine (plus the release build, when it is
+# not already up to date). Writes bench/results/<date>-<commit>.{md,json}.
+#
+#   scripts/bench.sh                          # the whole matrix
+#   scripts/bench.sh --quick                  # seconds-long smoke version (figures not comparable)
+#   scripts/bench.sh --url http://127.0.0.1:8000 --pid 1234   # an already-running Herald
+#   scripts/bench.sh --mode redis-mongo       # prints "not available yet" (no such mode yet)
+#
+# Extra arguments go to `herald-bench matrix` (see `target/release/herald-bench matrix --help`).
+# Traffic goes to 127.0.0.1 only; every load loop is bounded in time and request count.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The HTTP + Redis floor needs a Redis: HERALD_TEST_REDIS_URL, or a redis-server the harness
+# starts on a free loopback port (Debian's package).
+if [ -z "${HERALD_TEST_REDIS_URL:-}" ] && ! command -v redis-server >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "bench.sh: installing redis-server for the HTTP + Redis floor" >&2
+        (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null) ||
+            echo "bench.sh: could not install redis-server; the Redis floors will be skipped" >&2
+    else
+        echo "bench.sh: no redis-server and no HERALD_TEST_REDIS_URL; the Redis floors will be skipped" >&2
+    fi
+fi
+
+echo "bench.sh: cargo build --release -p herald-api -p herald-bench" >&2
+cargo build --release -p herald-api -p herald-bench
+
+commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if [ -n "$(git status --porcelain --untracked-files=no -- api core delivery Cargo.toml Cargo.lock 2>/dev/null)" ]; then
+    commit="${commit}-dirty"
+fi
+date="$(date -u +%Y-%m-%d)"
+
+# The matrix bounds itself (~7 minutes); the timeout is a backstop.
+exec timeout --signal=TERM --kill-after=30s 15m \
+    target/release/herald-bench matrix \
+    --out-dir bench/results --commit "$commit" --date "$date" \
+    --command "scripts/bench.sh${*:+ $*}" "$@"
