@@ -1,0 +1,567 @@
+#!/usr/bin/env bash
+# Herald's test environment: real Redis, FerretDB (MongoDB wire protocol),
+# etcd + kube-apiserver (a node-less Kubernetes control plane) and helm.
+#
+#   scripts/testenv.sh [--] COMMAND [ARGS...]   build what is missing, start the
+#                                               servers, run COMMAND with their
+#                                               addresses exported, stop them
+#   scripts/testenv.sh --build-only             build/cache every tool, start nothing
+#   scripts/testenv.sh --start                  start the servers and leave them
+#                                               running; prints `export` lines
+#   scripts/testenv.sh --stop RUN_DIR           stop servers left by --start
+#   scripts/testenv.sh --help
+#
+# Exported to COMMAND: HERALD_TEST_REDIS_URL, HERALD_TEST_REDIS_CONF,
+# HERALD_TEST_MONGO_URI, KUBECONFIG, HERALD_TEST_HELM, HERALD_TESTENV_DIR, and
+# PATH with etcd, kube-apiserver, kubectl, ferretdb and helm first.
+#
+# Settings (environment):
+#   HERALD_TESTENV_CACHE    where built tools and Go caches live
+#                           (default: ${XDG_CACHE_HOME:-$HOME/.cache}/herald-testenv)
+#   HERALD_TESTENV_SERVERS  which servers to start (default: "redis mongo kube")
+#   HERALD_TESTENV_GO_P     Go build parallelism (default: 1, or nproc when CI=true)
+#   HERALD_TESTENV_KEEP=1   keep the run directory (logs, data) after stopping
+#
+# Go tools are built from the consumer modules in tools/testenv/*/ (versions are
+# pinned by their go.mod/go.sum) at low priority (nice 19), once per version.
+set -Eeuo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+MODS=$ROOT/tools/testenv
+CACHE=${HERALD_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/herald-testenv}
+SERVERS=${HERALD_TESTENV_SERVERS:-redis mongo kube}
+# Bump when the way tools are built changes, to force a rebuild.
+RECIPE=1
+
+log() { printf 'testenv: %s\n' "$*" >&2; }
+trap 'log "unexpected failure (line $LINENO): $BASH_COMMAND"' ERR
+die() {
+  log "error: $*"
+  exit 1
+}
+
+usage() { sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; }
+
+has_server() { [[ " $SERVERS " == *" $1 "* ]]; }
+
+# ---------------------------------------------------------------------------
+# Building
+# ---------------------------------------------------------------------------
+
+# modver MODULE_DIR MODULE_PATH: the version a consumer go.mod requires.
+modver() {
+  awk -v m="$2" '$1 == m && $2 ~ /^v/ { print $2; exit } $1 == "require" && $2 == m { print $3; exit }' \
+    "$MODS/$1/go.mod"
+}
+
+KUBE_VERSION=$(modver kube k8s.io/kubernetes)
+ETCD_VERSION=$(modver etcd go.etcd.io/etcd/server/v3)
+FERRETDB_VERSION=$(modver ferretdb github.com/FerretDB/FerretDB)
+HELM_VERSION=$(modver helm helm.sh/helm/v3)
+[[ -n $KUBE_VERSION && -n $ETCD_VERSION && -n $FERRETDB_VERSION && -n $HELM_VERSION ]] ||
+  die "could not read pinned versions from $MODS/*/go.mod"
+
+ensure_go() {
+  if ! command -v go >/dev/null 2>&1; then
+    [[ -x /usr/local/go/bin/go ]] || die "Go is needed to build the test servers (not found on PATH)"
+    PATH=/usr/local/go/bin:$PATH
+  fi
+}
+
+# go_build NAME VERSION MODULE PACKAGE LDFLAGS [PREPARE]: build PACKAGE from the
+# consumer module tools/testenv/MODULE into $CACHE/NAME-VERSION/NAME unless an
+# identical build is already there. PREPARE, if given, is a function that gets
+# the output directory and prints the directory to build in instead.
+go_build() {
+  local name=$1 version=$2 mod=$MODS/$3 pkg=$4 ldflags=$5 prepare=${6:-}
+  local dir=$CACHE/$name-$version
+  local bin=$dir/$name stamp
+  stamp=$(
+    {
+      echo "recipe=$RECIPE pkg=$pkg ldflags=$ldflags prepare=$prepare"
+      shopt -s nullglob
+      local f
+      for f in "$mod"/go.mod "$mod"/go.sum "$mod"/*.go "$mod"/*.txt; do cat "$f"; done
+    } | sha256sum | cut -d' ' -f1
+  )
+  if [[ -x $bin && -f $dir/.stamp && $(<"$dir/.stamp") == "$stamp" ]]; then
+    return 0
+  fi
+  ensure_go
+  mkdir -p "$dir" "$CACHE/logs"
+  local p=${HERALD_TESTENV_GO_P:-}
+  if [[ -z $p ]]; then
+    if [[ ${CI:-} == true ]]; then p=$(nproc); else p=1; fi
+  fi
+  log "building $name $version (once per version; log: $CACHE/logs/$name.log)"
+  local start=$SECONDS builddir=$mod
+  export GOMODCACHE=$CACHE/go/mod GOCACHE=$CACHE/go/build GOWORK=off CGO_ENABLED=0
+  export GOFLAGS="-mod=readonly -trimpath -buildvcs=false -p=$p"
+  if ! {
+    if [[ -n $prepare ]]; then builddir=$("$prepare" "$dir" "$mod"); fi &&
+      (cd "$builddir" && nice -n 19 go build -ldflags "$ldflags" -o "$bin.tmp" "$pkg")
+  } >"$CACHE/logs/$name.log" 2>&1; then
+    tail -n 40 "$CACHE/logs/$name.log" >&2
+    die "building $name failed (full log: $CACHE/logs/$name.log)"
+  fi
+  mv -f "$bin.tmp" "$bin"
+  echo "$stamp" >"$dir/.stamp"
+  log "built $name $version in $((SECONDS - start))s"
+}
+
+# FerretDB embeds build/version/version.txt, which its release process generates;
+# a binary built straight from the module proxy panics at start-up without it.
+# So build from a writable copy of the module source with that file added
+# (tools/testenv/ferretdb/version.txt), wired in by a directory replace.
+prepare_ferretdb() {
+  local out=$1 mod=$2 src
+  src=$(cd "$mod" && go mod download -json "github.com/FerretDB/FerretDB@$FERRETDB_VERSION" |
+    sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  [[ -d $src ]] || return 1
+  rm -rf "$out/src" "$out/build"
+  mkdir -p "$out/build"
+  cp -r "$src" "$out/src"
+  chmod -R u+w "$out/src"
+  cp "$mod/version.txt" "$out/src/build/version/version.txt"
+  cp "$mod/go.mod" "$mod/go.sum" "$out/build/"
+  echo "replace github.com/FerretDB/FerretDB => ../src" >>"$out/build/go.mod"
+  echo "$out/build"
+}
+
+kube_ldflags() {
+  local v=$KUBE_VERSION major minor
+  major=${v#v}
+  major=${major%%.*}
+  minor=${v#v*.}
+  minor=${minor%%.*}
+  local f="-s -w"
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    f+=" -X $p.gitVersion=$v -X $p.gitMajor=$major -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
+  done
+  echo "$f"
+}
+
+helm_ldflags() {
+  # As helm's Makefile: the default Kubernetes version comes from its client-go.
+  local cg major minor
+  cg=$(modver helm k8s.io/client-go) # v0.MINOR.PATCH
+  major=$((${cg:1:1} + 1))
+  minor=${cg#v*.}
+  minor=${minor%%.*}
+  local f="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  f+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  for p in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+    f+=" -X $p.k8sVersionMajor=$major -X $p.k8sVersionMinor=$minor"
+  done
+  echo "$f"
+}
+
+# build_all: build every tool the selected servers need (plus helm and kubectl
+# with kube), serialised by a lock so that concurrent runs share one build.
+build_all() {
+  mkdir -p "$CACHE"
+  exec 8>"$CACHE/.build.lock"
+  if ! flock -n 8; then
+    log "waiting for another testenv build to finish ($CACHE/.build.lock)"
+    flock 8
+  fi
+  if has_server mongo; then
+    go_build ferretdb "$FERRETDB_VERSION" ferretdb github.com/FerretDB/FerretDB/cmd/ferretdb "-s -w" \
+      prepare_ferretdb
+  fi
+  if has_server kube; then
+    go_build etcd "$ETCD_VERSION" etcd . "-s -w"
+    go_build kube-apiserver "$KUBE_VERSION" kube k8s.io/kubernetes/cmd/kube-apiserver "$(kube_ldflags)"
+    go_build kubectl "$KUBE_VERSION" kube k8s.io/kubernetes/cmd/kubectl "$(kube_ldflags)"
+    go_build helm "$HELM_VERSION" helm helm.sh/helm/v3/cmd/helm "$(helm_ldflags)"
+  fi
+  flock -u 8
+  exec 8>&-
+}
+
+ensure_redis() {
+  command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 && return 0
+  log "installing Debian's redis-server package"
+  local sudo=()
+  [[ $(id -u) -eq 0 ]] || sudo=(sudo -n)
+  # Keep the package's own service from starting (we start our own instance).
+  local policy=/usr/sbin/policy-rc.d made_policy=
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
+    "${sudo[@]}" chmod +x "$policy"
+    made_policy=1
+  fi
+  local ok=
+  export DEBIAN_FRONTEND=noninteractive
+  if "${sudo[@]}" apt-get install -y -q --no-install-recommends redis-server >&2 ||
+    { "${sudo[@]}" apt-get update -q >&2 &&
+      "${sudo[@]}" apt-get install -y -q --no-install-recommends redis-server >&2; }; then
+    ok=1
+  fi
+  [[ -z $made_policy ]] || "${sudo[@]}" rm -f "$policy"
+  [[ -n $ok ]] || die "could not install redis-server with apt-get"
+}
+
+# ---------------------------------------------------------------------------
+# Servers
+# ---------------------------------------------------------------------------
+
+RUN=
+CMD_PID=
+DETACH=()
+declare -A USED_PORTS=()
+
+# free_port: a loopback TCP port below the ephemeral range that nothing listens on.
+free_port() {
+  local p i
+  for i in $(seq 1 200); do
+    p=$((20000 + RANDOM % 12000))
+    [[ -z ${USED_PORTS[$p]:-} ]] || continue
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      USED_PORTS[$p]=1
+      echo "$p"
+      return 0
+    fi
+  done
+  die "no free loopback port found"
+}
+
+# start_server NAME BINARY ARGS...: start in the background, log to $RUN/NAME.log
+# and record "PID NAME BINARY" so that stop_servers (or --stop) can end it.
+start_server() {
+  local name=$1
+  shift
+  "${DETACH[@]}" "$@" </dev/null >"$RUN/$name.log" 2>&1 &
+  echo "$! $name $(readlink -f "$(command -v "$1")")" >>"$RUN/servers"
+}
+
+# wait_for NAME SECONDS COMMAND...: poll COMMAND until it succeeds.
+wait_for() {
+  local name=$1 timeout=$2 pid
+  shift 2
+  pid=$(awk -v n="$name" '$2 == n { print $1 }' "$RUN/servers")
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      tail -n 30 "$RUN/$name.log" >&2
+      die "$name exited during start-up (log: $RUN/$name.log)"
+    fi
+    if ((SECONDS >= deadline)); then
+      tail -n 30 "$RUN/$name.log" >&2
+      die "$name not ready after ${timeout}s (log: $RUN/$name.log)"
+    fi
+    sleep 0.2
+  done
+}
+
+tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# is_ours PID BINARY: PID is still the process we started (not a reused PID).
+is_ours() {
+  kill -0 "$1" 2>/dev/null && [[ $(readlink "/proc/$1/exe" 2>/dev/null) == "$2" ]]
+}
+
+# stop_servers DIR: stop the servers recorded in DIR/servers, newest first.
+stop_servers() {
+  local dir=$1 pid name bin deadline
+  [[ -f $dir/servers ]] || return 0
+  while read -r pid name bin; do
+    is_ours "$pid" "$bin" || continue
+    kill -TERM "$pid" 2>/dev/null || true
+    deadline=$((SECONDS + 15))
+    while is_ours "$pid" "$bin" && ((SECONDS < deadline)); do sleep 0.1; done
+    if is_ours "$pid" "$bin"; then
+      log "$name did not stop in 15s; killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+  done < <(tac "$dir/servers")
+  # A test may have restarted Redis from $HERALD_TEST_REDIS_CONF: stop that too.
+  if [[ -f $dir/redis/port ]] && command -v redis-cli >/dev/null 2>&1; then
+    local port
+    port=$(<"$dir/redis/port")
+    if redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null | grep -q PONG &&
+      redis-cli -h 127.0.0.1 -p "$port" config get dir 2>/dev/null | grep -qxF "$dir/redis"; then
+      redis-cli -h 127.0.0.1 -p "$port" shutdown nosave >/dev/null 2>&1 || true
+    fi
+  fi
+  : >"$dir/servers"
+}
+
+# Servers of earlier runs whose script was killed outright (SIGKILL) are stopped
+# here; runs left by --start (owner "detached") are left alone.
+reap_stale_runs() {
+  local d owner
+  for d in "${TMPDIR:-/tmp}"/herald-testenv.*/; do
+    [[ -f $d/owner ]] || continue
+    owner=$(<"$d/owner")
+    [[ $owner != detached ]] || continue
+    kill -0 "$owner" 2>/dev/null && continue
+    log "stopping servers left by an interrupted run in $d"
+    stop_servers "${d%/}"
+    rm -rf "${d:?}"
+  done
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM HUP
+  if [[ -n $CMD_PID ]] && kill -0 "$CMD_PID" 2>/dev/null; then
+    kill -TERM "$CMD_PID" 2>/dev/null || true
+    wait "$CMD_PID" 2>/dev/null || true
+  fi
+  if [[ -n $RUN && -d $RUN ]]; then
+    stop_servers "$RUN"
+    if [[ ${HERALD_TESTENV_KEEP:-} == 1 ]]; then
+      log "kept $RUN"
+    else
+      rm -rf "$RUN"
+    fi
+  fi
+  exit "$rc"
+}
+
+start_redis() {
+  local port
+  port=$(free_port)
+  mkdir -p "$RUN/redis"
+  echo "$port" >"$RUN/redis/port"
+  cat >"$RUN/redis/redis.conf" <<EOF
+bind 127.0.0.1
+port $port
+protected-mode yes
+dir $RUN/redis
+appendonly yes
+appendfsync everysec
+save ""
+daemonize no
+logfile ""
+EOF
+  start_server redis redis-server "$RUN/redis/redis.conf"
+  export HERALD_TEST_REDIS_URL=redis://127.0.0.1:$port
+  export HERALD_TEST_REDIS_CONF=$RUN/redis/redis.conf
+}
+
+start_mongo() {
+  local port
+  port=$(free_port)
+  mkdir -p "$RUN/ferretdb/data" "$RUN/ferretdb/state"
+  echo "$port" >"$RUN/ferretdb/port"
+  start_server ferretdb ferretdb --handler=sqlite --sqlite-url="file:$RUN/ferretdb/data/" \
+    --listen-addr="127.0.0.1:$port" --debug-addr=- --state-dir="$RUN/ferretdb/state" \
+    --telemetry=disable --log-level=warn
+  export HERALD_TEST_MONGO_URI=mongodb://127.0.0.1:$port/
+}
+
+# Certificates for the control plane: one CA signing the apiserver's serving
+# certificate (127.0.0.1, localhost) and an admin client certificate
+# (O=system:masters), plus the service-account signing key.
+make_kube_certs() {
+  local d=$RUN/kube/pki
+  mkdir -p "$d"
+  (
+    cd "$d"
+    openssl ecparam -name prime256v1 -genkey -noout 2>/dev/null | openssl pkcs8 -topk8 -nocrypt -out ca.key
+    openssl req -x509 -new -key ca.key -sha256 -days 30 -subj "/CN=herald-testenv-ca" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+      -out ca.crt 2>/dev/null
+    local kind
+    for kind in server admin; do
+      openssl ecparam -name prime256v1 -genkey -noout 2>/dev/null | openssl pkcs8 -topk8 -nocrypt -out "$kind.key"
+    done
+    openssl req -new -key server.key -subj "/CN=kube-apiserver" -out server.csr 2>/dev/null
+    printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature" \
+      "extendedKeyUsage=serverAuth" "subjectAltName=IP:127.0.0.1,DNS:localhost" >server.ext
+    openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 -sha256 \
+      -extfile server.ext -out server.crt 2>/dev/null
+    openssl req -new -key admin.key -subj "/O=system:masters/CN=herald-admin" -out admin.csr 2>/dev/null
+    printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature" \
+      "extendedKeyUsage=clientAuth" >admin.ext
+    openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 -sha256 \
+      -extfile admin.ext -out admin.crt 2>/dev/null
+    openssl ecparam -name prime256v1 -genkey -noout 2>/dev/null | openssl pkcs8 -topk8 -nocrypt -out sa.key
+    openssl ec -in sa.key -pubout -out sa.pub 2>/dev/null
+  ) || die "generating certificates with openssl failed"
+}
+
+start_kube() {
+  local etcd_port peer_port api_port token
+  etcd_port=$(free_port)
+  peer_port=$(free_port)
+  api_port=$(free_port)
+  mkdir -p "$RUN/etcd" "$RUN/kube/certs"
+  chmod 700 "$RUN/etcd"
+  start_server etcd etcd --name=herald-testenv --data-dir="$RUN/etcd" \
+    --listen-client-urls="http://127.0.0.1:$etcd_port" --advertise-client-urls="http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls="http://127.0.0.1:$peer_port" --initial-advertise-peer-urls="http://127.0.0.1:$peer_port" \
+    --initial-cluster="herald-testenv=http://127.0.0.1:$peer_port" --unsafe-no-fsync --log-level=warn
+
+  make_kube_certs
+  local pki=$RUN/kube/pki
+  token=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')
+  echo "$token,herald-admin,herald-admin,system:masters" >"$RUN/kube/tokens.csv"
+
+  wait_for etcd 60 curl -sf "http://127.0.0.1:$etcd_port/health"
+  start_server kube-apiserver kube-apiserver \
+    --etcd-servers="http://127.0.0.1:$etcd_port" \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" \
+    --cert-dir="$RUN/kube/certs" --tls-cert-file="$pki/server.crt" --tls-private-key-file="$pki/server.key" \
+    --client-ca-file="$pki/ca.crt" --token-auth-file="$RUN/kube/tokens.csv" \
+    --service-account-issuer="https://127.0.0.1:$api_port" \
+    --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
+    --service-cluster-ip-range=10.0.0.0/24 --allow-privileged=true \
+    --authorization-mode=RBAC --disable-admission-plugins=ServiceAccount \
+    --profiling=false
+
+  b64() { base64 -w0 <"$pki/$1"; }
+  cat >"$RUN/kube/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: herald-testenv
+  cluster:
+    server: https://127.0.0.1:$api_port
+    certificate-authority-data: $(b64 ca.crt)
+users:
+- name: herald-admin
+  user:
+    token: $token
+- name: herald-admin-cert
+  user:
+    client-certificate-data: $(b64 admin.crt)
+    client-key-data: $(b64 admin.key)
+contexts:
+- name: herald-testenv
+  context:
+    cluster: herald-testenv
+    user: herald-admin
+    namespace: default
+- name: herald-testenv-cert
+  context:
+    cluster: herald-testenv
+    user: herald-admin-cert
+    namespace: default
+current-context: herald-testenv
+preferences: {}
+EOF
+  chmod 600 "$RUN/kube/kubeconfig"
+  export KUBECONFIG=$RUN/kube/kubeconfig
+  KUBE_READY=(curl -sf --cacert "$pki/ca.crt" -H "Authorization: Bearer $token"
+    "https://127.0.0.1:$api_port/readyz")
+}
+
+start_all() {
+  RUN=$(mktemp -d "${TMPDIR:-/tmp}/herald-testenv.XXXXXX")
+  echo "${1:-$$}" >"$RUN/owner"
+  : >"$RUN/servers"
+  mkdir -p "$RUN/bin"
+  local name dir
+  if has_server kube; then
+    for name in etcd kube-apiserver kubectl helm; do
+      case $name in
+        etcd) dir=$CACHE/etcd-$ETCD_VERSION ;;
+        helm) dir=$CACHE/helm-$HELM_VERSION ;;
+        *) dir=$CACHE/$name-$KUBE_VERSION ;;
+      esac
+      ln -s "$dir/$name" "$RUN/bin/$name"
+    done
+    export HERALD_TEST_HELM=$RUN/bin/helm
+    # Keep helm's repositories, cache and plugins inside the run directory.
+    export HELM_CONFIG_HOME=$RUN/helm/config HELM_CACHE_HOME=$RUN/helm/cache HELM_DATA_HOME=$RUN/helm/data
+  fi
+  if has_server mongo; then
+    ln -s "$CACHE/ferretdb-$FERRETDB_VERSION/ferretdb" "$RUN/bin/ferretdb"
+  fi
+  export PATH=$RUN/bin:$PATH
+  export HERALD_TESTENV_DIR=$RUN
+
+  local start=$SECONDS
+  has_server redis && start_redis
+  has_server mongo && start_mongo
+  has_server kube && start_kube
+  if has_server redis; then
+    wait_for redis 30 sh -c "redis-cli -h 127.0.0.1 -p $(<"$RUN/redis/port") ping | grep -q PONG"
+  fi
+  if has_server mongo; then
+    wait_for ferretdb 60 tcp_open "$(<"$RUN/ferretdb/port")"
+  fi
+  if has_server kube; then
+    wait_for kube-apiserver 240 "${KUBE_READY[@]}"
+  fi
+  log "servers ready in $((SECONDS - start))s (run dir: $RUN)"
+}
+
+print_env() {
+  local v
+  for v in HERALD_TEST_REDIS_URL HERALD_TEST_REDIS_CONF HERALD_TEST_MONGO_URI KUBECONFIG \
+    HERALD_TEST_HELM HELM_CONFIG_HOME HELM_CACHE_HOME HELM_DATA_HOME HERALD_TESTENV_DIR PATH; do
+    [[ -n ${!v:-} ]] && printf 'export %s=%q\n' "$v" "${!v}"
+  done
+  return 0
+}
+
+# ---------------------------------------------------------------------------
+
+case ${1:-} in
+  "" | -h | --help)
+    usage
+    [[ -n ${1:-} ]] || exit 2
+    exit 0
+    ;;
+  --build-only)
+    has_server redis && ensure_redis
+    build_all
+    log "all tools built (cache: $CACHE)"
+    exit 0
+    ;;
+  --stop)
+    [[ -n ${2:-} && -f $2/owner ]] || die "usage: $0 --stop RUN_DIR (a directory printed by --start)"
+    stop_servers "$2"
+    rm -rf "${2:?}"
+    log "stopped"
+    exit 0
+    ;;
+  --start)
+    has_server redis && ensure_redis
+    build_all
+    reap_stale_runs
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    trap 'exit 129' HUP
+    DETACH=(setsid) # own session: not stopped by the caller's Ctrl-C
+    start_all detached
+    trap - EXIT INT TERM HUP
+    print_env
+    echo "# stop with: $0 --stop $RUN"
+    exit 0
+    ;;
+  --)
+    shift
+    [[ $# -gt 0 ]] || die "no command given"
+    ;;
+  -*) die "unknown option $1 (see --help)" ;;
+esac
+
+has_server redis && ensure_redis
+build_all
+reap_stale_runs
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+start_all
+if [[ -t 0 ]]; then
+  # Interactive: keep the command in the foreground so it can use the terminal.
+  rc=0
+  "$@" || rc=$?
+else
+  # Otherwise run it in the background so that a TERM to this script is
+  # handled at once (the trap stops the command and the servers).
+  "$@" <&0 &
+  CMD_PID=$!
+  rc=0
+  wait "$CMD_PID" || rc=$?
+  CMD_PID=
+fi
+exit "$rc"

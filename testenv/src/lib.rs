@@ -1,0 +1,113 @@
+//! Where Herald's tests find the real servers started by `scripts/testenv.sh`.
+//!
+//! `scripts/testenv.sh COMMAND` builds (once) and starts Redis, FerretDB (a
+//! MongoDB wire-protocol server), an etcd + kube-apiserver control plane and
+//! helm, exports their addresses and runs `COMMAND`. Tests ask this crate for an
+//! address:
+//!
+//! ```no_run
+//! let Some(url) = herald_testenv::redis_url() else {
+//!     return; // not under scripts/testenv.sh and not in CI: skipped (a message was printed)
+//! };
+//! # let _ = url;
+//! ```
+//!
+//! When the variable is missing, each helper **panics if `CI=true`** (a test
+//! whose server is absent must fail in CI) and otherwise prints a message naming
+//! `scripts/testenv.sh` and returns `None`, so that the test can return early.
+
+use std::path::PathBuf;
+
+/// Environment variable holding the Redis URL (`redis://127.0.0.1:PORT`).
+pub const REDIS_URL_VAR: &str = "HERALD_TEST_REDIS_URL";
+/// Environment variable holding the Redis config file of the test server, for
+/// tests that restart Redis (`redis-server $HERALD_TEST_REDIS_CONF`); AOF is on.
+pub const REDIS_CONF_VAR: &str = "HERALD_TEST_REDIS_CONF";
+/// Environment variable holding the MongoDB URI of FerretDB (`mongodb://127.0.0.1:PORT/`).
+pub const MONGO_URI_VAR: &str = "HERALD_TEST_MONGO_URI";
+/// Environment variable holding the kubeconfig of the test control plane.
+pub const KUBECONFIG_VAR: &str = "KUBECONFIG";
+/// Environment variable holding the path of the pinned helm binary.
+pub const HELM_VAR: &str = "HERALD_TEST_HELM";
+
+/// The command that provides the servers, named in skip messages.
+pub const COMMAND: &str = "scripts/testenv.sh";
+
+/// Whether this is a CI run (`CI=true`), where missing servers are failures.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+/// The value of `var` if it is set and not empty. Otherwise panics in CI, or
+/// prints a skip message naming [`COMMAND`] and returns `None`.
+pub fn required(var: &str, what: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => Some(v),
+        _ => {
+            let msg = format!(
+                "{var} is not set: {what} is not available. Run the tests inside \
+                 `{COMMAND} cargo test ...` (it builds and starts the test servers)"
+            );
+            if in_ci() {
+                panic!("{msg} (CI=true, so a missing server is a failure)");
+            }
+            eprintln!("SKIPPED: {msg}");
+            None
+        }
+    }
+}
+
+/// Redis URL of the test server (`redis://127.0.0.1:PORT`).
+pub fn redis_url() -> Option<String> {
+    required(REDIS_URL_VAR, "the Redis test server")
+}
+
+/// Redis config file of the test server, for tests that restart Redis.
+pub fn redis_conf() -> Option<PathBuf> {
+    required(REDIS_CONF_VAR, "the Redis test server's config").map(PathBuf::from)
+}
+
+/// MongoDB URI of the FerretDB test server (`mongodb://127.0.0.1:PORT/`).
+pub fn mongo_uri() -> Option<String> {
+    required(MONGO_URI_VAR, "the MongoDB (FerretDB) test server")
+}
+
+/// Path of the kubeconfig for the test control plane (etcd + kube-apiserver).
+///
+/// The `kube` crate reads it through `KUBECONFIG`, so `kube::Client::try_default()`
+/// connects to the test control plane once this returns `Some`.
+pub fn kubeconfig() -> Option<PathBuf> {
+    required(KUBECONFIG_VAR, "the Kubernetes test control plane").map(PathBuf::from)
+}
+
+/// Path of the pinned helm binary.
+pub fn helm() -> Option<PathBuf> {
+    required(HELM_VAR, "helm").map(PathBuf::from)
+}
+
+/// A name unique within this machine and run, for databases, collections,
+/// streams and namespaces that tests create (`prefix-<pid>-<nanos>-<n>`).
+pub fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_names_differ() {
+        assert_ne!(unique_name("t"), unique_name("t"));
+        assert!(unique_name("herald").starts_with("herald-"));
+    }
+}
