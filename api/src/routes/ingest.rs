@@ -72,13 +72,16 @@ fn checked_body(
 async fn publish(st: &AppState, p: Publish) -> Result<PublishOutcome, ApiError> {
     let queue = st.backend.queue.clone();
     let matched = p.subscription_ids.len() as u64;
-    let out = tokio::spawn(async move { queue.publish(p).await })
-        .await
-        .map_err(|e| ApiError::Internal(format!("ingest task: {e}")))??;
-    if out == PublishOutcome::Accepted {
-        telemetry::count_ingested(1);
-        metrics::counter!(telemetry::DELIVERIES_QUEUED).increment(matched);
-    }
+    let out = tokio::spawn(async move {
+        let out = queue.publish(p).await;
+        if matches!(out, Ok(PublishOutcome::Accepted)) {
+            telemetry::count_ingested(1);
+            metrics::counter!(telemetry::DELIVERIES_QUEUED).increment(matched);
+        }
+        out
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("ingest task: {e}")))??;
     Ok(out)
 }
 

@@ -1,0 +1,487 @@
+//! The management API and ingest validation against a real server: CRUD, pagination, error
+//! answers, auth, idempotency, ownership.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Receiver, TestHerald};
+use herald_core::model::Owner;
+use herald_core::sqlite::{Sqlite, Sync};
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn seed_curl_flow_and_crud() {
+    let h = TestHerald::start(&[]).await;
+    let rx = Receiver::start().await;
+    let (code, v) = h.get("/ping").await;
+    assert_eq!((code, v), (200, json!({"status": "working"})));
+
+    let created = h
+        .create(json!({
+            "target_url": rx.url("/hook"),
+            "event_types": ["order.created"],
+            "secret": "0123456789abcdef-secret",
+            "headers": {"X-Team": "shop"},
+            "max_attempts": 3,
+            "timeout_ms": 1500,
+            "retry_schedule": ["1s", "1m"]
+        }))
+        .await;
+    let id = created["id"].as_str().unwrap();
+    assert!(id.starts_with("sub_"));
+    assert_eq!(created["has_secret"], true);
+    assert!(
+        created.get("secret").is_none(),
+        "the secret is never returned"
+    );
+    assert_eq!(created["retry_schedule"], json!(["1s", "1m"]));
+    assert_eq!(created["headers"], json!({"X-Team": "shop"}));
+
+    let (code, got) = h.get(&format!("/subscriptions/{id}")).await;
+    assert_eq!(code, 200);
+    assert_eq!(got, created);
+
+    // PATCH changes only what it names; null clears.
+    let r = h
+        .http
+        .patch(h.url(&format!("/subscriptions/{id}")))
+        .json(&json!({"event_types": [], "secret": null, "paused": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let patched: Value = r.json().await.unwrap();
+    assert_eq!(patched["has_secret"], false);
+    assert_eq!(patched["paused"], true);
+    assert_eq!(patched["max_attempts"], 3);
+    assert_eq!(patched["event_types"], json!([]));
+
+    // PUT replaces the whole spec.
+    let r = h
+        .http
+        .put(h.url(&format!("/subscriptions/{id}")))
+        .json(&json!({"target_url": rx.url("/other")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let put: Value = r.json().await.unwrap();
+    assert_eq!(put["target_url"], rx.url("/other"));
+    assert_eq!(put["max_attempts"], Value::Null);
+    assert_eq!(put["created_at"], created["created_at"]);
+
+    let r = h
+        .http
+        .delete(h.url(&format!("/subscriptions/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let (code, body) = h.get(&format!("/subscriptions/{id}")).await;
+    assert_eq!(code, 404);
+    assert!(body["error"].as_str().unwrap().contains("not found"));
+    let r = h
+        .http
+        .delete(h.url(&format!("/subscriptions/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn list_is_paginated_with_a_cursor() {
+    let h = TestHerald::start(&[]).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(h.subscribe(&format!("http://127.0.0.1:9/{i}")).await);
+    }
+    let (_, p1) = h.get("/subscriptions?limit=2").await;
+    let cursor = p1["next_cursor"].as_str().unwrap().to_string();
+    let (_, p2) = h
+        .get(&format!("/subscriptions?limit=2&cursor={cursor}"))
+        .await;
+    let cursor2 = p2["next_cursor"].as_str().unwrap().to_string();
+    let (_, p3) = h
+        .get(&format!("/subscriptions?limit=2&cursor={cursor2}"))
+        .await;
+    assert_eq!(p3["next_cursor"], Value::Null);
+    let seen: Vec<String> = [p1, p2, p3]
+        .iter()
+        .flat_map(|p| p["data"].as_array().unwrap().clone())
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(seen, ids, "every subscription once, in creation order");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors() {
+    let h = TestHerald::start(&["--max-payload=1024"]).await;
+    let rx = Receiver::start().await;
+    let sub = h.subscribe(&rx.url("/hook")).await;
+    let post = |path: &str, ct: &str, body: Vec<u8>| {
+        h.http
+            .post(h.url(path))
+            .header("Content-Type", ct)
+            .body(body)
+            .send()
+    };
+    let expect = |r: reqwest::Response, code: u16| async move {
+        assert_eq!(r.status().as_u16(), code);
+        let v: Value = r.json().await.expect("errors are JSON");
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+        v
+    };
+
+    // 400: malformed JSON, on management and on ingest.
+    expect(
+        post("/subscriptions", "application/json", b"{nope".to_vec())
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    expect(
+        post(
+            &format!("/ingest/{sub}"),
+            "application/json",
+            b"{\"a\":".to_vec(),
+        )
+        .await
+        .unwrap(),
+        400,
+    )
+    .await;
+    expect(
+        post(&format!("/ingest/{sub}"), "application/json", vec![])
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    // 404: unknown ids.
+    expect(
+        post("/ingest/sub_nope", "application/json", b"{}".to_vec())
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
+    expect(
+        h.http
+            .get(h.url("/webhooks/msg_nope"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
+    expect(
+        h.http
+            .get(h.url("/subscriptions/sub_nope/deliveries"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
+    expect(
+        h.http
+            .post(h.url("/webhooks/msg_nope/retry"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
+    expect(
+        h.http.get(h.url("/no/such/route")).send().await.unwrap(),
+        404,
+    )
+    .await;
+    // 413: over the payload limit.
+    let big = format!("{{\"x\":\"{}\"}}", "a".repeat(2000));
+    expect(
+        post(
+            &format!("/ingest/{sub}"),
+            "application/json",
+            big.into_bytes(),
+        )
+        .await
+        .unwrap(),
+        413,
+    )
+    .await;
+    // 415: a declared non-JSON type.
+    expect(
+        post(&format!("/ingest/{sub}"), "text/plain", b"{}".to_vec())
+            .await
+            .unwrap(),
+        415,
+    )
+    .await;
+    expect(
+        post("/subscriptions", "application/xml", b"<a/>".to_vec())
+            .await
+            .unwrap(),
+        415,
+    )
+    .await;
+    // 422: invalid fields.
+    for body in [
+        json!({"target_url": "ftp://example.com"}),
+        json!({"target_url": "not a url"}),
+        json!({}),
+        json!({"target_url": "https://example.com", "secret": "short"}),
+        json!({"target_url": "https://example.com", "max_attempts": 0}),
+        json!({"target_url": "https://example.com", "unknown": 1}),
+        json!({"target_url": "https://example.com", "headers": {"Webhook-Id": "x"}}),
+    ] {
+        let v = expect(
+            post(
+                "/subscriptions",
+                "application/json",
+                body.to_string().into_bytes(),
+            )
+            .await
+            .unwrap(),
+            422,
+        )
+        .await;
+        assert!(v["detail"]["field"].is_string(), "{v}");
+    }
+    // 400: fan-out without an event type.
+    expect(
+        post("/events", "application/json", b"{}".to_vec())
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+
+    // Nothing of the above was queued.
+    let (_, stats) = h.get("/stats").await;
+    assert_eq!(
+        stats["queue"],
+        json!({"ready": 0, "scheduled": 0, "in_flight": 0})
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn curl_style_form_content_type_is_accepted_when_the_body_is_json() {
+    let h = TestHerald::start(&[]).await;
+    let rx = Receiver::start().await;
+    let r = h
+        .http
+        .post(h.url("/subscriptions"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(json!({"target_url": rx.url("/hook")}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn api_key_protects_management_but_not_health() {
+    let h = TestHerald::start(&["--api-key=s3cret-key", "--ingest-key=ingest-key"]).await;
+    let r = h.http.get(h.url("/subscriptions")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    let r = h
+        .http
+        .get(h.url("/subscriptions"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = h
+        .http
+        .get(h.url("/subscriptions"))
+        .bearer_auth("s3cret-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = h
+        .http
+        .post(h.url("/events"))
+        .header("Event-Type", "a")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "ingest has its own key");
+    let r = h
+        .http
+        .post(h.url("/events"))
+        .header("Event-Type", "a")
+        .bearer_auth("ingest-key")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    for open in ["/ping", "/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        let r = h.http.get(h.url(open)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{open}");
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn ingest_signatures_are_enforced() {
+    let h = TestHerald::start(&[]).await;
+    let rx = Receiver::start().await;
+    let secret = "a-subscription-secret-1";
+    let sub = h
+        .create(json!({"target_url": rx.url("/signed"), "secret": secret}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = r#"{"amount": 42}"#;
+    let sig = {
+        use hmac::{Hmac, Mac};
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(body.as_bytes());
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    };
+    let send = |sig: Option<String>| {
+        let mut r = h
+            .http
+            .post(h.url(&format!("/ingest/{sub}")))
+            .header("Content-Type", "application/json")
+            .body(body);
+        if let Some(s) = sig {
+            r = r.header("X-Hub-Signature-256", s);
+        }
+        r.send()
+    };
+    assert_eq!(send(None).await.unwrap().status(), 401);
+    assert_eq!(
+        send(Some("sha256=".to_string() + &"0".repeat(64)))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(send(Some("garbage".into())).await.unwrap().status(), 401);
+    let (_, stats) = h.get("/stats").await;
+    assert_eq!(
+        stats["queue"],
+        json!({"ready": 0, "scheduled": 0, "in_flight": 0}),
+        "nothing queued for bad signatures"
+    );
+    let ok = send(Some(sig)).await.unwrap();
+    assert_eq!(ok.status(), 202);
+    rx.wait_for("/signed", 1, Duration::from_secs(5)).await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn idempotency_key_returns_the_first_answer() {
+    let h = TestHerald::start(&[]).await;
+    let rx = Receiver::start().await;
+    let sub = h.subscribe(&rx.url("/idem")).await;
+    let send = |key: &str| {
+        h.http
+            .post(h.url(&format!("/ingest/{sub}")))
+            .header("Content-Type", "application/json")
+            .header("Idempotency-Key", key)
+            .body("{}")
+            .send()
+    };
+    let first: Value = send("key-1").await.unwrap().json().await.unwrap();
+    let again = send("key-1").await.unwrap();
+    assert_eq!(again.status(), 202);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(first["webhook_id"], again["webhook_id"]);
+    let other: Value = send("key-2").await.unwrap().json().await.unwrap();
+    assert_ne!(first["webhook_id"], other["webhook_id"]);
+    rx.wait_for("/idem", 2, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.received("/idem").len(), 2, "the repeat queued nothing");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn operator_owned_subscriptions_refuse_rest_changes() {
+    let h = TestHerald::start(&[]).await;
+    // The operator writes through the store; here a second handle on the same file does.
+    let db = Sqlite::open(&h.dir.path().join("herald.db"), Sync::Normal)
+        .unwrap()
+        .backend();
+    let mut sub = herald_core::testkit::subscription("sub_owned");
+    sub.owner = Some(Owner {
+        kind: "kubernetes".into(),
+        namespace: "shop".into(),
+        name: "orders".into(),
+    });
+    db.subscriptions.insert(&sub).await.unwrap();
+    let (code, v) = h.get("/subscriptions/sub_owned").await;
+    assert_eq!(code, 200);
+    assert_eq!(v["owner"]["name"], "orders");
+    let r = h
+        .http
+        .delete(h.url("/subscriptions/sub_owned"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["error"].as_str().unwrap().contains("shop/orders"), "{v}");
+    let r = h
+        .http
+        .patch(h.url("/subscriptions/sub_owned"))
+        .json(&json!({"paused": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn rate_limit_answers_429() {
+    let h = TestHerald::start(&["--ingest-rate-limit=3"]).await;
+    let rx = Receiver::start().await;
+    let sub = h.subscribe(&rx.url("/rl")).await;
+    let mut codes = Vec::new();
+    for _ in 0..6 {
+        codes.push(h.ingest(&sub, "t", "{}").await.status().as_u16());
+    }
+    assert_eq!(&codes[..3], &[202, 202, 202]);
+    assert!(codes[3..].contains(&429), "{codes:?}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn openapi_document_describes_the_api() {
+    let h = TestHerald::start(&[]).await;
+    let (code, doc) = h.get("/openapi.json").await;
+    assert_eq!(code, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/subscriptions",
+        "/subscriptions/{id}",
+        "/ingest/{subscription_id}",
+        "/events",
+        "/webhooks/{webhook_id}",
+        "/webhooks/{webhook_id}/retry",
+        "/subscription/logs/{id}",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} documented");
+    }
+    let r = h.http.get(h.url("/docs")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("openapi"));
+    h.stop().await;
+}

@@ -1,0 +1,273 @@
+//! Test harness: a real Herald on a random loopback port with a temporary SQLite file, and real
+//! HTTP receivers on loopback whose behaviour each test scripts.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use clap::Parser;
+use herald_core::config::Settings;
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    settings: Settings,
+}
+
+/// Settings for a test server: loopback, fast retries, loopback receivers allowed.
+pub fn settings(dir: &std::path::Path, extra: &[&str]) -> Settings {
+    let db = dir.join("herald.db");
+    let mut args = vec![
+        "herald".to_string(),
+        "--addr=127.0.0.1:0".into(),
+        format!("--sqlite-path={}", db.display()),
+        "--allow-targets=127.0.0.0/8,::1/128".into(),
+        "--retry-schedule=100ms,200ms".into(),
+        "--delivery-timeout=2s".into(),
+        "--sqlite-sync=normal".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Args::try_parse_from(args)
+        .expect("test settings parse")
+        .settings
+}
+
+pub struct TestHerald {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub dir: tempfile::TempDir,
+    herald: Option<herald_api::Herald>,
+}
+
+impl TestHerald {
+    pub async fn start(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let herald = herald_api::Herald::start(settings(dir.path(), extra))
+            .await
+            .expect("Herald starts");
+        Self {
+            base: format!("http://{}", herald.addr),
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            dir,
+            herald: Some(herald),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(h) = self.herald.take() {
+            h.stop().await.unwrap();
+        }
+    }
+
+    pub async fn create(&self, body: Value) -> Value {
+        let r = self
+            .http
+            .post(self.url("/subscriptions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "create {body}");
+        r.json().await.unwrap()
+    }
+
+    pub async fn subscribe(&self, target: &str) -> String {
+        self.create(json!({ "target_url": target })).await["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    pub async fn ingest(&self, sub: &str, event_type: &str, body: &str) -> reqwest::Response {
+        self.http
+            .post(self.url(&format!("/ingest/{sub}")))
+            .header("Content-Type", "application/json")
+            .header("Event-Type", event_type)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Ingests and returns the webhook id of the 202.
+    pub async fn ingest_ok(&self, sub: &str, body: &str) -> String {
+        let r = self.ingest(sub, "order.created", body).await;
+        assert_eq!(r.status(), 202);
+        let v: Value = r.json().await.unwrap();
+        v["webhook_id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.http.get(self.url(path)).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Polls a webhook until its status is `want` (or panics after `within`).
+    pub async fn wait_status(&self, webhook_id: &str, want: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let (code, v) = self.get(&format!("/webhooks/{webhook_id}")).await;
+            if code == 200 && v["status"] == want {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "webhook {webhook_id} did not reach {want}: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// One request a receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+/// What a receiver answers on a path.
+#[derive(Debug, Clone)]
+pub enum Behaviour {
+    Status(u16),
+    /// Fails with 500 this many times, then answers 200.
+    FailTimes(u32),
+    /// Answers with this status, header value for Retry-After and body.
+    Full(u16, Option<String>, String),
+    /// Waits, then answers 200.
+    Delay(Duration),
+}
+
+#[derive(Clone, Default)]
+struct ReceiverState {
+    log: Arc<Mutex<Vec<Received>>>,
+    behaviours: Arc<Mutex<HashMap<String, Behaviour>>>,
+    counts: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+/// A real HTTP receiver on 127.0.0.1 (or ::1).
+pub struct Receiver {
+    pub addr: SocketAddr,
+    state: ReceiverState,
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    pub async fn start_on(bind: &str) -> Self {
+        let state = ReceiverState::default();
+        let app = Router::new()
+            .route("/{*path}", post(receive))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { addr, state }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        match self.addr {
+            SocketAddr::V4(a) => format!("http://{a}{path}"),
+            SocketAddr::V6(a) => format!("http://[{}]:{}{path}", a.ip(), a.port()),
+        }
+    }
+
+    pub fn on(&self, path: &str, b: Behaviour) {
+        self.state
+            .behaviours
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), b);
+    }
+
+    pub fn received(&self, path: &str) -> Vec<Received> {
+        self.state
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect()
+    }
+
+    pub async fn wait_for(&self, path: &str, n: usize, within: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + within;
+        loop {
+            let got = self.received(path);
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{path}: {} of {n} requests arrived",
+                got.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn receive(
+    State(st): State<ReceiverState>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = format!("/{path}");
+    st.log.lock().unwrap().push(Received {
+        path: path.clone(),
+        headers,
+        body,
+        at: Instant::now(),
+    });
+    let n = {
+        let mut counts = st.counts.lock().unwrap();
+        let c = counts.entry(path.clone()).or_insert(0);
+        *c += 1;
+        *c
+    };
+    let behaviour = st
+        .behaviours
+        .lock()
+        .unwrap()
+        .get(&path)
+        .cloned()
+        .unwrap_or(Behaviour::Status(200));
+    match behaviour {
+        Behaviour::Status(s) => StatusCode::from_u16(s).unwrap().into_response(),
+        Behaviour::FailTimes(k) if n <= k => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "not yet").into_response()
+        }
+        Behaviour::FailTimes(_) => (StatusCode::OK, "ok").into_response(),
+        Behaviour::Full(s, retry_after, body) => {
+            let mut r = (StatusCode::from_u16(s).unwrap(), body).into_response();
+            if let Some(ra) = retry_after {
+                r.headers_mut().insert("retry-after", ra.parse().unwrap());
+            }
+            r
+        }
+        Behaviour::Delay(d) => {
+            tokio::time::sleep(d).await;
+            (StatusCode::OK, "late").into_response()
+        }
+    }
+}
