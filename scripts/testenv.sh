@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2317  # functions are also called indirectly (traps, PREPARE, wait_for)
 # Herald's test environment: real Redis, FerretDB (MongoDB wire protocol),
 # etcd + kube-apiserver (a node-less Kubernetes control plane) and helm.
 #
@@ -12,7 +13,8 @@
 #   scripts/testenv.sh --help
 #
 # Exported to COMMAND: HERALD_TEST_REDIS_URL, HERALD_TEST_REDIS_CONF,
-# HERALD_TEST_MONGO_URI, KUBECONFIG, HERALD_TEST_HELM, HERALD_TESTENV_DIR, and
+# HERALD_TEST_MONGO_URI, HERALD_TEST_KUBECONFIG (also as KUBECONFIG),
+# HERALD_TEST_HELM, HERALD_TESTENV_DIR, HELM_{CONFIG,CACHE,DATA}_HOME, and
 # PATH with etcd, kube-apiserver, kubectl, ferretdb and helm first.
 #
 # Settings (environment):
@@ -40,7 +42,7 @@ die() {
   exit 1
 }
 
-usage() { sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '3,/^set -E/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; }
 
 has_server() { [[ " $SERVERS " == *" $1 "* ]]; }
 
@@ -213,8 +215,8 @@ declare -A USED_PORTS=()
 
 # free_port: a loopback TCP port below the ephemeral range that nothing listens on.
 free_port() {
-  local p i
-  for i in $(seq 1 200); do
+  local p
+  for _ in $(seq 1 200); do
     p=$((20000 + RANDOM % 12000))
     [[ -z ${USED_PORTS[$p]:-} ]] || continue
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
@@ -288,6 +290,14 @@ stop_servers() {
   : >"$dir/servers"
 }
 
+# owner_alive PID: PID is a running testenv.sh (not a zombie, not a reused PID).
+owner_alive() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [[ ${stat:0:1} != Z ]] && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q testenv.sh
+}
+
 # Servers of earlier runs whose script was killed outright (SIGKILL) are stopped
 # here; runs left by --start (owner "detached") are left alone.
 reap_stale_runs() {
@@ -296,7 +306,7 @@ reap_stale_runs() {
     [[ -f $d/owner ]] || continue
     owner=$(<"$d/owner")
     [[ $owner != detached ]] || continue
-    kill -0 "$owner" 2>/dev/null && continue
+    owner_alive "$owner" && continue
     log "stopping servers left by an interrupted run in $d"
     stop_servers "${d%/}"
     rm -rf "${d:?}"
@@ -307,7 +317,9 @@ cleanup() {
   local rc=$?
   trap - EXIT INT TERM HUP
   if [[ -n $CMD_PID ]] && kill -0 "$CMD_PID" 2>/dev/null; then
-    kill -TERM "$CMD_PID" 2>/dev/null || true
+    # The command runs in its own process group: stop all of it (cargo and
+    # the test binaries it started).
+    kill -TERM -- "-$CMD_PID" 2>/dev/null || kill -TERM "$CMD_PID" 2>/dev/null || true
     wait "$CMD_PID" 2>/dev/null || true
   fi
   if [[ -n $RUN && -d $RUN ]]; then
@@ -445,7 +457,7 @@ current-context: herald-testenv
 preferences: {}
 EOF
   chmod 600 "$RUN/kube/kubeconfig"
-  export KUBECONFIG=$RUN/kube/kubeconfig
+  export HERALD_TEST_KUBECONFIG=$RUN/kube/kubeconfig KUBECONFIG=$RUN/kube/kubeconfig
   KUBE_READY=(curl -sf --cacert "$pki/ca.crt" -H "Authorization: Bearer $token"
     "https://127.0.0.1:$api_port/readyz")
 }
@@ -493,7 +505,7 @@ start_all() {
 
 print_env() {
   local v
-  for v in HERALD_TEST_REDIS_URL HERALD_TEST_REDIS_CONF HERALD_TEST_MONGO_URI KUBECONFIG \
+  for v in HERALD_TEST_REDIS_URL HERALD_TEST_REDIS_CONF HERALD_TEST_MONGO_URI HERALD_TEST_KUBECONFIG KUBECONFIG \
     HERALD_TEST_HELM HELM_CONFIG_HOME HELM_CACHE_HOME HELM_DATA_HOME HERALD_TESTENV_DIR PATH; do
     [[ -n ${!v:-} ]] && printf 'export %s=%q\n' "$v" "${!v}"
   done
@@ -556,10 +568,13 @@ if [[ -t 0 ]]; then
   rc=0
   "$@" || rc=$?
 else
-  # Otherwise run it in the background so that a TERM to this script is
-  # handled at once (the trap stops the command and the servers).
+  # Otherwise run it in the background, in a process group of its own, so that
+  # a signal to this script is handled at once: the trap stops the command's
+  # whole process group, then the servers.
+  set -m
   "$@" <&0 &
   CMD_PID=$!
+  set +m
   rc=0
   wait "$CMD_PID" || rc=$?
   CMD_PID=

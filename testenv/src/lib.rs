@@ -16,6 +16,7 @@
 //! whose server is absent must fail in CI) and otherwise prints a message naming
 //! `scripts/testenv.sh` and returns `None`, so that the test can return early.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 /// Environment variable holding the Redis URL (`redis://127.0.0.1:PORT`).
@@ -26,7 +27,10 @@ pub const REDIS_CONF_VAR: &str = "HERALD_TEST_REDIS_CONF";
 /// Environment variable holding the MongoDB URI of FerretDB (`mongodb://127.0.0.1:PORT/`).
 pub const MONGO_URI_VAR: &str = "HERALD_TEST_MONGO_URI";
 /// Environment variable holding the kubeconfig of the test control plane.
-pub const KUBECONFIG_VAR: &str = "KUBECONFIG";
+/// `scripts/testenv.sh` also exports it as `KUBECONFIG` for kubectl and helm, but
+/// tests read this one so that a developer's own `KUBECONFIG` (a real cluster)
+/// is never mistaken for the test control plane.
+pub const KUBECONFIG_VAR: &str = "HERALD_TEST_KUBECONFIG";
 /// Environment variable holding the path of the pinned helm binary.
 pub const HELM_VAR: &str = "HERALD_TEST_HELM";
 
@@ -51,7 +55,9 @@ pub fn required(var: &str, what: &str) -> Option<String> {
             if in_ci() {
                 panic!("{msg} (CI=true, so a missing server is a failure)");
             }
-            eprintln!("SKIPPED: {msg}");
+            // Written to the process's stderr directly (not `eprintln!`) so that
+            // the test harness does not capture it: skips stay visible.
+            let _ = writeln!(std::io::stderr(), "SKIPPED: {msg}");
             None
         }
     }
@@ -74,8 +80,14 @@ pub fn mongo_uri() -> Option<String> {
 
 /// Path of the kubeconfig for the test control plane (etcd + kube-apiserver).
 ///
-/// The `kube` crate reads it through `KUBECONFIG`, so `kube::Client::try_default()`
-/// connects to the test control plane once this returns `Some`.
+/// Build the client from this file explicitly (not `Client::try_default()`):
+///
+/// ```ignore
+/// let path = herald_testenv::kubeconfig()?;
+/// let kc = kube::config::Kubeconfig::read_from(&path)?;
+/// let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+/// let client = kube::Client::try_from(config)?;
+/// ```
 pub fn kubeconfig() -> Option<PathBuf> {
     required(KUBECONFIG_VAR, "the Kubernetes test control plane").map(PathBuf::from)
 }

@@ -64,9 +64,10 @@ fn helm_lints_renders_and_installs_a_chart() {
     let Some(bin) = herald_testenv::helm() else {
         return;
     };
-    if herald_testenv::kubeconfig().is_none() {
+    let Some(kubeconfig) = herald_testenv::kubeconfig() else {
         return;
-    }
+    };
+    let kubeconfig = kubeconfig.to_str().expect("utf-8 path");
     let dir: PathBuf = std::env::temp_dir().join(herald_testenv::unique_name("herald-helm-smoke"));
     write_chart(&dir);
     let chart = dir.to_str().unwrap();
@@ -76,29 +77,17 @@ fn helm_lints_renders_and_installs_a_chart() {
     let rendered = helm(&bin, &["template", &release, chart, "--set", "greeting=hi"]);
     assert!(rendered.contains("greeting: \"hi\""), "{rendered}");
 
-    helm(
-        &bin,
-        &[
-            "install",
-            &release,
-            chart,
-            "--namespace",
-            "default",
-            "--wait",
-            "--timeout",
-            "60s",
-        ],
-    );
-    let status = helm(
-        &bin,
-        &["status", &release, "--namespace", "default", "-o", "json"],
-    );
+    // Against the test control plane only, never the developer's own KUBECONFIG.
+    let in_cluster = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--kubeconfig", kubeconfig, "--namespace", "default"]);
+        helm(&bin, &all)
+    };
+    in_cluster(&["install", &release, chart, "--wait", "--timeout", "60s"]);
+    let status = in_cluster(&["status", &release, "-o", "json"]);
     let status: serde_json::Value = serde_json::from_str(&status).expect("helm status JSON");
     assert_eq!(status["info"]["status"], "deployed");
-    helm(
-        &bin,
-        &["uninstall", &release, "--namespace", "default", "--wait"],
-    );
+    in_cluster(&["uninstall", &release, "--wait"]);
 
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::{ApiResource, GroupVersionKind};
-use kube::Client;
+use kube::{Client, Config};
 use serde_json::json;
 
 const GROUP: &str = "testenv.herald.dev";
@@ -45,12 +46,12 @@ fn crd() -> serde_json::Value {
 }
 
 async fn client() -> Option<Client> {
-    herald_testenv::kubeconfig()?;
-    Some(
-        Client::try_default()
-            .await
-            .expect("a kube client from $KUBECONFIG"),
-    )
+    let path = herald_testenv::kubeconfig()?;
+    let kubeconfig = Kubeconfig::read_from(&path).expect("read the test kubeconfig");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("a client config from the test kubeconfig");
+    Some(Client::try_from(config).expect("a kube client"))
 }
 
 #[tokio::test]
@@ -157,10 +158,12 @@ async fn crd_object_and_status_subresource() {
 
 #[test]
 fn kubectl_accepts_the_kubeconfig() {
-    if herald_testenv::kubeconfig().is_none() {
+    let Some(kubeconfig) = herald_testenv::kubeconfig() else {
         return;
-    }
+    };
     let out = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
         .args(["get", "--raw", "/readyz"])
         .output()
         .expect("kubectl is on PATH inside scripts/testenv.sh");
