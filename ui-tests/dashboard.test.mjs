@@ -138,6 +138,8 @@ async function createThroughPage(page, fields, { base = HERALD, headers = {} } =
 }
 
 async function sendTestEvent(page, { eventType, payload, secret }) {
+  // Wait for the deliveries first: the form opens by itself when there are none yet.
+  await page.locator('#deliveries-table, #no-deliveries').first().waitFor();
   const details = page.locator('#test-event');
   if ((await details.getAttribute('open')) === null) await details.locator('summary').click();
   const form = page.locator('#test-event-form');
@@ -516,7 +518,11 @@ test('phone width: one column, no horizontal scrolling, history readable', async
     innerWidth: window.innerWidth,
     detailTop: document.querySelector('#detail').getBoundingClientRect().top,
     listTop: document.querySelector('#list-panel').getBoundingClientRect().top,
+    overflowing: [...document.querySelectorAll('.table-wrap, .panel, .attempt')]
+      .filter((el) => el.scrollWidth > el.clientWidth + 1)
+      .map((el) => el.className),
   }));
+  assert.deepEqual(layout.overflowing, [], 'nothing needs sideways scrolling inside the page either');
   assert.ok(layout.scrollWidth <= layout.innerWidth, `no horizontal scroll (${layout.scrollWidth} > ${layout.innerWidth})`);
   assert.ok(layout.detailTop < layout.listTop, 'the open subscription comes first on a phone');
   assert.ok(await page.getByRole('link', { name: '← All subscriptions' }).isVisible());

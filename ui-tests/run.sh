@@ -34,10 +34,16 @@ if [ ! -d "$here/node_modules/playwright-core" ]; then
   (cd "$here" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
+default_bin=0
+[ -z "${HERALD_BIN:-}" ] && default_bin=1
 HERALD_BIN="${HERALD_BIN:-target/debug/herald}"
 case "$HERALD_BIN" in /*) ;; *) HERALD_BIN="$root/$HERALD_BIN" ;; esac
 if [ ! -x "$HERALD_BIN" ]; then
   log "building herald (cargo build -p herald-api)"
+  cargo build -p herald-api
+elif [ "$default_bin" = 1 ] && [ -n "$(find api/ui api/src -newer "$HERALD_BIN" -type f -print -quit)" ]; then
+  # The page is embedded with include_str!: a binary older than api/ui would test a stale page.
+  log "target/debug/herald is older than api/ui or api/src: rebuilding (cargo build -p herald-api)"
   cargo build -p herald-api
 fi
 export HERALD_BIN

@@ -59,18 +59,23 @@
     return href;
   }
 
-  function fmtTime(iso) {
+  // short: the time alone for today, else the date without the year; the full stamp is the
+  // element's title either way.
+  function fmtTime(iso, short = false) {
     if (!iso) return '—';
     const d = new Date(iso);
     if (Number.isNaN(d.getTime())) return String(iso);
-    return d.toLocaleString(undefined, {
-      year: 'numeric', month: 'short', day: 'numeric',
-      hour: '2-digit', minute: '2-digit', second: '2-digit',
-    });
+    const time = { hour: '2-digit', minute: '2-digit', second: '2-digit' };
+    if (short) {
+      const today = new Date().toDateString() === d.toDateString();
+      return today ? d.toLocaleTimeString(undefined, time)
+        : d.toLocaleString(undefined, { month: 'short', day: 'numeric', ...time });
+    }
+    return d.toLocaleString(undefined, { year: 'numeric', month: 'short', day: 'numeric', ...time });
   }
 
-  function timeEl(iso) {
-    return h('time', { datetime: iso || null, title: iso || null }, fmtTime(iso));
+  function timeEl(iso, short = false) {
+    return h('time', { datetime: iso || null, title: iso || null }, fmtTime(iso, short));
   }
 
   function fmtNumber(n) {
@@ -524,7 +529,7 @@
       const canRetry = newest && a.outcome === 'Failure';
       const open = state.route.webhook === a.webhook_id;
       return h('tr', { class: open ? 'open' : null, dataset: { webhookId: a.webhook_id, attempt: a.attempt } },
-        h('td', { 'data-label': 'When' }, timeEl(a.attempted_at)),
+        h('td', { 'data-label': 'When', class: 'nowrap' }, timeEl(a.attempted_at, true)),
         h('td', { 'data-label': 'Webhook' },
           h('a', {
             href: subHref(sub.id, a.webhook_id),
@@ -647,7 +652,7 @@
             h('td', { 'data-label': 'Subscription' }, h('code', null, d.subscription_id)),
             h('td', { 'data-label': 'Status' }, badge(STATES, d.status)),
             h('td', { 'data-label': 'Attempts', class: 'num' }, d.attempts),
-            h('td', { 'data-label': 'Next attempt' }, d.next_attempt_at ? timeEl(d.next_attempt_at) : '—'),
+            h('td', { 'data-label': 'Next attempt' }, d.next_attempt_at ? timeEl(d.next_attempt_at, true) : '—'),
             h('td', { 'data-label': 'Last error', class: 'break' }, d.last_error ?? '—'))))))
         : h('p', { class: 'muted' }, 'No deliveries.'),
       h('h4', null, 'Attempts (oldest first)'),
@@ -657,7 +662,7 @@
           badge(OUTCOMES, a.outcome),
           h('span', null, a.http_status != null ? 'HTTP ' + a.http_status : 'no response'),
           h('span', null, (a.duration_ms ?? '—') + ' ms'),
-          timeEl(a.attempted_at)),
+          timeEl(a.attempted_at, true)),
         h('p', { class: 'small muted break' }, 'To ', a.target_url),
         a.error ? h('div', { class: 'excerpt' }, h('span', { class: 'excerpt-label' }, 'Error'), h('pre', { class: 'error-text' }, a.error)) : null,
         a.response_excerpt != null && a.response_excerpt !== ''
@@ -778,9 +783,12 @@
 
     // Closed by default so the deliveries stay in view; opens itself for a subscription
     // that has had no delivery yet.
-    return h('details', { class: 'sub-section test-event', id: 'test-event' },
+    const details = h('details', { class: 'sub-section test-event', id: 'test-event' },
       h('summary', null, h('h3', { id: 'test-heading' }, 'Send a test event')),
       form);
+    // Once the user opened or closed it, it is theirs: no opening by itself any more.
+    details.querySelector('summary').addEventListener('click', () => { details.dataset.autoOpened = 'user'; });
+    return details;
   }
 
   async function hubSignature(secret, body) {
