@@ -96,13 +96,15 @@ go_build() {
     if [[ ${CI:-} == true ]]; then p=$(nproc); else p=1; fi
   fi
   log "building $name $version (once per version; log: $CACHE/logs/$name.log)"
-  local start=$SECONDS builddir=$mod
-  export GOMODCACHE=$CACHE/go/mod GOCACHE=$CACHE/go/build GOWORK=off CGO_ENABLED=0
-  export GOFLAGS="-mod=readonly -trimpath -buildvcs=false -p=$p"
-  if ! {
-    if [[ -n $prepare ]]; then builddir=$("$prepare" "$dir" "$mod"); fi &&
-      (cd "$builddir" && nice -n 19 go build -ldflags "$ldflags" -o "$bin.tmp" "$pkg")
-  } >"$CACHE/logs/$name.log" 2>&1; then
+  local start=$SECONDS
+  # A subshell, so that none of these settings leak into the tested command.
+  if ! (
+    export GOMODCACHE=$CACHE/go/mod GOCACHE=$CACHE/go/build GOWORK=off CGO_ENABLED=0
+    export GOFLAGS="-mod=readonly -trimpath -buildvcs=false -p=$p"
+    builddir=$mod
+    if [[ -n $prepare ]]; then builddir=$("$prepare" "$dir" "$mod") || exit 1; fi
+    cd "$builddir" && nice -n 19 go build -ldflags "$ldflags" -o "$bin.tmp" "$pkg"
+  ) >"$CACHE/logs/$name.log" 2>&1; then
     tail -n 40 "$CACHE/logs/$name.log" >&2
     die "building $name failed (full log: $CACHE/logs/$name.log)"
   fi
@@ -119,15 +121,16 @@ prepare_ferretdb() {
   local out=$1 mod=$2 src
   src=$(cd "$mod" && go mod download -json "github.com/FerretDB/FerretDB@$FERRETDB_VERSION" |
     sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
-  [[ -d $src ]] || return 1
-  rm -rf "$out/src" "$out/build"
-  mkdir -p "$out/build"
-  cp -r "$src" "$out/src"
-  chmod -R u+w "$out/src"
-  cp "$mod/version.txt" "$out/src/build/version/version.txt"
-  cp "$mod/go.mod" "$mod/go.sum" "$out/build/"
-  echo "replace github.com/FerretDB/FerretDB => ../src" >>"$out/build/go.mod"
-  echo "$out/build"
+  # (Chained with &&: this runs where `set -e` does not apply.)
+  [[ -d $src ]] &&
+    rm -rf "$out/src" "$out/build" &&
+    mkdir -p "$out/build" &&
+    cp -r "$src" "$out/src" &&
+    chmod -R u+w "$out/src" &&
+    cp "$mod/version.txt" "$out/src/build/version/version.txt" &&
+    cp "$mod/go.mod" "$mod/go.sum" "$out/build/" &&
+    echo "replace github.com/FerretDB/FerretDB => ../src" >>"$out/build/go.mod" &&
+    echo "$out/build"
 }
 
 kube_ldflags() {
