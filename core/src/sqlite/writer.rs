@@ -55,19 +55,21 @@ impl Writer {
             .map_err(|_| StoreError::Unavailable("SQLite writer stopped".into()))?;
         reply_rx
             .await
-            .map_err(|_| StoreError::Unavailable("SQLite writer stopped".into()))?
+            .map_err(|_| StoreError::Unavailable("the SQLite transaction could not start".into()))?
     }
 }
 
 fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-    conn.execute_batch("SAVEPOINT op")?;
+    // Cached statements: this runs once per operation on the hot path.
+    conn.prepare_cached("SAVEPOINT op")?.execute([])?;
     match f(conn) {
         Ok(v) => {
-            conn.execute_batch("RELEASE op")?;
+            conn.prepare_cached("RELEASE op")?.execute([])?;
             Ok(v)
         }
         Err(e) => {
-            conn.execute_batch("ROLLBACK TO op; RELEASE op")?;
+            conn.prepare_cached("ROLLBACK TO op")?.execute([])?;
+            conn.prepare_cached("RELEASE op")?.execute([])?;
             Err(e)
         }
     }
@@ -84,14 +86,10 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Op>) {
                 Err(_) => break,
             }
         }
-        let begun = conn.execute_batch("BEGIN IMMEDIATE");
-        if let Err(e) = begun {
-            let msg = e.to_string();
-            for op in batch.drain(..) {
-                // Run nothing; tell every caller the batch could not start.
-                drop(op);
-                tracing::error!(error = %msg, "SQLite BEGIN failed");
-            }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            // Nothing ran; dropping the operations tells each caller the store is unavailable.
+            tracing::error!(error = %e, ops = batch.len(), "SQLite BEGIN failed");
+            batch.clear();
             continue;
         }
         for op in batch.drain(..) {
