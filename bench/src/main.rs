@@ -109,6 +109,10 @@ enum Cmd {
         /// Give up waiting for deliveries after this long (per phase).
         #[arg(long, default_value = "120s", value_parser = parse_duration)]
         timeout: Duration,
+        /// Events queued to a paused subscription and then released, to time delivery alone
+        /// (0: skip).
+        #[arg(long, default_value_t = 20_000)]
+        backlog: u64,
     },
     /// Retry timing: N webhooks whose first attempt gets a 500; how late each retry arrives and
     /// Herald's CPU while they all wait. A started Herald gets HERALD_RETRY_SCHEDULE=<delay>; one
@@ -269,6 +273,7 @@ async fn main() -> Result<()> {
             rate,
             steady_duration,
             timeout,
+            backlog,
         } => serde_json::to_value(
             scenarios::e2e(
                 &ctx,
@@ -278,6 +283,7 @@ async fn main() -> Result<()> {
                     rate,
                     steady_duration,
                     timeout,
+                    backlog,
                 },
             )
             .await?,
@@ -420,6 +426,7 @@ async fn matrix(ctx: &Ctx, c: &Common, o: MatrixOpts) -> Result<Matrix> {
         rate: if q { 100.0 } else { 1000.0 },
         steady_duration: if q { secs(1) } else { secs(10) },
         timeout: if q { secs(30) } else { secs(120) },
+        backlog: if q { 300 } else { 20_000 },
     };
     let retry_opts = RetryOpts {
         count: if q { 200 } else { o.retries_count },
@@ -441,7 +448,7 @@ async fn matrix(ctx: &Ctx, c: &Common, o: MatrixOpts) -> Result<Matrix> {
                    "open_rate": ingest_opts.rate, "open_connections": ingest_opts.open_connections,
                    "open_duration_s": ingest_opts.open_duration.as_secs_f64()},
         "e2e": {"events": e2e_opts.events, "connections": e2e_opts.connections, "steady_rate": e2e_opts.rate,
-                "steady_duration_s": e2e_opts.steady_duration.as_secs_f64()},
+                "steady_duration_s": e2e_opts.steady_duration.as_secs_f64(), "backlog": e2e_opts.backlog},
         "retries": {"count": retry_opts.count, "delay_s": retry_opts.delay.as_secs_f64()},
         "memory": {"rate": memory_opts.rate, "duration_s": memory_opts.duration.as_secs_f64(),
                    "connections": memory_opts.connections},

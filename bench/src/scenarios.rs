@@ -254,6 +254,8 @@ pub struct E2eOpts {
     pub rate: f64,
     pub steady_duration: Duration,
     pub timeout: Duration,
+    /// Events queued to a paused subscription, then released at once (0: skip).
+    pub backlog: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -270,11 +272,22 @@ pub struct E2eResult {
     pub deliveries_per_s: f64,
     /// Last ingest answered to last delivery received.
     pub drain_s: f64,
-    /// Deliveries received after the last ingest was answered, per second of drain.
-    pub drain_rate: f64,
+    /// Deliveries received after the last ingest was answered, per second of drain (when the
+    /// drain lasted at least 100 ms).
+    pub drain_rate: Option<f64>,
     /// Herald's CPU from the first ingest to the last delivery, % of one core.
     pub burst_server_cpu_pct: Option<f64>,
     pub duplicates: u64,
+    /// Backlog phase: events queued while the subscription was paused.
+    pub backlog_events: u64,
+    /// Backlog phase: resume (PATCH paused=false answered) to last delivery received.
+    pub backlog_drain_s: f64,
+    /// Backlog phase: delivery alone, no ingest competing: `backlog_events / backlog_drain_s`.
+    pub backlog_deliveries_per_s: f64,
+    pub backlog_all_received: bool,
+    pub backlog_server_cpu_pct: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backlog_note: Option<String>,
     /// The steady phase's ingest (open loop at `rate`).
     pub steady_ingest: Option<LoadResult>,
     pub steady_all_received: bool,
@@ -322,11 +335,7 @@ pub async fn e2e(ctx: &Ctx, o: &E2eOpts) -> Result<E2eResult> {
         burst_total_s: total_s,
         deliveries_per_s: received as f64 / total_s,
         drain_s,
-        drain_rate: if drain_s > 0.0 {
-            received.saturating_sub(at_end) as f64 / drain_s
-        } else {
-            0.0
-        },
+        drain_rate: (drain_s >= 0.1).then(|| received.saturating_sub(at_end) as f64 / drain_s),
         burst_server_cpu_pct: match (cpu0, cpu1) {
             (Some(a), Some(b)) => Some((b - a) / total_s * 100.0),
             _ => None,
@@ -335,14 +344,40 @@ pub async fn e2e(ctx: &Ctx, o: &E2eOpts) -> Result<E2eResult> {
         ..Default::default()
     };
     println!(
-        "e2e burst: {received}/{} delivered in {total_s:.2} s = {:.0} deliveries/s (drain after ingest {drain_s:.2} s at {:.0}/s){}",
+        "e2e burst: {received}/{} delivered in {total_s:.2} s = {:.0} deliveries/s (drain after the last 202: {drain_s:.2} s{}){}",
         out.burst_ingest.ok,
         out.deliveries_per_s,
-        out.drain_rate,
+        out.drain_rate
+            .map(|r| format!(" at {r:.0}/s"))
+            .unwrap_or_default(),
         out.burst_server_cpu_pct
             .map(|c| format!(", Herald CPU {c:.0}%"))
             .unwrap_or_default()
     );
+    let mut expected = out.burst_ingest.ok;
+    if o.backlog > 0 {
+        match backlog(ctx, &herald, &receiver, o, expected).await {
+            Ok((events, drain_s, all, cpu)) => {
+                expected += events;
+                out.backlog_events = events;
+                out.backlog_drain_s = drain_s;
+                out.backlog_deliveries_per_s = events as f64 / drain_s.max(1e-9);
+                out.backlog_all_received = all;
+                out.backlog_server_cpu_pct = cpu;
+                println!(
+                    "e2e backlog: {events} queued while paused, delivered in {drain_s:.2} s after resume = {:.0} deliveries/s{}",
+                    out.backlog_deliveries_per_s,
+                    cpu.map(|c| format!(", Herald CPU {c:.0}%")).unwrap_or_default()
+                );
+            }
+            Err(e) => {
+                println!("e2e backlog: skipped: {e:#}");
+                out.backlog_note = Some(format!("{e:#}"));
+                // Whatever it queued still arrives; count it so the steady phase's wait holds.
+                expected = receiver.delivered().max(expected);
+            }
+        }
+    }
     if o.rate > 0.0 {
         receiver.reset_latency();
         let steady_sub = http::create_subscription(&herald.base, &spec_json).await?;
@@ -355,7 +390,7 @@ pub async fn e2e(ctx: &Ctx, o: &E2eOpts) -> Result<E2eResult> {
         };
         let op = ingest_op(&herald.base, &steady_sub, "e2e");
         let mut r = load::run_measured(&spec, &op, ctx.epoch, herald.pid).await?;
-        let expected = out.burst_ingest.ok + r.ok;
+        let expected = expected + r.ok;
         drain(&mut r, &receiver, expected, o.timeout).await;
         r.print();
         out.steady_all_received = r.undelivered == Some(0);
@@ -369,6 +404,59 @@ pub async fn e2e(ctx: &Ctx, o: &E2eOpts) -> Result<E2eResult> {
     }
     out.duplicates = receiver.snapshot().duplicates;
     Ok(out)
+}
+
+/// Queues `o.backlog` events to a paused subscription, resumes it, and times the delivery of
+/// the backlog alone. Returns (events, seconds, all received, Herald CPU %).
+async fn backlog(
+    ctx: &Ctx,
+    herald: &Herald,
+    receiver: &Receiver,
+    o: &E2eOpts,
+    already: u64,
+) -> Result<(u64, f64, bool, Option<f64>)> {
+    let spec = json!({"target_url": receiver.hook_url(), "paused": true});
+    let sub = http::create_subscription(&herald.base, &spec).await?;
+    let load_spec = Spec {
+        label: "e2e backlog ingest (paused)".into(),
+        connections: o.connections,
+        duration: o.timeout,
+        max_requests: o.backlog,
+        rate: None,
+    };
+    let op = ingest_op(&herald.base, &sub, "e2e");
+    let r = load::run_measured(&load_spec, &op, ctx.epoch, herald.pid).await?;
+    r.print();
+    if r.errors > 0 {
+        bail!("{} ingest errors while queueing the backlog", r.errors);
+    }
+    // Let the paused deliveries settle into "deferred" before resuming.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let early = receiver.delivered().saturating_sub(already);
+    if early > 0 {
+        bail!("{early} deliveries arrived while the subscription was paused: pausing does not hold deliveries in this Herald");
+    }
+    let path = format!("/subscriptions/{sub}");
+    let cpu0 = herald.pid.and_then(herald::cpu_seconds);
+    let (status, body) = http::call_json(
+        &herald.base,
+        hyper::Method::PATCH,
+        &path,
+        Some(&json!({"paused": false})),
+    )
+    .await?;
+    if !status.is_success() {
+        bail!("PATCH {path} answered {status}: {body}");
+    }
+    let resumed = Instant::now();
+    let all = receiver.wait_delivered(already + r.ok, o.timeout).await;
+    let last = receiver.last_delivery_at().unwrap_or(resumed);
+    let secs = last.saturating_duration_since(resumed).as_secs_f64();
+    let cpu = match (cpu0, herald.pid.and_then(herald::cpu_seconds)) {
+        (Some(a), Some(b)) => Some((b - a) / resumed.elapsed().as_secs_f64() * 100.0),
+        _ => None,
+    };
+    Ok((r.ok, secs, all, cpu))
 }
 
 // ---------------------------------------------------------------------------------------------

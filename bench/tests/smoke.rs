@@ -183,6 +183,8 @@ fn quick_matrix_against_standalone_herald() {
     assert_load_ok(e2e, "/burst_ingest");
     assert_eq!(e2e["burst_all_received"], true, "{e2e:#}");
     assert_eq!(u(e2e, "/burst_received"), u(e2e, "/burst_ingest/ok"));
+    assert!(u(e2e, "/backlog_events") > 0, "{e2e:#}");
+    assert_eq!(e2e["backlog_all_received"], true, "{e2e:#}");
     assert_load_ok(e2e, "/steady_ingest");
     assert_eq!(e2e["steady_all_received"], true, "{e2e:#}");
     assert!(u(e2e, "/steady_latency/count") > 0, "{e2e:#}");
