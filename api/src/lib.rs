@@ -21,7 +21,6 @@ use axum::{middleware, Router};
 use herald_core::backend::Backend;
 use herald_core::cache::SubscriptionCache;
 use herald_core::config::Settings;
-use herald_core::sqlite::{Sqlite, Sync};
 use herald_core::subscriptions::Subscriptions;
 use herald_core::telemetry;
 use herald_delivery::{retention, Engine, EngineConfig};
@@ -161,37 +160,16 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-pub fn init_tracing(format: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = if format == "json" {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
-}
+pub use herald_core::telemetry::init_tracing;
 
-/// Opens the backends the settings name.
+/// Opens the backends the settings name, with the store's path in the error.
 pub fn open_backend(settings: &Settings) -> anyhow::Result<Backend> {
-    if !settings.standalone() {
-        anyhow::bail!(
-            "MONGO_URI / REDIS_URL are set, but this build of Herald runs standalone on SQLite only; \
-             unset them to use HERALD_SQLITE_PATH"
-        );
-    }
-    let sync = if settings.sqlite_sync == "normal" {
-        Sync::Normal
-    } else {
-        Sync::Full
-    };
-    let db = Sqlite::open(&settings.sqlite_path, sync).with_context(|| {
+    herald_core::backend::open(settings).with_context(|| {
         format!(
-            "opening the SQLite store {}",
+            "opening the store (HERALD_SQLITE_PATH={})",
             settings.sqlite_path.display()
         )
-    })?;
-    Ok(db.backend())
+    })
 }
 
 /// A running Herald: the api, and in standalone mode the delivery engine and retention sweep.
@@ -240,18 +218,22 @@ impl Herald {
         let shutdown = CancellationToken::new();
         let app = build_router(state);
 
-        let engine = tokio::spawn(Engine::run(
-            backend.clone(),
-            cache,
-            EngineConfig::from_settings(&settings),
-            shutdown.clone(),
-        ));
-        let sweeper = tokio::spawn(retention::run_periodic(
-            backend,
-            settings.retention,
-            settings.retention_interval,
-            shutdown.clone(),
-        ));
+        let workers = settings.workers.then(|| {
+            (
+                tokio::spawn(Engine::run(
+                    backend.clone(),
+                    cache,
+                    EngineConfig::from_settings(&settings),
+                    shutdown.clone(),
+                )),
+                tokio::spawn(retention::run_periodic(
+                    backend,
+                    settings.retention,
+                    settings.retention_interval,
+                    shutdown.clone(),
+                )),
+            )
+        });
         let stop = shutdown.clone();
         let tasks = tokio::spawn(async move {
             axum::serve(
@@ -261,11 +243,13 @@ impl Herald {
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await
             .context("serving HTTP")?;
-            engine.await.context("delivery engine")?;
-            sweeper.await.context("retention sweep")?;
+            if let Some((engine, sweeper)) = workers {
+                engine.await.context("delivery engine")?;
+                sweeper.await.context("retention sweep")?;
+            }
             Ok(())
         });
-        tracing::info!(%addr, store = %settings.sqlite_path.display(), "Herald standalone is listening");
+        tracing::info!(%addr, store = %settings.sqlite_path.display(), workers = settings.workers, "Herald is listening");
         Ok(Herald {
             addr,
             shutdown,

@@ -32,7 +32,7 @@ async fn main() -> anyhow::Result<()> {
             let herald = herald_api::Herald::start(cli.settings).await?;
             let stop = herald.shutdown_token();
             tokio::spawn(async move {
-                shutdown_signal().await;
+                herald_core::shutdown::signal().await;
                 tracing::info!("shutting down: finishing deliveries in flight");
                 stop.cancel();
             });
@@ -54,19 +54,4 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler installs");
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -91,3 +91,20 @@ pub struct Backend {
     pub queue: Arc<dyn Queue>,
     pub attempts: Arc<dyn AttemptLog>,
 }
+
+/// Opens the backends the settings name: SQLite when neither MongoDB nor Redis is configured.
+pub fn open(settings: &crate::config::Settings) -> Result<Backend> {
+    if !settings.standalone() {
+        return Err(StoreError::Unavailable(
+            "MONGO_URI / REDIS_URL are set, but this build of Herald runs on SQLite only; \
+             unset them to use HERALD_SQLITE_PATH"
+                .into(),
+        ));
+    }
+    let sync = if settings.sqlite_sync == "normal" {
+        crate::sqlite::Sync::Normal
+    } else {
+        crate::sqlite::Sync::Full
+    };
+    Ok(crate::sqlite::Sqlite::open(&settings.sqlite_path, sync)?.backend())
+}

@@ -67,6 +67,11 @@ pub struct Settings {
     #[arg(long, env = "HERALD_SUBSCRIPTION_CONCURRENCY", default_value_t = 16)]
     pub subscription_concurrency: usize,
 
+    /// Run delivery workers and the retention sweep in the api process (standalone). Set to
+    /// `false` when separate `herald-delivery` processes deliver.
+    #[arg(long, env = "HERALD_WORKERS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub workers: bool,
+
     /// Attempt-log retention.
     #[arg(long, env = "HERALD_RETENTION", default_value = "72h", value_parser = parse_duration)]
     pub retention: Duration,

@@ -8,6 +8,7 @@ pub mod error;
 pub mod ids;
 pub mod model;
 pub mod retry;
+pub mod shutdown;
 pub mod signing;
 pub mod sqlite;
 pub mod ssrf;

@@ -41,3 +41,15 @@ pub fn count_final(succeeded: bool) {
         metrics::counter!(DELIVERIES_FAILED).increment(1);
     }
 }
+
+/// Logs through `tracing`: `RUST_LOG` filters (default `info`), `json` or `text` format.
+pub fn init_tracing(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}

@@ -1,1 +1,95 @@
-fn main() {}
+//! `herald-delivery`: delivery workers and the retention sweep without the api, for deployments
+//! that scale delivery apart from ingest; `cleanup` runs one retention sweep (the CronJob).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use herald_core::cache::SubscriptionCache;
+use herald_core::config::Settings;
+use herald_delivery::{retention, Engine, EngineConfig};
+use tokio_util::sync::CancellationToken;
+
+/// Subscription changes made by other processes show up within this time.
+const CACHE_TTL: Duration = Duration::from_secs(2);
+
+#[derive(Parser)]
+#[command(name = "herald-delivery", version, about = "Herald delivery workers")]
+struct Cli {
+    #[command(flatten)]
+    settings: Settings,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Deliver queued webhooks and run the periodic retention sweep (the default).
+    Run {
+        /// Leave retention to a separate job (the chart's CronJob).
+        #[arg(long)]
+        no_retention: bool,
+    },
+    /// Run the retention sweep once and exit.
+    Cleanup,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    herald_core::telemetry::init_tracing(&cli.settings.log_format);
+    let settings = cli.settings;
+    let backend = herald_core::backend::open(&settings).with_context(|| {
+        format!(
+            "opening the store (HERALD_SQLITE_PATH={})",
+            settings.sqlite_path.display()
+        )
+    })?;
+    match cli.command.unwrap_or(Command::Run {
+        no_retention: false,
+    }) {
+        Command::Cleanup => {
+            let swept = retention::run_once(&backend, settings.retention).await?;
+            tracing::info!(
+                attempts = swept.attempts,
+                queue_rows = swept.queue_rows,
+                "retention sweep done"
+            );
+            Ok(())
+        }
+        Command::Run { no_retention } => {
+            let shutdown = CancellationToken::new();
+            let cache = Arc::new(SubscriptionCache::new(
+                backend.subscriptions.clone(),
+                CACHE_TTL,
+            ));
+            let sweeper = (!no_retention).then(|| {
+                tokio::spawn(retention::run_periodic(
+                    backend.clone(),
+                    settings.retention,
+                    settings.retention_interval,
+                    shutdown.clone(),
+                ))
+            });
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                herald_core::shutdown::signal().await;
+                tracing::info!("shutting down: finishing deliveries in flight");
+                stop.cancel();
+            });
+            tracing::info!("delivery workers running");
+            Engine::run(
+                backend,
+                cache,
+                EngineConfig::from_settings(&settings),
+                shutdown,
+            )
+            .await;
+            if let Some(s) = sweeper {
+                s.await?;
+            }
+            Ok(())
+        }
+    }
+}

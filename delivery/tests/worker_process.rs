@@ -1,0 +1,121 @@
+//! The `herald-delivery` binary as a process of its own: it delivers what another process queued
+//! in the same SQLite file, stops cleanly on SIGTERM, and `cleanup` sweeps old records.
+
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+use axum::routing::post;
+use axum::Router;
+use herald_core::sqlite::{Sqlite, Sync};
+use herald_core::testkit;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivers_what_another_process_queued_and_stops_on_sigterm() {
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = seen.clone();
+    let app = Router::new().route(
+        "/hook",
+        post(move |headers: HeaderMap| {
+            let log = log.clone();
+            async move {
+                log.lock()
+                    .unwrap()
+                    .push(headers["webhook-id"].to_str().unwrap().to_string());
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.db");
+    let db = Sqlite::open(&path, Sync::Normal).unwrap().backend();
+    let mut sub = testkit::subscription("sub_worker");
+    sub.target_url = format!("http://127.0.0.1:{port}/hook");
+    db.subscriptions.insert(&sub).await.unwrap();
+    for i in 0..20 {
+        db.queue
+            .publish(testkit::publish(
+                &format!("msg_w{i}"),
+                &["sub_worker"],
+                b"{}",
+            ))
+            .await
+            .unwrap();
+    }
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald-delivery"))
+        .env_clear()
+        .env("HERALD_SQLITE_PATH", &path)
+        .env("HERALD_ALLOW_TARGETS", "127.0.0.0/8")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while seen.lock().unwrap().len() < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "{} of 20 delivered",
+            seen.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The worker recorded the attempts in the shared file.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while db
+        .attempts
+        .by_subscription("sub_worker", 100)
+        .await
+        .unwrap()
+        .len()
+        < 20
+    {
+        assert!(Instant::now() < deadline, "attempts recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+
+    // `cleanup` with a zero retention sweeps every settled record.
+    let out = Command::new(env!("CARGO_BIN_EXE_herald-delivery"))
+        .env_clear()
+        .env("HERALD_SQLITE_PATH", &path)
+        .env("HERALD_RETENTION", "0s")
+        .arg("cleanup")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(db
+        .attempts
+        .by_subscription("sub_worker", 100)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(db.queue.webhook("msg_w0").await.unwrap().is_none());
+}
+
+#[test]
+fn a_missing_store_directory_is_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_herald-delivery"))
+        .env_clear()
+        .env("HERALD_SQLITE_PATH", "/nonexistent-herald-dir/h.db")
+        .arg("cleanup")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not exist"), "{err}");
+}
