@@ -517,69 +517,74 @@ print_env() {
 
 # ---------------------------------------------------------------------------
 
-case ${1:-} in
-  "" | -h | --help)
-    usage
-    [[ -n ${1:-} ]] || exit 2
-    exit 0
-    ;;
-  --build-only)
-    has_server redis && ensure_redis
-    build_all
-    log "all tools built (cache: $CACHE)"
-    exit 0
-    ;;
-  --stop)
-    [[ -n ${2:-} && -f $2/owner ]] || die "usage: $0 --stop RUN_DIR (a directory printed by --start)"
-    stop_servers "$2"
-    rm -rf "${2:?}"
-    log "stopped"
-    exit 0
-    ;;
-  --start)
-    has_server redis && ensure_redis
-    build_all
-    reap_stale_runs
-    trap cleanup EXIT
-    trap 'exit 130' INT
-    trap 'exit 143' TERM
-    trap 'exit 129' HUP
-    DETACH=(setsid) # own session: not stopped by the caller's Ctrl-C
-    start_all detached
-    trap - EXIT INT TERM HUP
-    print_env
-    echo "# stop with: $0 --stop $RUN"
-    exit 0
-    ;;
-  --)
-    shift
-    [[ $# -gt 0 ]] || die "no command given"
-    ;;
-  -*) die "unknown option $1 (see --help)" ;;
-esac
+# All of the top level is inside main, so that bash has read the whole script
+# before running any of it: editing the file during a run cannot derail it.
+main() {
+  local rc=0
+  case ${1:-} in
+    "" | -h | --help)
+      usage
+      [[ -n ${1:-} ]] || exit 2
+      exit 0
+      ;;
+    --build-only)
+      has_server redis && ensure_redis
+      build_all
+      log "all tools built (cache: $CACHE)"
+      exit 0
+      ;;
+    --stop)
+      [[ -n ${2:-} && -f $2/owner ]] || die "usage: $0 --stop RUN_DIR (a directory printed by --start)"
+      stop_servers "$2"
+      rm -rf "${2:?}"
+      log "stopped"
+      exit 0
+      ;;
+    --start)
+      has_server redis && ensure_redis
+      build_all
+      reap_stale_runs
+      trap cleanup EXIT
+      trap 'exit 130' INT
+      trap 'exit 143' TERM
+      trap 'exit 129' HUP
+      DETACH=(setsid) # own session: not stopped by the caller's Ctrl-C
+      start_all detached
+      trap - EXIT INT TERM HUP
+      print_env
+      echo "# stop with: $0 --stop $RUN"
+      exit 0
+      ;;
+    --)
+      shift
+      [[ $# -gt 0 ]] || die "no command given"
+      ;;
+    -*) die "unknown option $1 (see --help)" ;;
+  esac
 
-has_server redis && ensure_redis
-build_all
-reap_stale_runs
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
-start_all
-if [[ -t 0 ]]; then
-  # Interactive: keep the command in the foreground so it can use the terminal.
-  rc=0
-  "$@" || rc=$?
-else
-  # Otherwise run it in the background, in a process group of its own, so that
-  # a signal to this script is handled at once: the trap stops the command's
-  # whole process group, then the servers.
-  set -m
-  "$@" <&0 &
-  CMD_PID=$!
-  set +m
-  rc=0
-  wait "$CMD_PID" || rc=$?
-  CMD_PID=
-fi
-exit "$rc"
+  has_server redis && ensure_redis
+  build_all
+  reap_stale_runs
+  trap cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  trap 'exit 129' HUP
+  start_all
+  if [[ -t 0 ]]; then
+    # Interactive: keep the command in the foreground so it can use the terminal.
+    "$@" || rc=$?
+  else
+    # Otherwise run it in the background, in a process group of its own, so that
+    # a signal to this script is handled at once: the trap stops the command's
+    # whole process group, then the servers.
+    set -m
+    "$@" <&0 &
+    CMD_PID=$!
+    set +m
+    wait "$CMD_PID" || rc=$?
+    CMD_PID=
+  fi
+  exit "$rc"
+}
+
+main "$@"
