@@ -30,6 +30,7 @@ set -Eeuo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 MODS=$ROOT/tools/testenv
+HOME=${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}
 CACHE=${HERALD_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/herald-testenv}
 SERVERS=${HERALD_TESTENV_SERVERS:-redis mongo kube}
 # Bump when the way tools are built changes, to force a rebuild.
