@@ -225,6 +225,23 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) as f64 / hz)
 }
 
+/// Busy CPU time of the whole machine (all cores, /proc/stat), in seconds.
+pub fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy = v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)? + v.get(7)?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as f64 } else { 100.0 };
+    Some(busy as f64 / hz)
+}
+
 /// (VmRSS, VmHWM) of a process, in KiB.
 pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -236,15 +253,6 @@ pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
             .and_then(|v| v.parse::<u64>().ok())
     };
     Some((field("VmRSS:")?, field("VmHWM:")?))
-}
-
-/// Measures a process's CPU use over `window`, as a percentage of one core.
-pub async fn cpu_percent(pid: u32, window: Duration) -> Option<f64> {
-    let t0 = Instant::now();
-    let c0 = cpu_seconds(pid)?;
-    tokio::time::sleep(window).await;
-    let c1 = cpu_seconds(pid)?;
-    Some((c1 - c0) / t0.elapsed().as_secs_f64() * 100.0)
 }
 
 #[cfg(test)]

@@ -71,9 +71,17 @@ pub struct LoadResult {
     /// CPU of the server under test during the phase, % of one core (when its pid is known).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_cpu_pct: Option<f64>,
+    /// Server CPU time per answered request, in microseconds: unlike req/s, this barely moves
+    /// when other work shares the machine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_us_per_req: Option<f64>,
     /// CPU of the harness process itself (load generator, receiver, in-process floors).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub harness_cpu_pct: Option<f64>,
+    /// CPU used meanwhile by everything else on the machine (other processes, the kernel's
+    /// own threads), % of one core. Over ~10 % means the figures were disturbed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub other_cpu_pct: Option<f64>,
     /// Ingest phases: seconds after the phase until the receiver had every accepted event.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drain_s: Option<f64>,
@@ -108,8 +116,14 @@ impl LoadResult {
         if let Some(c) = self.server_cpu_pct {
             extra.push(format!("server CPU {c:.0}%"));
         }
+        if let Some(c) = self.server_cpu_us_per_req {
+            extra.push(format!("{c:.0} µs server CPU/request"));
+        }
         if let Some(c) = self.harness_cpu_pct {
             extra.push(format!("harness CPU {c:.0}%"));
+        }
+        if let Some(c) = self.other_cpu_pct.filter(|&c| c >= 10.0) {
+            extra.push(format!("OTHER PROCESSES {c:.0}% CPU (disturbed)"));
         }
         if let Some(d) = self.drain_s {
             extra.push(format!("drained in {d:.2} s"));
@@ -137,22 +151,77 @@ struct WorkerOut {
 /// dropped.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Runs one load phase and records the CPU used meanwhile by `server_pid` and by the harness.
+/// CPU use over an interval: the server under test, the harness, everything else.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct CpuUse {
+    /// % of one core.
+    pub server_pct: Option<f64>,
+    pub harness_pct: Option<f64>,
+    /// Other processes and the kernel's own threads; over ~10 % the figures were disturbed.
+    pub other_pct: Option<f64>,
+    /// Server CPU seconds spent.
+    pub server_s: Option<f64>,
+}
+
+/// Measures [`CpuUse`] from /proc between `start` and `finish`.
+pub struct CpuMeter {
+    t0: Instant,
+    server: Option<u32>,
+    s0: Option<f64>,
+    h0: Option<f64>,
+    m0: Option<f64>,
+}
+
+impl CpuMeter {
+    pub fn start(server: Option<u32>) -> Self {
+        Self {
+            t0: Instant::now(),
+            server,
+            s0: server.and_then(crate::herald::cpu_seconds),
+            h0: crate::herald::cpu_seconds(std::process::id()),
+            m0: crate::herald::machine_busy_seconds(),
+        }
+    }
+
+    pub fn finish(&self) -> CpuUse {
+        let dt = self.t0.elapsed().as_secs_f64().max(1e-9);
+        let s1 = self.server.and_then(crate::herald::cpu_seconds);
+        let h1 = crate::herald::cpu_seconds(std::process::id());
+        let m1 = crate::herald::machine_busy_seconds();
+        let delta = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
+        let pct = |d: Option<f64>| d.map(|d| d / dt * 100.0);
+        let server_s = delta(self.s0, s1);
+        let harness = pct(delta(self.h0, h1));
+        let server = pct(server_s);
+        let other = pct(delta(self.m0, m1))
+            .map(|m| (m - harness.unwrap_or(0.0) - server.unwrap_or(0.0)).max(0.0));
+        CpuUse {
+            server_pct: server,
+            harness_pct: harness,
+            other_pct: other,
+            server_s,
+        }
+    }
+}
+
+/// Runs one load phase and records the CPU used meanwhile by `server_pid`, by the harness and
+/// by everything else.
 pub async fn run_measured(
     spec: &Spec,
     op: &Op,
     epoch: Instant,
     server_pid: Option<u32>,
 ) -> Result<LoadResult> {
-    let me = std::process::id();
-    let t0 = Instant::now();
-    let s0 = server_pid.and_then(crate::herald::cpu_seconds);
-    let h0 = crate::herald::cpu_seconds(me);
+    let meter = CpuMeter::start(server_pid);
     let mut r = run(spec, op, epoch).await?;
-    let dt = t0.elapsed().as_secs_f64();
-    let pct = |a: Option<f64>, b: Option<f64>| Some((b? - a?) / dt * 100.0);
-    r.server_cpu_pct = pct(s0, server_pid.and_then(crate::herald::cpu_seconds));
-    r.harness_cpu_pct = pct(h0, crate::herald::cpu_seconds(me));
+    let cpu = meter.finish();
+    r.server_cpu_pct = cpu.server_pct;
+    r.harness_cpu_pct = cpu.harness_pct;
+    r.other_cpu_pct = cpu.other_pct;
+    r.server_cpu_us_per_req = cpu
+        .server_s
+        .filter(|_| r.ok > 0)
+        .map(|s| s / r.ok as f64 * 1e6);
     Ok(r)
 }
 

@@ -134,7 +134,7 @@ enum Cmd {
         idle: Duration,
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         duration: Duration,
-        #[arg(long, default_value_t = 1000.0)]
+        #[arg(long, default_value_t = 2000.0)]
         rate: f64,
         #[arg(long, default_value_t = 16)]
         connections: usize,
@@ -437,7 +437,7 @@ async fn matrix(ctx: &Ctx, c: &Common, o: MatrixOpts) -> Result<Matrix> {
     let memory_opts = MemoryOpts {
         idle: if q { secs(1) } else { secs(3) },
         duration: if q { secs(2) } else { secs(60) },
-        rate: if q { 100.0 } else { 1000.0 },
+        rate: if q { 100.0 } else { 2000.0 },
         connections: if q { 4 } else { 16 },
         drain_timeout: if q { secs(30) } else { secs(60) },
     };

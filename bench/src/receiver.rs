@@ -47,6 +47,8 @@ struct Inner {
     missing_id: u64,
     /// Distinct ids answered 200.
     delivered: u64,
+    /// Fail-first mode: per second since the first retry arrived, (retries, max lateness µs).
+    lateness_by_second: Vec<(u64, u64)>,
 }
 
 struct Shared {
@@ -83,6 +85,8 @@ pub struct Snapshot {
     pub latency: Percentiles,
     /// Fail-first mode: how late each retry arrived after its due time.
     pub lateness: Percentiles,
+    /// Fail-first mode: per second since the first retry, (retries received, max lateness ms).
+    pub lateness_by_second: Vec<(u64, f64)>,
 }
 
 impl Receiver {
@@ -105,6 +109,7 @@ impl Receiver {
                 first_retry_at: None,
                 missing_id: 0,
                 delivered: 0,
+                lateness_by_second: Vec::new(),
             }),
         });
         let router = Router::new().fallback(handle).with_state(shared.clone());
@@ -129,6 +134,11 @@ impl Receiver {
             max_early_ms: inner.max_early.as_secs_f64() * 1000.0,
             latency: Percentiles::from_hist(&inner.latency),
             lateness: Percentiles::from_hist(&inner.lateness),
+            lateness_by_second: inner
+                .lateness_by_second
+                .iter()
+                .map(|&(n, us)| (n, us as f64 / 1000.0))
+                .collect(),
         }
     }
 
@@ -230,13 +240,24 @@ async fn handle(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -
             }
             Some(Seen::Failed(at)) => {
                 let due = *at + delay;
-                if now >= due {
+                let late_us = if now >= due {
                     stats::record(&mut inner.lateness, now - due);
+                    u64::try_from((now - due).as_micros()).unwrap_or(u64::MAX)
                 } else {
                     inner.early += 1;
                     inner.max_early = inner.max_early.max(due - now);
+                    0
+                };
+                let first = *inner.first_retry_at.get_or_insert(now);
+                let sec = (now - first).as_secs() as usize;
+                if sec < 3600 {
+                    if inner.lateness_by_second.len() <= sec {
+                        inner.lateness_by_second.resize(sec + 1, (0, 0));
+                    }
+                    let slot = &mut inner.lateness_by_second[sec];
+                    slot.0 += 1;
+                    slot.1 = slot.1.max(late_us);
                 }
-                inner.first_retry_at.get_or_insert(now);
                 inner.seen.insert(id, Seen::Retried);
                 inner.delivered += 1;
                 StatusCode::OK

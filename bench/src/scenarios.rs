@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::floor::{self, LocalRedis};
 use crate::herald::{self, Herald, Launch};
 use crate::http::{self, Base};
-use crate::load::{self, LoadResult, Op, Spec};
+use crate::load::{self, CpuMeter, CpuUse, LoadResult, Op, Spec};
 use crate::receiver::{self, Receiver};
 use crate::stats::{self, Percentiles};
 
@@ -47,6 +47,20 @@ fn ingest_op(base: &Base, sub: &str, kind: &'static str) -> Op {
         )],
         body: load::payload(kind),
     }
+}
+
+fn cpu_note(c: &CpuUse) -> String {
+    let mut s = String::new();
+    if let Some(p) = c.server_pct {
+        s += &format!(", Herald CPU {p:.0}%");
+    }
+    if let Some(p) = c.harness_pct {
+        s += &format!(", harness {p:.0}%");
+    }
+    if let Some(p) = c.other_pct.filter(|&p| p >= 10.0) {
+        s += &format!(", OTHER PROCESSES {p:.0}% (disturbed)");
+    }
+    s
 }
 
 /// Waits until the receiver has every accepted event; records the wait on the phase.
@@ -277,6 +291,8 @@ pub struct E2eResult {
     pub drain_rate: Option<f64>,
     /// Herald's CPU from the first ingest to the last delivery, % of one core.
     pub burst_server_cpu_pct: Option<f64>,
+    /// CPU from the first ingest to the last delivery (server, harness, other processes).
+    pub burst_cpu: CpuUse,
     pub duplicates: u64,
     /// Backlog phase: events queued while the subscription was paused.
     pub backlog_events: u64,
@@ -286,6 +302,7 @@ pub struct E2eResult {
     pub backlog_deliveries_per_s: f64,
     pub backlog_all_received: bool,
     pub backlog_server_cpu_pct: Option<f64>,
+    pub backlog_cpu: CpuUse,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backlog_note: Option<String>,
     /// The steady phase's ingest (open loop at `rate`).
@@ -304,7 +321,7 @@ pub async fn e2e(ctx: &Ctx, o: &E2eOpts) -> Result<E2eResult> {
         "== e2e: burst of {} events, then {:.0}/s for {:?}",
         o.events, o.rate, o.steady_duration
     );
-    let cpu0 = herald.pid.and_then(herald::cpu_seconds);
+    let meter = CpuMeter::start(herald.pid);
     let spec = Spec {
         label: "e2e burst ingest".into(),
         connections: o.connections,
@@ -320,7 +337,7 @@ pub async fn e2e(ctx: &Ctx, o: &E2eOpts) -> Result<E2eResult> {
     let received = receiver.delivered();
     let last = receiver.last_delivery_at().unwrap_or(ingest_end);
     let started = burst.started_at.unwrap_or(ingest_end);
-    let cpu1 = herald.pid.and_then(herald::cpu_seconds);
+    let burst_cpu = meter.finish();
     let total_s = last
         .saturating_duration_since(started)
         .as_secs_f64()
@@ -336,10 +353,8 @@ pub async fn e2e(ctx: &Ctx, o: &E2eOpts) -> Result<E2eResult> {
         deliveries_per_s: received as f64 / total_s,
         drain_s,
         drain_rate: (drain_s >= 0.1).then(|| received.saturating_sub(at_end) as f64 / drain_s),
-        burst_server_cpu_pct: match (cpu0, cpu1) {
-            (Some(a), Some(b)) => Some((b - a) / total_s * 100.0),
-            _ => None,
-        },
+        burst_server_cpu_pct: burst_cpu.server_pct,
+        burst_cpu,
         burst_ingest: burst,
         ..Default::default()
     };
@@ -350,9 +365,7 @@ pub async fn e2e(ctx: &Ctx, o: &E2eOpts) -> Result<E2eResult> {
         out.drain_rate
             .map(|r| format!(" at {r:.0}/s"))
             .unwrap_or_default(),
-        out.burst_server_cpu_pct
-            .map(|c| format!(", Herald CPU {c:.0}%"))
-            .unwrap_or_default()
+        cpu_note(&out.burst_cpu)
     );
     let mut expected = out.burst_ingest.ok;
     if o.backlog > 0 {
@@ -363,11 +376,12 @@ pub async fn e2e(ctx: &Ctx, o: &E2eOpts) -> Result<E2eResult> {
                 out.backlog_drain_s = drain_s;
                 out.backlog_deliveries_per_s = events as f64 / drain_s.max(1e-9);
                 out.backlog_all_received = all;
-                out.backlog_server_cpu_pct = cpu;
+                out.backlog_server_cpu_pct = cpu.server_pct;
+                out.backlog_cpu = cpu;
                 println!(
                     "e2e backlog: {events} queued while paused, delivered in {drain_s:.2} s after resume = {:.0} deliveries/s{}",
                     out.backlog_deliveries_per_s,
-                    cpu.map(|c| format!(", Herald CPU {c:.0}%")).unwrap_or_default()
+                    cpu_note(&cpu)
                 );
             }
             Err(e) => {
@@ -414,7 +428,7 @@ async fn backlog(
     receiver: &Receiver,
     o: &E2eOpts,
     already: u64,
-) -> Result<(u64, f64, bool, Option<f64>)> {
+) -> Result<(u64, f64, bool, CpuUse)> {
     let spec = json!({"target_url": receiver.hook_url(), "paused": true});
     let sub = http::create_subscription(&herald.base, &spec).await?;
     let load_spec = Spec {
@@ -437,7 +451,7 @@ async fn backlog(
         bail!("{early} deliveries arrived while the subscription was paused: pausing does not hold deliveries in this Herald");
     }
     let path = format!("/subscriptions/{sub}");
-    let cpu0 = herald.pid.and_then(herald::cpu_seconds);
+    let meter = CpuMeter::start(herald.pid);
     let (status, body) = http::call_json(
         &herald.base,
         hyper::Method::PATCH,
@@ -452,11 +466,7 @@ async fn backlog(
     let all = receiver.wait_delivered(already + r.ok, o.timeout).await;
     let last = receiver.last_delivery_at().unwrap_or(resumed);
     let secs = last.saturating_duration_since(resumed).as_secs_f64();
-    let cpu = match (cpu0, herald.pid.and_then(herald::cpu_seconds)) {
-        (Some(a), Some(b)) => Some((b - a) / resumed.elapsed().as_secs_f64() * 100.0),
-        _ => None,
-    };
-    Ok((r.ok, secs, all, cpu))
+    Ok((r.ok, secs, all, meter.finish()))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -485,11 +495,15 @@ pub struct RetryResult {
     pub waiting_during_cpu_window: u64,
     /// Herald's CPU while every retry waited, % of one core (None: no window; see note).
     pub waiting_cpu_pct: Option<f64>,
+    /// Other processes' CPU over the same window, % of one core.
+    pub waiting_other_cpu_pct: Option<f64>,
     pub cpu_window_s: f64,
     /// Retry arrival minus due time (due = the 500 answer + delay).
     pub lateness: Percentiles,
     pub early_retries: u64,
     pub max_early_ms: f64,
+    /// Per second since the first retry arrived: (retries received, max lateness ms).
+    pub lateness_by_second: Vec<(u64, f64)>,
     pub duplicates: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -552,7 +566,11 @@ pub async fn retries(ctx: &Ctx, o: &RetryOpts) -> Result<RetryResult> {
             tokio::time::sleep_until(start.into()).await;
             out.waiting_during_cpu_window = receiver.first_failures() - receiver.delivered();
             let window = stop - Instant::now();
-            out.waiting_cpu_pct = herald::cpu_percent(pid, window).await;
+            let meter = CpuMeter::start(Some(pid));
+            tokio::time::sleep(window).await;
+            let cpu = meter.finish();
+            out.waiting_cpu_pct = cpu.server_pct;
+            out.waiting_other_cpu_pct = cpu.other_pct;
             out.cpu_window_s = window.as_secs_f64();
             println!(
                 "retries: {} waiting; Herald CPU while they wait {:.2}% of a core (over {:.1} s)",
@@ -576,6 +594,7 @@ pub async fn retries(ctx: &Ctx, o: &RetryOpts) -> Result<RetryResult> {
     out.lateness = snap.lateness;
     out.early_retries = snap.early_retries;
     out.max_early_ms = snap.max_early_ms;
+    out.lateness_by_second = snap.lateness_by_second;
     out.duplicates = snap.duplicates;
     out.ingest = ingest;
     out.note = note;
@@ -584,6 +603,17 @@ pub async fn retries(ctx: &Ctx, o: &RetryOpts) -> Result<RetryResult> {
         "retries: {}/{} retried; lateness p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms; early {}",
         out.retried, out.first_failures, l.p50_ms, l.p99_ms, l.max_ms, out.early_retries
     );
+    if !out.lateness_by_second.is_empty() {
+        let series: Vec<String> = out
+            .lateness_by_second
+            .iter()
+            .map(|(n, ms)| format!("{n}/{ms:.0}"))
+            .collect();
+        println!(
+            "retries: per second since the first retry (received/max lateness ms): {}",
+            series.join(" ")
+        );
+    }
     if let Some(n) = &out.note {
         println!("retries: note: {n}");
     }
@@ -615,8 +645,13 @@ pub struct MemoryResult {
     pub end_rss_kib: u64,
     /// RSS after the backlog drained and 2 s passed.
     pub after_drain_rss_kib: u64,
+    /// RSS half way through the run.
+    pub mid_rss_kib: u64,
     /// `end / warm - 1`, in percent.
     pub growth_pct: f64,
+    /// `end / mid - 1`, in percent: growth over the second half, once bounded caches (SQLite's
+    /// page cache) have had time to fill.
+    pub growth_second_half_pct: f64,
     pub load: LoadResult,
     /// (seconds since the run started, RSS KiB), one a second.
     pub samples: Vec<(f64, u64)>,
@@ -663,11 +698,16 @@ pub async fn memory(ctx: &Ctx, o: &MemoryOpts) -> Result<MemoryResult> {
             (peak, samples)
         })
     };
-    let warm_at = Instant::now() + o.duration / 4;
-    let warm = tokio::spawn(async move {
-        tokio::time::sleep_until(warm_at.into()).await;
-        herald::rss_kib(pid).map(|(r, _)| r).unwrap_or(0)
-    });
+    let t_load = Instant::now();
+    let at = move |frac: u32| {
+        let when = t_load + o.duration / frac;
+        tokio::spawn(async move {
+            tokio::time::sleep_until(when.into()).await;
+            herald::rss_kib(pid).map(|(r, _)| r).unwrap_or(0)
+        })
+    };
+    let warm = at(4);
+    let mid = at(2);
     let mut load = load::run_measured(&spec, &op, ctx.epoch, Some(pid)).await?;
     let end_rss = rss();
     let accepted = load.ok;
@@ -677,6 +717,14 @@ pub async fn memory(ctx: &Ctx, o: &MemoryOpts) -> Result<MemoryResult> {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (peak, samples) = sampler.await.context("sampler")?;
     let warm = warm.await.context("warm sample")?;
+    let mid = mid.await.context("mid sample")?;
+    let growth = |from: u64| {
+        if from > 0 {
+            (end_rss as f64 / from as f64 - 1.0) * 100.0
+        } else {
+            0.0
+        }
+    };
     let hwm = herald::rss_kib(pid).map(|(_, h)| h).unwrap_or(0);
     load.print();
     let out = MemoryResult {
@@ -684,25 +732,25 @@ pub async fn memory(ctx: &Ctx, o: &MemoryOpts) -> Result<MemoryResult> {
         peak_rss_kib: peak.max(end_rss).max(after),
         hwm_kib: hwm,
         warm_rss_kib: warm,
+        mid_rss_kib: mid,
+        growth_second_half_pct: growth(mid),
         end_rss_kib: end_rss,
         after_drain_rss_kib: after,
-        growth_pct: if warm > 0 {
-            (end_rss as f64 / warm as f64 - 1.0) * 100.0
-        } else {
-            0.0
-        },
+        growth_pct: growth(warm),
         load,
         samples,
     };
     println!(
-        "memory: idle {:.1} MiB, warm {:.1} MiB, peak {:.1} MiB (HWM {:.1}), end {:.1} MiB, after drain {:.1} MiB, growth warm->end {:+.1}%",
+        "memory: idle {:.1} MiB, ¼ in {:.1} MiB, ½ in {:.1} MiB, peak {:.1} MiB (HWM {:.1}), end {:.1} MiB, after drain {:.1} MiB; growth ¼->end {:+.1}%, ½->end {:+.1}%",
         mib(out.idle_rss_kib),
         mib(out.warm_rss_kib),
+        mib(out.mid_rss_kib),
         mib(out.peak_rss_kib),
         mib(out.hwm_kib),
         mib(out.end_rss_kib),
         mib(out.after_drain_rss_kib),
-        out.growth_pct
+        out.growth_pct,
+        out.growth_second_half_pct
     );
     Ok(out)
 }
