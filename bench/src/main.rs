@@ -111,7 +111,7 @@ enum Cmd {
         timeout: Duration,
         /// Events queued to a paused subscription and then released, to time delivery alone
         /// (0: skip).
-        #[arg(long, default_value_t = 20_000)]
+        #[arg(long, default_value_t = 50_000)]
         backlog: u64,
     },
     /// Retry timing: N webhooks whose first attempt gets a 500; how late each retry arrives and
@@ -179,6 +179,10 @@ enum Cmd {
         retries_count: u64,
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         retries_delay: Duration,
+        /// Before starting, wait up to this long for the machine to be quiet (other processes
+        /// under 15 % of a core over 2 s); each phase still records what else ran meanwhile.
+        #[arg(long, default_value = "120s", value_parser = parse_duration)]
+        quiet_wait: Duration,
     },
 }
 
@@ -351,7 +355,9 @@ async fn main() -> Result<()> {
             no_redis,
             retries_count,
             retries_delay,
+            quiet_wait,
         } => {
+            wait_quiet(quiet_wait).await;
             let m = matrix(
                 &ctx,
                 c,
@@ -381,6 +387,24 @@ async fn main() -> Result<()> {
         write_json(&path, &value)?;
     }
     Ok(())
+}
+
+/// Waits (bounded) until the rest of the machine is quiet.
+async fn wait_quiet(limit: Duration) {
+    let end = Instant::now() + limit;
+    loop {
+        let meter = load::CpuMeter::start(None);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let other = meter.finish().other_pct.unwrap_or(0.0);
+        if other < 15.0 {
+            return;
+        }
+        if Instant::now() >= end {
+            println!("matrix: the machine is still busy (other processes {other:.0}% of a core); starting anyway");
+            return;
+        }
+        println!("matrix: waiting for a quiet machine (other processes {other:.0}% of a core)");
+    }
 }
 
 struct MatrixOpts {
@@ -426,7 +450,7 @@ async fn matrix(ctx: &Ctx, c: &Common, o: MatrixOpts) -> Result<Matrix> {
         rate: if q { 100.0 } else { 1000.0 },
         steady_duration: if q { secs(1) } else { secs(10) },
         timeout: if q { secs(30) } else { secs(120) },
-        backlog: if q { 300 } else { 20_000 },
+        backlog: if q { 300 } else { 50_000 },
     };
     let retry_opts = RetryOpts {
         count: if q { 200 } else { o.retries_count },

@@ -148,6 +148,8 @@ fn quick_matrix_against_standalone_herald() {
         "smoke",
         "--date",
         "today",
+        "--quiet-wait",
+        "0s",
     ]);
     let v = read_json(&dir.join("today-smoke.json"));
     assert!(
