@@ -52,6 +52,7 @@ pub struct Spec {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LoadResult {
     pub label: String,
     pub mode: String,
@@ -153,6 +154,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// CPU use over an interval: the server under test, the harness, everything else.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct CpuUse {
     /// % of one core.
     pub server_pct: Option<f64>,

@@ -154,6 +154,13 @@ enum Cmd {
         #[arg(long)]
         no_redis: bool,
     },
+    /// Re-renders a matrix's JSON as Markdown (to stdout, or next to it with --write).
+    Report {
+        json_file: PathBuf,
+        /// Write <same name>.md beside the JSON file.
+        #[arg(long)]
+        write: bool,
+    },
     /// The whole matrix (floors, then ingest, e2e, retries, memory on standalone), written as
     /// Markdown and JSON to <out-dir>/<date>-<commit>.{md,json}.
     Matrix {
@@ -346,6 +353,21 @@ async fn main() -> Result<()> {
             )
             .await?,
         )?,
+        Cmd::Report { json_file, write } => {
+            let text = std::fs::read_to_string(&json_file)
+                .with_context(|| format!("read {}", json_file.display()))?;
+            let m: Matrix = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a matrix result", json_file.display()))?;
+            let md = m.markdown();
+            if write {
+                let path = json_file.with_extension("md");
+                std::fs::write(&path, &md)?;
+                println!("wrote {}", path.display());
+            } else {
+                print!("{md}");
+            }
+            return Ok(());
+        }
         Cmd::Matrix {
             out_dir,
             commit,

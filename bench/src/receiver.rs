@@ -67,6 +67,7 @@ pub struct Receiver {
 
 /// What the receiver has seen so far.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Snapshot {
     /// Every request received (including duplicates and failed first attempts).
     pub requests: u64,

@@ -34,6 +34,7 @@ impl<T> Phase<T> {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Machine {
     pub nproc: usize,
     pub cpu_model: String,
@@ -281,11 +282,11 @@ impl Matrix {
         let _ = writeln!(s, "## Ingest (`POST /ingest/{{sub}}`, ~100-byte JSON)\n");
         let _ = writeln!(
             s,
-            "| scenario | conns | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | % of HTTP floor | % of HTTP + Redis floor | server CPU | server CPU µs/req |"
+            "| scenario | conns | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | % of HTTP floor | % of HTTP + Redis floor | server CPU | server CPU µs/req | other processes' CPU |"
         );
         let _ = writeln!(
             s,
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         let floor = self.floor.done();
         let row = |s: &mut String,

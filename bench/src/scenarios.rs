@@ -88,6 +88,7 @@ pub struct FloorOpts {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct FloorResult {
     /// Empty axum handler (HTTP ceiling).
     pub http: Vec<LoadResult>,
@@ -208,6 +209,7 @@ pub struct IngestOpts {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct IngestResult {
     pub closed: Vec<LoadResult>,
     pub open: Option<LoadResult>,
@@ -273,6 +275,7 @@ pub struct E2eOpts {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct E2eResult {
     pub events: u64,
     /// The burst's ingest phase (closed loop, `events` requests).
@@ -482,6 +485,7 @@ pub struct RetryOpts {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RetryResult {
     pub count: u64,
     pub delay_s: f64,
@@ -633,6 +637,7 @@ pub struct MemoryOpts {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct MemoryResult {
     pub idle_rss_kib: u64,
     /// Highest RSS sampled (every 250 ms) during the run and its drain.

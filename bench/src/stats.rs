@@ -18,6 +18,7 @@ pub fn record(h: &mut Histogram<u64>, d: Duration) {
 
 /// The percentiles the harness reports, in milliseconds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Percentiles {
     pub count: u64,
     pub mean_ms: f64,
