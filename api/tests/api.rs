@@ -347,12 +347,7 @@ async fn ingest_signatures_are_enforced() {
         .unwrap()
         .to_string();
     let body = r#"{"amount": 42}"#;
-    let sig = {
-        use hmac::{Hmac, Mac};
-        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-        mac.update(body.as_bytes());
-        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-    };
+    let sig = common::hub_signature(secret, body.as_bytes());
     let send = |sig: Option<String>| {
         let mut r = h
             .http

@@ -90,11 +90,7 @@ async fn outgoing_signatures_verify_like_standard_webhooks() {
         .unwrap()
         .to_string();
     let body = r#"{"test": 2432232314}"#;
-    let sig = {
-        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-        mac.update(body.as_bytes());
-        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-    };
+    let sig = common::hub_signature(secret, body.as_bytes());
     let r = h
         .http
         .post(h.url(&format!("/ingest/{sub}")))
@@ -367,11 +363,13 @@ async fn status_is_queued_before_the_first_attempt() {
         .unwrap()
         .to_string();
     let id = h.ingest_ok(&sub, "{}").await;
+    // A worker looks at it once (briefly `delivering`), finds the subscription paused and puts
+    // it back without an attempt: from then on it is `queued`.
+    let v = h.wait_status(&id, "queued", WAIT).await;
+    assert_eq!(v["deliveries"][0]["attempts"], 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let (code, v) = h.get(&format!("/webhooks/{id}")).await;
     assert_eq!(code, 200);
-    assert_eq!(v["status"], "queued");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (_, v) = h.get(&format!("/webhooks/{id}")).await;
     assert_eq!(v["status"], "queued", "{v}");
     assert_eq!(v["attempts"], json!([]));
     assert!(rx.received("/later").is_empty());
@@ -485,12 +483,12 @@ async fn deleting_a_subscription_fails_its_queued_deliveries_clearly() {
 #[tokio::test]
 async fn ssrf_guard_refuses_internal_targets_unless_allowed() {
     // No allow-list: loopback and private literal targets are refused at creation ...
-    let dir = tempfile::tempdir().unwrap();
-    let mut settings = common::settings(dir.path(), &[]);
-    settings.allow_targets = Default::default();
-    let herald = herald_api::Herald::start(settings).await.unwrap();
-    let base = format!("http://{}", herald.addr);
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let h = TestHerald::start_with(
+        tempfile::tempdir().unwrap(),
+        |s| s.allow_targets = Default::default(),
+        &[],
+    )
+    .await;
     let rx = Receiver::start().await;
     let rx6 = Receiver::start_on("[::1]:0").await;
     for target in [
@@ -502,8 +500,9 @@ async fn ssrf_guard_refuses_internal_targets_unless_allowed() {
         "http://[fe80::1]/x".to_string(),
         "http://[::ffff:127.0.0.1]/x".to_string(),
     ] {
-        let r = http
-            .post(format!("{base}/subscriptions"))
+        let r = h
+            .http
+            .post(h.url("/subscriptions"))
             .json(&json!({"target_url": target}))
             .send()
             .await
@@ -520,44 +519,15 @@ async fn ssrf_guard_refuses_internal_targets_unless_allowed() {
     }
     // ... and a name that resolves to loopback is refused after DNS resolution, at delivery.
     let port = rx.addr.port();
-    let r = http
-        .post(format!("{base}/subscriptions"))
-        .json(&json!({"target_url": format!("http://localhost:{port}/x"), "max_attempts": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let sub: Value = r.json().await.unwrap();
-    let r = http
-        .post(format!("{base}/ingest/{}", sub["id"].as_str().unwrap()))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    let id = r.json::<Value>().await.unwrap()["webhook_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        let v: Value = http
-            .get(format!("{base}/webhooks/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if v["status"] == "failed" {
-            break v;
-        }
-        assert!(Instant::now() < deadline, "{v}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    };
+    let sub = h
+        .create(json!({"target_url": format!("http://localhost:{port}/x"), "max_attempts": 1}))
+        .await;
+    let id = h.ingest_ok(sub["id"].as_str().unwrap(), "{}").await;
+    let status = h.wait_status(&id, "failed", WAIT).await;
     let err = status["attempts"][0]["error"].as_str().unwrap();
     assert!(err.contains("loopback"), "{err}");
     assert!(rx.received("/x").is_empty(), "nothing reached the receiver");
-    herald.stop().await.unwrap();
+    h.stop().await;
 }
 
 #[tokio::test]

@@ -9,8 +9,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Behaviour, Receiver};
-use serde_json::{json, Value};
+use common::{Api, Behaviour, Receiver};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -22,7 +21,14 @@ fn free_port() -> u16 {
 
 struct Proc {
     child: Child,
-    base: String,
+    api: Api,
+}
+
+impl Proc {
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
 }
 
 fn spawn(db: &std::path::Path, port: u16, extra: &[(&str, &str)]) -> Proc {
@@ -44,23 +50,7 @@ fn spawn(db: &std::path::Path, port: u16, extra: &[(&str, &str)]) -> Proc {
     let child = cmd.spawn().expect("the herald binary starts");
     Proc {
         child,
-        base: format!("http://127.0.0.1:{port}"),
-    }
-}
-
-async fn wait_ready(http: &reqwest::Client, base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "herald at {base} never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        api: Api::new(format!("http://127.0.0.1:{port}")),
     }
 }
 
@@ -75,36 +65,17 @@ fn unique_ids(rx: &Receiver, path: &str) -> HashSet<String> {
 async fn sigkill_with_deliveries_in_flight_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("crash.db");
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let rx = Receiver::start().await;
     // Slow answers keep deliveries in flight when the process dies.
     rx.on("/crash", Behaviour::Delay(Duration::from_secs(3)));
 
     let port = free_port();
     let mut p = spawn(&db, port, &[("HERALD_SUBSCRIPTION_CONCURRENCY", "8")]);
-    wait_ready(&http, &p.base).await;
-    let sub: Value = http
-        .post(format!("{}/subscriptions", p.base))
-        .json(&json!({"target_url": rx.url("/crash")}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let sub = sub["id"].as_str().unwrap().to_string();
+    p.api.wait_ready().await;
+    let sub = p.api.subscribe(&rx.url("/crash")).await;
     let mut accepted = HashSet::new();
     for i in 0..60 {
-        let r = http
-            .post(format!("{}/ingest/{sub}", p.base))
-            .header("Content-Type", "application/json")
-            .body(format!("{{\"i\":{i}}}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202);
-        let v: Value = r.json().await.unwrap();
-        accepted.insert(v["webhook_id"].as_str().unwrap().to_string());
+        accepted.insert(p.api.ingest_ok(&sub, &format!("{{\"i\":{i}}}")).await);
     }
     rx.wait_for("/crash", 4, Duration::from_secs(10)).await;
     // SIGKILL: no chance to clean up.
@@ -112,8 +83,8 @@ async fn sigkill_with_deliveries_in_flight_loses_nothing() {
     p.child.wait().unwrap();
 
     rx.on("/crash", Behaviour::Status(200));
-    let mut p = spawn(&db, port, &[]);
-    wait_ready(&http, &p.base).await;
+    let p = spawn(&db, port, &[]);
+    p.api.wait_ready().await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let got = unique_ids(&rx, "/crash");
@@ -128,55 +99,25 @@ async fn sigkill_with_deliveries_in_flight_loses_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Every webhook ends succeeded.
-    for id in accepted.iter().take(10) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let v: Value = http
-                .get(format!("{}/webhooks/{id}", p.base))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if v["status"] == "succeeded" {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{v}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    for id in &accepted {
+        p.api
+            .wait_status(id, "succeeded", Duration::from_secs(10))
+            .await;
     }
-    p.child.kill().unwrap();
-    p.child.wait().unwrap();
+    p.kill();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_gracefully_and_finishes_in_flight_deliveries() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("term.db");
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let rx = Receiver::start().await;
     rx.on("/term", Behaviour::Delay(Duration::from_millis(800)));
     let port = free_port();
     let mut p = spawn(&db, port, &[]);
-    wait_ready(&http, &p.base).await;
-    let sub: Value = http
-        .post(format!("{}/subscriptions", p.base))
-        .json(&json!({"target_url": rx.url("/term")}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let r = http
-        .post(format!("{}/ingest/{}", p.base, sub["id"].as_str().unwrap()))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    p.api.wait_ready().await;
+    let sub = p.api.subscribe(&rx.url("/term")).await;
+    p.api.ingest_ok(&sub, "{}").await;
     rx.wait_for("/term", 1, Duration::from_secs(5)).await;
     let started = Instant::now();
     // SIGTERM while the delivery is in flight.
@@ -189,25 +130,13 @@ async fn sigterm_stops_gracefully_and_finishes_in_flight_deliveries() {
     assert!(started.elapsed() < Duration::from_secs(15));
     // The in-flight attempt finished and was recorded before exit: a restart sees it settled.
     let p2 = spawn(&db, port, &[]);
-    wait_ready(&http, &p2.base).await;
-    let (_, logs) = (
-        0,
-        http.get(format!(
-            "{}/subscriptions/{}/deliveries",
-            p2.base,
-            sub["id"].as_str().unwrap()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap(),
-    );
+    p2.api.wait_ready().await;
+    let (_, logs) = p2
+        .api
+        .get(&format!("/subscriptions/{sub}/deliveries"))
+        .await;
     assert_eq!(logs["data"][0]["outcome"], "Success", "{logs}");
-    let mut p2 = p2;
-    p2.child.kill().unwrap();
-    p2.child.wait().unwrap();
+    p2.kill();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(rx.received("/term").len(), 1, "not delivered twice");
 }
@@ -216,21 +145,11 @@ async fn sigterm_stops_gracefully_and_finishes_in_flight_deliveries() {
 async fn clients_that_disconnect_mid_request_lose_nothing_half_way() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("disc.db");
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let rx = Receiver::start().await;
     let port = free_port();
-    let mut p = spawn(&db, port, &[]);
-    wait_ready(&http, &p.base).await;
-    let sub: Value = http
-        .post(format!("{}/subscriptions", p.base))
-        .json(&json!({"target_url": rx.url("/d")}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let sub = sub["id"].as_str().unwrap().to_string();
+    let p = spawn(&db, port, &[]);
+    p.api.wait_ready().await;
+    let sub = p.api.subscribe(&rx.url("/d")).await;
     let body = "{\"disconnect\":true}";
     // Half the clients hang up before the body is complete, half right after sending it whole
     // without waiting for the answer.
@@ -252,28 +171,20 @@ async fn clients_that_disconnect_mid_request_lose_nothing_half_way() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let stats: Value = http
-            .get(format!("{}/stats", p.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, stats) = p.api.get("/stats").await;
         let q = &stats["queue"];
         let idle = q["ready"] == 0 && q["scheduled"] == 0 && q["in_flight"] == 0;
         let ingested = stats["ingested"].as_u64().unwrap() as usize;
-        if idle && unique_ids(&rx, "/d").len() == ingested {
+        let delivered = unique_ids(&rx, "/d").len();
+        if idle && delivered == ingested {
             assert!(ingested <= 50, "truncated bodies are never accepted");
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "stored {ingested}, delivered {}",
-            unique_ids(&rx, "/d").len()
+            "stored {ingested}, delivered {delivered}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    p.child.kill().unwrap();
-    p.child.wait().unwrap();
+    p.kill();
 }

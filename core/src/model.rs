@@ -572,20 +572,7 @@ mod tests {
 
     #[test]
     fn event_type_matching() {
-        let mut s = Subscription {
-            id: "sub_x".into(),
-            target_url: "https://a/".into(),
-            event_types: vec![],
-            secret: None,
-            headers: Default::default(),
-            max_attempts: None,
-            timeout_ms: None,
-            retry_schedule_ms: None,
-            paused: false,
-            owner: None,
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
-        };
+        let mut s = crate::testkit::subscription("sub_x");
         assert!(s.accepts(None) && s.accepts(Some("a")));
         s.event_types = vec!["order.created".into()];
         assert!(s.accepts(Some("order.created")));

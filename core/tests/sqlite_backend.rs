@@ -52,3 +52,42 @@ fn a_missing_directory_is_a_clear_error() {
     .expect("fails");
     assert!(err.to_string().contains("does not exist"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_reads_do_not_shrink_the_reader_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Sqlite::open(&dir.path().join("cancel.db"), Sync::Normal)
+        .unwrap()
+        .backend();
+    db.subscriptions
+        .insert(&testkit::subscription("sub_c"))
+        .await
+        .unwrap();
+    // Callers that go away mid-read, as an axum handler does when its client hangs up: many
+    // reads in flight, all cancelled a moment later, some while a connection is in use.
+    for _ in 0..20 {
+        let tasks: Vec<_> = (0..200)
+            .map(|_| {
+                let store = db.subscriptions.clone();
+                tokio::spawn(async move { store.list_all().await })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_micros(300)).await;
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+    for _ in 0..50 {
+        let got = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            db.subscriptions.get("sub_c"),
+        )
+        .await
+        .expect("a reader is free")
+        .unwrap();
+        assert!(got.is_some());
+    }
+}

@@ -24,11 +24,15 @@ pub async fn status(
     State(st): State<AppState>,
     Path(webhook_id): Path<String>,
 ) -> Result<Json<WebhookStatus>, ApiError> {
-    let (rec, attempts) = tokio::try_join!(
-        st.backend.queue.webhook(&webhook_id),
-        st.backend.attempts.by_webhook(&webhook_id)
-    )?;
-    let rec = rec.ok_or(ApiError::NotFound("webhook"))?;
+    // State first, then the log: attempts are recorded before their delivery is settled, so
+    // the log read second holds every attempt the state accounts for.
+    let rec = st
+        .backend
+        .queue
+        .webhook(&webhook_id)
+        .await?
+        .ok_or(ApiError::NotFound("webhook"))?;
+    let attempts = st.backend.attempts.by_webhook(&webhook_id).await?;
     Ok(Json(WebhookStatus::new(rec, attempts)))
 }
 

@@ -41,35 +41,22 @@ pub fn settings(dir: &std::path::Path, extra: &[&str]) -> Settings {
         .settings
 }
 
-pub struct TestHerald {
+/// A client for one Herald's API, in-process or a separate process.
+pub struct Api {
     pub base: String,
     pub http: reqwest::Client,
-    pub dir: tempfile::TempDir,
-    herald: Option<herald_api::Herald>,
 }
 
-impl TestHerald {
-    pub async fn start(extra: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let herald = herald_api::Herald::start(settings(dir.path(), extra))
-            .await
-            .expect("Herald starts");
+impl Api {
+    pub fn new(base: impl Into<String>) -> Self {
         Self {
-            base: format!("http://{}", herald.addr),
+            base: base.into(),
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
-            dir,
-            herald: Some(herald),
         }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
-    }
-
-    pub async fn stop(mut self) {
-        if let Some(h) = self.herald.take() {
-            h.stop().await.unwrap();
-        }
     }
 
     pub async fn create(&self, body: Value) -> Value {
@@ -129,6 +116,75 @@ impl TestHerald {
                 "webhook {webhook_id} did not reach {want}: {v}"
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = self.http.get(self.url("/readyz")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never became ready",
+                self.base
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// `sha256=<hex HMAC-SHA256>` of a body, computed here independently of Herald's code.
+pub fn hub_signature(secret: &str, body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Herald in this process on a random loopback port, with its own temporary SQLite file.
+pub struct TestHerald {
+    pub api: Api,
+    pub dir: tempfile::TempDir,
+    herald: Option<herald_api::Herald>,
+}
+
+impl std::ops::Deref for TestHerald {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+impl TestHerald {
+    pub async fn start(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_with(dir, |_| {}, extra).await
+    }
+
+    /// Starts with settings adjusted by `adjust` after parsing `extra`.
+    pub async fn start_with(
+        dir: tempfile::TempDir,
+        adjust: impl FnOnce(&mut Settings),
+        extra: &[&str],
+    ) -> Self {
+        let mut s = settings(dir.path(), extra);
+        adjust(&mut s);
+        let herald = herald_api::Herald::start(s).await.expect("Herald starts");
+        Self {
+            api: Api::new(format!("http://{}", herald.addr)),
+            dir,
+            herald: Some(herald),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(h) = self.herald.take() {
+            h.stop().await.unwrap();
         }
     }
 }

@@ -29,7 +29,7 @@ const READERS: usize = 4;
 pub struct Sqlite {
     writer: Writer,
     readers: Mutex<Vec<Connection>>,
-    reader_permits: Semaphore,
+    reader_permits: Arc<Semaphore>,
     /// Wakes in-process workers when new work is committed.
     work: Notify,
 }
@@ -67,7 +67,7 @@ impl Sqlite {
         Ok(Arc::new(Self {
             writer: Writer::start(conn)?,
             readers: Mutex::new(readers),
-            reader_permits: Semaphore::new(READERS),
+            reader_permits: Arc::new(Semaphore::new(READERS)),
             work: Notify::new(),
         }))
     }
@@ -92,31 +92,39 @@ impl Sqlite {
     }
 
     /// Runs `f` on a pooled read-only connection off the async runtime.
+    ///
+    /// The blocking task owns the permit and the connection and gives the connection back
+    /// before the permit goes, so a caller that is cancelled mid-read (a client that hung up)
+    /// cannot shrink the pool.
     async fn read<T, F>(self: &Arc<Self>, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
-        let _permit = self
+        let permit = self
             .reader_permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| StoreError::Unavailable("store closed".into()))?;
-        let conn = self
-            .readers
-            .lock()
-            .unwrap()
-            .pop()
-            .expect("a permit means a reader");
         let this = self.clone();
-        let (conn, out) = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
+            let conn = this
+                .readers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop()
+                .expect("a permit means a reader");
             let out = f(&conn);
-            (conn, out)
+            this.readers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(conn);
+            drop(permit);
+            out
         })
         .await
-        .map_err(|e| StoreError::Backend(format!("reader task: {e}")))?;
-        this.readers.lock().unwrap().push(conn);
-        out
+        .map_err(|e| StoreError::Backend(format!("reader task: {e}")))?
     }
 }
 
