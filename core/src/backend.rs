@@ -45,7 +45,10 @@ pub trait Queue: Send + Sync {
     /// `skip` are left for later when the backend can filter them (a hint, not a guarantee).
     async fn claim(&self, max: usize, lease: Duration, skip: &[String]) -> Result<Claimed>;
 
-    /// Finishes claimed deliveries: acknowledged, rescheduled or failed for good.
+    /// Finishes claimed deliveries (acknowledged, rescheduled or failed for good) and logs the
+    /// attempt each one carries. The attempt is logged no later than its delivery is settled, so
+    /// a settled delivery always has its attempts in the log; backends that hold both in one
+    /// store do it in one write.
     async fn settle(&self, settlements: Vec<Settlement>) -> Result<()>;
 
     /// Waits until new work may be available, at most `max_wait`. Backends that know when the

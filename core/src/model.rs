@@ -394,8 +394,11 @@ pub enum Disposition {
     Defer(DateTime<Utc>),
 }
 
+/// How a claimed delivery ends, with the record of the attempt that ended it (none for a
+/// deferral, which is no attempt).
 #[derive(Debug, Clone)]
 pub struct Settlement {
+    pub attempt: Option<Attempt>,
     pub webhook_id: String,
     pub subscription_id: String,
     pub receipt: String,

@@ -63,6 +63,7 @@ fn attempt(webhook: &str, sub: &str, n: u32, outcome: Outcome, age: ChronoDurati
 
 fn settle(job: &crate::model::Job, disposition: Disposition) -> Settlement {
     Settlement {
+        attempt: None,
         webhook_id: job.webhook_id.clone(),
         subscription_id: job.subscription_id.clone(),
         receipt: job.receipt.clone(),
@@ -158,12 +159,27 @@ pub async fn publish_claim_settle(b: Backend) {
     );
 
     let (a, bb) = (&claimed.jobs[0], &claimed.jobs[1]);
-    q.settle(vec![
-        settle(a, Disposition::Delivered),
-        settle(bb, Disposition::Failed),
-    ])
-    .await
-    .unwrap();
+    let mut delivered = settle(a, Disposition::Delivered);
+    let mut logged = attempt(
+        &a.webhook_id,
+        &a.subscription_id,
+        1,
+        Outcome::Success,
+        ChronoDuration::zero(),
+    );
+    logged.http_status = Some(200);
+    // Stores keep milliseconds.
+    logged.attempted_at =
+        chrono::DateTime::from_timestamp_millis(logged.attempted_at.timestamp_millis()).unwrap();
+    delivered.attempt = Some(logged.clone());
+    q.settle(vec![delivered, settle(bb, Disposition::Failed)])
+        .await
+        .unwrap();
+    assert_eq!(
+        b.attempts.by_webhook("msg_1").await.unwrap(),
+        vec![logged],
+        "settling logs the attempt it carries"
+    );
     let rec = q.webhook("msg_1").await.unwrap().unwrap();
     assert_eq!(rec.status(), DeliveryState::Failed);
     let states: Vec<_> = rec.deliveries.iter().map(|d| d.status).collect();

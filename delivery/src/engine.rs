@@ -17,7 +17,7 @@ use herald_core::model::{Attempt, Disposition, Job, Outcome, Settlement};
 use herald_core::retry::RetryPolicy;
 use herald_core::ssrf::TargetGuard;
 use herald_core::telemetry;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -62,7 +62,6 @@ const STORE_RETRY: Duration = Duration::from_secs(5);
 const SETTLE_BATCH: usize = 1024;
 
 struct Done {
-    attempt: Option<Attempt>,
     settlement: Settlement,
     final_outcome: Option<bool>,
 }
@@ -81,6 +80,9 @@ pub struct Engine {
     slots: Mutex<HashMap<String, SubSlot>>,
     done_tx: mpsc::Sender<Done>,
     tasks: TaskTracker,
+    /// Signalled when a subscription drops below its concurrency limit, so the dispatcher
+    /// claims again instead of polling while it skips saturated subscriptions.
+    unsaturated: Notify,
 }
 
 impl Engine {
@@ -103,6 +105,7 @@ impl Engine {
             slots: Mutex::new(HashMap::new()),
             done_tx,
             tasks: TaskTracker::new(),
+            unsaturated: Notify::new(),
         });
         engine.clone().dispatch(shutdown).await;
         engine.tasks.close();
@@ -167,6 +170,7 @@ impl Engine {
                 }
                 tokio::select! {
                     _ = self.backend.queue.wait_for_work(wait) => {},
+                    _ = self.unsaturated.notified(), if !skip.is_empty() => {},
                     _ = shutdown.cancelled() => break,
                 }
             }
@@ -215,6 +219,7 @@ impl Engine {
                         if slot.in_flight == 0 {
                             slots.remove(&job.subscription_id);
                         }
+                        self.unsaturated.notify_one();
                         None
                     }
                 }
@@ -240,21 +245,21 @@ impl Engine {
         };
         let Some(sub) = sub else {
             let reason = "subscription deleted before the delivery completed".to_string();
+            let attempt = Attempt {
+                webhook_id: job.webhook_id.clone(),
+                subscription_id: job.subscription_id.clone(),
+                event_type: job.event_type.clone(),
+                target_url: String::new(),
+                attempted_at: now,
+                attempt: job.attempt,
+                outcome: Outcome::Failure,
+                http_status: None,
+                error: Some(reason.clone()),
+                duration_ms: 0,
+                response_excerpt: None,
+            };
             return Done {
-                attempt: Some(Attempt {
-                    webhook_id: job.webhook_id.clone(),
-                    subscription_id: job.subscription_id.clone(),
-                    event_type: job.event_type.clone(),
-                    target_url: String::new(),
-                    attempted_at: now,
-                    attempt: job.attempt,
-                    outcome: Outcome::Failure,
-                    http_status: None,
-                    error: Some(reason.clone()),
-                    duration_ms: 0,
-                    response_excerpt: None,
-                }),
-                settlement: self.settlement(job, job.attempt, Disposition::Failed, Some(reason)),
+                settlement: self.settlement(job, Some(attempt), Disposition::Failed, Some(reason)),
                 final_outcome: Some(false),
             };
         };
@@ -296,21 +301,21 @@ impl Engine {
             Outcome::Failure => Some(false),
             Outcome::FailedAttempt => None,
         };
+        let attempt = Attempt {
+            webhook_id: job.webhook_id.clone(),
+            subscription_id: job.subscription_id.clone(),
+            event_type: job.event_type.clone(),
+            target_url: sub.target_url.clone(),
+            attempted_at: now,
+            attempt: job.attempt,
+            outcome,
+            http_status: r.http_status,
+            error: r.error.clone(),
+            duration_ms: r.duration.as_millis() as u64,
+            response_excerpt: r.response_excerpt,
+        };
         Done {
-            attempt: Some(Attempt {
-                webhook_id: job.webhook_id.clone(),
-                subscription_id: job.subscription_id.clone(),
-                event_type: job.event_type.clone(),
-                target_url: sub.target_url.clone(),
-                attempted_at: now,
-                attempt: job.attempt,
-                outcome,
-                http_status: r.http_status,
-                error: r.error.clone(),
-                duration_ms: r.duration.as_millis() as u64,
-                response_excerpt: r.response_excerpt,
-            }),
-            settlement: self.settlement(job, job.attempt, disposition, r.error),
+            settlement: self.settlement(job, Some(attempt), disposition, r.error),
             final_outcome,
         }
     }
@@ -318,24 +323,29 @@ impl Engine {
     fn defer(&self, job: &Job, wait: Duration, reason: Option<String>) -> Done {
         let at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
         Done {
-            attempt: None,
-            settlement: self.settlement(job, job.attempt - 1, Disposition::Defer(at), reason),
+            settlement: self.settlement(job, None, Disposition::Defer(at), reason),
             final_outcome: None,
         }
     }
 
+    /// The settlement of a job; with an attempt, that attempt counts.
     fn settlement(
         &self,
         job: &Job,
-        attempts: u32,
+        attempt: Option<Attempt>,
         disposition: Disposition,
         last_error: Option<String>,
     ) -> Settlement {
         Settlement {
+            attempts: if attempt.is_some() {
+                job.attempt
+            } else {
+                job.attempt - 1
+            },
+            attempt,
             webhook_id: job.webhook_id.clone(),
             subscription_id: job.subscription_id.clone(),
             receipt: job.receipt.clone(),
-            attempts,
             disposition,
             last_error,
         }
@@ -356,7 +366,7 @@ impl Engine {
         let now = Utc::now();
         let settlements = jobs
             .iter()
-            .map(|j| self.settlement(j, j.attempt - 1, Disposition::Defer(now), None))
+            .map(|j| self.settlement(j, None, Disposition::Defer(now), None))
             .collect();
         if let Err(e) = self.backend.queue.settle(settlements).await {
             tracing::warn!(error = %e, "handing back unstarted deliveries failed; leases will expire");
@@ -364,43 +374,24 @@ impl Engine {
     }
 }
 
-/// Writes attempt records and settlements in batches. A failed write is retried: the leases
-/// keep the deliveries from being claimed twice meanwhile, and if the process dies they expire
-/// and the deliveries are made again (at least once).
+/// Settles finished jobs (with their attempt records) in batches. A failed write is retried:
+/// the leases keep the deliveries from being claimed twice meanwhile, and if the process dies
+/// they expire and the deliveries are made again (at least once).
 async fn record(backend: Backend, mut rx: mpsc::Receiver<Done>) {
     let mut batch = Vec::with_capacity(SETTLE_BATCH);
     while rx.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
-        let mut attempts = Vec::with_capacity(batch.len());
         let mut settlements = Vec::with_capacity(batch.len());
         for d in batch.drain(..) {
             if let Some(succeeded) = d.final_outcome {
                 telemetry::count_final(succeeded);
             }
-            attempts.extend(d.attempt);
             settlements.push(d.settlement);
         }
         let mut delay = Duration::from_millis(50);
-        loop {
-            let logged = if attempts.is_empty() {
-                Ok(())
-            } else {
-                backend.attempts.record(attempts.clone()).await
-            };
-            let result = match logged {
-                Ok(()) => {
-                    attempts.clear();
-                    backend.queue.settle(settlements.clone()).await
-                }
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "recording attempts failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
+        while let Err(e) = backend.queue.settle(settlements.clone()).await {
+            tracing::warn!(error = %e, "settling deliveries failed; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 }

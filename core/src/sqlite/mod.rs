@@ -65,7 +65,7 @@ impl Sqlite {
             readers.push(r);
         }
         Ok(Arc::new(Self {
-            writer: Writer::start(conn)?,
+            writer: Writer::start(conn, sync)?,
             readers: Mutex::new(readers),
             reader_permits: Arc::new(Semaphore::new(READERS)),
             work: Notify::new(),
@@ -82,13 +82,25 @@ impl Sqlite {
         }
     }
 
-    /// Runs `f` on the writer thread inside the next group commit; returns once it committed.
+    /// Runs `f` on the writer thread inside the next group commit; returns once it committed
+    /// durably (with `Sync::Full`, fsynced): for what an acknowledgement promises to keep.
     async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
-        self.writer.run(f).await
+        self.writer.run(true, f).await
+    }
+
+    /// Like [`Self::write`], for writes whose loss in a power cut only repeats work: claims,
+    /// settlements, attempt records, retention. Their commits skip the fsync unless a durable
+    /// write shares the transaction; a later durable commit makes them durable too.
+    async fn write_relaxed<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        self.writer.run(false, f).await
     }
 
     /// Runs `f` on a pooled read-only connection off the async runtime.

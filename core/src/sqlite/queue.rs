@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension};
 
 use super::schema::{FAILED, LEASED, PENDING, SUCCEEDED};
-use super::store::delete_in_chunks;
+use super::store::{delete_in_chunks, insert_attempts};
 use super::{from_ms, now_ms, Sqlite};
 use crate::backend::{Queue, Result};
 use crate::model::{
@@ -89,19 +89,21 @@ impl Queue for Arc<Sqlite> {
     async fn claim(&self, max: usize, lease: Duration, skip: &[String]) -> Result<Claimed> {
         let skip = serde_json::to_string(skip).expect("strings serialize");
         let lease_ms = lease.as_millis() as i64;
-        self.write(move |c| {
+        self.write_relaxed(move |c| {
             let now = now_ms();
             let mut jobs = Vec::new();
             {
+                // A literal LIMIT: a bound one makes SQLite re-prepare the statement every time.
+                // Rows stream in due order, so taking `max` of them reads no more than that.
                 let mut st = c.prepare_cached(
                     "SELECT d.id, d.webhook_id, d.subscription_id, d.attempts, d.final_attempt,
                             e.event_type, e.payload
                      FROM deliveries d JOIN events e ON e.webhook_id = d.webhook_id
                      WHERE d.state < 2 AND d.due_at <= ?1
                        AND d.subscription_id NOT IN (SELECT value FROM json_each(?2))
-                     ORDER BY d.due_at LIMIT ?3",
+                     ORDER BY d.due_at LIMIT 100000",
                 )?;
-                let rows = st.query_map(params![now, skip, max as i64], |r| {
+                let rows = st.query_map(params![now, skip], |r| {
                     let id: i64 = r.get(0)?;
                     let attempts: u32 = r.get(3)?;
                     Ok(Job {
@@ -114,7 +116,7 @@ impl Queue for Arc<Sqlite> {
                         payload: Bytes::from(r.get::<_, Vec<u8>>(6)?),
                     })
                 })?;
-                for job in rows {
+                for job in rows.take(max) {
                     jobs.push(job?);
                 }
             }
@@ -124,9 +126,14 @@ impl Queue for Arc<Sqlite> {
             for j in &jobs {
                 lease_st.execute(params![j.receipt, LEASED, now + lease_ms, now])?;
             }
+            // When the next delivery this caller may claim becomes due (skipped ones excluded,
+            // or a caller waiting on a saturated subscription would spin).
             let next_due: Option<i64> = c
-                .prepare_cached("SELECT MIN(due_at) FROM deliveries WHERE state < 2")?
-                .query_row([], |r| r.get(0))?;
+                .prepare_cached(
+                    "SELECT MIN(due_at) FROM deliveries WHERE state < 2
+                       AND subscription_id NOT IN (SELECT value FROM json_each(?1))",
+                )?
+                .query_row([&skip], |r| r.get(0))?;
             Ok(Claimed {
                 jobs,
                 next_due: next_due.map(from_ms),
@@ -143,8 +150,13 @@ impl Queue for Arc<Sqlite> {
             Disposition::RetryAt(t) | Disposition::Defer(t) => t <= Utc::now(),
             _ => false,
         });
-        self.write(move |c| {
+        self.write_relaxed(move |c| {
             let now = now_ms();
+            let attempts: Vec<_> = settlements
+                .iter()
+                .filter_map(|s| s.attempt.clone())
+                .collect();
+            insert_attempts(c, &attempts)?;
             let mut st = c.prepare_cached(
                 "UPDATE deliveries SET state = ?2, attempts = ?3, due_at = ?4, last_error = ?5,
                         updated_at = ?6
@@ -310,7 +322,7 @@ impl Queue for Arc<Sqlite> {
     }
 
     async fn ping(&self) -> Result<()> {
-        self.write(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
+        self.write_relaxed(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
             .await
     }
 }

@@ -40,8 +40,10 @@ CREATE TABLE IF NOT EXISTS deliveries (
     updated_at      INTEGER NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS deliveries_webhook ON deliveries(webhook_id, subscription_id);
--- Claiming: open rows by the time they become claimable.
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(due_at) WHERE state < 2;
+-- Claiming: open rows by the time they become claimable. The subscription is in the index so
+-- that skipping saturated subscriptions never reads table rows.
+DROP INDEX IF EXISTS deliveries_due;
+CREATE INDEX IF NOT EXISTS deliveries_due_sub ON deliveries(due_at, subscription_id) WHERE state < 2;
 CREATE INDEX IF NOT EXISTS deliveries_open_by_sub ON deliveries(subscription_id) WHERE state < 2;
 -- Retention of settled rows.
 CREATE INDEX IF NOT EXISTS deliveries_settled ON deliveries(updated_at) WHERE state >= 2;

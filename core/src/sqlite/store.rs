@@ -145,6 +145,29 @@ fn attempt_row(r: &Row<'_>) -> rusqlite::Result<Attempt> {
 const ATTEMPT_COLUMNS: &str = "webhook_id, subscription_id, event_type, target_url, attempted_at, \
      attempt, outcome, http_status, error, duration_ms, response_excerpt";
 
+/// Appends attempt records; runs inside a writer operation.
+pub(super) fn insert_attempts(c: &Connection, attempts: &[Attempt]) -> Result<()> {
+    let mut st = c.prepare_cached(&format!(
+        "INSERT INTO attempts ({ATTEMPT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+    ))?;
+    for a in attempts {
+        st.execute(params![
+            a.webhook_id,
+            a.subscription_id,
+            a.event_type,
+            a.target_url,
+            a.attempted_at.timestamp_millis(),
+            a.attempt,
+            outcome_str(a.outcome),
+            a.http_status,
+            a.error,
+            a.duration_ms as i64,
+            a.response_excerpt,
+        ])?;
+    }
+    Ok(())
+}
+
 /// Deletes rows chosen by `select_ids` (which must take one `?1` cutoff and a `LIMIT ?2`) in
 /// chunks, one writer transaction each.
 pub(super) async fn delete_in_chunks(
@@ -156,7 +179,7 @@ pub(super) async fn delete_in_chunks(
     let mut total = 0u64;
     loop {
         let n = db
-            .write(move |c: &Connection| {
+            .write_relaxed(move |c: &Connection| {
                 let sql = format!("DELETE FROM {table} WHERE rowid IN ({select_ids})");
                 Ok(c.prepare_cached(&sql)?
                     .execute(params![cutoff, DELETE_CHUNK])? as u64)
@@ -175,28 +198,8 @@ impl AttemptLog for Arc<Sqlite> {
         if attempts.is_empty() {
             return Ok(());
         }
-        self.write(move |c| {
-            let mut st = c.prepare_cached(&format!(
-                "INSERT INTO attempts ({ATTEMPT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
-            ))?;
-            for a in &attempts {
-                st.execute(params![
-                    a.webhook_id,
-                    a.subscription_id,
-                    a.event_type,
-                    a.target_url,
-                    a.attempted_at.timestamp_millis(),
-                    a.attempt,
-                    outcome_str(a.outcome),
-                    a.http_status,
-                    a.error,
-                    a.duration_ms as i64,
-                    a.response_excerpt,
-                ])?;
-            }
-            Ok(())
-        })
-        .await
+        self.write_relaxed(move |c| insert_attempts(c, &attempts))
+            .await
     }
 
     async fn by_subscription(&self, subscription_id: &str, limit: usize) -> Result<Vec<Attempt>> {
