@@ -516,6 +516,18 @@ print_env() {
   return 0
 }
 
+# Builds what is missing, stops servers of runs that were killed outright, and installs the
+# traps that stop this run's servers however it ends.
+prepare_run() {
+  has_server redis && ensure_redis
+  build_all
+  reap_stale_runs
+  trap cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  trap 'exit 129' HUP
+}
+
 # ---------------------------------------------------------------------------
 
 # All of the top level is inside main, so that bash has read the whole script
@@ -542,13 +554,7 @@ main() {
       exit 0
       ;;
     --start)
-      has_server redis && ensure_redis
-      build_all
-      reap_stale_runs
-      trap cleanup EXIT
-      trap 'exit 130' INT
-      trap 'exit 143' TERM
-      trap 'exit 129' HUP
+      prepare_run
       DETACH=(setsid) # own session: not stopped by the caller's Ctrl-C
       start_all detached
       trap - EXIT INT TERM HUP
@@ -563,13 +569,7 @@ main() {
     -*) die "unknown option $1 (see --help)" ;;
   esac
 
-  has_server redis && ensure_redis
-  build_all
-  reap_stale_runs
-  trap cleanup EXIT
-  trap 'exit 130' INT
-  trap 'exit 143' TERM
-  trap 'exit 129' HUP
+  prepare_run
   start_all
   if [[ -t 0 ]]; then
     # Interactive: keep the command in the foreground so it can use the terminal.

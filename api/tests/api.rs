@@ -44,12 +44,11 @@ async fn seed_curl_flow_and_crud() {
 
     // PATCH changes only what it names; null clears.
     let r = h
-        .http
-        .patch(h.url(&format!("/subscriptions/{id}")))
-        .json(&json!({"event_types": [], "secret": null, "paused": true}))
-        .send()
-        .await
-        .unwrap();
+        .patch(
+            &format!("/subscriptions/{id}"),
+            json!({"event_types": [], "secret": null, "paused": true}),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let patched: Value = r.json().await.unwrap();
     assert_eq!(patched["has_secret"], false);
@@ -59,34 +58,23 @@ async fn seed_curl_flow_and_crud() {
 
     // PUT replaces the whole spec.
     let r = h
-        .http
-        .put(h.url(&format!("/subscriptions/{id}")))
-        .json(&json!({"target_url": rx.url("/other")}))
-        .send()
-        .await
-        .unwrap();
+        .put(
+            &format!("/subscriptions/{id}"),
+            json!({"target_url": rx.url("/other")}),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let put: Value = r.json().await.unwrap();
     assert_eq!(put["target_url"], rx.url("/other"));
     assert_eq!(put["max_attempts"], Value::Null);
     assert_eq!(put["created_at"], created["created_at"]);
 
-    let r = h
-        .http
-        .delete(h.url(&format!("/subscriptions/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let r = h.delete(&format!("/subscriptions/{id}")).await;
     assert_eq!(r.status(), 204);
     let (code, body) = h.get(&format!("/subscriptions/{id}")).await;
     assert_eq!(code, 404);
     assert!(body["error"].as_str().unwrap().contains("not found"));
-    let r = h
-        .http
-        .delete(h.url(&format!("/subscriptions/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let r = h.delete(&format!("/subscriptions/{id}")).await;
     assert_eq!(r.status(), 404);
     h.stop().await;
 }
@@ -136,100 +124,37 @@ async fn bad_input_gets_clear_errors() {
         v
     };
 
-    // 400: malformed JSON, on management and on ingest.
-    expect(
-        post("/subscriptions", "application/json", b"{nope".to_vec())
-            .await
-            .unwrap(),
-        400,
-    )
-    .await;
-    expect(
-        post(
-            &format!("/ingest/{sub}"),
-            "application/json",
-            b"{\"a\":".to_vec(),
-        )
-        .await
-        .unwrap(),
-        400,
-    )
-    .await;
-    expect(
-        post(&format!("/ingest/{sub}"), "application/json", vec![])
-            .await
-            .unwrap(),
-        400,
-    )
-    .await;
-    // 404: unknown ids.
-    expect(
-        post("/ingest/sub_nope", "application/json", b"{}".to_vec())
-            .await
-            .unwrap(),
-        404,
-    )
-    .await;
-    expect(
-        h.http
-            .get(h.url("/webhooks/msg_nope"))
-            .send()
-            .await
-            .unwrap(),
-        404,
-    )
-    .await;
-    expect(
-        h.http
-            .get(h.url("/subscriptions/sub_nope/deliveries"))
-            .send()
-            .await
-            .unwrap(),
-        404,
-    )
-    .await;
-    expect(
-        h.http
-            .post(h.url("/webhooks/msg_nope/retry"))
-            .send()
-            .await
-            .unwrap(),
-        404,
-    )
-    .await;
-    expect(
-        h.http.get(h.url("/no/such/route")).send().await.unwrap(),
-        404,
-    )
-    .await;
-    // 413: over the payload limit.
+    let ingest = format!("/ingest/{sub}");
+    let json = "application/json";
     let big = format!("{{\"x\":\"{}\"}}", "a".repeat(2000));
-    expect(
-        post(
-            &format!("/ingest/{sub}"),
-            "application/json",
-            big.into_bytes(),
-        )
-        .await
-        .unwrap(),
-        413,
-    )
-    .await;
-    // 415: a declared non-JSON type.
-    expect(
-        post(&format!("/ingest/{sub}"), "text/plain", b"{}".to_vec())
-            .await
-            .unwrap(),
-        415,
-    )
-    .await;
-    expect(
-        post("/subscriptions", "application/xml", b"<a/>".to_vec())
-            .await
-            .unwrap(),
-        415,
-    )
-    .await;
+    // (path, content type, body, expected status)
+    let posts: Vec<(&str, &str, Vec<u8>, u16)> = vec![
+        // 400: malformed JSON, on management and on ingest; an empty body.
+        ("/subscriptions", json, b"{nope".to_vec(), 400),
+        (&ingest, json, b"{\"a\":".to_vec(), 400),
+        (&ingest, json, vec![], 400),
+        // 400: fan-out without an event type.
+        ("/events", json, b"{}".to_vec(), 400),
+        // 404: unknown subscription.
+        ("/ingest/sub_nope", json, b"{}".to_vec(), 404),
+        // 413: over the payload limit.
+        (&ingest, json, big.into_bytes(), 413),
+        // 415: a declared non-JSON type.
+        (&ingest, "text/plain", b"{}".to_vec(), 415),
+        ("/subscriptions", "application/xml", b"<a/>".to_vec(), 415),
+    ];
+    for (path, ct, body, code) in posts {
+        expect(post(path, ct, body).await.unwrap(), code).await;
+    }
+    // 404: unknown ids and routes.
+    for path in [
+        "/webhooks/msg_nope",
+        "/subscriptions/sub_nope/deliveries",
+        "/no/such/route",
+    ] {
+        expect(h.http.get(h.url(path)).send().await.unwrap(), 404).await;
+    }
+    expect(h.post_empty("/webhooks/msg_nope/retry").await, 404).await;
     // 422: invalid fields.
     for body in [
         json!({"target_url": "ftp://example.com"}),
@@ -253,14 +178,6 @@ async fn bad_input_gets_clear_errors() {
         .await;
         assert!(v["detail"]["field"].is_string(), "{v}");
     }
-    // 400: fan-out without an event type.
-    expect(
-        post("/events", "application/json", b"{}".to_vec())
-            .await
-            .unwrap(),
-        400,
-    )
-    .await;
 
     // Nothing of the above was queued.
     let (_, stats) = h.get("/stats").await;
@@ -341,11 +258,8 @@ async fn ingest_signatures_are_enforced() {
     let rx = Receiver::start().await;
     let secret = "a-subscription-secret-1";
     let sub = h
-        .create(json!({"target_url": rx.url("/signed"), "secret": secret}))
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .create_id(json!({"target_url": rx.url("/signed"), "secret": secret}))
+        .await;
     let body = r#"{"amount": 42}"#;
     let sig = common::hub_signature(secret, body.as_bytes());
     let send = |sig: Option<String>| {
@@ -424,22 +338,13 @@ async fn operator_owned_subscriptions_refuse_rest_changes() {
     let (code, v) = h.get("/subscriptions/sub_owned").await;
     assert_eq!(code, 200);
     assert_eq!(v["owner"]["name"], "orders");
-    let r = h
-        .http
-        .delete(h.url("/subscriptions/sub_owned"))
-        .send()
-        .await
-        .unwrap();
+    let r = h.delete("/subscriptions/sub_owned").await;
     assert_eq!(r.status(), 409);
     let v: Value = r.json().await.unwrap();
     assert!(v["error"].as_str().unwrap().contains("shop/orders"), "{v}");
     let r = h
-        .http
-        .patch(h.url("/subscriptions/sub_owned"))
-        .json(&json!({"paused": true}))
-        .send()
-        .await
-        .unwrap();
+        .patch("/subscriptions/sub_owned", json!({"paused": true}))
+        .await;
     assert_eq!(r.status(), 409);
     h.stop().await;
 }

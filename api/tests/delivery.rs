@@ -16,11 +16,8 @@ async fn accepted_event_is_delivered_with_headers_and_exact_bytes() {
     let h = TestHerald::start(&[]).await;
     let rx = Receiver::start().await;
     let sub = h
-        .create(json!({"target_url": rx.url("/hook"), "headers": {"X-Team": "shop"}}))
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .create_id(json!({"target_url": rx.url("/hook"), "headers": {"X-Team": "shop"}}))
+        .await;
     let payload = "{ \"order.id\": 7, \"$meta\": {\"note\": \"é\"} }";
     let r = h.ingest(&sub, "order.created", payload).await;
     assert_eq!(r.status(), 202);
@@ -84,11 +81,8 @@ async fn outgoing_signatures_verify_like_standard_webhooks() {
     let rx = Receiver::start().await;
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     let sub = h
-        .create(json!({"target_url": rx.url("/signed"), "secret": secret}))
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .create_id(json!({"target_url": rx.url("/signed"), "secret": secret}))
+        .await;
     let body = r#"{"test": 2432232314}"#;
     let sig = common::hub_signature(secret, body.as_bytes());
     let r = h
@@ -159,11 +153,8 @@ async fn direct_ingest_respects_the_subscription_filter() {
     let h = TestHerald::start(&[]).await;
     let rx = Receiver::start().await;
     let sub = h
-        .create(json!({"target_url": rx.url("/f"), "event_types": ["a.b"]}))
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .create_id(json!({"target_url": rx.url("/f"), "event_types": ["a.b"]}))
+        .await;
     assert_eq!(h.ingest(&sub, "other.type", "{}").await.status(), 422);
     assert_eq!(h.ingest(&sub, "a.b", "{}").await.status(), 202);
     rx.wait_for("/f", 1, WAIT).await;
@@ -243,12 +234,7 @@ async fn gives_up_after_the_last_attempt_with_every_attempt_logged() {
 
     // Manual retry: one more attempt now.
     rx.on("/down", Behaviour::Status(200));
-    let r = h
-        .http
-        .post(h.url(&format!("/webhooks/{id}/retry")))
-        .send()
-        .await
-        .unwrap();
+    let r = h.post_empty(&format!("/webhooks/{id}/retry")).await;
     assert_eq!(r.status(), 202);
     let status = h.wait_status(&id, "succeeded", WAIT).await;
     let last = status["attempts"]
@@ -260,12 +246,7 @@ async fn gives_up_after_the_last_attempt_with_every_attempt_logged() {
     assert_eq!(last["attempt"], 4);
     assert_eq!(last["outcome"], "Success");
     // Nothing failed any more: a second retry is a conflict.
-    let r = h
-        .http
-        .post(h.url(&format!("/webhooks/{id}/retry")))
-        .send()
-        .await
-        .unwrap();
+    let r = h.post_empty(&format!("/webhooks/{id}/retry")).await;
     assert_eq!(r.status(), 409);
     h.stop().await;
 }
@@ -317,11 +298,8 @@ async fn a_hanging_receiver_times_out() {
     let rx = Receiver::start().await;
     rx.on("/hang", Behaviour::Delay(Duration::from_secs(30)));
     let sub = h
-        .create(json!({"target_url": rx.url("/hang"), "timeout_ms": 300, "max_attempts": 1}))
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .create_id(json!({"target_url": rx.url("/hang"), "timeout_ms": 300, "max_attempts": 1}))
+        .await;
     let started = Instant::now();
     let id = h.ingest_ok(&sub, "{}").await;
     let status = h.wait_status(&id, "failed", WAIT).await;
@@ -340,11 +318,8 @@ async fn redirects_are_not_followed() {
     let rx = Receiver::start().await;
     rx.on("/moved", Behaviour::Full(302, None, String::new()));
     let sub = h
-        .create(json!({"target_url": rx.url("/moved"), "max_attempts": 1}))
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .create_id(json!({"target_url": rx.url("/moved"), "max_attempts": 1}))
+        .await;
     let id = h.ingest_ok(&sub, "{}").await;
     let status = h.wait_status(&id, "failed", WAIT).await;
     assert_eq!(status["attempts"][0]["http_status"], 302);
@@ -357,11 +332,8 @@ async fn status_is_queued_before_the_first_attempt() {
     let rx = Receiver::start().await;
     // A paused subscription holds its deliveries: the webhook stays queued.
     let sub = h
-        .create(json!({"target_url": rx.url("/later"), "paused": true}))
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .create_id(json!({"target_url": rx.url("/later"), "paused": true}))
+        .await;
     let id = h.ingest_ok(&sub, "{}").await;
     // A worker looks at it once (briefly `delivering`), finds the subscription paused and puts
     // it back without an attempt: from then on it is `queued`.
@@ -375,12 +347,8 @@ async fn status_is_queued_before_the_first_attempt() {
     assert!(rx.received("/later").is_empty());
     // Resuming delivers at once.
     let r = h
-        .http
-        .patch(h.url(&format!("/subscriptions/{sub}")))
-        .json(&json!({"paused": false}))
-        .send()
-        .await
-        .unwrap();
+        .patch(&format!("/subscriptions/{sub}"), json!({"paused": false}))
+        .await;
     assert_eq!(r.status(), 200);
     h.wait_status(&id, "succeeded", WAIT).await;
     h.stop().await;
@@ -447,20 +415,12 @@ async fn deleting_a_subscription_fails_its_queued_deliveries_clearly() {
     let rx = Receiver::start().await;
     rx.on("/gone", Behaviour::Status(500));
     let sub = h
-        .create(json!({"target_url": rx.url("/gone"), "retry_schedule": ["1h"]}))
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .create_id(json!({"target_url": rx.url("/gone"), "retry_schedule": ["1h"]}))
+        .await;
     let id = h.ingest_ok(&sub, "{}").await;
     rx.wait_for("/gone", 1, WAIT).await;
     h.wait_status(&id, "delivering", WAIT).await;
-    let r = h
-        .http
-        .delete(h.url(&format!("/subscriptions/{sub}")))
-        .send()
-        .await
-        .unwrap();
+    let r = h.delete(&format!("/subscriptions/{sub}")).await;
     assert_eq!(r.status(), 204);
     let status = h.wait_status(&id, "failed", WAIT).await;
     let last = status["attempts"]

@@ -71,6 +71,37 @@ impl Api {
         r.json().await.unwrap()
     }
 
+    /// Creates a subscription and returns its id.
+    pub async fn create_id(&self, body: Value) -> String {
+        self.create(body).await["id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> reqwest::Response {
+        self.http
+            .patch(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> reqwest::Response {
+        self.http
+            .put(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.http.delete(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn post_empty(&self, path: &str) -> reqwest::Response {
+        self.http.post(self.url(path)).send().await.unwrap()
+    }
+
     pub async fn subscribe(&self, target: &str) -> String {
         self.create(json!({ "target_url": target })).await["id"]
             .as_str()
