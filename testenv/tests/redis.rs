@@ -1,18 +1,26 @@
 //! The Redis test server is real: a stream consumer-group round trip, with AOF on.
 
+use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamPendingReply, StreamReadOptions, StreamReadReply};
 use redis::AsyncCommands;
 
+/// A connection to the test Redis, or `None` (outside CI) when it is not running.
+async fn connect() -> Option<MultiplexedConnection> {
+    let url = herald_testenv::redis_url()?;
+    let client = redis::Client::open(url.as_str()).expect("valid Redis URL");
+    Some(
+        client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the Redis test server"),
+    )
+}
+
 #[tokio::test]
 async fn stream_consumer_group_round_trip() {
-    let Some(url) = herald_testenv::redis_url() else {
+    let Some(mut con) = connect().await else {
         return;
     };
-    let client = redis::Client::open(url.as_str()).expect("valid Redis URL");
-    let mut con = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect to the Redis test server");
 
     let stream = herald_testenv::unique_name("herald-testenv-stream");
     let group = "workers";
@@ -59,14 +67,9 @@ async fn stream_consumer_group_round_trip() {
 
 #[tokio::test]
 async fn append_only_file_is_enabled() {
-    let Some(url) = herald_testenv::redis_url() else {
+    let Some(mut con) = connect().await else {
         return;
     };
-    let client = redis::Client::open(url.as_str()).expect("valid Redis URL");
-    let mut con = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect to the Redis test server");
     let (key, value): (String, String) = redis::cmd("CONFIG")
         .arg("GET")
         .arg("appendonly")
