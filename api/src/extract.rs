@@ -2,38 +2,54 @@
 //! checks, each with its own clear error.
 
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
-/// Accepts `application/json` and `application/*+json`. A missing type and curl's default for
-/// `-d` (`application/x-www-form-urlencoded`) pass too, since the body is still checked to be
-/// JSON; any other declared type is a 415.
+/// Accepts `application/json` and `application/<subtype>+json`, with any parameters
+/// (`charset=utf-8`). Anything else, a missing type and `application/x-www-form-urlencoded`
+/// included, is a 415: a browser sends form and `text/plain` bodies cross-origin without a CORS
+/// preflight, so accepting them would let any web page drive an unauthenticated Herald.
 pub fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
-        return Ok(());
+        return Err(ApiError::UnsupportedMediaType(
+            "a Content-Type header is required; send application/json".into(),
+        ));
     };
-    let ct = value
-        .to_str()
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    let ok = ct == "application/json"
-        || (ct.starts_with("application/") && ct.ends_with("+json"))
-        || ct == "application/x-www-form-urlencoded";
-    if ok {
+    let declared = String::from_utf8_lossy(value.as_bytes());
+    if is_json_media_type(&declared) {
         Ok(())
     } else {
         Err(ApiError::UnsupportedMediaType(format!(
-            "content type {ct:?} is not supported; send application/json"
+            "content type {declared:?} is not supported; send application/json"
         )))
     }
+}
+
+/// Whether a `Content-Type` value names JSON: `application/json` or a `+json` structured
+/// syntax suffix (RFC 6839), case-insensitive, parameters ignored.
+pub fn is_json_media_type(value: &str) -> bool {
+    let essence = value.split(';').next().unwrap_or("").trim();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    if !kind.eq_ignore_ascii_case("application") {
+        return false;
+    }
+    let subtype = subtype.to_ascii_lowercase();
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    };
+    subtype == "json"
+        || subtype
+            .strip_suffix("+json")
+            .is_some_and(|prefix| token(prefix))
 }
 
 /// Maps a body-read failure: over the limit is a 413, anything else a 400.
@@ -45,12 +61,20 @@ pub fn body_error(e: BytesRejection, limit: usize) -> ApiError {
     }
 }
 
-/// Checks that a body is well-formed JSON without building it.
+/// Checks that a body is well-formed JSON without building it. UTF-8 is checked first and on
+/// the whole body: JSON must be UTF-8 (RFC 8259 §8.1), and the syntax check skips over string
+/// contents without validating them.
 pub fn check_json_syntax(body: &[u8]) -> Result<(), ApiError> {
     if body.is_empty() {
         return Err(ApiError::BadRequest(
             "the body must be a JSON document".into(),
         ));
+    }
+    if let Err(e) = std::str::from_utf8(body) {
+        return Err(ApiError::BadRequest(format!(
+            "the body is not valid UTF-8 (byte {}); JSON must be UTF-8",
+            e.valid_up_to()
+        )));
     }
     serde_json::from_slice::<serde::de::IgnoredAny>(body)
         .map(|_| ())
@@ -84,5 +108,83 @@ where
                 .to_string();
             ApiError::invalid(field, msg)
         })
+    }
+}
+
+/// Query parameters whose rejection (`?limit=abc`) is the API's JSON 400, not axum's plain text.
+pub struct Query<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Query<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Query(q.0))
+            .map_err(|e| ApiError::BadRequest(e.body_text()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn json_media_types() {
+        for ok in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/merge-patch+json",
+            "application/vnd.api+json ; q=1",
+        ] {
+            assert!(is_json_media_type(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "application/x-www-form-urlencoded",
+            "text/plain",
+            "text/json",
+            "multipart/form-data; boundary=x",
+            "application/+json",
+            "application/jsonx",
+            "application",
+            "application/json5",
+            "application/x+jsonp",
+        ] {
+            assert!(!is_json_media_type(bad), "{bad}");
+        }
+    }
+
+    proptest! {
+        /// Parameters never change the decision, and only the application type can be JSON.
+        #[test]
+        fn parameters_do_not_change_the_decision(
+            kind in "[a-zA-Z]{1,12}",
+            subtype in "[a-zA-Z0-9.+-]{1,20}",
+            params in "(;[ a-z]{0,8}=[a-z0-9-]{0,8}){0,3}",
+        ) {
+            let bare = format!("{kind}/{subtype}");
+            let with = format!("{bare}{params}");
+            prop_assert_eq!(is_json_media_type(&bare), is_json_media_type(&with));
+            if is_json_media_type(&bare) {
+                prop_assert!(kind.eq_ignore_ascii_case("application"));
+                prop_assert!(subtype.to_ascii_lowercase().ends_with("json"));
+            }
+        }
+
+        #[test]
+        fn invalid_utf8_is_refused_before_syntax(prefix in "[a-z ]{0,10}", bad in 0x80u8..=0xffu8) {
+            // A lone byte >= 0x80 followed by ASCII is never valid UTF-8.
+            let body = format!("\"{prefix}").into_bytes().into_iter()
+                .chain([bad, b'"']).collect::<Vec<u8>>();
+            let err = check_json_syntax(&body).unwrap_err();
+            prop_assert!(err.to_string().contains("UTF-8"), "{}", err);
+        }
     }
 }

@@ -189,18 +189,109 @@ async fn bad_input_gets_clear_errors() {
 }
 
 #[tokio::test]
-async fn curl_style_form_content_type_is_accepted_when_the_body_is_json() {
+async fn only_json_content_types_are_accepted() {
     let h = TestHerald::start(&[]).await;
     let rx = Receiver::start().await;
-    let r = h
-        .http
-        .post(h.url("/subscriptions"))
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .body(json!({"target_url": rx.url("/hook")}).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    let sub = h.subscribe(&rx.url("/ct")).await;
+    let body = json!({"target_url": rx.url("/hook")}).to_string();
+    let send = |path: String, ct: Option<&'static str>| {
+        let mut r = h
+            .http
+            .post(h.url(&path))
+            .header("Event-Type", "t")
+            .body(body.clone());
+        if let Some(ct) = ct {
+            r = r.header("Content-Type", ct);
+        }
+        r.send()
+    };
+    let paths = [
+        "/subscriptions".to_string(),
+        format!("/ingest/{sub}"),
+        "/events".into(),
+    ];
+    // What a browser may send cross-origin without a preflight, and no type at all: 415.
+    for ct in [
+        Some("application/x-www-form-urlencoded"),
+        Some("text/plain"),
+        Some("multipart/form-data; boundary=x"),
+        None,
+    ] {
+        for path in &paths {
+            let r = send(path.clone(), ct).await.unwrap();
+            assert_eq!(r.status(), 415, "{path} with {ct:?}");
+            let v: Value = r.json().await.expect("a JSON error");
+            assert!(
+                v["error"].as_str().unwrap().contains("application/json"),
+                "{v}"
+            );
+        }
+    }
+    for ct in [
+        "application/json; charset=utf-8",
+        "application/merge-patch+json",
+    ] {
+        assert_eq!(
+            send(paths[0].clone(), Some(ct)).await.unwrap().status(),
+            201,
+            "{ct}"
+        );
+        assert_eq!(
+            send(paths[1].clone(), Some(ct)).await.unwrap().status(),
+            202,
+            "{ct}"
+        );
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_utf8_and_bad_queries_get_json_400s() {
+    let h = TestHerald::start(&[]).await;
+    let rx = Receiver::start().await;
+    let sub = h.subscribe(&rx.url("/utf8")).await;
+    // Well-formed JSON syntax around bytes that are not UTF-8.
+    let body = b"{\"name\": \"caf\xe9\"}".to_vec();
+    for path in [
+        format!("/ingest/{sub}"),
+        "/subscriptions".into(),
+        "/events".into(),
+    ] {
+        let r = h
+            .http
+            .post(h.url(&path))
+            .header("Content-Type", "application/json")
+            .header("Event-Type", "t")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        let v: Value = r.json().await.unwrap();
+        assert!(v["error"].as_str().unwrap().contains("UTF-8"), "{v}");
+    }
+    for path in [
+        "/subscriptions?limit=abc".to_string(),
+        format!("/subscriptions/{sub}/deliveries?limit=-1"),
+        format!("/subscription/logs/{sub}?limit=x"),
+    ] {
+        let r = h.http.get(h.url(&path)).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        assert!(r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json"));
+        let v: Value = r.json().await.unwrap();
+        assert!(
+            v["error"].as_str().unwrap().contains("limit"),
+            "{path}: {v}"
+        );
+    }
+    let (_, stats) = h.get("/stats").await;
+    assert_eq!(
+        stats["queue"]["ready"].as_u64().unwrap() + stats["queue"]["scheduled"].as_u64().unwrap(),
+        0
+    );
     h.stop().await;
 }
 
@@ -238,6 +329,7 @@ async fn api_key_protects_management_but_not_health() {
     let r = h
         .http
         .post(h.url("/events"))
+        .header("Content-Type", "application/json")
         .header("Event-Type", "a")
         .bearer_auth("ingest-key")
         .body("{}")

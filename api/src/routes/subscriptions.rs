@@ -1,6 +1,6 @@
 //! Subscription management: create, list, read, update, delete.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use herald_core::model::{SubscriptionPatch, SubscriptionSpec};
@@ -9,7 +9,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::JsonBody;
+use crate::extract::{JsonBody, Query};
 use crate::state::AppState;
 use crate::views::{SubscriptionPage, SubscriptionView};
 
@@ -22,7 +22,8 @@ pub struct ListParams {
 }
 
 #[utoipa::path(post, path = "/subscriptions", tag = "subscriptions", request_body = SubscriptionSpec,
-    responses((status = 201, body = SubscriptionView), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = SubscriptionView), (status = 400, body = ErrorBody), (status = 415, body = ErrorBody),
+              (status = 422, body = ErrorBody)))]
 pub async fn create(
     State(st): State<AppState>,
     JsonBody(spec): JsonBody<SubscriptionSpec>,
@@ -32,7 +33,7 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/subscriptions", tag = "subscriptions", params(ListParams),
-    responses((status = 200, body = SubscriptionPage)))]
+    responses((status = 200, body = SubscriptionPage), (status = 400, body = ErrorBody)))]
 pub async fn list(
     State(st): State<AppState>,
     Query(p): Query<ListParams>,
@@ -57,9 +58,9 @@ pub async fn get(
 }
 
 #[utoipa::path(put, path = "/subscriptions/{id}", tag = "subscriptions", request_body = SubscriptionSpec,
-    responses((status = 200, body = SubscriptionView), (status = 404, body = ErrorBody),
+    responses((status = 200, body = SubscriptionView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 409, body = ErrorBody, description = "managed by the Kubernetes operator"),
-              (status = 422, body = ErrorBody)))]
+              (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn replace(
     State(st): State<AppState>,
     Path(id): Path<String>,
@@ -74,8 +75,8 @@ pub async fn replace(
 }
 
 #[utoipa::path(patch, path = "/subscriptions/{id}", tag = "subscriptions", request_body = SubscriptionPatch,
-    responses((status = 200, body = SubscriptionView), (status = 404, body = ErrorBody),
-              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = SubscriptionView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn patch(
     State(st): State<AppState>,
     Path(id): Path<String>,

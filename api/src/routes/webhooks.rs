@@ -1,12 +1,13 @@
 //! Delivery status: one webhook with its attempts, a subscription's recent attempts, replay.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::error::{ApiError, ErrorBody};
+use crate::extract::Query;
 use crate::state::AppState;
 use crate::views::{AttemptList, Requeued, WebhookStatus};
 
@@ -66,7 +67,7 @@ pub async fn retry(
 }
 
 #[utoipa::path(get, path = "/subscriptions/{id}/deliveries", tag = "status", params(RecentParams),
-    responses((status = 200, body = AttemptList), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = AttemptList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn recent(
     State(st): State<AppState>,
     Path(id): Path<String>,
@@ -86,7 +87,7 @@ pub async fn recent(
 
 /// The original README's path for the same list.
 #[utoipa::path(get, path = "/subscription/logs/{id}", tag = "status", params(RecentParams),
-    responses((status = 200, body = AttemptList), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = AttemptList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn logs_alias(
     st: State<AppState>,
     id: Path<String>,
