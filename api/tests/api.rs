@@ -477,3 +477,51 @@ async fn openapi_document_describes_the_api() {
     assert!(r.text().await.unwrap().contains("openapi"));
     h.stop().await;
 }
+
+#[tokio::test]
+async fn target_urls_are_parsed_once_and_judged_at_creation() {
+    // No allow list: loopback targets are refused however they are spelt.
+    let dir = tempfile::tempdir().unwrap();
+    let h = TestHerald::start_with(
+        dir,
+        |s| s.allow_targets = herald_core::config::AllowList(Vec::new()),
+        &[],
+    )
+    .await;
+    let post = |body: Value| h.http.post(h.url("/subscriptions")).json(&body).send();
+    for url in [
+        "http://2130706433/",
+        "http://127.1/",
+        "http://0x7f.0.0.1/",
+        "http://127.0.0.1./",
+        "http://[::ffff:7f00:1]/",
+        "http://example.com:99999/",
+        "http://a<b>.example/",
+    ] {
+        let r = post(json!({ "target_url": url })).await.unwrap();
+        assert_eq!(r.status(), 422, "{url}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["detail"]["field"], "target_url", "{url}: {v}");
+    }
+    let r = post(json!({ "target_url": "http://127.1/" }))
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert!(v["error"].as_str().unwrap().contains("127.0.0.1"), "{v}");
+    // Headers that are framing, duplicated by case or carry control characters: 422 naming them.
+    for (headers, named) in [
+        (json!({"Transfer-Encoding": "chunked"}), "Transfer-Encoding"),
+        (json!({"Host": "internal"}), "Host"),
+        (json!({"Proxy-Authorization": "x"}), "Proxy-Authorization"),
+        (json!({"X-Team": "a", "x-team": "b"}), "x-team"),
+        (json!({"X-Team": "a\u{1}b"}), "X-Team"),
+    ] {
+        let r = post(json!({ "target_url": "https://example.com/", "headers": headers }))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 422, "{headers}");
+        let v: Value = r.json().await.unwrap();
+        assert!(v["error"].as_str().unwrap().contains(named), "{v}");
+    }
+    h.stop().await;
+}

@@ -13,6 +13,7 @@ pub mod signing;
 pub mod sqlite;
 pub mod ssrf;
 pub mod subscriptions;
+pub mod target;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 

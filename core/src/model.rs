@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 
 use crate::error::ValidationError;
 use crate::retry::parse_schedule;
+use crate::target::TargetUrl;
 
 pub const SECRET_MIN_LEN: usize = 16;
 pub const SECRET_MAX_LEN: usize = 256;
@@ -126,7 +127,7 @@ where
 impl SubscriptionSpec {
     /// Checks every field and returns the normalized values a subscription stores.
     pub fn validate(&self) -> Result<ValidSpec, ValidationError> {
-        let url = reqwest_free_url_check(&self.target_url)?;
+        let url = target_url(&self.target_url)?;
         let mut event_types = Vec::with_capacity(self.event_types.len());
         for t in &self.event_types {
             let t = t.trim();
@@ -149,9 +150,7 @@ impl SubscriptionSpec {
             }
             crate::signing::SigningKey::from_secret(secret)?;
         }
-        for (name, value) in &self.headers {
-            validate_header(name, value)?;
-        }
+        validate_headers(&self.headers)?;
         if let Some(n) = self.max_attempts {
             if n == 0 || n > MAX_ATTEMPTS_LIMIT {
                 return Err(ValidationError::new(
@@ -249,13 +248,9 @@ pub struct ValidSpec {
     pub paused: bool,
 }
 
-/// Headers Herald sets itself; a subscription may not override them.
-const RESERVED_HEADERS: &[&str] = &[
-    "host",
-    "content-length",
+/// Headers Herald sets on every delivery; a subscription may not override them.
+const HERALD_HEADERS: &[&str] = &[
     "content-type",
-    "transfer-encoding",
-    "connection",
     "user-agent",
     "event-type",
     "webhook-id",
@@ -264,9 +259,47 @@ const RESERVED_HEADERS: &[&str] = &[
     "x-hub-signature-256",
 ];
 
+/// Hop-by-hop and message-framing headers (RFC 9110 §7.6.1, §6.4; RFC 9112): they describe one
+/// connection or how the body is framed and encoded, which the HTTP client decides. Set by a
+/// subscription they would be dropped, duplicated or contradict the real framing.
+const FRAMING_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "connection",
+    "keep-alive",
+    "content-encoding",
+    "http2-settings",
+];
+
+pub const HEADER_NAME_MAX: usize = 256;
+pub const HEADER_VALUE_MAX: usize = 4096;
+
+/// Checks a subscription's custom headers: names are HTTP tokens that Herald or the connection
+/// do not own, unique ignoring case (HTTP names are case-insensitive, so `X-A` and `x-a` would
+/// be one header sent twice); values hold no control characters. Every refusal names the
+/// header: a header is never dropped at delivery time.
+pub fn validate_headers(headers: &BTreeMap<String, String>) -> Result<(), ValidationError> {
+    let mut seen = std::collections::HashSet::with_capacity(headers.len());
+    for (name, value) in headers {
+        validate_header(name, value)?;
+        if !seen.insert(name.to_ascii_lowercase()) {
+            return Err(ValidationError::new(
+                "headers",
+                format!("header {name:?} is given more than once (names are case-insensitive)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn validate_header(name: &str, value: &str) -> Result<(), ValidationError> {
     let token_ok = !name.is_empty()
-        && name.len() <= 256
+        && name.len() <= HEADER_NAME_MAX
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
@@ -276,60 +309,38 @@ fn validate_header(name: &str, value: &str) -> Result<(), ValidationError> {
             format!("invalid header name {name:?}"),
         ));
     }
-    if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+    let lower = name.to_ascii_lowercase();
+    if HERALD_HEADERS.contains(&lower.as_str()) {
         return Err(ValidationError::new(
             "headers",
             format!("header {name:?} is set by Herald and cannot be overridden"),
         ));
     }
-    if value.len() > 4096 || value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+    if FRAMING_HEADERS.contains(&lower.as_str()) || lower.starts_with("proxy-") {
         return Err(ValidationError::new(
             "headers",
-            format!("invalid value for header {name:?}"),
+            format!("header {name:?} is a hop-by-hop or framing header and cannot be set"),
+        ));
+    }
+    if value.len() > HEADER_VALUE_MAX {
+        return Err(ValidationError::new(
+            "headers",
+            format!("the value of header {name:?} is over {HEADER_VALUE_MAX} bytes"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ValidationError::new(
+            "headers",
+            format!("the value of header {name:?} contains a control character"),
         ));
     }
     Ok(())
 }
 
-/// Checks that a target is an absolute `http`/`https` URL with a host, without a URL crate:
-/// the delivery client parses it for real, this rejects what could never be delivered.
-fn reqwest_free_url_check(raw: &str) -> Result<String, ValidationError> {
-    let err = |m: &str| ValidationError::new("target_url", m.to_string());
-    let url = raw.trim();
-    if url.is_empty() {
-        return Err(err("is required"));
-    }
-    if url.len() > 2048 {
-        return Err(err("must be at most 2048 characters"));
-    }
-    let lower = url.to_ascii_lowercase();
-    let rest = if let Some(r) = lower.strip_prefix("https://") {
-        r
-    } else if let Some(r) = lower.strip_prefix("http://") {
-        r
-    } else {
-        return Err(err("must be an http:// or https:// URL"));
-    };
-    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(err("must not contain spaces or control characters"));
-    }
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host_port = authority.rsplit('@').next().unwrap_or("");
-    if authority.contains('@') {
-        return Err(err("must not contain credentials"));
-    }
-    let host = if let Some(v6) = host_port.strip_prefix('[') {
-        match v6.split_once(']') {
-            Some((h, _)) => h,
-            None => return Err(err("has an unterminated IPv6 address")),
-        }
-    } else {
-        host_port.split(':').next().unwrap_or("")
-    };
-    if host.is_empty() {
-        return Err(err("must name a host"));
-    }
-    Ok(url.to_string())
+fn target_url(raw: &str) -> Result<String, ValidationError> {
+    TargetUrl::parse(raw)
+        .map(|t| t.as_str().to_string())
+        .map_err(|e| ValidationError::new("target_url", e.to_string()))
 }
 
 /// One ingested event, stored as the exact bytes received.
@@ -504,6 +515,7 @@ pub struct QueueStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy;
 
     fn spec(url: &str) -> SubscriptionSpec {
         SubscriptionSpec {
@@ -555,6 +567,100 @@ mod tests {
             s.validate().unwrap().retry_schedule_ms,
             Some(vec![10, 60_000])
         );
+    }
+
+    #[test]
+    fn urls_are_stored_in_normal_form() {
+        for (raw, want) in [
+            ("http://2130706433/x", "http://127.0.0.1/x"),
+            ("http://127.1:8080", "http://127.0.0.1:8080/"),
+            ("http://0x7f.0.0.1/", "http://127.0.0.1/"),
+            ("http://127.0.0.1./", "http://127.0.0.1/"),
+        ] {
+            assert_eq!(spec(raw).validate().unwrap().target_url, want, "{raw}");
+        }
+        for bad in ["http://127.0.0.1:99999/", "http://a<b>.example/"] {
+            assert_eq!(
+                spec(bad).validate().unwrap_err().field,
+                "target_url",
+                "{bad}"
+            );
+        }
+    }
+
+    fn with_headers(pairs: &[(&str, &str)]) -> Result<ValidSpec, ValidationError> {
+        let mut s = spec("https://example.com/");
+        s.headers = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        s.validate()
+    }
+
+    #[test]
+    fn framing_herald_and_duplicate_headers_are_refused_by_name() {
+        for name in [
+            "Host",
+            "Content-Length",
+            "Transfer-Encoding",
+            "TE",
+            "Upgrade",
+            "Expect",
+            "Trailer",
+            "Content-Encoding",
+            "Connection",
+            "Keep-Alive",
+            "Proxy-Authorization",
+            "proxy-connection",
+            "Content-Type",
+            "webhook-signature",
+        ] {
+            let e = with_headers(&[(name, "x")]).unwrap_err();
+            assert_eq!(e.field, "headers");
+            assert!(e.message.contains(name), "{name}: {}", e.message);
+        }
+        let e = with_headers(&[("X-Team", "a"), ("x-team", "b")]).unwrap_err();
+        assert!(e.message.contains("more than once"), "{}", e.message);
+        for value in ["a\u{7f}b", "a\tb", "a\u{1}", "\u{85}"] {
+            let e = with_headers(&[("X-Team", value)]).unwrap_err();
+            assert!(
+                e.message.contains("X-Team") && e.message.contains("control"),
+                "{value:?}"
+            );
+        }
+        assert!(with_headers(&[("Authorization", "Bearer abc"), ("X-Tenant", "café")]).is_ok());
+    }
+
+    proptest::proptest! {
+        /// A value with any control character is refused, whatever the name.
+        #[test]
+        fn control_characters_are_refused(
+            name in "X-[A-Za-z0-9-]{1,20}",
+            before in "[ -~]{0,10}",
+            c in proptest::char::range('\u{0}', '\u{9f}').prop_filter("control", |c| c.is_control()),
+            after in "[ -~]{0,10}",
+        ) {
+            let value = format!("{before}{c}{after}");
+            let e = with_headers(&[(&name, &value)]).unwrap_err();
+            proptest::prop_assert!(e.message.contains(&name));
+        }
+
+        /// Reserved names are refused in any letter case; printable values on other names pass.
+        #[test]
+        fn reserved_names_are_refused_in_any_case(
+            i in 0..(FRAMING_HEADERS.len() + HERALD_HEADERS.len()),
+            flips in proptest::collection::vec(proptest::bool::ANY, 32),
+            value in "[ -~]{0,40}",
+        ) {
+            let base = FRAMING_HEADERS.iter().chain(HERALD_HEADERS).nth(i).unwrap();
+            let name: String = base
+                .chars()
+                .zip(flips.iter().cycle())
+                .map(|(c, up)| if *up { c.to_ascii_uppercase() } else { c })
+                .collect();
+            proptest::prop_assert!(with_headers(&[(&name, "x")]).is_err());
+            proptest::prop_assert!(with_headers(&[("X-Custom", &value)]).is_ok());
+        }
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! Managing subscriptions: validation, ownership rules and cache invalidation in one place, for
 //! the REST API and the Kubernetes operator alike.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -11,6 +10,7 @@ use crate::cache::SubscriptionCache;
 use crate::error::{Error, ValidationError};
 use crate::model::{Owner, Subscription, SubscriptionPatch, SubscriptionSpec, ValidSpec};
 use crate::ssrf::TargetGuard;
+use crate::target::TargetUrl;
 
 /// Who asks for a change: the REST API may not touch subscriptions another owner manages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +49,9 @@ impl Subscriptions {
     /// (names are checked again after DNS resolution at delivery time).
     pub fn validate(&self, spec: &SubscriptionSpec) -> Result<ValidSpec, ValidationError> {
         let valid = spec.validate()?;
-        if let Some(ip) = literal_host(&valid.target_url) {
+        let target = TargetUrl::parse(&valid.target_url)
+            .map_err(|e| ValidationError::new("target_url", e.to_string()))?;
+        if let Some(ip) = target.literal_ip() {
             if let Err(blocked) = self.guard.check(ip) {
                 return Err(ValidationError::new("target_url", blocked.to_string()));
             }
@@ -166,34 +168,5 @@ fn build(
         owner,
         created_at,
         updated_at,
-    }
-}
-
-/// The IP address a URL names literally, if it does.
-pub fn literal_host(url: &str) -> Option<IpAddr> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next()?,
-        None => authority.split(':').next()?,
-    };
-    host.parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn literal_hosts() {
-        assert_eq!(
-            literal_host("http://127.0.0.1:8080/x"),
-            Some("127.0.0.1".parse().unwrap())
-        );
-        assert_eq!(
-            literal_host("http://[::1]:80/"),
-            Some("::1".parse().unwrap())
-        );
-        assert_eq!(literal_host("https://example.com/"), None);
     }
 }

@@ -7,6 +7,7 @@ use herald_core::model::{Job, Subscription, RESPONSE_EXCERPT_BYTES};
 use herald_core::retry::parse_retry_after;
 use herald_core::signing::SigningKey;
 use herald_core::ssrf::TargetGuard;
+use herald_core::target::TargetUrl;
 use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
 
@@ -41,16 +42,12 @@ pub async fn send(
     timeout: Duration,
 ) -> AttemptResult {
     let started = Instant::now();
-    let url = match reqwest::Url::parse(&sub.target_url) {
-        Ok(u) => u,
+    let target = match TargetUrl::parse(&sub.target_url) {
+        Ok(t) => t,
         Err(e) => return AttemptResult::error(started, format!("invalid target URL: {e}")),
     };
     // Literal addresses never reach the resolver, so the guard checks them here.
-    let literal = url
-        .host_str()
-        .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
-        .and_then(|h| h.parse::<std::net::IpAddr>().ok());
-    if let Some(ip) = literal {
+    if let Some(ip) = target.literal_ip() {
         if let Err(blocked) = guard.check(ip) {
             return AttemptResult::error(started, format!("refused: {blocked}"));
         }
@@ -61,7 +58,7 @@ pub async fn send(
         .unwrap_or_default()
         .as_secs() as i64;
     let mut req = client
-        .post(url)
+        .post(target.into_url())
         .timeout(timeout)
         .header(CONTENT_TYPE, "application/json")
         .header("webhook-id", &job.webhook_id)
