@@ -407,6 +407,26 @@ async fn idempotency_key_returns_the_first_answer() {
     assert_eq!(first["webhook_id"], again["webhook_id"]);
     let other: Value = send("key-2").await.unwrap().json().await.unwrap();
     assert_ne!(first["webhook_id"], other["webhook_id"]);
+    // The same key with a different body or event type: 422, nothing queued.
+    for (event_type, body) in [("order.created", r#"{"x":1}"#), ("order.paid", "{}")] {
+        let r = h
+            .http
+            .post(h.url(&format!("/ingest/{sub}")))
+            .header("Content-Type", "application/json")
+            .header("Idempotency-Key", "key-1")
+            .header("Event-Type", event_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 422, "{event_type} {body}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["detail"]["field"], "Idempotency-Key", "{v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("different request"),
+            "{v}"
+        );
+    }
     rx.wait_for("/idem", 2, Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(rx.received("/idem").len(), 2, "the repeat queued nothing");

@@ -352,12 +352,49 @@ pub struct Event {
     pub received_at: DateTime<Utc>,
 }
 
-/// Scope and key of an `Idempotency-Key` header: the same pair within 24 h is one ingest.
+/// Scope and key of an `Idempotency-Key` header: the same pair within 24 h is one ingest, as
+/// long as it comes with the same request. The fingerprint tells a retried request (same event
+/// type, same body: answered with the first answer) from a different request that reuses the key
+/// (refused: dropping it silently would lose an event the producer believes accepted).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyKey {
     /// The subscription id for `/ingest/{id}`, `events` for fan-out.
     pub scope: String,
     pub key: String,
+    /// SHA-256 over the event type and the body, see [`IdempotencyKey::fingerprint`].
+    pub fingerprint: [u8; 32],
+}
+
+impl IdempotencyKey {
+    pub fn new(
+        scope: impl Into<String>,
+        key: impl Into<String>,
+        event_type: Option<&str>,
+        body: &[u8],
+    ) -> Self {
+        Self {
+            scope: scope.into(),
+            key: key.into(),
+            fingerprint: Self::fingerprint(event_type, body),
+        }
+    }
+
+    /// SHA-256 of the request: the event type, length-prefixed so that no type/body split of
+    /// the same bytes collides, and absent distinct from empty; then the body.
+    pub fn fingerprint(event_type: Option<&str>, body: &[u8]) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        match event_type {
+            None => h.update([0u8]),
+            Some(t) => {
+                h.update([1u8]);
+                h.update((t.len() as u64).to_be_bytes());
+                h.update(t.as_bytes());
+            }
+        }
+        h.update(body);
+        h.finalize().into()
+    }
 }
 
 /// What ingest hands to the queue: one event, one delivery per listed subscription.
@@ -375,6 +412,11 @@ pub enum PublishOutcome {
     Duplicate {
         webhook_id: String,
         matched: usize,
+    },
+    /// The idempotency key was seen within its window with a different request (event type or
+    /// body): nothing was queued, and the caller must use a new key.
+    KeyReused {
+        webhook_id: String,
     },
 }
 
@@ -632,6 +674,29 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Equal requests have equal fingerprints; any change of type or body changes it, and
+        /// moving bytes between the type and the body does too.
+        #[test]
+        fn fingerprints_tell_requests_apart(
+            t in proptest::option::of("[ -~]{0,12}"),
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+            split in 0usize..12,
+        ) {
+            let f = IdempotencyKey::fingerprint;
+            proptest::prop_assert_eq!(f(t.as_deref(), &body), f(t.as_deref(), &body));
+            let mut other = body.clone();
+            other.push(b' ');
+            proptest::prop_assert_ne!(f(t.as_deref(), &body), f(t.as_deref(), &other));
+            if let Some(t) = &t {
+                proptest::prop_assert_ne!(f(None, &body), f(Some(t), &body));
+                let cut = split.min(t.len());
+                let moved: Vec<u8> = t.as_bytes()[cut..].iter().chain(&body).copied().collect();
+                if cut < t.len() {
+                    proptest::prop_assert_ne!(f(Some(t), &body), f(Some(&t[..cut]), &moved));
+                }
+            }
+        }
+
         /// A value with any control character is refused, whatever the name.
         #[test]
         fn control_characters_are_refused(

@@ -251,10 +251,7 @@ pub async fn expired_leases_are_reclaimed(b: Backend) {
 
 pub async fn idempotency_keys_dedupe(b: Backend) {
     let q = &b.queue;
-    let key = IdempotencyKey {
-        scope: "sub_a".into(),
-        key: "k-1".into(),
-    };
+    let key = IdempotencyKey::new("sub_a", "k-1", None, b"{}");
     let mut p = publish("msg_i1", &["sub_a"], b"{}");
     p.idempotency = Some(key.clone());
     assert_eq!(q.publish(p).await.unwrap(), PublishOutcome::Accepted);
@@ -268,11 +265,23 @@ pub async fn idempotency_keys_dedupe(b: Backend) {
         }
     );
     assert!(q.webhook("msg_i2").await.unwrap().is_none());
+    // The same key with another body or event type is refused and queues nothing.
+    for other in [
+        IdempotencyKey::new("sub_a", "k-1", None, b"{\"a\":1}"),
+        IdempotencyKey::new("sub_a", "k-1", Some("t"), b"{}"),
+    ] {
+        let mut p = publish("msg_i4", &["sub_a"], b"{}");
+        p.idempotency = Some(other);
+        assert_eq!(
+            q.publish(p).await.unwrap(),
+            PublishOutcome::KeyReused {
+                webhook_id: "msg_i1".into()
+            }
+        );
+        assert!(q.webhook("msg_i4").await.unwrap().is_none());
+    }
     let mut p = publish("msg_i3", &["sub_b"], b"{}");
-    p.idempotency = Some(IdempotencyKey {
-        scope: "sub_b".into(),
-        key: "k-1".into(),
-    });
+    p.idempotency = Some(IdempotencyKey::new("sub_b", "k-1", None, b"{}"));
     assert_eq!(q.publish(p).await.unwrap(), PublishOutcome::Accepted);
     assert_eq!(q.claim(10, LEASE, &[]).await.unwrap().jobs.len(), 2);
 }

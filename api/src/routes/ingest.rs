@@ -43,17 +43,19 @@ fn event_type(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     }
 }
 
-fn idempotency_key(headers: &HeaderMap, scope: &str) -> Result<Option<IdempotencyKey>, ApiError> {
+fn idempotency_key(
+    headers: &HeaderMap,
+    scope: &str,
+    event_type: Option<&str>,
+    body: &[u8],
+) -> Result<Option<IdempotencyKey>, ApiError> {
     match header_str(headers, "idempotency-key")? {
         None | Some("") => Ok(None),
         Some(k) if k.len() > 255 => Err(ApiError::invalid(
             "Idempotency-Key",
             "must be at most 255 characters",
         )),
-        Some(k) => Ok(Some(IdempotencyKey {
-            scope: scope.to_string(),
-            key: k.to_string(),
-        })),
+        Some(k) => Ok(Some(IdempotencyKey::new(scope, k, event_type, body))),
     }
 }
 
@@ -85,6 +87,17 @@ async fn publish(st: &AppState, p: Publish) -> Result<PublishOutcome, ApiError> 
     Ok(out)
 }
 
+/// 422, as the IETF Idempotency-Key draft specifies for a key reused with another payload.
+fn key_reused(first: &str) -> ApiError {
+    ApiError::invalid(
+        "Idempotency-Key",
+        format!(
+            "was already used within 24 h for a different request (event type or body) \
+             that created {first}; send this one with a new key"
+        ),
+    )
+}
+
 fn replayed<T: serde::Serialize>(body: T, duplicate: bool) -> Response {
     let mut resp = (StatusCode::ACCEPTED, Json(body)).into_response();
     if duplicate {
@@ -99,7 +112,7 @@ fn replayed<T: serde::Serialize>(body: T, duplicate: bool) -> Response {
     params(
         ("subscription_id" = String, Path),
         ("Event-Type" = Option<String>, Header),
-        ("Idempotency-Key" = Option<String>, Header, description = "the same key within 24 h returns the first answer and queues nothing"),
+        ("Idempotency-Key" = Option<String>, Header, description = "the same key within 24 h returns the first answer and queues nothing; reused with a different event type or body it is a 422"),
         ("X-Hub-Signature-256" = Option<String>, Header, description = "sha256=<hex HMAC of the body>, required when the subscription has a secret"),
     ),
     responses((status = 202, body = IngestAccepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -132,7 +145,7 @@ pub async fn ingest(
             ),
         ));
     }
-    let idempotency = idempotency_key(&headers, &sub.id)?;
+    let idempotency = idempotency_key(&headers, &sub.id, event_type.as_deref(), &body)?;
     if let Some(rl) = &st.rate_limiter {
         if !rl.allow(&sub.id) {
             return Err(ApiError::RateLimited);
@@ -157,6 +170,7 @@ pub async fn ingest(
             },
             false,
         ),
+        PublishOutcome::KeyReused { webhook_id } => return Err(key_reused(&webhook_id)),
         PublishOutcome::Duplicate { webhook_id, .. } => replayed(
             IngestAccepted {
                 webhook_id,
@@ -170,9 +184,9 @@ pub async fn ingest(
 #[utoipa::path(post, path = "/events", tag = "ingest",
     request_body(content = Object, content_type = "application/json"),
     params(("Event-Type" = String, Header, description = "required: selects the subscriptions"),
-           ("Idempotency-Key" = Option<String>, Header)),
+           ("Idempotency-Key" = Option<String>, Header, description = "as for /ingest: reused with a different request it is a 422")),
     responses((status = 202, body = FanoutAccepted), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody),
-              (status = 415, body = ErrorBody), (status = 429, body = ErrorBody)))]
+              (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn fanout(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -181,7 +195,7 @@ pub async fn fanout(
     let body = checked_body(&st, &headers, body)?;
     let event_type = event_type(&headers)?
         .ok_or_else(|| ApiError::BadRequest("the Event-Type header is required".into()))?;
-    let idempotency = idempotency_key(&headers, FANOUT_SCOPE)?;
+    let idempotency = idempotency_key(&headers, FANOUT_SCOPE, Some(&event_type), &body)?;
     if let Some(rl) = &st.rate_limiter {
         if !rl.allow(FANOUT_SCOPE) {
             return Err(ApiError::RateLimited);
@@ -208,6 +222,7 @@ pub async fn fanout(
             },
             false,
         ),
+        PublishOutcome::KeyReused { webhook_id } => return Err(key_reused(&webhook_id)),
         PublishOutcome::Duplicate {
             webhook_id,
             matched,

@@ -26,18 +26,25 @@ impl Queue for Arc<Sqlite> {
         let out = self
             .write(move |c| {
                 let now = now_ms();
+                // Idempotency, in the same transaction as the insert it guards: a key is either
+                // recorded with its event or not at all. A key seen within the window answers
+                // the first result when the fingerprint matches, `KeyReused` when it does not;
+                // rows written before fingerprints existed (NULL) count as matching.
                 if let Some(idem) = &p.idempotency {
-                    let seen: Option<(String, i64, i64)> = c
+                    let seen: Option<(String, i64, i64, Option<Vec<u8>>)> = c
                         .prepare_cached(
-                            "SELECT webhook_id, matched, created_at FROM idempotency
+                            "SELECT webhook_id, matched, created_at, fingerprint FROM idempotency
                              WHERE scope = ?1 AND key = ?2",
                         )?
                         .query_row(params![idem.scope, idem.key], |r| {
-                            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
                         })
                         .optional()?;
-                    if let Some((webhook_id, matched, at)) = seen {
+                    if let Some((webhook_id, matched, at, fingerprint)) = seen {
                         if now - at < IDEMPOTENCY_WINDOW_MS {
+                            if fingerprint.is_some_and(|f| f[..] != idem.fingerprint[..]) {
+                                return Ok(PublishOutcome::KeyReused { webhook_id });
+                            }
                             return Ok(PublishOutcome::Duplicate {
                                 webhook_id,
                                 matched: matched as usize,
@@ -45,15 +52,17 @@ impl Queue for Arc<Sqlite> {
                         }
                     }
                     c.prepare_cached(
-                        "INSERT OR REPLACE INTO idempotency (scope, key, webhook_id, matched, created_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                        "INSERT OR REPLACE INTO idempotency
+                            (scope, key, webhook_id, matched, created_at, fingerprint)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     )?
                     .execute(params![
                         idem.scope,
                         idem.key,
                         p.event.webhook_id,
                         p.subscription_ids.len() as i64,
-                        now
+                        now,
+                        &idem.fingerprint[..]
                     ])?;
                 }
                 if p.subscription_ids.is_empty() {

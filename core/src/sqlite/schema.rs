@@ -72,6 +72,8 @@ CREATE TABLE IF NOT EXISTS idempotency (
     webhook_id TEXT NOT NULL,
     matched    INTEGER NOT NULL,
     created_at INTEGER NOT NULL,
+    -- SHA-256 of event type and body; NULL in rows from before it was recorded.
+    fingerprint BLOB,
     PRIMARY KEY (scope, key)
 );
 CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency(created_at);
@@ -101,5 +103,42 @@ pub fn configure_reader(conn: &Connection) -> Result<()> {
 
 pub fn migrate(conn: &Connection) -> Result<()> {
     conn.execute_batch(SCHEMA)?;
+    add_column_if_missing(conn, "idempotency", "fingerprint", "BLOB")?;
     Ok(())
+}
+
+/// `CREATE TABLE IF NOT EXISTS` leaves a table from an older version as it was.
+fn add_column_if_missing(conn: &Connection, table: &str, column: &str, decl: &str) -> Result<()> {
+    let present: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
+        [table, column],
+        |r| r.get(0),
+    )?;
+    if !present {
+        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrate_adds_the_fingerprint_to_an_older_idempotency_table() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE idempotency (scope TEXT NOT NULL, key TEXT NOT NULL,
+                webhook_id TEXT NOT NULL, matched INTEGER NOT NULL, created_at INTEGER NOT NULL,
+                PRIMARY KEY (scope, key));
+             INSERT INTO idempotency VALUES ('s', 'k', 'msg_old', 1, 0);",
+        )
+        .unwrap();
+        migrate(&conn).unwrap();
+        migrate(&conn).unwrap();
+        let f: Option<Vec<u8>> = conn
+            .query_row("SELECT fingerprint FROM idempotency", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(f, None, "older rows keep working, without a fingerprint");
+    }
 }
