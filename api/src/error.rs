@@ -105,6 +105,7 @@ impl From<StoreError> for ApiError {
             StoreError::Unavailable(m) => {
                 ApiError::Unavailable(format!("storage unavailable: {m}"))
             }
+            StoreError::Full(m) => ApiError::Unavailable(format!("storage full: {m}")),
             StoreError::Backend(m) => ApiError::Internal(m),
         }
     }

@@ -5,6 +5,7 @@
 mod auth;
 mod error;
 mod extract;
+mod gauges;
 mod routes;
 mod state;
 mod ui;
@@ -196,7 +197,14 @@ impl Herald {
             backend.queue.clone(),
             settings.target_guard(),
         ));
+        let shutdown = CancellationToken::new();
+        let queue_gauges = crate::gauges::QueueGauges::spawn(
+            backend.queue.clone(),
+            settings.metrics_interval,
+            shutdown.clone(),
+        );
         let state = AppState {
+            queue_gauges,
             backend: backend.clone(),
             cache: cache.clone(),
             subscriptions,
@@ -215,7 +223,6 @@ impl Herald {
                 .then(|| Arc::new(RateLimiter::new(settings.ingest_rate_limit))),
             metrics: metrics_handle(),
         };
-        let shutdown = CancellationToken::new();
         let app = build_router(state);
 
         let workers = settings.workers.then(|| {

@@ -19,6 +19,8 @@ pub struct AppState {
     pub ingest_key: Option<Arc<str>>,
     pub rate_limiter: Option<Arc<RateLimiter>>,
     pub metrics: PrometheusHandle,
+    /// The queue counts `/metrics` serves, kept current off the scrape path.
+    pub queue_gauges: Arc<crate::gauges::QueueGauges>,
 }
 
 /// A token bucket per subscription (and one for fan-out), refilled at `rate` per second.

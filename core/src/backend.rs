@@ -109,5 +109,6 @@ pub fn open(settings: &crate::config::Settings) -> Result<Backend> {
     } else {
         crate::sqlite::Sync::Full
     };
-    Ok(crate::sqlite::Sqlite::open(&settings.sqlite_path, sync)?.backend())
+    let max_size = (settings.sqlite_max_size > 0).then_some(settings.sqlite_max_size);
+    Ok(crate::sqlite::Sqlite::open_with_limit(&settings.sqlite_path, sync, max_size)?.backend())
 }

@@ -99,6 +99,13 @@ pub struct Settings {
     /// `text` or `json`.
     #[arg(long, env = "HERALD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+    /// Largest size the SQLite file may grow to, in bytes (0: no limit but the disk's). When it
+    /// is reached, writes fail as on a full disk: ingest answers 503 and `/readyz` says why.
+    #[arg(long, env = "HERALD_SQLITE_MAX_SIZE", default_value_t = 0)]
+    pub sqlite_max_size: u64,
+    /// How often the queue gauges of `/metrics` are recounted, off the scrape path.
+    #[arg(long, env = "HERALD_METRICS_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub metrics_interval: Duration,
 }
 
 #[derive(Debug, Clone, Default)]

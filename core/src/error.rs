@@ -11,6 +11,10 @@ pub enum StoreError {
     Conflict(String),
     #[error("backend unavailable: {0}")]
     Unavailable(String),
+    /// The storage could not take the write: the disk (or the configured size limit) is full,
+    /// or it fails with I/O errors. Readiness reports it until a later write succeeds.
+    #[error("storage full or failing: {0}")]
+    Full(String),
     #[error("backend error: {0}")]
     Backend(String),
 }
@@ -26,9 +30,18 @@ impl From<rusqlite::Error> for StoreError {
             {
                 StoreError::Unavailable(e.to_string())
             }
+            e if is_storage_fault(&e) => StoreError::Full(e.to_string()),
             other => StoreError::Backend(other.to_string()),
         }
     }
+}
+
+/// A write failed because the disk or the size limit is full, or the file gives I/O errors.
+pub(crate) fn is_storage_fault(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::SystemIoFailure)
+    )
 }
 
 /// An input that breaks a rule of the domain; `field` names the offending field.

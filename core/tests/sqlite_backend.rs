@@ -91,3 +91,57 @@ async fn cancelled_reads_do_not_shrink_the_reader_pool() {
         assert!(got.is_some());
     }
 }
+
+#[tokio::test]
+async fn the_wal_shrinks_after_a_burst() {
+    use herald_core::model::{Event, Publish};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wal.db");
+    let db = Sqlite::open(&path, Sync::Normal).unwrap().backend();
+    let wal = dir.path().join("wal.db-wal");
+    let payload = bytes::Bytes::from(vec![b'7'; 100_000]);
+    // A burst of concurrent ingests lands in few large transactions: a WAL of tens of MiB.
+    let publish = |i: usize| {
+        let q = db.queue.clone();
+        let payload = payload.clone();
+        tokio::spawn(async move {
+            q.publish(Publish {
+                event: Event {
+                    webhook_id: format!("msg_{i}"),
+                    event_type: None,
+                    payload,
+                    received_at: chrono::Utc::now(),
+                },
+                subscription_ids: vec!["sub_a".into()],
+                idempotency: None,
+            })
+            .await
+            .unwrap()
+        })
+    };
+    let burst: Vec<_> = (0..600).map(publish).collect();
+    for t in burst {
+        t.await.unwrap();
+    }
+    let peak = std::fs::metadata(&wal).unwrap().len();
+    assert!(peak > WAL_LIMIT, "the burst grew the WAL to {peak}");
+    // Small writes after the burst: each commit checkpoints, and a reset truncates the file.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut i = 1000;
+    loop {
+        publish(i).await.unwrap();
+        i += 1;
+        let size = std::fs::metadata(&wal).unwrap().len();
+        if size <= WAL_LIMIT {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the WAL stayed at {size} bytes after the burst (peak {peak})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// `journal_size_limit` of the SQLite backend.
+const WAL_LIMIT: u64 = 16 * 1024 * 1024;

@@ -69,12 +69,7 @@ pub async fn stats(State(st): State<AppState>) -> Result<Json<Stats>, ApiError> 
 
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text format")))]
 pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
-    // Queue gauges are read at scrape time; a failing read leaves the last values.
-    if let Ok(q) = st.backend.queue.stats().await {
-        metrics::gauge!(telemetry::QUEUE_READY).set(q.ready as f64);
-        metrics::gauge!(telemetry::QUEUE_SCHEDULED).set(q.scheduled as f64);
-        metrics::gauge!(telemetry::QUEUE_IN_FLIGHT).set(q.in_flight as f64);
-    }
+    st.queue_gauges.publish();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         st.metrics.render(),

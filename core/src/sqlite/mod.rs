@@ -43,6 +43,11 @@ pub enum Sync {
 
 impl Sqlite {
     pub fn open(path: &Path, sync: Sync) -> Result<Arc<Self>> {
+        Self::open_with_limit(path, sync, None)
+    }
+
+    /// Opens with the file capped at `max_size` bytes (`HERALD_SQLITE_MAX_SIZE`).
+    pub fn open_with_limit(path: &Path, sync: Sync, max_size: Option<u64>) -> Result<Arc<Self>> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.is_dir() {
                 return Err(StoreError::Unavailable(format!(
@@ -55,6 +60,10 @@ impl Sqlite {
             .map_err(|e| StoreError::Unavailable(format!("open {}: {e}", path.display())))?;
         schema::configure_writer(&conn, sync)?;
         schema::migrate(&conn)?;
+        // After the migration, so that a limit below the current size cannot stop the start.
+        if let Some(bytes) = max_size {
+            schema::limit_size(&conn, bytes)?;
+        }
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let r = Connection::open_with_flags(
@@ -101,6 +110,21 @@ impl Sqlite {
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
         self.writer.run(false, f).await
+    }
+
+    /// Why the store cannot take writes, while the last write failed for lack of space or with
+    /// an I/O error and no write has succeeded since.
+    pub fn storage_fault(&self) -> Option<String> {
+        self.writer.fault()
+    }
+
+    /// Readiness of the store: reachable, and able to take writes.
+    async fn ready(&self) -> Result<()> {
+        if let Some(fault) = self.storage_fault() {
+            return Err(StoreError::Full(fault));
+        }
+        self.write_relaxed(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await
     }
 
     /// Runs `f` on a pooled read-only connection off the async runtime.

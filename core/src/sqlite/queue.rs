@@ -331,7 +331,6 @@ impl Queue for Arc<Sqlite> {
     }
 
     async fn ping(&self) -> Result<()> {
-        self.write_relaxed(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
-            .await
+        self.ready().await
     }
 }

@@ -92,6 +92,20 @@ pub fn configure_writer(conn: &Connection, sync: Sync) -> Result<()> {
         Sync::Normal => "PRAGMA synchronous=NORMAL;",
     })?;
     conn.execute_batch("PRAGMA temp_store=MEMORY; PRAGMA cache_size=-32000;")?;
+    // Without a limit the WAL file keeps the size of the largest burst it ever held; with one,
+    // SQLite truncates it back to this size when a checkpoint resets it.
+    conn.execute_batch(&format!("PRAGMA journal_size_limit={WAL_SIZE_LIMIT};"))?;
+    Ok(())
+}
+
+/// Size the WAL file is truncated to after a checkpoint, in bytes.
+pub const WAL_SIZE_LIMIT: u64 = 16 * 1024 * 1024;
+
+/// Caps the database file at `bytes` (rounded up to whole pages, never below what it holds).
+pub fn limit_size(conn: &Connection, bytes: u64) -> Result<()> {
+    let page: u64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    let pages = bytes.div_ceil(page.max(1)).max(1);
+    conn.query_row(&format!("PRAGMA max_page_count={pages}"), [], |_| Ok(()))?;
     Ok(())
 }
 

@@ -3,7 +3,13 @@
 //! Callers send closures; the thread takes all that are waiting (up to a cap), runs each in its
 //! own savepoint inside one transaction, commits once, and only then answers each caller. A
 //! failing closure rolls back its own savepoint and leaves the others in the batch intact.
+//!
+//! Storage faults: when an operation or the commit fails because the disk (or the size limit)
+//! is full or the file gives I/O errors, the writer records the fault; readiness reports it.
+//! The fault clears only when a later transaction that changed rows commits, because a batch
+//! of reads commits fine on a full disk and proves nothing.
 
+use std::sync::{Arc, Mutex};
 use std::thread;
 
 use rusqlite::Connection;
@@ -22,21 +28,33 @@ type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
 struct Op {
     /// Needs an fsync before it is acknowledged (with `Sync::Full`).
     durable: bool,
-    run: Box<dyn FnOnce(&Connection) -> Reply + Send>,
+    /// Runs the operation; the reply, and the storage fault it hit, if any.
+    run: Box<dyn FnOnce(&Connection) -> (Reply, Option<String>) + Send>,
 }
+
+/// The last storage fault, shared by the writer thread and readiness.
+type Fault = Arc<Mutex<Option<String>>>;
 
 pub struct Writer {
     tx: mpsc::Sender<Op>,
+    fault: Fault,
 }
 
 impl Writer {
     pub fn start(conn: Connection, sync: Sync) -> Result<Self> {
         let (tx, rx) = mpsc::channel::<Op>(QUEUE);
+        let fault = Fault::default();
+        let shared = fault.clone();
         thread::Builder::new()
             .name("herald-sqlite-writer".into())
-            .spawn(move || run(conn, sync, rx))
+            .spawn(move || run(conn, sync, rx, shared))
             .map_err(|e| StoreError::Backend(format!("spawn writer: {e}")))?;
-        Ok(Self { tx })
+        Ok(Self { tx, fault })
+    }
+
+    /// The storage fault of the last write, until a write succeeds again.
+    pub fn fault(&self) -> Option<String> {
+        self.fault.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub async fn run<T, F>(&self, durable: bool, f: F) -> Result<T>
@@ -49,13 +67,22 @@ impl Writer {
             durable,
             run: Box::new(move |conn: &Connection| {
                 let out = in_savepoint(conn, f);
-                Box::new(move |commit_error: Option<&str>| {
-                    let out = match commit_error {
-                        None => out,
-                        Some(e) => Err(StoreError::Unavailable(format!("commit failed: {e}"))),
+                let fault = match &out {
+                    Err(StoreError::Full(m)) => Some(m.clone()),
+                    _ => None,
+                };
+                let reply: Reply = Box::new(move |commit_error: Option<&str>| {
+                    // An operation's own error says more than the commit failure it caused.
+                    let out = match (commit_error, out) {
+                        (_, Err(e)) => Err(e),
+                        (None, ok) => ok,
+                        (Some(e), Ok(_)) => {
+                            Err(StoreError::Unavailable(format!("commit failed: {e}")))
+                        }
                     };
                     let _ = reply_tx.send(out);
-                })
+                });
+                (reply, fault)
             }),
         };
         self.tx
@@ -75,6 +102,8 @@ fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) 
             statement(conn, "RELEASE op")?;
             Ok(v)
         }
+        // SQLite already rolled the whole transaction back: nothing is left to undo.
+        Err(e) if conn.is_autocommit() => Err(e),
         Err(e) => {
             statement(conn, "ROLLBACK TO op")?;
             statement(conn, "RELEASE op")?;
@@ -83,7 +112,7 @@ fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) 
     }
 }
 
-fn run(conn: Connection, sync: Sync, mut rx: mpsc::Receiver<Op>) {
+fn run(conn: Connection, sync: Sync, mut rx: mpsc::Receiver<Op>, fault: Fault) {
     let mut batch: Vec<Op> = Vec::with_capacity(MAX_BATCH);
     let mut replies: Vec<Reply> = Vec::with_capacity(MAX_BATCH);
     let mut full = sync == Sync::Full;
@@ -114,13 +143,41 @@ fn run(conn: Connection, sync: Sync, mut rx: mpsc::Receiver<Op>) {
             batch.clear();
             continue;
         }
+        let changes_before = conn.total_changes();
+        let mut hit = None;
         for op in batch.drain(..) {
-            replies.push((op.run)(&conn));
+            // SQLite rolls the whole transaction back on some errors (SQLITE_FULL, I/O errors).
+            // Later operations would then run and commit one by one outside it, so they are
+            // dropped instead: their callers hear that the transaction failed.
+            if conn.is_autocommit() {
+                continue;
+            }
+            let (reply, op_fault) = (op.run)(&conn);
+            replies.push(reply);
+            hit = hit.or(op_fault);
         }
-        let err = statement(&conn, "COMMIT").err().map(|e| e.to_string());
+        let commit = statement(&conn, "COMMIT");
+        if let Err(e) = &commit {
+            if crate::error::is_storage_fault(e) {
+                hit = hit.or(Some(e.to_string()));
+            }
+        }
+        let err = commit.err().map(|e| e.to_string());
         if err.is_some() {
             let _ = statement(&conn, "ROLLBACK");
             tracing::error!(error = ?err, "SQLite commit failed");
+        }
+        {
+            let mut f = fault.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(m) = hit {
+                if f.is_none() {
+                    tracing::error!(error = %m, "SQLite storage fault: writes fail until space is freed");
+                }
+                *f = Some(m);
+            } else if err.is_none() && conn.total_changes() > changes_before && f.is_some() {
+                tracing::info!("SQLite writes succeed again");
+                *f = None;
+            }
         }
         for reply in replies.drain(..) {
             reply(err.as_deref());
