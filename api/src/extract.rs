@@ -46,10 +46,7 @@ pub fn is_json_media_type(value: &str) -> bool {
             && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
     };
-    subtype == "json"
-        || subtype
-            .strip_suffix("+json")
-            .is_some_and(|prefix| token(prefix))
+    subtype == "json" || subtype.strip_suffix("+json").is_some_and(token)
 }
 
 /// Maps a body-read failure: over the limit is a 413, anything else a 400.

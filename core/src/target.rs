@@ -67,7 +67,7 @@ impl TargetUrl {
         let url = Url::parse(raw).map_err(TargetUrlError::Syntax)?;
         match url.host() {
             None => return Err(TargetUrlError::NoHost),
-            Some(Host::Domain(d)) if d.is_empty() => return Err(TargetUrlError::NoHost),
+            Some(Host::Domain("")) => return Err(TargetUrlError::NoHost),
             Some(_) => {}
         }
         if !url.username().is_empty() || url.password().is_some() {

@@ -117,7 +117,8 @@ fn replayed<T: serde::Serialize>(body: T, duplicate: bool) -> Response {
     ),
     responses((status = 202, body = IngestAccepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
-              (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
+              (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
+              (status = 503, body = ErrorBody, description = "the store cannot take the event (e.g. the disk is full)")))]
 pub async fn ingest(
     State(st): State<AppState>,
     Path(subscription_id): Path<String>,
@@ -186,7 +187,8 @@ pub async fn ingest(
     params(("Event-Type" = String, Header, description = "required: selects the subscriptions"),
            ("Idempotency-Key" = Option<String>, Header, description = "as for /ingest: reused with a different request it is a 422")),
     responses((status = 202, body = FanoutAccepted), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody),
-              (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
+              (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
+              (status = 503, body = ErrorBody, description = "the store cannot take the event (e.g. the disk is full)")))]
 pub async fn fanout(
     State(st): State<AppState>,
     headers: HeaderMap,

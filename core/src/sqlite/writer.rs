@@ -24,12 +24,13 @@ const MAX_BATCH: usize = 4096;
 const QUEUE: usize = 16 * 1024;
 
 type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
+/// Runs an operation; its reply, and the storage fault it hit, if any.
+type Run = Box<dyn FnOnce(&Connection) -> (Reply, Option<String>) + Send>;
 
 struct Op {
     /// Needs an fsync before it is acknowledged (with `Sync::Full`).
     durable: bool,
-    /// Runs the operation; the reply, and the storage fault it hit, if any.
-    run: Box<dyn FnOnce(&Connection) -> (Reply, Option<String>) + Send>,
+    run: Run,
 }
 
 /// The last storage fault, shared by the writer thread and readiness.
