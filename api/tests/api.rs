@@ -427,9 +427,23 @@ async fn idempotency_key_returns_the_first_answer() {
             "{v}"
         );
     }
-    rx.wait_for("/idem", 2, Duration::from_secs(5)).await;
+    // Fan-out keys follow the same rule.
+    let fan = |body: &'static str| {
+        h.http
+            .post(h.url("/events"))
+            .header("Content-Type", "application/json")
+            .header("Event-Type", "order.created")
+            .header("Idempotency-Key", "fan-1")
+            .body(body)
+            .send()
+    };
+    assert_eq!(fan("{}").await.unwrap().status(), 202);
+    let again = fan("{}").await.unwrap();
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(fan(r#"{"y":2}"#).await.unwrap().status(), 422);
+    rx.wait_for("/idem", 3, Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(rx.received("/idem").len(), 2, "the repeat queued nothing");
+    assert_eq!(rx.received("/idem").len(), 3, "the repeats queued nothing");
     h.stop().await;
 }
 
