@@ -105,9 +105,12 @@ fn build_router(state: AppState) -> Router {
         ));
     let ingest = Router::new()
         .route("/ingest/{subscription_id}", post(routes::ingest::ingest))
-        .route("/events", post(routes::ingest::fanout))
         .layer(DefaultBodyLimit::max(state.max_payload))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::ingest));
+    let fanout = Router::new()
+        .route("/events", post(routes::ingest::fanout))
+        .layer(DefaultBodyLimit::max(state.max_payload))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::fanout));
     let doc = openapi();
     let public = Router::new()
         .route("/ping", get(routes::ops::ping))
@@ -124,6 +127,7 @@ fn build_router(state: AppState) -> Router {
     Router::new()
         .merge(management)
         .merge(ingest)
+        .merge(fanout)
         .merge(public)
         .with_state(state)
         .merge(utoipa_scalar::Scalar::with_url("/docs", openapi()))
@@ -215,6 +219,12 @@ impl Herald {
                 .then(|| Arc::new(RateLimiter::new(settings.ingest_rate_limit))),
             metrics: metrics_handle(),
         };
+        if auth::fanout_key(&state).is_none() {
+            tracing::warn!(
+                "neither HERALD_INGEST_KEY nor HERALD_API_KEY is set: POST /events refuses every \
+                 request (401) until one is; the management API is open to anyone who reaches {addr}"
+            );
+        }
         let shutdown = CancellationToken::new();
         let app = build_router(state);
 

@@ -133,8 +133,6 @@ async fn bad_input_gets_clear_errors() {
         ("/subscriptions", json, b"{nope".to_vec(), 400),
         (&ingest, json, b"{\"a\":".to_vec(), 400),
         (&ingest, json, vec![], 400),
-        // 400: fan-out without an event type.
-        ("/events", json, b"{}".to_vec(), 400),
         // 404: unknown subscription.
         ("/ingest/sub_nope", json, b"{}".to_vec(), 404),
         // 413: over the payload limit.

@@ -168,10 +168,14 @@ pub async fn ingest(
 }
 
 #[utoipa::path(post, path = "/events", tag = "ingest",
+    description = "Fan-out to every matching subscription. Always needs `Authorization: Bearer` with \
+        HERALD_INGEST_KEY, or HERALD_API_KEY when no ingest key is set; with neither set it answers 401.",
     request_body(content = Object, content_type = "application/json"),
     params(("Event-Type" = String, Header, description = "required: selects the subscriptions"),
            ("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 202, body = FanoutAccepted), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody),
+    responses((status = 202, body = FanoutAccepted), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody, description = "missing or wrong key, or no key configured"),
+              (status = 413, body = ErrorBody),
               (status = 415, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn fanout(
     State(st): State<AppState>,
