@@ -5,7 +5,9 @@
 mod auth;
 mod error;
 mod extract;
+mod origin;
 mod routes;
+mod server;
 mod state;
 mod ui;
 mod views;
@@ -37,6 +39,8 @@ use state::{AppState, RateLimiter};
 pub const MANAGEMENT_BODY_LIMIT: usize = 256 * 1024;
 /// How long subscription reads stay cached in-process; writes invalidate at once.
 const CACHE_TTL: Duration = Duration::from_secs(2);
+/// Past the grace, how long the last writes of stopping tasks may take before exit.
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(1);
 
 #[derive(OpenApi)]
 #[openapi(
@@ -74,7 +78,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
-fn build_router(state: AppState) -> Router {
+fn build_router(state: AppState, origins: origin::Origins) -> Router {
     let management = Router::new()
         .route(
             "/subscriptions",
@@ -133,6 +137,7 @@ fn build_router(state: AppState) -> Router {
         .merge(utoipa_scalar::Scalar::with_url("/docs", openapi()))
         .merge(ui::router())
         .fallback(|| async { ApiError::NotFound("route") })
+        .layer(middleware::from_fn_with_state(origins, origin::check))
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
@@ -226,7 +231,18 @@ impl Herald {
             );
         }
         let shutdown = CancellationToken::new();
-        let app = build_router(state);
+        let app = build_router(
+            state,
+            origin::Origins(settings.allowed_origins.0.clone().into()),
+        );
+        let limits = server::Limits {
+            header_timeout: settings.header_timeout,
+            body_timeout: settings.body_timeout,
+            idle_timeout: settings.idle_timeout,
+            max_connections: settings.max_connections,
+            grace: settings.shutdown_grace,
+        };
+        let grace = settings.shutdown_grace;
 
         let workers = settings.workers.then(|| {
             (
@@ -245,17 +261,30 @@ impl Herald {
             )
         });
         let stop = shutdown.clone();
+        // The grace is one deadline for the whole process, counted from the stop request: the
+        // HTTP drain and the workers run at once, and what is still running at the deadline
+        // (plus a moment for the last settle writes) is abandoned, so the process exits.
         let tasks = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-            .context("serving HTTP")?;
+            let serving = tokio::spawn(server::serve(listener, app, limits, stop.clone()));
+            stop.cancelled().await;
+            let deadline = tokio::time::Instant::now() + grace + SHUTDOWN_MARGIN;
+            let bounded = |what: &'static str, task: JoinHandle<()>| async move {
+                if tokio::time::timeout_at(deadline, task).await.is_err() {
+                    tracing::warn!(
+                        task = what,
+                        "still running at the shutdown deadline; exiting anyway"
+                    );
+                }
+            };
+            match tokio::time::timeout_at(deadline, serving).await {
+                Ok(served) => served
+                    .context("HTTP server task")?
+                    .context("serving HTTP")?,
+                Err(_) => tracing::warn!("HTTP server still draining at the shutdown deadline"),
+            }
             if let Some((engine, sweeper)) = workers {
-                engine.await.context("delivery engine")?;
-                sweeper.await.context("retention sweep")?;
+                bounded("delivery engine", engine).await;
+                bounded("retention sweep", sweeper).await;
             }
             Ok(())
         });

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::TestHerald;
 use serde_json::Value;
 
@@ -64,5 +66,273 @@ async fn fanout_with_an_ingest_key_takes_only_the_ingest_key() {
         "the API key does not open fan-out when an ingest key exists"
     );
     assert_eq!(fanout(&h, Some("the-ingest-key"), Some("a")).await.0, 202);
+    h.stop().await;
+}
+
+async fn create_with_origin(h: &TestHerald, origin: Option<&str>) -> (u16, Value) {
+    let mut r = h
+        .http
+        .post(h.url("/subscriptions"))
+        .header("Content-Type", "application/json")
+        .body(r#"{"target_url": "http://127.0.0.1:9/o"}"#);
+    if let Some(o) = origin {
+        r = r.header("Origin", o);
+    }
+    let r = r.send().await.unwrap();
+    let code = r.status().as_u16();
+    (code, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn cross_origin_state_changes_are_refused_same_origin_and_originless_pass() {
+    let h = TestHerald::start(&["--allowed-origins=https://admin.example.com"]).await;
+    for foreign in ["https://evil.example", "null", "http://127.0.0.1:1"] {
+        let (code, v) = create_with_origin(&h, Some(foreign)).await;
+        assert_eq!(code, 403, "{foreign}: {v}");
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .contains("HERALD_ALLOWED_ORIGINS"),
+            "{v}"
+        );
+    }
+    let (_, page) = h.get("/subscriptions").await;
+    assert_eq!(page["data"], serde_json::json!([]), "nothing was created");
+    // The dashboard: its page is served from Herald, so Origin is Herald's own address.
+    let own = h.base.clone();
+    assert_eq!(create_with_origin(&h, Some(&own)).await.0, 201);
+    assert_eq!(
+        create_with_origin(&h, None).await.0,
+        201,
+        "curl and servers"
+    );
+    assert_eq!(
+        create_with_origin(&h, Some("https://admin.example.com"))
+            .await
+            .0,
+        201
+    );
+    // Reads are not state changes.
+    let r = h
+        .http
+        .get(h.url("/subscriptions"))
+        .header("Origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Every state-changing route is covered, ingest included.
+    let sub = h.subscribe("http://127.0.0.1:9/x").await;
+    let r = h
+        .http
+        .post(h.url(&format!("/ingest/{sub}")))
+        .header("Origin", "https://evil.example")
+        .header("Content-Type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = h
+        .http
+        .delete(h.url(&format!("/subscriptions/{sub}")))
+        .header("Origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    h.stop().await;
+}
+
+// Raw connections: every read is bounded in time, every loop in count.
+mod raw {
+    use std::time::{Duration, Instant};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    pub async fn connect(addr: std::net::SocketAddr) -> TcpStream {
+        TcpStream::connect(addr).await.unwrap()
+    }
+
+    /// Reads one response (head and `Content-Length` body); `None` if nothing came in `within`.
+    /// `Some("")` means the server closed the connection without answering.
+    pub async fn response(s: &mut TcpStream, within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        for _ in 0..1000 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let n = match tokio::time::timeout(left, s.read(&mut buf)).await {
+                Err(_) => return (!got.is_empty()).then(|| String::from_utf8_lossy(&got).into()),
+                Ok(Err(_)) | Ok(Ok(0)) => return Some(String::from_utf8_lossy(&got).into()),
+                Ok(Ok(n)) => n,
+            };
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    return Some(text);
+                }
+            }
+        }
+        panic!("response never ended");
+    }
+
+    /// Waits for the server to close the connection; the time it took, or `None` if it did not
+    /// within `within`. Bytes that arrive before the close are returned too.
+    pub async fn closed(s: &mut TcpStream, within: Duration) -> Option<(Duration, String)> {
+        let start = Instant::now();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        for _ in 0..1000 {
+            let left = (start + within).saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, s.read(&mut buf)).await {
+                Err(_) => return None,
+                Ok(Err(_)) | Ok(Ok(0)) => {
+                    return Some((start.elapsed(), String::from_utf8_lossy(&got).into()))
+                }
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        None
+    }
+
+    pub const PING: &[u8] = b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    pub async fn ping(s: &mut TcpStream) -> Option<String> {
+        s.write_all(PING).await.ok()?;
+        response(s, Duration::from_secs(5)).await
+    }
+}
+
+const TIMEOUTS: &[&str] = &[
+    "--header-timeout=1s",
+    "--body-timeout=1s",
+    "--idle-timeout=1s",
+];
+
+#[tokio::test]
+async fn slow_headers_are_cut_off_after_the_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let h = TestHerald::start(TIMEOUTS).await;
+    let addr: std::net::SocketAddr = h.base.trim_start_matches("http://").parse().unwrap();
+    let mut s = raw::connect(addr).await;
+    s.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    // One header byte every 100 ms: the head never completes.
+    let mut closed = false;
+    for _ in 0..60 {
+        if s.write_all(b"X").await.is_err() {
+            closed = true;
+            break;
+        }
+        if let Some((_, got)) = raw::closed(&mut s, Duration::from_millis(100)).await {
+            assert!(!got.contains("200 OK"), "{got}");
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed,
+        "the connection stayed open for 6 s of trickled headers"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "closed after {took:?}, before the timeout"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_trickled_body_gets_408_after_the_body_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let h = TestHerald::start(TIMEOUTS).await;
+    let addr: std::net::SocketAddr = h.base.trim_start_matches("http://").parse().unwrap();
+    let mut s = raw::connect(addr).await;
+    s.write_all(
+        b"POST /subscriptions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = None;
+    for _ in 0..60 {
+        if s.write_all(b" ").await.is_err() {
+            break;
+        }
+        if let Some((_, got)) = raw::closed(&mut s, Duration::from_millis(100)).await {
+            answer = Some(got);
+            break;
+        }
+    }
+    let answer = answer.expect("the connection stayed open for 6 s of trickled body");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("HERALD_BODY_TIMEOUT"), "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
+    let h = TestHerald::start(&["--header-timeout=1s", "--idle-timeout=2s"]).await;
+    let addr: std::net::SocketAddr = h.base.trim_start_matches("http://").parse().unwrap();
+    let mut s = raw::connect(addr).await;
+    let first = raw::ping(&mut s).await.unwrap();
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    // Kept alive: idle for longer than the header timeout, shorter than the idle timeout.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let second = raw::ping(&mut s).await.unwrap();
+    assert!(second.starts_with("HTTP/1.1 200"), "kept alive: {second}");
+    let (took, got) = raw::closed(&mut s, Duration::from_secs(10))
+        .await
+        .expect("an idle connection stays open");
+    assert!(got.is_empty(), "{got}");
+    assert!(took >= Duration::from_millis(1900), "closed after {took:?}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn beyond_the_connection_cap_new_clients_wait_while_open_ones_work() {
+    let h = TestHerald::start(&["--max-connections=2"]).await;
+    let addr: std::net::SocketAddr = h.base.trim_start_matches("http://").parse().unwrap();
+    let mut a = raw::connect(addr).await;
+    let mut b = raw::connect(addr).await;
+    assert!(raw::ping(&mut a).await.unwrap().starts_with("HTTP/1.1 200"));
+    assert!(raw::ping(&mut b).await.unwrap().starts_with("HTTP/1.1 200"));
+    // The third connects (the kernel's backlog) but is not served while two are open.
+    let mut c = raw::connect(addr).await;
+    {
+        use tokio::io::AsyncWriteExt;
+        c.write_all(raw::PING).await.unwrap();
+    }
+    assert_eq!(
+        raw::response(&mut c, Duration::from_millis(800)).await,
+        None,
+        "served beyond the cap"
+    );
+    // The open ones keep working.
+    assert!(raw::ping(&mut a).await.unwrap().starts_with("HTTP/1.1 200"));
+    // One closes: the waiting client is served.
+    drop(b);
+    let answer = raw::response(&mut c, Duration::from_secs(5)).await;
+    assert!(
+        answer
+            .as_deref()
+            .is_some_and(|r| r.starts_with("HTTP/1.1 200")),
+        "{answer:?}"
+    );
     h.stop().await;
 }
