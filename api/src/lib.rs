@@ -30,7 +30,6 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
-use utoipa_scalar::Servable;
 
 pub use error::ApiError;
 use state::{AppState, RateLimiter};
@@ -134,7 +133,6 @@ fn build_router(state: AppState, origins: origin::Origins) -> Router {
         .merge(fanout)
         .merge(public)
         .with_state(state)
-        .merge(utoipa_scalar::Scalar::with_url("/docs", openapi()))
         .merge(ui::router())
         .fallback(|| async { ApiError::NotFound("route") })
         .layer(middleware::from_fn_with_state(origins, origin::check))

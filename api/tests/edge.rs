@@ -336,3 +336,110 @@ async fn beyond_the_connection_cap_new_clients_wait_while_open_ones_work() {
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn header_values_are_masked_and_a_masked_round_trip_keeps_them() {
+    let h = TestHerald::start(&[]).await;
+    let rx = common::Receiver::start().await;
+    let created = h
+        .create(serde_json::json!({
+            "target_url": rx.url("/masked"),
+            "headers": {"Authorization": "Bearer receiver-secret", "X-Team": "shop"}
+        }))
+        .await;
+    let masked = serde_json::json!({"Authorization": "********", "X-Team": "********"});
+    assert_eq!(created["headers"], masked, "create");
+    let id = created["id"].as_str().unwrap().to_string();
+    let (_, got) = h.get(&format!("/subscriptions/{id}")).await;
+    assert_eq!(got["headers"], masked, "GET");
+    let (_, page) = h.get("/subscriptions").await;
+    assert_eq!(page["data"][0]["headers"], masked, "list");
+    for v in [&created, &got, &page] {
+        assert!(!v.to_string().contains("receiver-secret"), "{v}");
+    }
+
+    // The dashboard's edit: what it was shown comes back, plus a change.
+    let r = h
+        .patch(
+            &format!("/subscriptions/{id}"),
+            serde_json::json!({"headers": {"Authorization": "********", "X-Team": "ops"}}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    // PUT with the placeholder keeps it too.
+    let r = h
+        .put(
+            &format!("/subscriptions/{id}"),
+            serde_json::json!({"target_url": rx.url("/masked"),
+                "headers": {"Authorization": "********", "X-Team": "********"}}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    h.ingest_ok(&id, "{}").await;
+    let got = rx.wait_for("/masked", 1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].headers["authorization"], "Bearer receiver-secret");
+    assert_eq!(got[0].headers["x-team"], "ops");
+
+    // The placeholder cannot stand for a value that does not exist.
+    let r = h
+        .patch(
+            &format!("/subscriptions/{id}"),
+            serde_json::json!({"headers": {"X-Other": "********"}}),
+        )
+        .await;
+    assert_eq!(r.status(), 422);
+    let r = h
+        .http
+        .post(h.url("/subscriptions"))
+        .json(&serde_json::json!({"target_url": rx.url("/m2"), "headers": {"X-A": "********"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn docs_page_is_self_contained_under_the_dashboards_csp() {
+    let h = TestHerald::start(&[]).await;
+    let (_, dashboard) = {
+        let r = h.http.get(h.url("/")).send().await.unwrap();
+        (r.status(), r.headers()["content-security-policy"].clone())
+    };
+    let page = h.http.get(h.url("/docs")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["content-security-policy"], dashboard);
+    let html = page.text().await.unwrap();
+    assert!(
+        !html.contains("//"),
+        "no external or protocol-relative URL: {html}"
+    );
+    // Every script and stylesheet it names is served here, under the same policy.
+    let mut assets = 0;
+    for attr in ["src=\"", "href=\""] {
+        for part in html.split(attr).skip(1) {
+            let path = part.split('"').next().unwrap();
+            if !path.starts_with('/') {
+                continue;
+            }
+            let r = h.http.get(h.url(path)).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{path}");
+            if path.ends_with(".js") || path.ends_with(".css") {
+                assert_eq!(r.headers()["content-security-policy"], dashboard, "{path}");
+                assets += 1;
+            }
+        }
+    }
+    assert!(assets >= 2, "the script and the stylesheet");
+    let js = h
+        .http
+        .get(h.url("/docs/docs.js"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(js.contains("/openapi.json"), "renders the served document");
+    h.stop().await;
+}
