@@ -68,9 +68,56 @@ const SHUTDOWN_MARGIN: Duration = Duration::from_secs(1);
         (name = "ingest", description = "events in"),
         (name = "status", description = "what happened to them"),
         (name = "ops", description = "health and metrics"),
-    )
+    ),
+    modifiers(&EdgeResponses)
 )]
 pub struct ApiDoc;
+
+/// Documents the answers the server's edge gives on any route, before a handler runs: 408
+/// past `HERALD_BODY_TIMEOUT`, and 403 for a cross-origin state-changing request.
+struct EdgeResponses;
+
+impl utoipa::Modify for EdgeResponses {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{RefOr, ResponseBuilder};
+        let response = |text: &str| RefOr::T(ResponseBuilder::new().description(text).build());
+        for item in doc.paths.paths.values_mut() {
+            let changes_state = [
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ];
+            for op in changes_state.into_iter().flatten() {
+                op.responses
+                    .responses
+                    .entry("403".into())
+                    .or_insert_with(|| {
+                        response(
+                            "a browser request from another origin (see HERALD_ALLOWED_ORIGINS)",
+                        )
+                    });
+            }
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                op.responses
+                    .responses
+                    .entry("408".into())
+                    .or_insert_with(|| {
+                        response("the request was not completed within HERALD_BODY_TIMEOUT")
+                    });
+            }
+        }
+    }
+}
 
 /// The OpenAPI document served at `/openapi.json`.
 pub fn openapi() -> utoipa::openapi::OpenApi {

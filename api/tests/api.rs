@@ -36,7 +36,11 @@ async fn seed_curl_flow_and_crud() {
         "the secret is never returned"
     );
     assert_eq!(created["retry_schedule"], json!(["1s", "1m"]));
-    assert_eq!(created["headers"], json!({"X-Team": "********"}), "values masked");
+    assert_eq!(
+        created["headers"],
+        json!({"X-Team": "********"}),
+        "values masked"
+    );
 
     let (code, got) = h.get(&format!("/subscriptions/{id}")).await;
     assert_eq!(code, 200);

@@ -443,3 +443,19 @@ async fn docs_page_is_self_contained_under_the_dashboards_csp() {
     assert!(js.contains("/openapi.json"), "renders the served document");
     h.stop().await;
 }
+
+#[tokio::test]
+async fn openapi_documents_the_edge_answers() {
+    let h = TestHerald::start(&[]).await;
+    let (_, doc) = h.get("/openapi.json").await;
+    let events = &doc["paths"]["/events"]["post"]["responses"];
+    for code in ["401", "403", "408"] {
+        assert!(events[code].is_object(), "/events {code}: {events}");
+    }
+    assert!(doc["paths"]["/subscriptions/{id}"]["delete"]["responses"]["403"].is_object());
+    assert!(
+        doc["paths"]["/ping"]["get"]["responses"]["403"].is_null(),
+        "reads are not refused"
+    );
+    h.stop().await;
+}
