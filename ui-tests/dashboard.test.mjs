@@ -223,7 +223,7 @@ test('create a subscription through the page', async () => {
     maxAttempts: 3,
   });
   assert.deepEqual(okSub.event_types, ['order.created', 'order.paid']);
-  assert.deepEqual(okSub.headers, { 'X-Team': 'shop' });
+  assert.deepEqual(okSub.headers, { 'X-Team': '********' }, 'header values are masked');
   assert.equal(okSub.max_attempts, 3);
   assert.equal(okSub.has_secret, false);
   assert.equal(okSub.owner, null);
@@ -284,16 +284,17 @@ test('edit a subscription (PATCH), clearing an optional field', async () => {
   const dialog = page.getByRole('dialog', { name: 'Edit subscription' });
   await dialog.waitFor();
   assert.equal(await dialog.getByLabel('Target URL').inputValue(), okUrl);
-  assert.equal(await dialog.getByLabel('Extra headers').inputValue(), 'X-Team: shop');
+  // Values are masked; saving the masked value back keeps the stored one.
+  assert.equal(await dialog.getByLabel('Extra headers').inputValue(), 'X-Team: ********');
   assert.equal(await dialog.getByLabel('Max attempts').inputValue(), '3');
   await dialog.getByLabel('Max attempts').fill('');
-  await dialog.getByLabel('Extra headers').fill('X-Team: shop\nX-Env: test');
+  await dialog.getByLabel('Extra headers').fill('X-Team: ********\nX-Env: test');
   await dialog.getByRole('button', { name: 'Save changes' }).click();
   await dialog.waitFor({ state: 'hidden' });
-  await page.locator('#detail .props', { hasText: 'X-Env: test' }).waitFor();
+  await page.locator('#detail .props', { hasText: 'X-Env: ********' }).waitFor();
   const res = await apiJson('GET', '/subscriptions/' + okSub.id);
   assert.equal(res.body.max_attempts, null, 'max attempts cleared');
-  assert.deepEqual(res.body.headers, { 'X-Env': 'test', 'X-Team': 'shop' });
+  assert.deepEqual(res.body.headers, { 'X-Env': '********', 'X-Team': '********' });
   assert.deepEqual(res.body.event_types, ['order.created', 'order.paid'], 'untouched fields stay');
 
   // Checked in the page before sending...

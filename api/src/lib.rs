@@ -6,7 +6,9 @@ mod auth;
 mod error;
 mod extract;
 mod gauges;
+mod origin;
 mod routes;
+mod server;
 mod state;
 mod ui;
 mod views;
@@ -29,7 +31,6 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
-use utoipa_scalar::Servable;
 
 pub use error::ApiError;
 use state::{AppState, RateLimiter};
@@ -38,6 +39,8 @@ use state::{AppState, RateLimiter};
 pub const MANAGEMENT_BODY_LIMIT: usize = 256 * 1024;
 /// How long subscription reads stay cached in-process; writes invalidate at once.
 const CACHE_TTL: Duration = Duration::from_secs(2);
+/// Past the grace, how long the last writes of stopping tasks may take before exit.
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(1);
 
 #[derive(OpenApi)]
 #[openapi(
@@ -66,16 +69,63 @@ const CACHE_TTL: Duration = Duration::from_secs(2);
         (name = "ingest", description = "events in"),
         (name = "status", description = "what happened to them"),
         (name = "ops", description = "health and metrics"),
-    )
+    ),
+    modifiers(&EdgeResponses)
 )]
 pub struct ApiDoc;
+
+/// Documents the answers the server's edge gives on any route, before a handler runs: 408
+/// past `HERALD_BODY_TIMEOUT`, and 403 for a cross-origin state-changing request.
+struct EdgeResponses;
+
+impl utoipa::Modify for EdgeResponses {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{RefOr, ResponseBuilder};
+        let response = |text: &str| RefOr::T(ResponseBuilder::new().description(text).build());
+        for item in doc.paths.paths.values_mut() {
+            let changes_state = [
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ];
+            for op in changes_state.into_iter().flatten() {
+                op.responses
+                    .responses
+                    .entry("403".into())
+                    .or_insert_with(|| {
+                        response(
+                            "a browser request from another origin (see HERALD_ALLOWED_ORIGINS)",
+                        )
+                    });
+            }
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                op.responses
+                    .responses
+                    .entry("408".into())
+                    .or_insert_with(|| {
+                        response("the request was not completed within HERALD_BODY_TIMEOUT")
+                    });
+            }
+        }
+    }
+}
 
 /// The OpenAPI document served at `/openapi.json`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
-fn build_router(state: AppState) -> Router {
+fn build_router(state: AppState, origins: origin::Origins) -> Router {
     let management = Router::new()
         .route(
             "/subscriptions",
@@ -106,9 +156,12 @@ fn build_router(state: AppState) -> Router {
         ));
     let ingest = Router::new()
         .route("/ingest/{subscription_id}", post(routes::ingest::ingest))
-        .route("/events", post(routes::ingest::fanout))
         .layer(DefaultBodyLimit::max(state.max_payload))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::ingest));
+    let fanout = Router::new()
+        .route("/events", post(routes::ingest::fanout))
+        .layer(DefaultBodyLimit::max(state.max_payload))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::fanout));
     let doc = openapi();
     let public = Router::new()
         .route("/ping", get(routes::ops::ping))
@@ -125,11 +178,12 @@ fn build_router(state: AppState) -> Router {
     Router::new()
         .merge(management)
         .merge(ingest)
+        .merge(fanout)
         .merge(public)
         .with_state(state)
-        .merge(utoipa_scalar::Scalar::with_url("/docs", openapi()))
         .merge(ui::router())
         .fallback(|| async { ApiError::NotFound("route") })
+        .layer(middleware::from_fn_with_state(origins, origin::check))
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
@@ -223,7 +277,24 @@ impl Herald {
                 .then(|| Arc::new(RateLimiter::new(settings.ingest_rate_limit))),
             metrics: metrics_handle(),
         };
-        let app = build_router(state);
+        if auth::fanout_key(&state).is_none() {
+            tracing::warn!(
+                "neither HERALD_INGEST_KEY nor HERALD_API_KEY is set: POST /events refuses every \
+                 request (401) until one is; the management API is open to anyone who reaches {addr}"
+            );
+        }
+        let app = build_router(
+            state,
+            origin::Origins(settings.allowed_origins.0.clone().into()),
+        );
+        let limits = server::Limits {
+            header_timeout: settings.header_timeout,
+            body_timeout: settings.body_timeout,
+            idle_timeout: settings.idle_timeout,
+            max_connections: settings.max_connections,
+            grace: settings.shutdown_grace,
+        };
+        let grace = settings.shutdown_grace;
 
         let workers = settings.workers.then(|| {
             (
@@ -242,17 +313,30 @@ impl Herald {
             )
         });
         let stop = shutdown.clone();
+        // The grace is one deadline for the whole process, counted from the stop request: the
+        // HTTP drain and the workers run at once, and what is still running at the deadline
+        // (plus a moment for the last settle writes) is abandoned, so the process exits.
         let tasks = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-            .context("serving HTTP")?;
+            let serving = tokio::spawn(server::serve(listener, app, limits, stop.clone()));
+            stop.cancelled().await;
+            let deadline = tokio::time::Instant::now() + grace + SHUTDOWN_MARGIN;
+            let bounded = |what: &'static str, task: JoinHandle<()>| async move {
+                if tokio::time::timeout_at(deadline, task).await.is_err() {
+                    tracing::warn!(
+                        task = what,
+                        "still running at the shutdown deadline; exiting anyway"
+                    );
+                }
+            };
+            match tokio::time::timeout_at(deadline, serving).await {
+                Ok(served) => served
+                    .context("HTTP server task")?
+                    .context("serving HTTP")?,
+                Err(_) => tracing::warn!("HTTP server still draining at the shutdown deadline"),
+            }
             if let Some((engine, sweeper)) = workers {
-                engine.await.context("delivery engine")?;
-                sweeper.await.context("retention sweep")?;
+                bounded("delivery engine", engine).await;
+                bounded("retention sweep", sweeper).await;
             }
             Ok(())
         });

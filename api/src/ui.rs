@@ -1,6 +1,8 @@
-//! The dashboard (SPEC §8): a plain HTML/CSS/JS page embedded in the binary.
+//! The dashboard: a plain HTML/CSS/JS page embedded in the binary, and the API reference page.
 //!
-//! `/` and `/ui` serve the page, `/ui/app.js` and `/ui/app.css` its assets. Every response
+//! `/` and `/ui` serve the page, `/ui/app.js` and `/ui/app.css` its assets; `/docs` renders
+//! `/openapi.json` with `/docs/docs.js`. The reference page shares the dashboard's origin, where
+//! the API key sits in sessionStorage, so it loads nothing from elsewhere either. Every response
 //! carries a strict Content-Security-Policy: scripts, styles and API calls come from this
 //! origin only, nothing inline, no frames, no plugins.
 
@@ -12,6 +14,8 @@ use axum::Router;
 const INDEX_HTML: &str = include_str!("../ui/index.html");
 const APP_JS: &str = include_str!("../ui/app.js");
 const APP_CSS: &str = include_str!("../ui/app.css");
+const DOCS_HTML: &str = include_str!("../ui/docs.html");
+const DOCS_JS: &str = include_str!("../ui/docs.js");
 
 /// The policy sent with every dashboard response. `img-src data:` is for the empty favicon.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
@@ -27,6 +31,17 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/ui/index.html", get(index))
         .route("/ui/app.js", get(app_js))
         .route("/ui/app.css", get(app_css))
+        .route("/docs", get(docs))
+        .route("/docs/", get(docs))
+        .route("/docs/docs.js", get(docs_js))
+}
+
+async fn docs() -> Response {
+    asset(DOCS_HTML, "text/html; charset=utf-8")
+}
+
+async fn docs_js() -> Response {
+    asset(DOCS_JS, "text/javascript; charset=utf-8")
 }
 
 async fn index() -> Response {
@@ -81,6 +96,8 @@ mod tests {
             (index().await, "text/html; charset=utf-8"),
             (app_js().await, "text/javascript; charset=utf-8"),
             (app_css().await, "text/css; charset=utf-8"),
+            (docs().await, "text/html; charset=utf-8"),
+            (docs_js().await, "text/javascript; charset=utf-8"),
         ] {
             assert_eq!(res.status(), StatusCode::OK);
             assert_eq!(header(&res, header::CONTENT_TYPE), ct);
@@ -105,6 +122,20 @@ mod tests {
     }
 
     #[test]
+    fn docs_page_loads_only_its_own_assets() {
+        let html = DOCS_HTML.to_ascii_lowercase();
+        assert_eq!(html.matches("<script").count(), 1);
+        assert!(html.contains(r#"<script src="/docs/docs.js" defer></script>"#));
+        assert!(!html.contains("style="));
+        assert!(!html.contains("//"), "no absolute or protocol-relative URL");
+        assert!(!DOCS_JS.contains("http:") && !DOCS_JS.contains("https:"));
+        assert!(
+            !DOCS_JS.contains("//"),
+            "no URL, no comment that could hide one"
+        );
+    }
+
+    #[test]
     fn script_never_parses_html_from_strings() {
         // Everything from users and subscribers is rendered as text.
         for forbidden in [
@@ -115,6 +146,7 @@ mod tests {
             "eval(",
         ] {
             assert!(!APP_JS.contains(forbidden), "app.js uses {forbidden}");
+            assert!(!DOCS_JS.contains(forbidden), "docs.js uses {forbidden}");
         }
     }
 }

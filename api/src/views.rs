@@ -7,16 +7,20 @@ use herald_core::model::{
     Attempt, DeliveryState, DeliveryStatus, Owner, QueueStats, Subscription, WebhookRecord,
 };
 use herald_core::retry::format_duration;
+use herald_core::subscriptions::MASKED_HEADER_VALUE;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-/// A subscription as the API shows it: the secret is never returned, only whether there is one.
+/// A subscription as the API shows it: the secret is never returned, only whether there is one,
+/// and custom header values are masked (they often hold the receiver's credentials).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SubscriptionView {
     pub id: String,
     pub target_url: String,
     pub event_types: Vec<String>,
     pub has_secret: bool,
+    /// Header names with every value shown as `********`. Sending `********` back for a header
+    /// in a PUT or PATCH keeps its stored value.
     pub headers: BTreeMap<String, String>,
     pub max_attempts: Option<u32>,
     pub timeout_ms: Option<u64>,
@@ -37,7 +41,11 @@ impl From<Subscription> for SubscriptionView {
             id: s.id,
             target_url: s.target_url,
             event_types: s.event_types,
-            headers: s.headers,
+            headers: s
+                .headers
+                .into_keys()
+                .map(|name| (name, MASKED_HEADER_VALUE.to_string()))
+                .collect(),
             max_attempts: s.max_attempts,
             timeout_ms: s.timeout_ms,
             paused: s.paused,

@@ -110,7 +110,7 @@ async fn outgoing_signatures_verify_like_standard_webhooks() {
 
 #[tokio::test]
 async fn fan_out_by_event_type() {
-    let h = TestHerald::start(&[]).await;
+    let h = TestHerald::start(&["--ingest-key=fanout-key"]).await;
     let rx = Receiver::start().await;
     h.create(
         json!({"target_url": rx.url("/orders"), "event_types": ["order.created", "order.paid"]}),
@@ -122,6 +122,7 @@ async fn fan_out_by_event_type() {
     let send = |t: &'static str| {
         h.http
             .post(h.url("/events"))
+            .bearer_auth("fanout-key")
             .header("Content-Type", "application/json")
             .header("Event-Type", t)
             .body(format!("{{\"type\":\"{t}\"}}"))

@@ -106,6 +106,52 @@ pub struct Settings {
     /// How often the queue gauges of `/metrics` are recounted, off the scrape path.
     #[arg(long, env = "HERALD_METRICS_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub metrics_interval: Duration,
+
+    /// Origins besides Herald's own whose browsers may send state-changing requests, comma-
+    /// separated, e.g. `https://admin.example.com`. Requests without an `Origin` always pass.
+    #[arg(long, env = "HERALD_ALLOWED_ORIGINS", default_value = "", value_parser = parse_origins)]
+    pub allowed_origins: OriginList,
+
+    /// Time a client has to send a request's headers, from its first byte (or from connecting).
+    #[arg(long, env = "HERALD_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+
+    /// Time a request has from its headers to its answer, which bounds reading the body; past it
+    /// the answer is 408 and the connection closes.
+    #[arg(long, env = "HERALD_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
+
+    /// How long a kept-alive connection may wait for its next request before it is closed.
+    #[arg(long, env = "HERALD_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Open connections at most; further clients wait in the listen backlog until one closes.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// After SIGTERM, how long requests and deliveries in flight may take before the process
+    /// exits regardless.
+    #[arg(long, env = "HERALD_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+/// Normalized origins (`scheme://host[:port]`, lower case, no trailing slash).
+#[derive(Debug, Clone, Default)]
+pub struct OriginList(pub Vec<String>);
+
+fn parse_origins(s: &str) -> Result<OriginList, String> {
+    let mut out = Vec::new();
+    for raw in s.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        let origin = raw.trim_end_matches('/').to_ascii_lowercase();
+        let host = origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"));
+        match host {
+            Some(h) if !h.is_empty() && !h.contains(['/', '?', '#', '@']) => out.push(origin),
+            _ => return Err(format!("{raw:?} is not an origin like https://host[:port]")),
+        }
+    }
+    Ok(OriginList(out))
 }
 
 #[derive(Debug, Clone, Default)]
@@ -171,6 +217,38 @@ mod tests {
         assert_eq!(s.delivery_timeout, Duration::from_secs(10));
         assert_eq!(s.max_payload, 1 << 20);
         assert!(s.allow_targets.0.is_empty());
+        assert!(s.allowed_origins.0.is_empty());
+        assert_eq!(s.header_timeout, Duration::from_secs(10));
+        assert_eq!(s.body_timeout, Duration::from_secs(30));
+        assert_eq!(s.idle_timeout, Duration::from_secs(60));
+        assert_eq!(s.max_connections, 10_000);
+        assert_eq!(s.shutdown_grace, Duration::from_secs(20));
+    }
+
+    #[test]
+    fn allowed_origins_are_normalized_and_checked() {
+        let s = Cli::try_parse_from([
+            "herald",
+            "--allowed-origins",
+            "https://Admin.Example.com/, http://localhost:3000",
+        ])
+        .unwrap()
+        .s;
+        assert_eq!(
+            s.allowed_origins.0,
+            ["https://admin.example.com", "http://localhost:3000"]
+        );
+        for bad in [
+            "admin.example.com",
+            "https://",
+            "https://a.example/path",
+            "null",
+        ] {
+            assert!(
+                Cli::try_parse_from(["herald", "--allowed-origins", bad]).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

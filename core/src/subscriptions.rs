@@ -21,6 +21,10 @@ pub enum Caller {
 
 pub const MAX_PAGE: usize = 500;
 
+/// What the API shows instead of a custom header's value: headers often carry credentials
+/// (`Authorization`, API keys of the receiver), and answers end up in logs and browsers.
+pub const MASKED_HEADER_VALUE: &str = "********";
+
 pub struct Subscriptions {
     cache: Arc<SubscriptionCache>,
     queue: Arc<dyn Queue>,
@@ -64,6 +68,15 @@ impl Subscriptions {
         spec: &SubscriptionSpec,
         owner: Option<Owner>,
     ) -> Result<Subscription, Error> {
+        if owner.is_none() {
+            if let Some(name) = masked_names(spec).next() {
+                return Err(ValidationError::new(
+                    "headers",
+                    format!("header {name:?} has the masked placeholder as its value; send the real value"),
+                )
+                .into());
+            }
+        }
         let v = self.validate(spec)?;
         let now = Utc::now();
         let sub = build(crate::ids::subscription_id(), v, owner, now, now);
@@ -101,6 +114,13 @@ impl Subscriptions {
     ) -> Result<Subscription, Error> {
         let current = self.get(id).await?;
         check_owner(&current, caller)?;
+        let unmasked;
+        let spec = if *caller == Caller::Api && masked_names(spec).next().is_some() {
+            unmasked = keep_masked_values(spec, &current)?;
+            &unmasked
+        } else {
+            spec
+        };
         let v = self.validate(spec)?;
         let sub = build(current.id, v, current.owner, current.created_at, Utc::now());
         self.cache.store().replace(&sub).await?;
@@ -137,6 +157,46 @@ impl Subscriptions {
     }
 }
 
+fn masked_names(spec: &SubscriptionSpec) -> impl Iterator<Item = &String> {
+    spec.headers
+        .iter()
+        .filter(|(_, v)| v.as_str() == MASKED_HEADER_VALUE)
+        .map(|(k, _)| k)
+}
+
+/// An edit sends back what the API showed, so a header whose value is the placeholder keeps
+/// its stored value (the name matched case-insensitively); without a stored value to keep it
+/// is refused rather than stored as eight asterisks.
+fn keep_masked_values(
+    spec: &SubscriptionSpec,
+    current: &Subscription,
+) -> Result<SubscriptionSpec, ValidationError> {
+    let mut spec = spec.clone();
+    for (name, value) in spec.headers.iter_mut() {
+        if value != MASKED_HEADER_VALUE {
+            continue;
+        }
+        let stored = current
+            .headers
+            .get(name)
+            .or_else(|| {
+                current
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v)
+            })
+            .ok_or_else(|| {
+                ValidationError::new(
+                    "headers",
+                    format!("header {name:?} has no stored value to keep; send its value"),
+                )
+            })?;
+        *value = stored.clone();
+    }
+    Ok(spec)
+}
+
 fn check_owner(sub: &Subscription, caller: &Caller) -> Result<(), Error> {
     match (&sub.owner, caller) {
         (None, _) => Ok(()),
@@ -168,5 +228,32 @@ fn build(
         owner,
         created_at,
         updated_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masked_header_values_keep_the_stored_ones() {
+        let mut current = crate::testkit::subscription("sub_m");
+        current
+            .headers
+            .insert("Authorization".into(), "Bearer real".into());
+        let mut spec = SubscriptionSpec::of(&current);
+        spec.headers.clear();
+        spec.headers
+            .insert("authorization".into(), MASKED_HEADER_VALUE.into());
+        spec.headers.insert("X-New".into(), "v".into());
+        let kept = keep_masked_values(&spec, &current).unwrap();
+        assert_eq!(kept.headers["authorization"], "Bearer real");
+        assert_eq!(kept.headers["X-New"], "v");
+        spec.headers
+            .insert("X-Unknown".into(), MASKED_HEADER_VALUE.into());
+        assert_eq!(
+            keep_masked_values(&spec, &current).unwrap_err().field,
+            "headers"
+        );
     }
 }

@@ -183,10 +183,14 @@ pub async fn ingest(
 }
 
 #[utoipa::path(post, path = "/events", tag = "ingest",
+    description = "Fan-out to every matching subscription. Always needs `Authorization: Bearer` with \
+        HERALD_INGEST_KEY, or HERALD_API_KEY when no ingest key is set; with neither set it answers 401.",
     request_body(content = Object, content_type = "application/json"),
     params(("Event-Type" = String, Header, description = "required: selects the subscriptions"),
            ("Idempotency-Key" = Option<String>, Header, description = "as for /ingest: reused with a different request it is a 422")),
-    responses((status = 202, body = FanoutAccepted), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody),
+    responses((status = 202, body = FanoutAccepted), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody, description = "missing or wrong key, or no key configured"),
+              (status = 413, body = ErrorBody),
               (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
               (status = 503, body = ErrorBody, description = "the store cannot take the event (e.g. the disk is full)")))]
 pub async fn fanout(
