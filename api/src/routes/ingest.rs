@@ -113,7 +113,7 @@ pub async fn ingest(
 ) -> Result<Response, ApiError> {
     let sub = st
         .cache
-        .get(&subscription_id)
+        .get(super::subscription_id(&subscription_id)?)
         .await?
         .ok_or(ApiError::NotFound("subscription"))?;
     let body = checked_body(&st, &headers, body)?;
@@ -171,7 +171,9 @@ pub async fn ingest(
     request_body(content = Object, content_type = "application/json"),
     params(("Event-Type" = String, Header, description = "required: selects the subscriptions"),
            ("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 202, body = FanoutAccepted), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody),
+    responses((status = 202, body = FanoutAccepted), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody, description = "an ingest credential is required and missing"),
+              (status = 413, body = ErrorBody),
               (status = 415, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn fanout(
     State(st): State<AppState>,

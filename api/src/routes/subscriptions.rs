@@ -1,6 +1,6 @@
 //! Subscription management: create, list, read, update, delete.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use herald_core::model::{SubscriptionPatch, SubscriptionSpec};
@@ -9,7 +9,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::JsonBody;
+use crate::extract::{JsonBody, JsonQuery};
 use crate::state::AppState;
 use crate::views::{SubscriptionPage, SubscriptionView};
 
@@ -22,7 +22,8 @@ pub struct ListParams {
 }
 
 #[utoipa::path(post, path = "/subscriptions", tag = "subscriptions", request_body = SubscriptionSpec,
-    responses((status = 201, body = SubscriptionView), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = SubscriptionView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody, description = "HERALD_API_KEY is set and the request lacks it"),
+              (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn create(
     State(st): State<AppState>,
     JsonBody(spec): JsonBody<SubscriptionSpec>,
@@ -32,10 +33,10 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/subscriptions", tag = "subscriptions", params(ListParams),
-    responses((status = 200, body = SubscriptionPage)))]
+    responses((status = 200, body = SubscriptionPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody, description = "HERALD_API_KEY is set and the request lacks it")))]
 pub async fn list(
     State(st): State<AppState>,
-    Query(p): Query<ListParams>,
+    JsonQuery(p): JsonQuery<ListParams>,
 ) -> Result<Json<SubscriptionPage>, ApiError> {
     let page = st
         .subscriptions
@@ -48,18 +49,24 @@ pub async fn list(
 }
 
 #[utoipa::path(get, path = "/subscriptions/{id}", tag = "subscriptions",
-    responses((status = 200, body = SubscriptionView), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = SubscriptionView), (status = 401, body = ErrorBody, description = "HERALD_API_KEY is set and the request lacks it"), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
-    Ok(Json(st.subscriptions.get(&id).await?.into()))
+    Ok(Json(
+        st.subscriptions
+            .get(super::subscription_id(&id)?)
+            .await?
+            .into(),
+    ))
 }
 
 #[utoipa::path(put, path = "/subscriptions/{id}", tag = "subscriptions", request_body = SubscriptionSpec,
-    responses((status = 200, body = SubscriptionView), (status = 404, body = ErrorBody),
+    responses((status = 200, body = SubscriptionView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody, description = "HERALD_API_KEY is set and the request lacks it"),
+              (status = 404, body = ErrorBody),
               (status = 409, body = ErrorBody, description = "managed by the Kubernetes operator"),
-              (status = 422, body = ErrorBody)))]
+              (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn replace(
     State(st): State<AppState>,
     Path(id): Path<String>,
@@ -67,15 +74,16 @@ pub async fn replace(
 ) -> Result<Json<SubscriptionView>, ApiError> {
     Ok(Json(
         st.subscriptions
-            .update(&id, &spec, &Caller::Api)
+            .update(super::subscription_id(&id)?, &spec, &Caller::Api)
             .await?
             .into(),
     ))
 }
 
 #[utoipa::path(patch, path = "/subscriptions/{id}", tag = "subscriptions", request_body = SubscriptionPatch,
-    responses((status = 200, body = SubscriptionView), (status = 404, body = ErrorBody),
-              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = SubscriptionView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody, description = "HERALD_API_KEY is set and the request lacks it"),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn patch(
     State(st): State<AppState>,
     Path(id): Path<String>,
@@ -83,19 +91,21 @@ pub async fn patch(
 ) -> Result<Json<SubscriptionView>, ApiError> {
     Ok(Json(
         st.subscriptions
-            .patch(&id, patch, &Caller::Api)
+            .patch(super::subscription_id(&id)?, patch, &Caller::Api)
             .await?
             .into(),
     ))
 }
 
 #[utoipa::path(delete, path = "/subscriptions/{id}", tag = "subscriptions",
-    responses((status = 204, description = "deleted; queued deliveries end as Failure"),
+    responses((status = 204, description = "deleted; queued deliveries end as Failure"), (status = 401, body = ErrorBody, description = "HERALD_API_KEY is set and the request lacks it"),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn delete(
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    st.subscriptions.delete(&id, &Caller::Api).await?;
+    st.subscriptions
+        .delete(super::subscription_id(&id)?, &Caller::Api)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
