@@ -147,8 +147,9 @@ main() {
   [[ $SEED != random ]] || seed=()
   log "running against $base (checks: $CHECKS; $EXAMPLES examples per operation)"
   local rc=0
-  # No proxy: every request goes straight to the loopback Herald started above.
-  env -u http_proxy -u https_proxy -u HTTP_PROXY -u HTTPS_PROXY -u ALL_PROXY -u all_proxy \
+  # No proxy: every request goes straight to the loopback Herald started above. Run from the
+  # run directory: schemathesis keeps a cache (.schemathesis/) in its working directory.
+  (cd "$RUN" && env -u http_proxy -u https_proxy -u HTTP_PROXY -u HTTPS_PROXY -u ALL_PROXY -u all_proxy \
     NO_PROXY='*' SCHEMATHESIS_HOOKS= \
     timeout --kill-after=10 "$LIMIT" \
     "$VENV/bin/st" --no-color run "$base/openapi.json" \
@@ -162,7 +163,7 @@ main() {
     --max-redirects 0 \
     --generation-database none \
     --suppress-health-check too_slow \
-    --report-dir "$RUN/report" || rc=$?
+    --report-dir "$RUN/report") || rc=$?
   if ((rc == 124 || rc == 137)); then
     die "schemathesis did not finish within ${LIMIT}s"
   fi
