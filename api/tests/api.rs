@@ -328,22 +328,24 @@ async fn operator_owned_subscriptions_refuse_rest_changes() {
     let db = Sqlite::open(&h.dir.path().join("herald.db"), Sync::Normal)
         .unwrap()
         .backend();
-    let mut sub = herald_core::testkit::subscription("sub_owned");
+    // An id as the api makes them: the routes refuse any other form.
+    let id = herald_core::ids::subscription_id();
+    let mut sub = herald_core::testkit::subscription(&id);
     sub.owner = Some(Owner {
         kind: "kubernetes".into(),
         namespace: "shop".into(),
         name: "orders".into(),
     });
     db.subscriptions.insert(&sub).await.unwrap();
-    let (code, v) = h.get("/subscriptions/sub_owned").await;
+    let (code, v) = h.get(&format!("/subscriptions/{id}")).await;
     assert_eq!(code, 200);
     assert_eq!(v["owner"]["name"], "orders");
-    let r = h.delete("/subscriptions/sub_owned").await;
+    let r = h.delete(&format!("/subscriptions/{id}")).await;
     assert_eq!(r.status(), 409);
     let v: Value = r.json().await.unwrap();
     assert!(v["error"].as_str().unwrap().contains("shop/orders"), "{v}");
     let r = h
-        .patch("/subscriptions/sub_owned", json!({"paused": true}))
+        .patch(&format!("/subscriptions/{id}"), json!({"paused": true}))
         .await;
     assert_eq!(r.status(), 409);
     h.stop().await;
