@@ -13,6 +13,7 @@
 #   HERALD_SCHEMATHESIS_SEED      generation seed (default fixed, so a run repeats;
 #                                 `random` for a fresh one)
 #   HERALD_BIN                    a herald binary to test instead of building target/debug/herald
+#   HERALD_SCHEMATHESIS_CHECKS    schemathesis checks to run (default: the four named in docs/testing.md)
 #   HERALD_SCHEMATHESIS_TIMEOUT   hard limit of the schemathesis run in seconds (default 150)
 #
 # Safety: HERALD_WORKERS=false, so the subscriptions schemathesis creates (with arbitrary
@@ -29,7 +30,7 @@ VENV=$CACHE/schemathesis-$VERSION
 EXAMPLES=${HERALD_SCHEMATHESIS_EXAMPLES:-30}
 SEED=${HERALD_SCHEMATHESIS_SEED:-20260802}
 LIMIT=${HERALD_SCHEMATHESIS_TIMEOUT:-150}
-CHECKS=not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance
+CHECKS=${HERALD_SCHEMATHESIS_CHECKS:-not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance}
 
 log() { printf 'schemathesis: %s\n' "$*" >&2; }
 die() {
