@@ -148,7 +148,7 @@ run_check() {
   key=st-$RANDOM$RANDOM$RANDOM
   # One key for the management api and ingest, sent on every request.
   env -u HERALD_INGEST_KEY -u HERALD_ALLOW_TARGETS -u HERALD_INGEST_RATE_LIMIT \
-    HERALD_ADDR=127.0.0.1:$port HERALD_SQLITE_PATH="$RUN/herald.db" HERALD_SQLITE_SYNC=normal \
+    HERALD_ADDR="127.0.0.1:$port" HERALD_SQLITE_PATH="$RUN/herald.db" HERALD_SQLITE_SYNC=normal \
     HERALD_WORKERS=false HERALD_API_KEY="$key" HERALD_LOG_FORMAT=text RUST_LOG=warn \
     "$bin" serve </dev/null >"$RUN/herald.log" 2>&1 &
   HERALD_PID=$!
