@@ -382,6 +382,21 @@ async fn openapi_document_describes_the_api() {
     ] {
         assert!(doc["paths"][path].is_object(), "{path} documented");
     }
+    // Every parameter sits where the route reads it: a path parameter only when the path
+    // names it, and `limit`/`cursor` in the query.
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                let (name, place) = (p["name"].as_str().unwrap(), p["in"].as_str().unwrap());
+                let in_path = path.contains(&format!("{{{name}}}"));
+                assert_eq!(
+                    place == "path",
+                    in_path,
+                    "{method} {path}: {name} is in {place}"
+                );
+            }
+        }
+    }
     let r = h.http.get(h.url("/docs")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains("openapi"));

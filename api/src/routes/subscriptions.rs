@@ -14,6 +14,7 @@ use crate::state::AppState;
 use crate::views::{SubscriptionPage, SubscriptionView};
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Page size, 1 to 500 (default 50).
     pub limit: Option<usize>,

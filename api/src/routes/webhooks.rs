@@ -14,6 +14,7 @@ use crate::views::{AttemptList, Requeued, WebhookStatus};
 const MAX_ATTEMPTS_LISTED: usize = 1000;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RecentParams {
     /// How many attempts, newest first (default 20, at most 1000).
     pub limit: Option<usize>,
