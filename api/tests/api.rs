@@ -456,22 +456,24 @@ async fn operator_owned_subscriptions_refuse_rest_changes() {
     let db = Sqlite::open(&h.dir.path().join("herald.db"), Sync::Normal)
         .unwrap()
         .backend();
-    let mut sub = herald_core::testkit::subscription("sub_owned");
+    // An id as the api makes them: the routes refuse any other form.
+    let id = herald_core::ids::subscription_id();
+    let mut sub = herald_core::testkit::subscription(&id);
     sub.owner = Some(Owner {
         kind: "kubernetes".into(),
         namespace: "shop".into(),
         name: "orders".into(),
     });
     db.subscriptions.insert(&sub).await.unwrap();
-    let (code, v) = h.get("/subscriptions/sub_owned").await;
+    let (code, v) = h.get(&format!("/subscriptions/{id}")).await;
     assert_eq!(code, 200);
     assert_eq!(v["owner"]["name"], "orders");
-    let r = h.delete("/subscriptions/sub_owned").await;
+    let r = h.delete(&format!("/subscriptions/{id}")).await;
     assert_eq!(r.status(), 409);
     let v: Value = r.json().await.unwrap();
     assert!(v["error"].as_str().unwrap().contains("shop/orders"), "{v}");
     let r = h
-        .patch("/subscriptions/sub_owned", json!({"paused": true}))
+        .patch(&format!("/subscriptions/{id}"), json!({"paused": true}))
         .await;
     assert_eq!(r.status(), 409);
     h.stop().await;
@@ -507,6 +509,21 @@ async fn openapi_document_describes_the_api() {
         "/subscription/logs/{id}",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} documented");
+    }
+    // Every parameter sits where the route reads it: a path parameter only when the path
+    // names it, and `limit`/`cursor` in the query.
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                let (name, place) = (p["name"].as_str().unwrap(), p["in"].as_str().unwrap());
+                let in_path = path.contains(&format!("{{{name}}}"));
+                assert_eq!(
+                    place == "path",
+                    in_path,
+                    "{method} {path}: {name} is in {place}"
+                );
+            }
+        }
     }
     let r = h.http.get(h.url("/docs")).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -560,4 +577,109 @@ async fn target_urls_are_parsed_once_and_judged_at_creation() {
         assert!(v["error"].as_str().unwrap().contains(named), "{v}");
     }
     h.stop().await;
+}
+
+/// Strings that cannot be ids are answered 404 on every route that takes one, with the JSON
+/// error body, and a bad query string is a JSON 400 (it used to be axum's plain-text answer).
+#[tokio::test]
+async fn malformed_ids_are_404_and_bad_query_strings_json_400() {
+    let h = TestHerald::start(&[]).await;
+    let rx = Receiver::start().await;
+    let sub = h.subscribe(&rx.url("/hook")).await;
+    let ulid = &sub[4..];
+    let not_ids = [
+        sub.to_ascii_lowercase(),
+        format!("{sub}%20"),
+        format!("{sub}0"),
+        sub[..sub.len() - 1].to_string(),
+        format!("msg_{ulid}"),
+        format!("sub_8{}", &ulid[1..]),
+        format!("sub_{}%C3%A9", &ulid[..24]),
+        "0".into(),
+        "x".repeat(4000),
+    ];
+    let json_error = |r: reqwest::Response, code: u16, what: &'static str| async move {
+        let url = r.url().to_string();
+        assert_eq!(r.status().as_u16(), code, "{url}");
+        let ct = r.headers()[reqwest::header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(ct.starts_with("application/json"), "{url}: {ct}");
+        let v: Value = r.json().await.unwrap();
+        assert!(v["error"].as_str().unwrap().contains(what), "{url}: {v}");
+    };
+    let body = json!({"target_url": rx.url("/hook")});
+    for id in &not_ids {
+        for r in [
+            h.http
+                .get(h.url(&format!("/subscriptions/{id}")))
+                .send()
+                .await,
+            h.http
+                .put(h.url(&format!("/subscriptions/{id}")))
+                .json(&body)
+                .send()
+                .await,
+            h.http
+                .patch(h.url(&format!("/subscriptions/{id}")))
+                .json(&json!({}))
+                .send()
+                .await,
+            h.http
+                .delete(h.url(&format!("/subscriptions/{id}")))
+                .send()
+                .await,
+            h.http
+                .get(h.url(&format!("/subscriptions/{id}/deliveries")))
+                .send()
+                .await,
+            h.http
+                .get(h.url(&format!("/subscription/logs/{id}")))
+                .send()
+                .await,
+            h.http
+                .post(h.url(&format!("/ingest/{id}")))
+                .json(&json!({}))
+                .send()
+                .await,
+        ] {
+            json_error(r.unwrap(), 404, "subscription not found").await;
+        }
+    }
+    let webhook = h.ingest_ok(&sub, "{}").await;
+    for id in [
+        webhook.to_ascii_lowercase(),
+        format!("sub_{}", &webhook[4..]),
+        "msg_".into(),
+    ] {
+        json_error(
+            h.http
+                .get(h.url(&format!("/webhooks/{id}")))
+                .send()
+                .await
+                .unwrap(),
+            404,
+            "webhook not found",
+        )
+        .await;
+        json_error(
+            h.post_empty(&format!("/webhooks/{id}/retry")).await,
+            404,
+            "webhook not found",
+        )
+        .await;
+    }
+    // The real ones still answer: nothing above touched them.
+    assert_eq!(h.get(&format!("/subscriptions/{sub}")).await.0, 200);
+    assert_eq!(h.get(&format!("/webhooks/{webhook}")).await.0, 200);
+
+    for path in [
+        "/subscriptions?limit=abc".to_string(),
+        "/subscriptions?limit=-1".into(),
+        format!("/subscriptions/{sub}/deliveries?limit=abc"),
+        format!("/subscription/logs/{sub}?limit=1.5"),
+    ] {
+        json_error(h.http.get(h.url(&path)).send().await.unwrap(), 400, "limit").await;
+    }
 }

@@ -56,7 +56,8 @@ fn unready(error: String) -> (StatusCode, Json<Health>) {
     )
 }
 
-#[utoipa::path(get, path = "/stats", tag = "ops", responses((status = 200, body = Stats)))]
+#[utoipa::path(get, path = "/stats", tag = "ops", responses((status = 200, body = Stats),
+    (status = 401, body = crate::error::ErrorBody, description = "HERALD_API_KEY is set and the request lacks it")))]
 pub async fn stats(State(st): State<AppState>) -> Result<Json<Stats>, ApiError> {
     let queue = st.backend.queue.stats().await?;
     Ok(Json(Stats {

@@ -14,6 +14,7 @@ use crate::state::AppState;
 use crate::views::{SubscriptionPage, SubscriptionView};
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Page size, 1 to 500 (default 50).
     pub limit: Option<usize>,
@@ -22,8 +23,8 @@ pub struct ListParams {
 }
 
 #[utoipa::path(post, path = "/subscriptions", tag = "subscriptions", request_body = SubscriptionSpec,
-    responses((status = 201, body = SubscriptionView), (status = 400, body = ErrorBody), (status = 415, body = ErrorBody),
-              (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = SubscriptionView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody, description = "HERALD_API_KEY is set and the request lacks it"),
+              (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn create(
     State(st): State<AppState>,
     JsonBody(spec): JsonBody<SubscriptionSpec>,
@@ -33,7 +34,7 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/subscriptions", tag = "subscriptions", params(ListParams),
-    responses((status = 200, body = SubscriptionPage), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = SubscriptionPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody, description = "HERALD_API_KEY is set and the request lacks it")))]
 pub async fn list(
     State(st): State<AppState>,
     Query(p): Query<ListParams>,
@@ -49,18 +50,24 @@ pub async fn list(
 }
 
 #[utoipa::path(get, path = "/subscriptions/{id}", tag = "subscriptions",
-    responses((status = 200, body = SubscriptionView), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = SubscriptionView), (status = 401, body = ErrorBody, description = "HERALD_API_KEY is set and the request lacks it"), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
-    Ok(Json(st.subscriptions.get(&id).await?.into()))
+    Ok(Json(
+        st.subscriptions
+            .get(super::subscription_id(&id)?)
+            .await?
+            .into(),
+    ))
 }
 
 #[utoipa::path(put, path = "/subscriptions/{id}", tag = "subscriptions", request_body = SubscriptionSpec,
-    responses((status = 200, body = SubscriptionView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+    responses((status = 200, body = SubscriptionView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody, description = "HERALD_API_KEY is set and the request lacks it"),
+              (status = 404, body = ErrorBody),
               (status = 409, body = ErrorBody, description = "managed by the Kubernetes operator"),
-              (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
+              (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn replace(
     State(st): State<AppState>,
     Path(id): Path<String>,
@@ -68,15 +75,16 @@ pub async fn replace(
 ) -> Result<Json<SubscriptionView>, ApiError> {
     Ok(Json(
         st.subscriptions
-            .update(&id, &spec, &Caller::Api)
+            .update(super::subscription_id(&id)?, &spec, &Caller::Api)
             .await?
             .into(),
     ))
 }
 
 #[utoipa::path(patch, path = "/subscriptions/{id}", tag = "subscriptions", request_body = SubscriptionPatch,
-    responses((status = 200, body = SubscriptionView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-              (status = 409, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = SubscriptionView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody, description = "HERALD_API_KEY is set and the request lacks it"),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn patch(
     State(st): State<AppState>,
     Path(id): Path<String>,
@@ -84,19 +92,21 @@ pub async fn patch(
 ) -> Result<Json<SubscriptionView>, ApiError> {
     Ok(Json(
         st.subscriptions
-            .patch(&id, patch, &Caller::Api)
+            .patch(super::subscription_id(&id)?, patch, &Caller::Api)
             .await?
             .into(),
     ))
 }
 
 #[utoipa::path(delete, path = "/subscriptions/{id}", tag = "subscriptions",
-    responses((status = 204, description = "deleted; queued deliveries end as Failure"),
+    responses((status = 204, description = "deleted; queued deliveries end as Failure"), (status = 401, body = ErrorBody, description = "HERALD_API_KEY is set and the request lacks it"),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn delete(
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    st.subscriptions.delete(&id, &Caller::Api).await?;
+    st.subscriptions
+        .delete(super::subscription_id(&id)?, &Caller::Api)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
