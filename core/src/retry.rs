@@ -2,19 +2,29 @@
 //!
 //! The default schedule is 10 s, 30 s, 1 min, 5 min, 15 min: six attempts in all. A subscription
 //! may carry its own schedule and attempt count. A `Retry-After` on 429/503 is honoured when it
-//! asks for longer than the schedule.
+//! asks for longer than the schedule. Every delay is bounded, so a due time can always be
+//! computed (a schedule of `300000y` would overflow the clock and wedge a delivery).
 
 use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, Utc};
 
 pub const DEFAULT_SCHEDULE: &str = "10s,30s,1m,5m,15m";
 /// A `Retry-After` never postpones a retry beyond this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+/// The longest delay a schedule may hold.
+pub const MAX_DELAY: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// Parses a comma-separated list of delays such as `10s,30s,1m,5m,15m` or `100ms,200ms`.
+/// Parses a comma-separated list of delays such as `10s,30s,1m,5m,15m` or `100ms,200ms`; each
+/// at most [`MAX_DELAY`].
 pub fn parse_schedule(s: &str) -> Result<Vec<Duration>, String> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        out.push(parse_duration(part)?);
+        let d = parse_duration(part)?;
+        if d > MAX_DELAY {
+            return Err(format!("delay {part:?} is longer than 7 days"));
+        }
+        out.push(d);
     }
     if out.len() > 49 {
         return Err("at most 49 delays".into());
@@ -56,8 +66,12 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// A schedule of n delays allows n + 1 attempts.
-    pub fn from_schedule(schedule: Vec<Duration>) -> Self {
+    /// A schedule of n delays allows n + 1 attempts. Delays beyond [`MAX_DELAY`] (stored before
+    /// the bound existed) count as `MAX_DELAY`.
+    pub fn from_schedule(mut schedule: Vec<Duration>) -> Self {
+        for d in &mut schedule {
+            *d = (*d).min(MAX_DELAY);
+        }
         let max_attempts = schedule.len() as u32 + 1;
         Self {
             schedule,
@@ -99,6 +113,11 @@ impl RetryPolicy {
             None => base,
         })
     }
+}
+
+/// The time `delay` after `from`, or `None` if the clock cannot represent it.
+pub fn due_after(from: DateTime<Utc>, delay: Duration) -> Option<DateTime<Utc>> {
+    from.checked_add_signed(chrono::TimeDelta::from_std(delay).ok()?)
 }
 
 /// Reads a `Retry-After` value: delay-seconds or an HTTP date.
