@@ -218,12 +218,16 @@ impl Herald {
         let shutdown = CancellationToken::new();
         let app = build_router(state);
 
-        let workers = settings.workers.then(|| {
+        let engine_config = settings
+            .workers
+            .then(|| EngineConfig::from_settings(&settings))
+            .transpose()?;
+        let workers = engine_config.map(|config| {
             (
                 tokio::spawn(Engine::run(
                     backend.clone(),
                     cache,
-                    EngineConfig::from_settings(&settings),
+                    config,
                     shutdown.clone(),
                 )),
                 tokio::spawn(retention::run_periodic(

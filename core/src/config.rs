@@ -99,6 +99,24 @@ pub struct Settings {
     /// `text` or `json`.
     #[arg(long, env = "HERALD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+
+    /// How long a stopping engine lets attempts in flight finish; then they are cancelled and
+    /// their deliveries handed back to the queue, so exit is bounded.
+    #[arg(long, env = "HERALD_DELIVERY_GRACE", default_value = "20s", value_parser = parse_duration)]
+    pub delivery_grace: Duration,
+
+    /// How often a delivery worker renews its leases and looks for workers that stopped.
+    #[arg(long, env = "HERALD_WORKER_HEARTBEAT", default_value = "5s", value_parser = parse_duration)]
+    pub worker_heartbeat: Duration,
+
+    /// A worker silent for this long is taken for dead: its deliveries go back to the queue.
+    #[arg(long, env = "HERALD_WORKER_STALE_AFTER", default_value = "15s", value_parser = parse_duration)]
+    pub worker_stale_after: Duration,
+
+    /// Payload bytes held by deliveries in flight per process; claims take fewer deliveries
+    /// while it is spent (always at least one).
+    #[arg(long, env = "HERALD_MAX_INFLIGHT_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_inflight_bytes: usize,
 }
 
 #[derive(Debug, Clone, Default)]
