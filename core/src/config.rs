@@ -182,6 +182,11 @@ mod tests {
         assert_eq!(s.delivery_timeout, Duration::from_secs(10));
         assert_eq!(s.max_payload, 1 << 20);
         assert!(s.allow_targets.0.is_empty());
+        assert_eq!(s.delivery_lease, Duration::from_secs(180));
+        assert_eq!(s.delivery_grace, Duration::from_secs(20));
+        assert_eq!(s.worker_heartbeat, Duration::from_secs(5));
+        assert_eq!(s.worker_stale_after, Duration::from_secs(15));
+        assert_eq!(s.max_inflight_bytes, 64 << 20);
     }
 
     #[test]
@@ -204,6 +209,7 @@ mod tests {
         assert_eq!(s.redis().as_deref(), Some("redis://:pw@redis:6379/"));
         assert!(!s.standalone());
         assert!(Cli::try_parse_from(["herald", "--retry-schedule", "1x"]).is_err());
+        assert!(Cli::try_parse_from(["herald", "--retry-schedule", "300000y"]).is_err());
         assert!(Cli::try_parse_from(["herald", "--allow-targets", "nope"]).is_err());
     }
 }

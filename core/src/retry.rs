@@ -198,4 +198,92 @@ mod tests {
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
         assert_eq!(format_duration(secs(10)), "10s");
     }
+
+    #[test]
+    fn huge_delays_are_refused_and_due_times_never_overflow() {
+        assert!(parse_schedule("300000y").is_err());
+        assert!(parse_schedule("10s,8d").is_err());
+        assert_eq!(parse_schedule("7d").unwrap(), vec![MAX_DELAY]);
+        let p = RetryPolicy::from_schedule(vec![Duration::from_secs(u64::MAX / 4)]);
+        assert_eq!(
+            p.next_delay(1, None),
+            Some(MAX_DELAY),
+            "stored values clamp"
+        );
+        assert_eq!(due_after(DateTime::<Utc>::MAX_UTC, secs(1)), None);
+        assert_eq!(due_after(Utc::now(), Duration::MAX), None);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        const MAX_MS: u64 = 7 * 24 * 3600 * 1000;
+
+        fn delay() -> impl Strategy<Value = Duration> {
+            prop_oneof![
+                (0..MAX_MS).prop_map(Duration::from_millis),
+                (0..=MAX_MS / 1000).prop_map(Duration::from_secs),
+                (0..=MAX_MS / 3_600_000).prop_map(|h| Duration::from_secs(h * 3600)),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn format_then_parse_is_the_identity(d in delay()) {
+                let text = format_duration(d);
+                prop_assert_eq!(parse_duration(&text).unwrap(), d, "{}", text);
+            }
+
+            #[test]
+            fn schedules_round_trip(ds in proptest::collection::vec(delay(), 0..=49)) {
+                let text = ds.iter().map(|d| format_duration(*d)).collect::<Vec<_>>().join(", ");
+                prop_assert_eq!(parse_schedule(&text).unwrap(), ds);
+            }
+
+            #[test]
+            fn delays_beyond_the_bound_are_refused(ms in MAX_MS + 1..u64::MAX / 2) {
+                let text = format!("10s,{ms}ms");
+                prop_assert!(parse_schedule(&text).is_err());
+            }
+
+            #[test]
+            fn too_many_delays_are_refused(n in 50usize..80) {
+                prop_assert!(parse_schedule(&vec!["1s"; n].join(",")).is_err());
+            }
+
+            #[test]
+            fn next_delay_is_bounded_and_ends_after_max_attempts(
+                schedule in proptest::collection::vec(0u64..u64::MAX / 4, 0..10),
+                max in 1u32..=50,
+                attempt in 0u32..60,
+                retry_after in proptest::option::of(0u64..u64::MAX / 4),
+            ) {
+                let p = RetryPolicy::from_schedule(
+                    schedule.into_iter().map(Duration::from_millis).collect(),
+                )
+                .with_overrides(None, Some(max));
+                let d = p.next_delay(attempt, retry_after.map(Duration::from_millis));
+                prop_assert_eq!(d.is_none(), attempt >= max);
+                if let Some(d) = d {
+                    prop_assert!(d <= MAX_DELAY.max(MAX_RETRY_AFTER));
+                    prop_assert!(due_after(Utc::now(), d).is_some());
+                }
+            }
+
+            #[test]
+            fn next_delay_grows_with_attempts_on_a_growing_schedule(
+                mut schedule in proptest::collection::vec(delay(), 1..10),
+                extra in 0u32..5,
+            ) {
+                schedule.sort();
+                let p = RetryPolicy::from_schedule(schedule.clone())
+                    .with_overrides(None, Some(schedule.len() as u32 + 1 + extra));
+                let delays: Vec<_> = (1..p.max_attempts).map(|a| p.next_delay(a, None).unwrap()).collect();
+                prop_assert!(delays.windows(2).all(|w| w[0] <= w[1]));
+                prop_assert_eq!(delays[0], schedule[0]);
+                prop_assert_eq!(p.next_delay(p.max_attempts, None), None);
+            }
+        }
+    }
 }
