@@ -296,12 +296,16 @@ impl Herald {
         };
         let grace = settings.shutdown_grace;
 
-        let workers = settings.workers.then(|| {
+        let engine_config = settings
+            .workers
+            .then(|| EngineConfig::from_settings(&settings))
+            .transpose()?;
+        let workers = engine_config.map(|config| {
             (
                 tokio::spawn(Engine::run(
                     backend.clone(),
                     cache,
-                    EngineConfig::from_settings(&settings),
+                    config,
                     shutdown.clone(),
                 )),
                 tokio::spawn(retention::run_periodic(

@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use herald::{Launch, Mode};
 use report::{Machine, Matrix, ModeResults, Phase};
-use scenarios::{Ctx, E2eOpts, FloorOpts, IngestOpts, MemoryOpts, RetryOpts};
+use scenarios::{Ctx, E2eOpts, FairnessOpts, FloorOpts, IngestOpts, MemoryOpts, RetryOpts};
 use stats::parse_duration;
 
 #[derive(Parser)]
@@ -487,8 +487,18 @@ async fn matrix(ctx: &Ctx, c: &Common, o: MatrixOpts) -> Result<Matrix> {
         connections: if q { 4 } else { 16 },
         drain_timeout: if q { secs(30) } else { secs(60) },
     };
+    let fairness_opts = FairnessOpts {
+        backlog: if q { 200 } else { 100_000 },
+        slow_delay: secs(1),
+        rate: if q { 50.0 } else { 200.0 },
+        duration: if q { secs(2) } else { secs(20) },
+        connections: if q { 4 } else { 16 },
+        timeout: if q { secs(30) } else { secs(120) },
+    };
     let settings = serde_json::json!({
         "quick": q,
+        "fairness": {"backlog": fairness_opts.backlog, "slow_delay_s": fairness_opts.slow_delay.as_secs_f64(),
+                     "rate": fairness_opts.rate, "duration_s": fairness_opts.duration.as_secs_f64()},
         "floor": {"connections": floor_opts.connections, "duration_s": floor_opts.duration.as_secs_f64()},
         "ingest": {"connections": ingest_opts.connections, "duration_s": ingest_opts.duration.as_secs_f64(),
                    "open_rate": ingest_opts.rate, "open_connections": ingest_opts.open_connections,
@@ -505,12 +515,14 @@ async fn matrix(ctx: &Ctx, c: &Common, o: MatrixOpts) -> Result<Matrix> {
     let e2e = Phase::from_result(scenarios::e2e(ctx, &e2e_opts).await);
     let retries = Phase::from_result(scenarios::retries(ctx, &retry_opts).await);
     let memory = Phase::from_result(scenarios::memory(ctx, &memory_opts).await);
+    let fairness = Phase::from_result(scenarios::fairness(ctx, &fairness_opts).await);
     for (name, failed) in [
         ("floor", matches!(floor, Phase::Failed { .. })),
         ("ingest", matches!(ingest, Phase::Failed { .. })),
         ("e2e", matches!(e2e, Phase::Failed { .. })),
         ("retries", matches!(retries, Phase::Failed { .. })),
         ("memory", matches!(memory, Phase::Failed { .. })),
+        ("fairness", matches!(fairness, Phase::Failed { .. })),
     ] {
         if failed {
             eprintln!("matrix: the {name} phase failed; see the results file");
@@ -535,6 +547,7 @@ async fn matrix(ctx: &Ctx, c: &Common, o: MatrixOpts) -> Result<Matrix> {
             e2e,
             retries,
             memory,
+            fairness,
         }),
         redis_mongo: "not available yet".into(),
         targets: Vec::new(),

@@ -25,6 +25,8 @@ pub enum Mode {
     /// 500 to the first attempt per `webhook-id`, 200 after; the retry is due `delay` after
     /// the failed answer was sent.
     FailFirst { delay: Duration },
+    /// 200 to everything, each answer `delay` late (a slow subscriber).
+    Slow { delay: Duration },
 }
 
 enum Seen {
@@ -201,6 +203,9 @@ struct Probe {
 }
 
 async fn handle(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    if let Mode::Slow { delay } = s.mode {
+        tokio::time::sleep(delay).await;
+    }
     let now = Instant::now();
     s.requests.fetch_add(1, Ordering::Relaxed);
     let Some(id) = headers
@@ -217,7 +222,7 @@ async fn handle(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -
     let now_ns = u64::try_from(now.saturating_duration_since(s.epoch).as_nanos()).unwrap_or(0);
     let mut inner = s.inner.lock().expect("receiver lock");
     let status = match s.mode {
-        Mode::Ok => {
+        Mode::Ok | Mode::Slow { .. } => {
             if inner.seen.insert(id, Seen::Delivered).is_some() {
                 inner.duplicates += 1;
             } else {

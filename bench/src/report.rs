@@ -5,7 +5,9 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::load::LoadResult;
-use crate::scenarios::{mib, E2eResult, FloorResult, IngestResult, MemoryResult, RetryResult};
+use crate::scenarios::{
+    mib, E2eResult, FairnessResult, FloorResult, IngestResult, MemoryResult, RetryResult,
+};
 
 /// A phase's result, or why it has none.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -80,6 +82,15 @@ pub struct ModeResults {
     pub e2e: Phase<E2eResult>,
     pub retries: Phase<RetryResult>,
     pub memory: Phase<MemoryResult>,
+    /// Absent in results older than the scenario.
+    #[serde(default = "not_run")]
+    pub fairness: Phase<FairnessResult>,
+}
+
+fn not_run<T>() -> Phase<T> {
+    Phase::Failed {
+        error: "not run".into(),
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -138,6 +149,19 @@ impl Matrix {
                 .map(|b| format!("{:.0} req/s at {} connections", b.rps, b.connections))
                 .unwrap_or_else(|| "not measured".into()),
             met: best.as_ref().map(|b| b.rps >= 8000.0 && b.errors == 0),
+        });
+        let fair = sa.and_then(|m| m.fairness.done());
+        t.push(TargetCheck {
+            target: "beside a slow 100k backlog, another subscriber's p99 ≤ 2× alone".into(),
+            measured: fair
+                .map(|f| {
+                    format!(
+                        "{:.2} ms beside, {:.2} ms alone ({:.2}×)",
+                        f.loaded_latency.p99_ms, f.unloaded_latency.p99_ms, f.p99_ratio
+                    )
+                })
+                .unwrap_or_else(|| "not measured".into()),
+            met: fair.map(|f| f.p99_ratio <= 2.0 && f.all_received),
         });
         let e2e = sa.and_then(|m| m.e2e.done());
         t.push(TargetCheck {
@@ -569,6 +593,32 @@ impl Matrix {
                     m.load.target_rate.unwrap_or(0.0),
                     m.load.elapsed_s,
                     m.load.errors
+                );
+            }
+            Some(Phase::Failed { error }) => {
+                let _ = writeln!(s, "failed: {error}");
+            }
+            None => {}
+        }
+
+        let _ = writeln!(
+            s,
+            "\n## Fairness (standalone: one subscriber's latency beside another's slow backlog)\n"
+        );
+        match sa.map(|m| &m.fairness) {
+            Some(Phase::Done(f)) => {
+                let _ = writeln!(s, "| backlog | slow answer | rate | p99 alone | p99 beside the backlog | ratio | slow deliveries meanwhile | all received |\n|---:|---:|---:|---:|---:|---:|---:|---|");
+                let _ = writeln!(
+                    s,
+                    "| {} | {:.1} s | {:.0}/s | {:.2} ms | {:.2} ms | {:.2}× | {} | {} |",
+                    f.backlog,
+                    f.slow_delay_s,
+                    f.loaded_ingest.target_rate.unwrap_or(0.0),
+                    f.unloaded_latency.p99_ms,
+                    f.loaded_latency.p99_ms,
+                    f.p99_ratio,
+                    f.slow_delivered,
+                    f.all_received
                 );
             }
             Some(Phase::Failed { error }) => {

@@ -1,4 +1,4 @@
-//! The benchmark scenarios: floors, ingest, end-to-end, retries, memory.
+//! The benchmark scenarios: floors, ingest, end-to-end, retries, memory, fairness.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -762,4 +762,148 @@ pub async fn memory(ctx: &Ctx, o: &MemoryOpts) -> Result<MemoryResult> {
 
 pub fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fairness
+
+#[derive(Debug, Clone)]
+pub struct FairnessOpts {
+    /// Events queued for the slow subscriber.
+    pub backlog: u64,
+    /// How long the slow subscriber takes to answer.
+    pub slow_delay: Duration,
+    /// The other subscriber's steady ingest rate and duration (both phases).
+    pub rate: f64,
+    pub duration: Duration,
+    pub connections: usize,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FairnessResult {
+    pub backlog: u64,
+    pub slow_delay_s: f64,
+    pub backlog_ingest: LoadResult,
+    /// The other subscriber alone.
+    pub unloaded_ingest: LoadResult,
+    pub unloaded_latency: Percentiles,
+    /// The other subscriber while the slow one's backlog is being delivered.
+    pub loaded_ingest: LoadResult,
+    pub loaded_latency: Percentiles,
+    /// Loaded p99 over unloaded p99 (the target: at most 2).
+    pub p99_ratio: f64,
+    /// Slow deliveries made during the loaded phase.
+    pub slow_delivered: u64,
+    pub all_received: bool,
+}
+
+/// One subscriber with a large backlog answering slowly, another at a normal rate: the second's
+/// ingest-to-receipt latency, with and without the backlog.
+pub async fn fairness(ctx: &Ctx, o: &FairnessOpts) -> Result<FairnessResult> {
+    let herald = ctx.herald(&[]).await?;
+    let fast_rx = Receiver::start(receiver::Mode::Ok, ctx.epoch)?;
+    let slow_rx = Receiver::start(
+        receiver::Mode::Slow {
+            delay: o.slow_delay,
+        },
+        ctx.epoch,
+    )?;
+    let fast =
+        http::create_subscription(&herald.base, &json!({"target_url": fast_rx.hook_url()})).await?;
+    let slow = http::create_subscription(
+        &herald.base,
+        &json!({"target_url": slow_rx.hook_url(), "paused": true}),
+    )
+    .await?;
+    println!(
+        "== fairness: {:.0}/s to one subscriber, alone and beside {} queued for one answering in {:?}",
+        o.rate, o.backlog, o.slow_delay
+    );
+    let steady = |label: &str| Spec {
+        label: label.into(),
+        connections: o.connections,
+        duration: o.duration,
+        max_requests: (o.rate * o.duration.as_secs_f64()).ceil() as u64 + 1,
+        rate: Some(o.rate),
+    };
+    let fast_op = ingest_op(&herald.base, &fast, "fairness");
+
+    let mut unloaded = load::run_measured(
+        &steady("fairness unloaded"),
+        &fast_op,
+        ctx.epoch,
+        herald.pid,
+    )
+    .await?;
+    let mut expected = unloaded.ok;
+    drain(&mut unloaded, &fast_rx, expected, o.timeout).await;
+    unloaded.print();
+    let unloaded_latency = fast_rx.snapshot().latency;
+
+    let backlog_spec = Spec {
+        label: "fairness backlog ingest (paused)".into(),
+        connections: o.connections,
+        duration: o.timeout,
+        max_requests: o.backlog,
+        rate: None,
+    };
+    let backlog = load::run_measured(
+        &backlog_spec,
+        &ingest_op(&herald.base, &slow, "backlog"),
+        ctx.epoch,
+        herald.pid,
+    )
+    .await?;
+    backlog.print();
+    if backlog.errors > 0 {
+        bail!(
+            "{} ingest errors while queueing the backlog",
+            backlog.errors
+        );
+    }
+    let path = format!("/subscriptions/{slow}");
+    let (status, body) = http::call_json(
+        &herald.base,
+        hyper::Method::PATCH,
+        &path,
+        Some(&json!({"paused": false})),
+    )
+    .await?;
+    if !status.is_success() {
+        bail!("PATCH {path} answered {status}: {body}");
+    }
+    // Let the released backlog take its slots first.
+    tokio::time::sleep(o.slow_delay * 2).await;
+    let slow_before = slow_rx.delivered();
+    fast_rx.reset_latency();
+    let mut loaded =
+        load::run_measured(&steady("fairness loaded"), &fast_op, ctx.epoch, herald.pid).await?;
+    expected += loaded.ok;
+    drain(&mut loaded, &fast_rx, expected, o.timeout).await;
+    loaded.print();
+    let loaded_latency = fast_rx.snapshot().latency;
+    let slow_delivered = slow_rx.delivered().saturating_sub(slow_before);
+    let p99_ratio = if unloaded_latency.p99_ms > 0.0 {
+        loaded_latency.p99_ms / unloaded_latency.p99_ms
+    } else {
+        0.0
+    };
+    println!(
+        "fairness: p99 ingest-to-receipt {:.2} ms alone, {:.2} ms beside the backlog ({p99_ratio:.2}×); {slow_delivered} slow deliveries meanwhile",
+        unloaded_latency.p99_ms, loaded_latency.p99_ms
+    );
+    Ok(FairnessResult {
+        backlog: o.backlog,
+        slow_delay_s: o.slow_delay.as_secs_f64(),
+        all_received: unloaded.undelivered == Some(0) && loaded.undelivered == Some(0),
+        backlog_ingest: backlog,
+        unloaded_ingest: unloaded,
+        unloaded_latency,
+        loaded_ingest: loaded,
+        loaded_latency,
+        p99_ratio,
+        slow_delivered,
+    })
 }

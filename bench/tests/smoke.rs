@@ -162,6 +162,7 @@ fn quick_matrix_against_standalone_herald() {
         "standalone/e2e",
         "standalone/retries",
         "standalone/memory",
+        "standalone/fairness",
     ] {
         assert!(
             v.pointer(&format!("/{phase}/error")).is_none(),
@@ -201,6 +202,12 @@ fn quick_matrix_against_standalone_herald() {
     );
     assert_eq!(u(retries, "/first_failures"), u(retries, "/ingest/ok"));
     assert!(u(retries, "/lateness/count") > 0, "{retries:#}");
+
+    let fairness = v.pointer("/standalone/fairness").unwrap();
+    assert_load_ok(fairness, "/loaded_ingest");
+    assert_eq!(fairness["all_received"], true, "{fairness:#}");
+    assert!(u(fairness, "/loaded_latency/count") > 0, "{fairness:#}");
+    assert!(u(fairness, "/slow_delivered") > 0, "{fairness:#}");
 
     let memory = v.pointer("/standalone/memory").unwrap();
     assert_load_ok(memory, "/load");

@@ -9,7 +9,8 @@ use chrono::{DateTime, Utc};
 
 use crate::error::StoreError;
 use crate::model::{
-    Attempt, Claimed, Publish, PublishOutcome, QueueStats, Settlement, Subscription, WebhookRecord,
+    Attempt, ClaimRequest, Claimed, Publish, PublishOutcome, QueueStats, Settlement, Subscription,
+    WebhookRecord,
 };
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -32,8 +33,21 @@ pub trait SubscriptionStore: Send + Sync {
 }
 
 /// The delivery queue: events go in once with their deliveries, workers claim due deliveries
-/// under a lease, and settle each one. A lease that expires (a dead worker) makes the delivery
-/// claimable again, so delivery is at least once.
+/// under a lease, and settle each one. Delivery is at least once.
+///
+/// Invariants every backend keeps:
+/// - **Fencing.** Each claim gives the delivery a fresh lease, identified by the job's receipt.
+///   A settlement changes the delivery only while it is still leased under that receipt; a
+///   stale one (the lease expired or was reaped and the delivery claimed again, or it was
+///   settled already) changes nothing, logs no attempt, and is counted in `settle`'s answer.
+///   So one attempt number is never logged twice and a settled delivery never goes back.
+/// - **Liveness.** Claims record the worker. A worker renews the leases of everything it holds
+///   with [`Queue::heartbeat`]; [`Queue::reap`] (run by every worker) returns the deliveries of
+///   workers whose heartbeat stopped to the queue, due now. A live worker's leases are never
+///   reaped. The lease remains a hard cap: an unrenewed lease expires and its delivery is
+///   claimable again.
+/// - **Fairness.** A claim takes at most each subscription's free concurrency
+///   (`per_subscription - in_flight`), so one subscription's backlog never fills a worker.
 #[async_trait]
 pub trait Queue: Send + Sync {
     /// Durably stores the event and queues one delivery per listed subscription, all or nothing.
@@ -41,15 +55,29 @@ pub trait Queue: Send + Sync {
     /// comes back as `Duplicate`.
     async fn publish(&self, publish: Publish) -> Result<PublishOutcome>;
 
-    /// Claims up to `max` due deliveries for `lease`. Deliveries of the subscriptions in
-    /// `skip` are left for later when the backend can filter them (a hint, not a guarantee).
-    async fn claim(&self, max: usize, lease: Duration, skip: &[String]) -> Result<Claimed>;
+    /// Claims due deliveries as `req` allows: at most `req.max`, at most each subscription's
+    /// free concurrency, serving subscriptions in turn (a claim that cannot serve all of them
+    /// starts the next one where it stopped). The jobs of one event share one payload buffer;
+    /// the claim stops adding jobs once their distinct payloads exceed `req.byte_budget`, but
+    /// takes at least one.
+    async fn claim(&self, req: &ClaimRequest) -> Result<Claimed>;
 
-    /// Finishes claimed deliveries (acknowledged, rescheduled or failed for good) and logs the
-    /// attempt each one carries. The attempt is logged no later than its delivery is settled, so
-    /// a settled delivery always has its attempts in the log; backends that hold both in one
-    /// store do it in one write.
-    async fn settle(&self, settlements: Vec<Settlement>) -> Result<()>;
+    /// Finishes claimed deliveries (acknowledged, rescheduled, handed back or failed for good)
+    /// and logs the attempt each one carries, both only under the lease the receipt names (see
+    /// fencing above). Returns how many settlements were stale. The attempt is logged no later
+    /// than its delivery is settled; backends that hold both in one store do it in one write.
+    async fn settle(&self, settlements: Vec<Settlement>) -> Result<u64>;
+
+    /// Records that `worker` is alive and extends every lease it holds to `lease` from now, in
+    /// one write. Returns how many leases were renewed. Failure point: a heartbeat that fails
+    /// or comes too late lets the reaper free the worker's deliveries while it still sends them
+    /// (a second attempt; its settlement is then stale and changes nothing).
+    async fn heartbeat(&self, worker: &str, lease: Duration) -> Result<u64>;
+
+    /// Returns the leased deliveries of every worker whose last heartbeat (or claim) is older
+    /// than `stale_after` to the queue, due now, and forgets those workers. Returns how many
+    /// deliveries went back. `stale_after` must be several heartbeat intervals.
+    async fn reap(&self, stale_after: Duration) -> Result<u64>;
 
     /// Waits until new work may be available, at most `max_wait`. Backends that know when the
     /// next delivery is due (or are told of new ones in-process) return early.

@@ -129,6 +129,19 @@ pub struct Settings {
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
 
+    /// How often a delivery worker renews its leases and looks for workers that stopped.
+    #[arg(long, env = "HERALD_WORKER_HEARTBEAT", default_value = "5s", value_parser = parse_duration)]
+    pub worker_heartbeat: Duration,
+
+    /// A worker silent for this long is taken for dead: its deliveries go back to the queue.
+    #[arg(long, env = "HERALD_WORKER_STALE_AFTER", default_value = "15s", value_parser = parse_duration)]
+    pub worker_stale_after: Duration,
+
+    /// Payload bytes held by deliveries in flight per process; claims take fewer deliveries
+    /// while it is spent (always at least one).
+    #[arg(long, env = "HERALD_MAX_INFLIGHT_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_inflight_bytes: usize,
+
     /// After SIGTERM, how long requests and deliveries in flight may take before the process
     /// exits regardless.
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
@@ -249,6 +262,10 @@ mod tests {
                 "{bad}"
             );
         }
+        assert_eq!(s.delivery_lease, Duration::from_secs(180));
+        assert_eq!(s.worker_heartbeat, Duration::from_secs(5));
+        assert_eq!(s.worker_stale_after, Duration::from_secs(15));
+        assert_eq!(s.max_inflight_bytes, 64 << 20);
     }
 
     #[test]
@@ -271,6 +288,7 @@ mod tests {
         assert_eq!(s.redis().as_deref(), Some("redis://:pw@redis:6379/"));
         assert!(!s.standalone());
         assert!(Cli::try_parse_from(["herald", "--retry-schedule", "1x"]).is_err());
+        assert!(Cli::try_parse_from(["herald", "--retry-schedule", "300000y"]).is_err());
         assert!(Cli::try_parse_from(["herald", "--allow-targets", "nope"]).is_err());
     }
 }

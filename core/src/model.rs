@@ -431,7 +431,8 @@ pub struct Job {
     pub attempt: u32,
     /// Set by a manual replay: the attempt after which the delivery fails for good.
     pub final_attempt: Option<u32>,
-    /// Backend-specific handle that identifies this lease when settling.
+    /// Backend-specific handle that identifies this lease (the delivery and its lease token)
+    /// when settling: a settle under an older lease changes nothing.
     pub receipt: String,
 }
 
@@ -459,6 +460,25 @@ pub struct Settlement {
     pub attempts: u32,
     pub disposition: Disposition,
     pub last_error: Option<String>,
+}
+
+/// What a worker asks of one claim. The caps make a claim fair: a subscription never gets more
+/// than its free concurrency, so a backlogged subscriber cannot take every slot of a worker.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    /// Most deliveries to take in all.
+    pub max: usize,
+    /// How long the claimed deliveries are held without a heartbeat renewing them.
+    pub lease: Duration,
+    /// The claiming worker: its heartbeats renew the leases, and the reaper frees them once its
+    /// heartbeats stop.
+    pub worker: String,
+    /// Deliveries one subscription may have in flight with this worker.
+    pub per_subscription: usize,
+    /// Deliveries this worker has in flight now, per subscription.
+    pub in_flight: std::collections::HashMap<String, usize>,
+    /// Payload bytes (of distinct payloads) the claim may add; one job is taken even past it.
+    pub byte_budget: usize,
 }
 
 /// Jobs claimed in one call, and when the next not-yet-due job becomes due.

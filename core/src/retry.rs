@@ -2,19 +2,29 @@
 //!
 //! The default schedule is 10 s, 30 s, 1 min, 5 min, 15 min: six attempts in all. A subscription
 //! may carry its own schedule and attempt count. A `Retry-After` on 429/503 is honoured when it
-//! asks for longer than the schedule.
+//! asks for longer than the schedule. Every delay is bounded, so a due time can always be
+//! computed (a schedule of `300000y` would overflow the clock and wedge a delivery).
 
 use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, Utc};
 
 pub const DEFAULT_SCHEDULE: &str = "10s,30s,1m,5m,15m";
 /// A `Retry-After` never postpones a retry beyond this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+/// The longest delay a schedule may hold.
+pub const MAX_DELAY: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// Parses a comma-separated list of delays such as `10s,30s,1m,5m,15m` or `100ms,200ms`.
+/// Parses a comma-separated list of delays such as `10s,30s,1m,5m,15m` or `100ms,200ms`; each
+/// at most [`MAX_DELAY`].
 pub fn parse_schedule(s: &str) -> Result<Vec<Duration>, String> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        out.push(parse_duration(part)?);
+        let d = parse_duration(part)?;
+        if d > MAX_DELAY {
+            return Err(format!("delay {part:?} is longer than 7 days"));
+        }
+        out.push(d);
     }
     if out.len() > 49 {
         return Err("at most 49 delays".into());
@@ -56,8 +66,12 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// A schedule of n delays allows n + 1 attempts.
-    pub fn from_schedule(schedule: Vec<Duration>) -> Self {
+    /// A schedule of n delays allows n + 1 attempts. Delays beyond [`MAX_DELAY`] (stored before
+    /// the bound existed) count as `MAX_DELAY`.
+    pub fn from_schedule(mut schedule: Vec<Duration>) -> Self {
+        for d in &mut schedule {
+            *d = (*d).min(MAX_DELAY);
+        }
         let max_attempts = schedule.len() as u32 + 1;
         Self {
             schedule,
@@ -99,6 +113,11 @@ impl RetryPolicy {
             None => base,
         })
     }
+}
+
+/// The time `delay` after `from`, or `None` if the clock cannot represent it.
+pub fn due_after(from: DateTime<Utc>, delay: Duration) -> Option<DateTime<Utc>> {
+    from.checked_add_signed(chrono::TimeDelta::from_std(delay).ok()?)
 }
 
 /// Reads a `Retry-After` value: delay-seconds or an HTTP date.
@@ -178,5 +197,93 @@ mod tests {
         assert_eq!(format_duration(secs(60)), "1m");
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
         assert_eq!(format_duration(secs(10)), "10s");
+    }
+
+    #[test]
+    fn huge_delays_are_refused_and_due_times_never_overflow() {
+        assert!(parse_schedule("300000y").is_err());
+        assert!(parse_schedule("10s,8d").is_err());
+        assert_eq!(parse_schedule("7d").unwrap(), vec![MAX_DELAY]);
+        let p = RetryPolicy::from_schedule(vec![Duration::from_secs(u64::MAX / 4)]);
+        assert_eq!(
+            p.next_delay(1, None),
+            Some(MAX_DELAY),
+            "stored values clamp"
+        );
+        assert_eq!(due_after(DateTime::<Utc>::MAX_UTC, secs(1)), None);
+        assert_eq!(due_after(Utc::now(), Duration::MAX), None);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        const MAX_MS: u64 = 7 * 24 * 3600 * 1000;
+
+        fn delay() -> impl Strategy<Value = Duration> {
+            prop_oneof![
+                (0..MAX_MS).prop_map(Duration::from_millis),
+                (0..=MAX_MS / 1000).prop_map(Duration::from_secs),
+                (0..=MAX_MS / 3_600_000).prop_map(|h| Duration::from_secs(h * 3600)),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn format_then_parse_is_the_identity(d in delay()) {
+                let text = format_duration(d);
+                prop_assert_eq!(parse_duration(&text).unwrap(), d, "{}", text);
+            }
+
+            #[test]
+            fn schedules_round_trip(ds in proptest::collection::vec(delay(), 0..=49)) {
+                let text = ds.iter().map(|d| format_duration(*d)).collect::<Vec<_>>().join(", ");
+                prop_assert_eq!(parse_schedule(&text).unwrap(), ds);
+            }
+
+            #[test]
+            fn delays_beyond_the_bound_are_refused(ms in MAX_MS + 1..u64::MAX / 2) {
+                let text = format!("10s,{ms}ms");
+                prop_assert!(parse_schedule(&text).is_err());
+            }
+
+            #[test]
+            fn too_many_delays_are_refused(n in 50usize..80) {
+                prop_assert!(parse_schedule(&vec!["1s"; n].join(",")).is_err());
+            }
+
+            #[test]
+            fn next_delay_is_bounded_and_ends_after_max_attempts(
+                schedule in proptest::collection::vec(0u64..u64::MAX / 4, 0..10),
+                max in 1u32..=50,
+                attempt in 0u32..60,
+                retry_after in proptest::option::of(0u64..u64::MAX / 4),
+            ) {
+                let p = RetryPolicy::from_schedule(
+                    schedule.into_iter().map(Duration::from_millis).collect(),
+                )
+                .with_overrides(None, Some(max));
+                let d = p.next_delay(attempt, retry_after.map(Duration::from_millis));
+                prop_assert_eq!(d.is_none(), attempt >= max);
+                if let Some(d) = d {
+                    prop_assert!(d <= MAX_DELAY.max(MAX_RETRY_AFTER));
+                    prop_assert!(due_after(Utc::now(), d).is_some());
+                }
+            }
+
+            #[test]
+            fn next_delay_grows_with_attempts_on_a_growing_schedule(
+                mut schedule in proptest::collection::vec(delay(), 1..10),
+                extra in 0u32..5,
+            ) {
+                schedule.sort();
+                let p = RetryPolicy::from_schedule(schedule.clone())
+                    .with_overrides(None, Some(schedule.len() as u32 + 1 + extra));
+                let delays: Vec<_> = (1..p.max_attempts).map(|a| p.next_delay(a, None).unwrap()).collect();
+                prop_assert!(delays.windows(2).all(|w| w[0] <= w[1]));
+                prop_assert_eq!(delays[0], schedule[0]);
+                prop_assert_eq!(p.next_delay(p.max_attempts, None), None);
+            }
+        }
     }
 }

@@ -10,6 +10,8 @@ pub const QUEUE_READY: &str = "herald_queue_ready";
 pub const QUEUE_SCHEDULED: &str = "herald_queue_retry_backlog";
 pub const QUEUE_IN_FLIGHT: &str = "herald_queue_in_flight";
 pub const RETENTION_DELETED: &str = "herald_retention_deleted_total";
+/// Settlements ignored because the delivery was no longer leased to the settling worker.
+pub const STALE_SETTLEMENTS: &str = "herald_stale_settlements_total";
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

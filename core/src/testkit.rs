@@ -1,19 +1,38 @@
 //! The behavioural suite every backend must pass. Each check takes a fresh, empty [`Backend`];
-//! a backend's integration test calls [`run_all`] with a factory for one.
+//! a backend's integration test expands [`backend_suite!`] with a factory for one, which makes
+//! each check its own test.
 
-use std::future::Future;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{Duration as ChronoDuration, Utc};
 
 use crate::backend::Backend;
+use crate::backend::Queue;
 use crate::model::{
-    Attempt, DeliveryState, Disposition, Event, IdempotencyKey, Outcome, Publish, PublishOutcome,
-    Settlement, Subscription,
+    Attempt, ClaimRequest, Claimed, DeliveryState, Disposition, Event, IdempotencyKey, Job,
+    Outcome, Publish, PublishOutcome, Settlement, Subscription,
 };
 
 const LEASE: Duration = Duration::from_secs(60);
+const WORKER: &str = "wrk_suite";
+
+/// A claim request of `worker` without caps that matter.
+pub fn claim_request(worker: &str, max: usize, lease: Duration) -> ClaimRequest {
+    ClaimRequest {
+        max,
+        lease,
+        worker: worker.into(),
+        per_subscription: 1000,
+        in_flight: HashMap::new(),
+        byte_budget: usize::MAX,
+    }
+}
+
+async fn claim(q: &std::sync::Arc<dyn Queue>, max: usize, lease: Duration) -> Claimed {
+    q.claim(&claim_request(WORKER, max, lease)).await.unwrap()
+}
 
 pub fn subscription(id: &str) -> Subscription {
     Subscription {
@@ -73,22 +92,40 @@ fn settle(job: &crate::model::Job, disposition: Disposition) -> Settlement {
     }
 }
 
-/// Runs every check, each on a fresh backend from `make`.
-pub async fn run_all<F, Fut>(make: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Backend>,
-{
-    subscriptions_crud(make().await).await;
-    publish_claim_settle(make().await).await;
-    payload_bytes_are_kept_exactly(make().await).await;
-    retries_wait_until_due(make().await).await;
-    expired_leases_are_reclaimed(make().await).await;
-    idempotency_keys_dedupe(make().await).await;
-    replay_and_expedite(make().await).await;
-    claim_skips_subscriptions(make().await).await;
-    attempt_log_order_and_retention(make().await).await;
-    purge_keeps_open_deliveries(make().await).await;
+/// Expands into one `#[tokio::test]` per check of the suite. `$make` is an async function
+/// returning a fresh `(Backend, guard)`; the guard (e.g. a temporary directory) lives as long as
+/// the test.
+#[macro_export]
+macro_rules! backend_suite {
+    ($make:path) => {
+        $crate::backend_suite!($make;
+            subscriptions_crud,
+            publish_claim_settle,
+            payload_bytes_are_kept_exactly,
+            retries_wait_until_due,
+            expired_leases_are_reclaimed,
+            stale_settlements_are_fenced,
+            heartbeats_renew_leases,
+            reaping_frees_only_dead_workers,
+            claims_honour_per_subscription_caps,
+            claims_serve_subscriptions_in_turn,
+            fan_out_shares_one_payload,
+            claims_respect_the_byte_budget,
+            idempotency_keys_dedupe,
+            replay_and_expedite,
+            attempt_log_order_and_retention,
+            purge_keeps_open_deliveries,
+        );
+    };
+    ($make:path; $($check:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let (backend, _guard) = $make().await;
+                $crate::testkit::$check(backend).await;
+            }
+        )+
+    };
 }
 
 pub async fn subscriptions_crud(b: Backend) {
@@ -148,10 +185,10 @@ pub async fn publish_claim_settle(b: Backend) {
     assert_eq!(rec.deliveries.len(), 2);
     assert_eq!(q.stats().await.unwrap().ready, 2);
 
-    let claimed = q.claim(10, LEASE, &[]).await.unwrap();
+    let claimed = claim(q, 10, LEASE).await;
     assert_eq!(claimed.jobs.len(), 2);
     assert!(claimed.jobs.iter().all(|j| j.attempt == 1));
-    assert_eq!(q.claim(10, LEASE, &[]).await.unwrap().jobs.len(), 0);
+    assert_eq!(claim(q, 10, LEASE).await.jobs.len(), 0);
     assert_eq!(q.stats().await.unwrap().in_flight, 2);
     assert_eq!(
         q.webhook("msg_1").await.unwrap().unwrap().status(),
@@ -195,7 +232,7 @@ pub async fn payload_bytes_are_kept_exactly(b: Backend) {
         .publish(publish("msg_p", &["sub_a"], payload))
         .await
         .unwrap();
-    let job = b.queue.claim(1, LEASE, &[]).await.unwrap().jobs.remove(0);
+    let job = claim(&b.queue, 1, LEASE).await.jobs.remove(0);
     assert_eq!(&job.payload[..], payload);
     assert_eq!(job.event_type.as_deref(), Some("order.created"));
 }
@@ -205,12 +242,12 @@ pub async fn retries_wait_until_due(b: Backend) {
     q.publish(publish("msg_r", &["sub_a"], b"{}"))
         .await
         .unwrap();
-    let job = q.claim(1, LEASE, &[]).await.unwrap().jobs.remove(0);
+    let job = claim(q, 1, LEASE).await.jobs.remove(0);
     let due = Utc::now() + ChronoDuration::milliseconds(300);
     q.settle(vec![settle(&job, Disposition::RetryAt(due))])
         .await
         .unwrap();
-    let claimed = q.claim(1, LEASE, &[]).await.unwrap();
+    let claimed = claim(q, 1, LEASE).await;
     assert!(
         claimed.jobs.is_empty(),
         "a retry is not claimable before it is due"
@@ -222,7 +259,7 @@ pub async fn retries_wait_until_due(b: Backend) {
     assert_eq!(rec.deliveries[0].attempts, 1);
     assert!(rec.deliveries[0].next_attempt_at.is_some());
     tokio::time::sleep(Duration::from_millis(350)).await;
-    let again = q.claim(1, LEASE, &[]).await.unwrap().jobs;
+    let again = claim(q, 1, LEASE).await.jobs;
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].attempt, 2);
 }
@@ -232,15 +269,11 @@ pub async fn expired_leases_are_reclaimed(b: Backend) {
     q.publish(publish("msg_l", &["sub_a"], b"{}"))
         .await
         .unwrap();
-    let first = q
-        .claim(1, Duration::from_millis(200), &[])
-        .await
-        .unwrap()
-        .jobs;
+    let first = claim(q, 1, Duration::from_millis(200)).await.jobs;
     assert_eq!(first.len(), 1);
-    assert!(q.claim(1, LEASE, &[]).await.unwrap().jobs.is_empty());
+    assert!(claim(q, 1, LEASE).await.jobs.is_empty());
     tokio::time::sleep(Duration::from_millis(250)).await;
-    let second = q.claim(1, LEASE, &[]).await.unwrap().jobs;
+    let second = claim(q, 1, LEASE).await.jobs;
     assert_eq!(second.len(), 1, "a dead worker's lease expires");
     assert_eq!(second[0].webhook_id, "msg_l");
     assert_eq!(
@@ -283,7 +316,7 @@ pub async fn idempotency_keys_dedupe(b: Backend) {
     let mut p = publish("msg_i3", &["sub_b"], b"{}");
     p.idempotency = Some(IdempotencyKey::new("sub_b", "k-1", None, b"{}"));
     assert_eq!(q.publish(p).await.unwrap(), PublishOutcome::Accepted);
-    assert_eq!(q.claim(10, LEASE, &[]).await.unwrap().jobs.len(), 2);
+    assert_eq!(claim(q, 10, LEASE).await.jobs.len(), 2);
 }
 
 pub async fn replay_and_expedite(b: Backend) {
@@ -291,44 +324,29 @@ pub async fn replay_and_expedite(b: Backend) {
     q.publish(publish("msg_x", &["sub_a"], b"{}"))
         .await
         .unwrap();
-    let job = q.claim(1, LEASE, &[]).await.unwrap().jobs.remove(0);
+    let job = claim(q, 1, LEASE).await.jobs.remove(0);
     assert_eq!(q.replay("msg_x").await.unwrap(), 0, "nothing failed yet");
     q.settle(vec![settle(&job, Disposition::Failed)])
         .await
         .unwrap();
     assert_eq!(q.replay("msg_x").await.unwrap(), 1);
-    let again = q.claim(1, LEASE, &[]).await.unwrap().jobs.remove(0);
+    let again = claim(q, 1, LEASE).await.jobs.remove(0);
     assert_eq!(again.attempt, 2);
     assert_eq!(again.final_attempt, Some(2));
 
     q.publish(publish("msg_y", &["sub_b"], b"{}"))
         .await
         .unwrap();
-    let job = q.claim(1, LEASE, &[]).await.unwrap().jobs.remove(0);
+    let job = claim(q, 1, LEASE).await.jobs.remove(0);
     let later = Utc::now() + ChronoDuration::hours(1);
     q.settle(vec![settle(&job, Disposition::RetryAt(later))])
         .await
         .unwrap();
-    assert!(q.claim(1, LEASE, &[]).await.unwrap().jobs.is_empty());
+    assert!(claim(q, 1, LEASE).await.jobs.is_empty());
     q.expedite("sub_b").await.unwrap();
-    let now = q.claim(1, LEASE, &[]).await.unwrap().jobs;
+    let now = claim(q, 1, LEASE).await.jobs;
     assert_eq!(now.len(), 1);
     assert_eq!(now[0].subscription_id, "sub_b");
-}
-
-pub async fn claim_skips_subscriptions(b: Backend) {
-    let q = &b.queue;
-    for i in 0..3 {
-        q.publish(publish(&format!("msg_s{i}"), &["sub_slow"], b"{}"))
-            .await
-            .unwrap();
-    }
-    q.publish(publish("msg_f", &["sub_fast"], b"{}"))
-        .await
-        .unwrap();
-    let jobs = q.claim(1, LEASE, &["sub_slow".into()]).await.unwrap().jobs;
-    assert_eq!(jobs.len(), 1);
-    assert_eq!(jobs[0].subscription_id, "sub_fast");
 }
 
 pub async fn attempt_log_order_and_retention(b: Backend) {
@@ -379,7 +397,7 @@ pub async fn purge_keeps_open_deliveries(b: Backend) {
     q.publish(publish("msg_open", &["sub_b"], b"{}"))
         .await
         .unwrap();
-    let jobs = q.claim(10, LEASE, &[]).await.unwrap().jobs;
+    let jobs = claim(q, 10, LEASE).await.jobs;
     let done = jobs.iter().find(|j| j.webhook_id == "msg_done").unwrap();
     q.settle(vec![settle(done, Disposition::Delivered)])
         .await
@@ -399,4 +417,251 @@ pub async fn purge_keeps_open_deliveries(b: Backend) {
         q.webhook("msg_open").await.unwrap().is_some(),
         "still in flight"
     );
+}
+
+fn success(job: &Job) -> Settlement {
+    let mut s = settle(job, Disposition::Delivered);
+    let mut a = attempt(
+        &job.webhook_id,
+        &job.subscription_id,
+        job.attempt,
+        Outcome::Success,
+        ChronoDuration::zero(),
+    );
+    a.http_status = Some(200);
+    s.attempt = Some(a);
+    s
+}
+
+pub async fn stale_settlements_are_fenced(b: Backend) {
+    let q = &b.queue;
+    q.publish(publish("msg_fence", &["sub_a"], b"{}"))
+        .await
+        .unwrap();
+    let old = claim(q, 1, Duration::from_millis(200)).await.jobs.remove(0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let new = claim(q, 1, LEASE).await.jobs.remove(0);
+    assert_eq!(new.webhook_id, "msg_fence");
+    assert_ne!(old.receipt, new.receipt, "every claim is a new lease");
+
+    assert_eq!(q.settle(vec![success(&old)]).await.unwrap(), 1, "stale");
+    assert!(
+        b.attempts.by_webhook("msg_fence").await.unwrap().is_empty(),
+        "a stale settlement logs no attempt"
+    );
+    let rec = q.webhook("msg_fence").await.unwrap().unwrap();
+    assert_eq!(rec.status(), DeliveryState::Delivering, "nothing changed");
+    assert_eq!(q.stats().await.unwrap().in_flight, 1);
+
+    assert_eq!(q.settle(vec![success(&new)]).await.unwrap(), 0);
+    let rec = q.webhook("msg_fence").await.unwrap().unwrap();
+    assert_eq!(rec.status(), DeliveryState::Succeeded);
+    assert_eq!(b.attempts.by_webhook("msg_fence").await.unwrap().len(), 1);
+    // Settling twice under the same lease is stale too: a settled delivery never goes back.
+    let again = settle(&new, Disposition::RetryAt(Utc::now()));
+    assert_eq!(q.settle(vec![again]).await.unwrap(), 1);
+    let rec = q.webhook("msg_fence").await.unwrap().unwrap();
+    assert_eq!(rec.status(), DeliveryState::Succeeded);
+}
+
+pub async fn heartbeats_renew_leases(b: Backend) {
+    let q = &b.queue;
+    q.publish(publish("msg_hb", &["sub_a", "sub_b"], b"{}"))
+        .await
+        .unwrap();
+    let short = Duration::from_millis(300);
+    let held = q
+        .claim(&claim_request("wrk_live", 10, short))
+        .await
+        .unwrap()
+        .jobs;
+    assert_eq!(held.len(), 2);
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(q.heartbeat("wrk_live", short).await.unwrap(), 2);
+    }
+    // 600 ms after a 300 ms lease began: renewed, so nobody else may take the deliveries, and
+    // a live worker is not reaped.
+    assert_eq!(q.reap(Duration::from_secs(10)).await.unwrap(), 0);
+    let other = q
+        .claim(&claim_request("wrk_other", 10, LEASE))
+        .await
+        .unwrap();
+    assert!(other.jobs.is_empty(), "renewed leases hold");
+    assert_eq!(q.stats().await.unwrap().in_flight, 2);
+    // Once settled, a delivery is no longer renewed.
+    q.settle(vec![success(&held[0])]).await.unwrap();
+    assert_eq!(q.heartbeat("wrk_live", short).await.unwrap(), 1);
+    // Without heartbeats the lease still ends: it is the hard cap.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let taken = q
+        .claim(&claim_request("wrk_other", 10, LEASE))
+        .await
+        .unwrap()
+        .jobs;
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].subscription_id, held[1].subscription_id);
+}
+
+pub async fn reaping_frees_only_dead_workers(b: Backend) {
+    let q = &b.queue;
+    q.publish(publish("msg_dead", &["sub_a", "sub_b"], b"{}"))
+        .await
+        .unwrap();
+    let dead = q
+        .claim(&claim_request("wrk_dead", 2, LEASE))
+        .await
+        .unwrap()
+        .jobs;
+    assert_eq!(dead.len(), 2);
+    q.publish(publish("msg_live", &["sub_c"], b"{}"))
+        .await
+        .unwrap();
+    let live = q
+        .claim(&claim_request("wrk_live", 10, LEASE))
+        .await
+        .unwrap()
+        .jobs;
+    assert_eq!(live.len(), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    q.heartbeat("wrk_live", LEASE).await.unwrap();
+    assert_eq!(q.reap(Duration::from_millis(200)).await.unwrap(), 2);
+    assert_eq!(q.reap(Duration::from_millis(200)).await.unwrap(), 0);
+    let rec = q.webhook("msg_dead").await.unwrap().unwrap();
+    assert_eq!(
+        rec.status(),
+        DeliveryState::Queued,
+        "back in the queue, due now"
+    );
+    let again = q
+        .claim(&claim_request("wrk_live", 10, LEASE))
+        .await
+        .unwrap()
+        .jobs;
+    assert_eq!(
+        again.len(),
+        2,
+        "a dead worker's deliveries are claimable at once"
+    );
+    assert!(again
+        .iter()
+        .all(|j| j.webhook_id == "msg_dead" && j.attempt == 1));
+    // The dead worker's late settlements are stale; the live worker's lease was untouched.
+    let late: Vec<_> = dead.iter().map(success).collect();
+    assert_eq!(q.settle(late).await.unwrap(), 2);
+    assert_eq!(q.settle(vec![success(&live[0])]).await.unwrap(), 0);
+    assert!(b.attempts.by_webhook("msg_dead").await.unwrap().is_empty());
+}
+
+pub async fn claims_honour_per_subscription_caps(b: Backend) {
+    let q = &b.queue;
+    for i in 0..10 {
+        q.publish(publish(&format!("msg_a{i}"), &["sub_a"], b"{}"))
+            .await
+            .unwrap();
+    }
+    for i in 0..3 {
+        q.publish(publish(&format!("msg_b{i}"), &["sub_b"], b"{}"))
+            .await
+            .unwrap();
+    }
+    q.publish(publish("msg_c", &["sub_c"], b"{}"))
+        .await
+        .unwrap();
+    let mut req = claim_request(WORKER, 100, LEASE);
+    req.per_subscription = 2;
+    req.in_flight.insert("sub_a".into(), 1);
+    req.in_flight.insert("sub_c".into(), 2);
+    let jobs = q.claim(&req).await.unwrap().jobs;
+    let count = |s: &str| jobs.iter().filter(|j| j.subscription_id == s).count();
+    assert_eq!(count("sub_a"), 1, "free concurrency of sub_a");
+    assert_eq!(count("sub_b"), 2);
+    assert_eq!(count("sub_c"), 0, "saturated");
+    // Within a subscription the earliest deliveries go first.
+    assert!(jobs.iter().any(|j| j.webhook_id == "msg_a0"));
+    // A saturated subscription's due rows do not count as work to wake up for.
+    let mut req = claim_request(WORKER, 100, LEASE);
+    req.per_subscription = 1;
+    req.in_flight = ["sub_a", "sub_b", "sub_c"]
+        .iter()
+        .map(|s| (s.to_string(), 1))
+        .collect();
+    let none = q.claim(&req).await.unwrap();
+    assert!(none.jobs.is_empty());
+    assert!(none.next_due.is_none_or(|d| d > Utc::now()));
+}
+
+pub async fn claims_serve_subscriptions_in_turn(b: Backend) {
+    let q = &b.queue;
+    for i in 0..50 {
+        q.publish(publish(&format!("msg_big{i}"), &["sub_a_big"], b"{}"))
+            .await
+            .unwrap();
+    }
+    q.publish(publish("msg_small", &["sub_b_small"], b"{}"))
+        .await
+        .unwrap();
+    // Two claims of three: the subscription behind the backlog is served by the second.
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let mut req = claim_request(WORKER, 3, LEASE);
+        req.per_subscription = 16;
+        seen.extend(q.claim(&req).await.unwrap().jobs);
+    }
+    assert!(
+        seen.iter().any(|j| j.subscription_id == "sub_b_small"),
+        "a backlog does not hold every claim"
+    );
+}
+
+pub async fn fan_out_shares_one_payload(b: Backend) {
+    let q = &b.queue;
+    let subs: Vec<String> = (0..20).map(|i| format!("sub_{i:02}")).collect();
+    let refs: Vec<&str> = subs.iter().map(String::as_str).collect();
+    let payload = vec![b'x'; 64 * 1024];
+    q.publish(publish("msg_fan", &refs, &payload))
+        .await
+        .unwrap();
+    q.publish(publish("msg_other", &["sub_00"], b"{}"))
+        .await
+        .unwrap();
+    let jobs = claim(q, 100, LEASE).await.jobs;
+    assert_eq!(jobs.len(), 21);
+    let fan: Vec<_> = jobs.iter().filter(|j| j.webhook_id == "msg_fan").collect();
+    assert_eq!(fan.len(), 20);
+    assert!(fan.iter().all(|j| j.payload == payload[..]));
+    let ptr = fan[0].payload.as_ptr();
+    assert!(
+        fan.iter().all(|j| j.payload.as_ptr() == ptr),
+        "one buffer for every job of one event"
+    );
+}
+
+pub async fn claims_respect_the_byte_budget(b: Backend) {
+    let q = &b.queue;
+    let kib = vec![b'y'; 1000];
+    for i in 0..3 {
+        q.publish(publish(
+            &format!("msg_kib{i}"),
+            &[&format!("sub_{i}")],
+            &kib,
+        ))
+        .await
+        .unwrap();
+    }
+    let mut req = claim_request(WORKER, 10, LEASE);
+    req.byte_budget = 2500;
+    assert_eq!(q.claim(&req).await.unwrap().jobs.len(), 2, "2000 bytes fit");
+    req.byte_budget = 0;
+    assert_eq!(
+        q.claim(&req).await.unwrap().jobs.len(),
+        1,
+        "one job even past the budget"
+    );
+    // Jobs sharing a payload already loaded cost nothing more.
+    q.publish(publish("msg_shared", &["sub_x", "sub_y", "sub_z"], &kib))
+        .await
+        .unwrap();
+    req.byte_budget = 1000;
+    assert_eq!(q.claim(&req).await.unwrap().jobs.len(), 3);
 }

@@ -3,17 +3,16 @@
 use herald_core::sqlite::{Sqlite, Sync};
 use herald_core::testkit;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_passes_the_backend_suite() {
+/// A fresh backend on its own file; the directory lives as long as the test.
+async fn fresh() -> (herald_core::backend::Backend, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let counter = std::sync::atomic::AtomicUsize::new(0);
-    testkit::run_all(|| {
-        let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let path = dir.path().join(format!("suite-{n}.db"));
-        async move { Sqlite::open(&path, Sync::Full).unwrap().backend() }
-    })
-    .await;
+    let backend = Sqlite::open(&dir.path().join("suite.db"), Sync::Full)
+        .unwrap()
+        .backend();
+    (backend, dir)
 }
+
+herald_core::backend_suite!(fresh);
 
 #[tokio::test]
 async fn sqlite_reopens_with_its_data() {
@@ -34,7 +33,11 @@ async fn sqlite_reopens_with_its_data() {
     assert!(db.subscriptions.get("sub_keep").await.unwrap().is_some());
     let jobs = db
         .queue
-        .claim(10, std::time::Duration::from_secs(5), &[])
+        .claim(&testkit::claim_request(
+            "wrk_reopen",
+            10,
+            std::time::Duration::from_secs(5),
+        ))
         .await
         .unwrap()
         .jobs;

@@ -1,47 +1,103 @@
-//! The delivery engine: claims due deliveries in batches, sends them with bounded concurrency
-//! (per process and per subscription), and settles them in batches.
+//! The delivery engine: claims due deliveries, sends them with bounded concurrency (per
+//! process and per subscription), and settles them in batches.
 //!
 //! A waiting retry is only a row in the queue with a due time: it holds no task, thread or
-//! connection. Claimed jobs beyond a subscription's concurrency wait in a small per-subscription
-//! backlog, and that subscription is skipped by further claims, so one slow subscriber cannot
-//! starve the others.
+//! connection. A claim takes at most each subscription's free concurrency, and every claimed
+//! job starts at once, so a global slot is never held by a job that only waits and one slow
+//! subscriber cannot starve the others.
+//!
+//! Shutdown: claiming stops; attempts in flight get `shutdown_grace` to finish; then they are
+//! cancelled and their deliveries handed back (a fenced settle, due now, no attempt logged);
+//! the recorder writes what is left; heartbeats stop last, so no lease lapses before its
+//! settlement is written.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use futures::FutureExt;
 use herald_core::backend::Backend;
 use herald_core::cache::SubscriptionCache;
-use herald_core::model::{Attempt, Disposition, Job, Outcome, Settlement};
-use herald_core::retry::RetryPolicy;
+use herald_core::model::{
+    Attempt, ClaimRequest, Disposition, Job, Outcome, Settlement, TIMEOUT_MS_LIMIT,
+};
+use herald_core::retry::{due_after, RetryPolicy};
 use herald_core::ssrf::TargetGuard;
 use herald_core::telemetry;
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::attempt::{self, AttemptResult};
+use crate::inflight::{Charge, InFlight, Slot};
+use crate::liveness::Liveness;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub policy: RetryPolicy,
     pub default_timeout: Duration,
+    /// The hard cap on a claim: heartbeats renew it, and it ends if they stop.
     pub lease: Duration,
-    /// Deliveries claimed and not yet settled, per process.
+    /// Deliveries in flight per process.
     pub concurrency: usize,
     /// Deliveries in flight per subscription, per process.
     pub per_subscription: usize,
     pub guard: TargetGuard,
     /// Longest idle wait between two looks at the queue.
     pub max_poll_interval: Duration,
-    /// How long a shutdown waits for deliveries in flight.
+    /// How long a shutdown lets attempts in flight finish before cancelling them.
     pub shutdown_grace: Duration,
+    /// How often leases are renewed and stopped workers reaped.
+    pub heartbeat: Duration,
+    /// Silence after which a worker counts as stopped.
+    pub stale_after: Duration,
+    /// Payload bytes in flight per process (at least one job always runs).
+    pub max_inflight_bytes: usize,
 }
 
+/// A configuration the engine cannot run safely with.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "HERALD_DELIVERY_LEASE ({lease:?}) must exceed the longest attempt timeout \
+         ({timeout:?}) by at least {LEASE_MARGIN:?}, or a delivery could be taken over while \
+         its attempt still runs"
+    )]
+    LeaseTooShort { lease: Duration, timeout: Duration },
+    #[error(
+        "HERALD_WORKER_STALE_AFTER ({stale_after:?}) must be at least twice \
+         HERALD_WORKER_HEARTBEAT ({heartbeat:?}), or live workers would be taken for dead"
+    )]
+    StaleTooSoon {
+        stale_after: Duration,
+        heartbeat: Duration,
+    },
+}
+
+/// How much longer than the longest attempt a lease must be.
+pub const LEASE_MARGIN: Duration = Duration::from_secs(30);
+
 impl EngineConfig {
-    pub fn from_settings(s: &herald_core::config::Settings) -> Self {
-        Self {
+    pub fn from_settings(s: &herald_core::config::Settings) -> Result<Self, ConfigError> {
+        // A subscription may ask for up to TIMEOUT_MS_LIMIT, whatever the default is.
+        let timeout = s
+            .delivery_timeout
+            .max(Duration::from_millis(TIMEOUT_MS_LIMIT));
+        if s.delivery_lease < timeout + LEASE_MARGIN {
+            return Err(ConfigError::LeaseTooShort {
+                lease: s.delivery_lease,
+                timeout,
+            });
+        }
+        if s.worker_stale_after < s.worker_heartbeat * 2 {
+            return Err(ConfigError::StaleTooSoon {
+                stale_after: s.worker_stale_after,
+                heartbeat: s.worker_heartbeat,
+            });
+        }
+        Ok(Self {
             policy: s.retry_policy(),
             default_timeout: s.delivery_timeout,
             lease: s.delivery_lease,
@@ -49,8 +105,11 @@ impl EngineConfig {
             per_subscription: s.subscription_concurrency.max(1),
             guard: s.target_guard(),
             max_poll_interval: Duration::from_millis(500),
-            shutdown_grace: Duration::from_secs(20),
-        }
+            shutdown_grace: s.shutdown_grace,
+            heartbeat: s.worker_heartbeat,
+            stale_after: s.worker_stale_after,
+            max_inflight_bytes: s.max_inflight_bytes.max(1),
+        })
     }
 }
 
@@ -59,17 +118,23 @@ impl EngineConfig {
 const PAUSED_RECHECK: Duration = Duration::from_secs(60);
 /// How long to wait before retrying a delivery whose subscription could not be read.
 const STORE_RETRY: Duration = Duration::from_secs(5);
+/// How long a delivery whose attempt panicked waits before it is tried again.
+const PANIC_RETRY: Duration = Duration::from_secs(60);
 const SETTLE_BATCH: usize = 1024;
+/// How long cancelled attempts and the last settlements may take after the grace.
+const STOP_BOUND: Duration = Duration::from_secs(5);
 
 struct Done {
     settlement: Settlement,
     final_outcome: Option<bool>,
 }
 
-#[derive(Default)]
-struct SubSlot {
-    in_flight: usize,
-    backlog: VecDeque<(Job, OwnedSemaphorePermit)>,
+/// A claimed job and what it holds while it runs; dropping it gives everything back.
+struct Running {
+    job: Job,
+    _slot: Slot,
+    _charge: Arc<Charge>,
+    _permit: OwnedSemaphorePermit,
 }
 
 pub struct Engine {
@@ -77,17 +142,17 @@ pub struct Engine {
     cache: Arc<SubscriptionCache>,
     client: reqwest::Client,
     config: EngineConfig,
-    slots: Mutex<HashMap<String, SubSlot>>,
+    worker: String,
+    in_flight: Arc<InFlight>,
     done_tx: mpsc::Sender<Done>,
     tasks: TaskTracker,
-    /// Signalled when a subscription drops below its concurrency limit, so the dispatcher
-    /// claims again instead of polling while it skips saturated subscriptions.
-    unsaturated: Notify,
+    /// Cancelled at the end of the shutdown grace: attempts still running stop.
+    hard_stop: CancellationToken,
 }
 
 impl Engine {
     /// Runs until `shutdown` is cancelled, then stops claiming, lets deliveries in flight finish
-    /// (up to the grace period) and hands the rest back to the queue.
+    /// for up to the grace period, cancels and hands back the rest, and returns.
     pub async fn run(
         backend: Backend,
         cache: Arc<SubscriptionCache>,
@@ -96,16 +161,28 @@ impl Engine {
     ) {
         let (done_tx, done_rx) = mpsc::channel(SETTLE_BATCH * 4);
         let client = crate::http::client(config.guard.clone(), config.per_subscription.max(8));
+        let worker = format!("wrk_{}", ulid::Ulid::new());
+        let stop_liveness = CancellationToken::new();
+        let liveness = tokio::spawn(
+            Liveness {
+                worker: worker.clone(),
+                lease: config.lease,
+                interval: config.heartbeat,
+                stale_after: config.stale_after,
+            }
+            .run(backend.clone(), stop_liveness.clone()),
+        );
         let recorder = tokio::spawn(record(backend.clone(), done_rx));
         let engine = Arc::new(Engine {
             backend,
             cache,
             client,
             config,
-            slots: Mutex::new(HashMap::new()),
+            worker,
+            in_flight: Arc::default(),
             done_tx,
             tasks: TaskTracker::new(),
-            unsaturated: Notify::new(),
+            hard_stop: CancellationToken::new(),
         });
         engine.clone().dispatch(shutdown).await;
         engine.tasks.close();
@@ -113,11 +190,20 @@ impl Engine {
             .await
             .is_err()
         {
-            tracing::warn!("deliveries still in flight at shutdown; their leases will expire");
+            tracing::warn!(
+                running = engine.tasks.len(),
+                "shutdown grace over: cancelling attempts in flight and handing them back"
+            );
+            engine.hard_stop.cancel();
+            let _ = tokio::time::timeout(STOP_BOUND, engine.tasks.wait()).await;
         }
-        engine.hand_back_backlog().await;
         drop(engine);
-        let _ = recorder.await;
+        // The recorder ends once every job's sender is gone; its settlements are bounded work.
+        if tokio::time::timeout(STOP_BOUND, recorder).await.is_err() {
+            tracing::warn!("settlements still unwritten at exit; the reaper will return them");
+        }
+        stop_liveness.cancel();
+        let _ = liveness.await;
     }
 
     async fn dispatch(self: Arc<Self>, shutdown: CancellationToken) {
@@ -131,14 +217,25 @@ impl Engine {
                 }
                 continue;
             }
+            let busy = !self.in_flight.is_empty();
+            let bytes = self.in_flight.bytes();
+            if busy && bytes >= self.config.max_inflight_bytes {
+                tokio::select! {
+                    _ = self.in_flight.released() => {},
+                    _ = shutdown.cancelled() => break,
+                }
+                continue;
+            }
             let want = permits.available_permits();
-            let skip = self.saturated();
-            let claimed = match self
-                .backend
-                .queue
-                .claim(want, self.config.lease, &skip)
-                .await
-            {
+            let req = ClaimRequest {
+                max: want,
+                lease: self.config.lease,
+                worker: self.worker.clone(),
+                per_subscription: self.config.per_subscription,
+                in_flight: self.in_flight.per_subscription(),
+                byte_budget: self.config.max_inflight_bytes.saturating_sub(bytes),
+            };
+            let claimed = match self.backend.queue.claim(&req).await {
                 Ok(c) => {
                     failures = 0;
                     c
@@ -155,12 +252,23 @@ impl Engine {
                 }
             };
             let got = claimed.jobs.len();
+            // One charge per payload buffer: the jobs of one event share both.
+            let mut charges: HashMap<usize, Arc<Charge>> = HashMap::new();
             for job in claimed.jobs {
-                let permit = permits
-                    .clone()
-                    .try_acquire_owned()
-                    .expect("only the dispatcher takes permits");
-                self.clone().start(job, permit);
+                let charge = charges
+                    .entry(job.payload.as_ptr() as usize)
+                    .or_insert_with(|| Arc::new(self.in_flight.charge(job.payload.len())))
+                    .clone();
+                let running = Running {
+                    _slot: self.in_flight.enter(&job.subscription_id),
+                    _charge: charge,
+                    _permit: permits
+                        .clone()
+                        .try_acquire_owned()
+                        .expect("only the dispatcher takes permits"),
+                    job,
+                };
+                self.tasks.spawn(self.clone().run_job(running));
             }
             if got < want {
                 let mut wait = self.config.max_poll_interval;
@@ -168,74 +276,37 @@ impl Engine {
                     let until = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
                     wait = wait.min(until.max(Duration::from_millis(1)));
                 }
+                // A subscription below its cap again (or freed budget) may have due work.
+                let busy = !self.in_flight.is_empty();
                 tokio::select! {
                     _ = self.backend.queue.wait_for_work(wait) => {},
-                    _ = self.unsaturated.notified(), if !skip.is_empty() => {},
+                    _ = self.in_flight.released(), if busy => {},
                     _ = shutdown.cancelled() => break,
                 }
             }
         }
     }
 
-    /// Subscriptions at their concurrency limit: claims leave their deliveries for later.
-    fn saturated(&self) -> Vec<String> {
-        let slots = self.slots.lock().unwrap();
-        slots
-            .iter()
-            .filter(|(_, s)| s.in_flight >= self.config.per_subscription)
-            .map(|(id, _)| id.clone())
-            .collect()
-    }
-
-    fn start(self: Arc<Self>, job: Job, permit: OwnedSemaphorePermit) {
-        {
-            let mut slots = self.slots.lock().unwrap();
-            let slot = slots.entry(job.subscription_id.clone()).or_default();
-            if slot.in_flight >= self.config.per_subscription {
-                slot.backlog.push_back((job, permit));
-                return;
-            }
-            slot.in_flight += 1;
-        }
-        let tasks = self.tasks.clone();
-        tasks.spawn(self.run_job(job, permit));
-    }
-
-    async fn run_job(self: Arc<Self>, mut job: Job, mut permit: OwnedSemaphorePermit) {
-        loop {
-            let done = self.deliver(&job).await;
-            // The channel only closes after the engine is dropped, which waits for this task.
-            let _ = self.done_tx.send(done).await;
-            drop(permit);
-            let next = {
-                let mut slots = self.slots.lock().unwrap();
-                let slot = slots
-                    .get_mut(&job.subscription_id)
-                    .expect("slot of a running job");
-                match slot.backlog.pop_front() {
-                    Some(next) => Some(next),
-                    None => {
-                        slot.in_flight -= 1;
-                        if slot.in_flight == 0 {
-                            slots.remove(&job.subscription_id);
-                        }
-                        self.unsaturated.notify_one();
-                        None
-                    }
+    async fn run_job(self: Arc<Self>, running: Running) {
+        let job = &running.job;
+        let done = tokio::select! {
+            biased;
+            _ = self.hard_stop.cancelled() => self.defer(job, Duration::ZERO, Some("handed back at shutdown".into())),
+            r = AssertUnwindSafe(self.deliver(job)).catch_unwind() => match r {
+                Ok(done) => done,
+                Err(_) => {
+                    tracing::error!(webhook_id = %job.webhook_id, subscription_id = %job.subscription_id, "delivery attempt panicked; retrying later");
+                    self.defer(job, PANIC_RETRY, Some("internal error during the attempt".into()))
                 }
-            };
-            match next {
-                Some((j, p)) => {
-                    job = j;
-                    permit = p;
-                }
-                None => return,
-            }
-        }
+            },
+        };
+        // The channel only closes after the engine is dropped, which waits for this task.
+        let _ = self.done_tx.send(done).await;
+        drop(running);
     }
 
     async fn deliver(&self, job: &Job) -> Done {
-        let now = Utc::now();
+        let started = Utc::now();
         let sub = match self.cache.get(&job.subscription_id).await {
             Ok(s) => s,
             Err(e) => {
@@ -250,7 +321,7 @@ impl Engine {
                 subscription_id: job.subscription_id.clone(),
                 event_type: job.event_type.clone(),
                 target_url: String::new(),
-                attempted_at: now,
+                attempted_at: started,
                 attempt: job.attempt,
                 outcome: Outcome::Failure,
                 http_status: None,
@@ -277,17 +348,19 @@ impl Engine {
             .policy
             .with_overrides(sub.retry_schedule(), sub.max_attempts);
         let last_by_replay = job.final_attempt.is_some_and(|f| job.attempt >= f);
+        // The delay counts from the end of the attempt: a timed-out attempt is not retried at
+        // once.
+        let ended = Utc::now();
         let (outcome, disposition) = if r.success {
             (Outcome::Success, Disposition::Delivered)
         } else {
-            match policy.next_delay(job.attempt, r.retry_after) {
-                Some(delay) if !last_by_replay => (
-                    Outcome::FailedAttempt,
-                    Disposition::RetryAt(
-                        now + chrono::Duration::from_std(delay).unwrap_or_default(),
-                    ),
-                ),
-                _ => (Outcome::Failure, Disposition::Failed),
+            let retry_at = policy
+                .next_delay(job.attempt, r.retry_after)
+                .filter(|_| !last_by_replay)
+                .and_then(|delay| due_after(ended, delay));
+            match retry_at {
+                Some(at) => (Outcome::FailedAttempt, Disposition::RetryAt(at)),
+                None => (Outcome::Failure, Disposition::Failed),
             }
         };
         let outcome_label = match outcome {
@@ -306,7 +379,7 @@ impl Engine {
             subscription_id: job.subscription_id.clone(),
             event_type: job.event_type.clone(),
             target_url: sub.target_url.clone(),
-            attempted_at: now,
+            attempted_at: started,
             attempt: job.attempt,
             outcome,
             http_status: r.http_status,
@@ -321,7 +394,8 @@ impl Engine {
     }
 
     fn defer(&self, job: &Job, wait: Duration, reason: Option<String>) -> Done {
-        let at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+        let now = Utc::now();
+        let at = due_after(now, wait).unwrap_or(now);
         Done {
             settlement: self.settlement(job, None, Disposition::Defer(at), reason),
             final_outcome: None,
@@ -350,33 +424,11 @@ impl Engine {
             last_error,
         }
     }
-
-    /// Returns claimed jobs that never started to the queue, due at once.
-    async fn hand_back_backlog(&self) {
-        let jobs: Vec<Job> = {
-            let mut slots = self.slots.lock().unwrap();
-            slots
-                .values_mut()
-                .flat_map(|s| s.backlog.drain(..).map(|(j, _)| j))
-                .collect()
-        };
-        if jobs.is_empty() {
-            return;
-        }
-        let now = Utc::now();
-        let settlements = jobs
-            .iter()
-            .map(|j| self.settlement(j, None, Disposition::Defer(now), None))
-            .collect();
-        if let Err(e) = self.backend.queue.settle(settlements).await {
-            tracing::warn!(error = %e, "handing back unstarted deliveries failed; leases will expire");
-        }
-    }
 }
 
 /// Settles finished jobs (with their attempt records) in batches. A failed write is retried:
-/// the leases keep the deliveries from being claimed twice meanwhile, and if the process dies
-/// they expire and the deliveries are made again (at least once).
+/// the heartbeats keep the leases meanwhile, and if the process dies the reaper returns the
+/// deliveries and they are made again (at least once).
 async fn record(backend: Backend, mut rx: mpsc::Receiver<Done>) {
     let mut batch = Vec::with_capacity(SETTLE_BATCH);
     while rx.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
@@ -388,10 +440,22 @@ async fn record(backend: Backend, mut rx: mpsc::Receiver<Done>) {
             settlements.push(d.settlement);
         }
         let mut delay = Duration::from_millis(50);
-        while let Err(e) = backend.queue.settle(settlements.clone()).await {
-            tracing::warn!(error = %e, "settling deliveries failed; retrying");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
+        loop {
+            match backend.queue.settle(settlements.clone()).await {
+                Ok(0) => break,
+                Ok(stale) => {
+                    // Another worker holds these now (this one was taken for dead, or its
+                    // lease ended): their outcome is that worker's to record.
+                    tracing::warn!(stale, "settlements under lost leases were ignored");
+                    metrics::counter!(telemetry::STALE_SETTLEMENTS).increment(stale);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "settling deliveries failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
         }
     }
 }

@@ -4,6 +4,8 @@
 pub mod attempt;
 pub mod engine;
 pub mod http;
+mod inflight;
+mod liveness;
 pub mod retention;
 
-pub use engine::{Engine, EngineConfig};
+pub use engine::{ConfigError, Engine, EngineConfig};

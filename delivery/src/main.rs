@@ -82,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
             Engine::run(
                 backend,
                 cache,
-                EngineConfig::from_settings(&settings),
+                EngineConfig::from_settings(&settings)?,
                 shutdown,
             )
             .await;

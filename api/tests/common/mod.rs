@@ -218,6 +218,14 @@ impl TestHerald {
             h.stop().await.unwrap();
         }
     }
+
+    /// Stops and keeps the data directory, to start again on the same file.
+    pub async fn stop_keeping_dir(mut self) -> tempfile::TempDir {
+        if let Some(h) = self.herald.take() {
+            h.stop().await.unwrap();
+        }
+        self.dir
+    }
 }
 
 /// One request a receiver got.

@@ -5,8 +5,9 @@
 //! only after its transaction committed. Reads run on a small pool of read-only connections.
 //!
 //! The queue is the `deliveries` table. `due_at` is when a row may be claimed: the time of its
-//! next attempt while pending, the end of its lease while a worker holds it. A worker that
-//! dies leaves its lease to expire, and the row is claimed again (at least once).
+//! next attempt while pending, the end of its lease while a worker holds it. Heartbeats of the
+//! holding worker push the lease end forward; once they stop, the reaper (or, as a last resort,
+//! the lease's end) makes the row claimable again (at least once).
 
 mod queue;
 mod schema;
@@ -32,6 +33,9 @@ pub struct Sqlite {
     reader_permits: Arc<Semaphore>,
     /// Wakes in-process workers when new work is committed.
     work: Notify,
+    /// The subscription the last claim stopped at: the next one starts after it, so claims
+    /// that cannot serve every subscription serve them in turn.
+    claim_cursor: Arc<Mutex<String>>,
 }
 
 /// Durability of commits: `Full` survives power loss, `Normal` survives a process crash.
@@ -78,6 +82,7 @@ impl Sqlite {
             readers: Mutex::new(readers),
             reader_permits: Arc::new(Semaphore::new(READERS)),
             work: Notify::new(),
+            claim_cursor: Arc::default(),
         }))
     }
 

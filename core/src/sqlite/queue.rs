@@ -1,5 +1,6 @@
 //! The delivery queue on SQLite (see the module docs of `sqlite` for the row life cycle).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,8 +14,8 @@ use super::store::{delete_in_chunks, insert_attempts};
 use super::{from_ms, now_ms, Sqlite};
 use crate::backend::{Queue, Result};
 use crate::model::{
-    Claimed, DeliveryState, DeliveryStatus, Disposition, Job, Publish, PublishOutcome, QueueStats,
-    Settlement, WebhookRecord,
+    ClaimRequest, Claimed, DeliveryState, DeliveryStatus, Disposition, Job, Publish,
+    PublishOutcome, QueueStats, Settlement, WebhookRecord,
 };
 
 /// How long an idempotency key holds.
@@ -95,106 +96,109 @@ impl Queue for Arc<Sqlite> {
         Ok(out)
     }
 
-    async fn claim(&self, max: usize, lease: Duration, skip: &[String]) -> Result<Claimed> {
-        let skip = serde_json::to_string(skip).expect("strings serialize");
-        let lease_ms = lease.as_millis() as i64;
+    async fn claim(&self, req: &ClaimRequest) -> Result<Claimed> {
+        let req = req.clone();
+        let cursor = self.claim_cursor.clone();
         self.write_relaxed(move |c| {
-            let now = now_ms();
-            let mut jobs = Vec::new();
-            {
-                // A literal LIMIT: a bound one makes SQLite re-prepare the statement every time.
-                // Rows stream in due order, so taking `max` of them reads no more than that.
-                let mut st = c.prepare_cached(
-                    "SELECT d.id, d.webhook_id, d.subscription_id, d.attempts, d.final_attempt,
-                            e.event_type, e.payload
-                     FROM deliveries d JOIN events e ON e.webhook_id = d.webhook_id
-                     WHERE d.state < 2 AND d.due_at <= ?1
-                       AND d.subscription_id NOT IN (SELECT value FROM json_each(?2))
-                     ORDER BY d.due_at LIMIT 100000",
-                )?;
-                let rows = st.query_map(params![now, skip], |r| {
-                    let id: i64 = r.get(0)?;
-                    let attempts: u32 = r.get(3)?;
-                    Ok(Job {
-                        receipt: id.to_string(),
-                        webhook_id: r.get(1)?,
-                        subscription_id: r.get(2)?,
-                        attempt: attempts + 1,
-                        final_attempt: r.get(4)?,
-                        event_type: r.get(5)?,
-                        payload: Bytes::from(r.get::<_, Vec<u8>>(6)?),
-                    })
-                })?;
-                for job in rows.take(max) {
-                    jobs.push(job?);
-                }
-            }
-            let mut lease_st = c.prepare_cached(
-                "UPDATE deliveries SET state = ?2, due_at = ?3, updated_at = ?4 WHERE id = ?1",
-            )?;
-            for j in &jobs {
-                lease_st.execute(params![j.receipt, LEASED, now + lease_ms, now])?;
-            }
-            // When the next delivery this caller may claim becomes due (skipped ones excluded,
-            // or a caller waiting on a saturated subscription would spin).
-            let next_due: Option<i64> = c
-                .prepare_cached(
-                    "SELECT MIN(due_at) FROM deliveries WHERE state < 2
-                       AND subscription_id NOT IN (SELECT value FROM json_each(?1))",
-                )?
-                .query_row([&skip], |r| r.get(0))?;
-            Ok(Claimed {
-                jobs,
-                next_due: next_due.map(from_ms),
-            })
+            let mut cursor = cursor.lock().unwrap_or_else(|e| e.into_inner());
+            claim_fairly(c, &req, &mut cursor)
         })
         .await
     }
 
-    async fn settle(&self, settlements: Vec<Settlement>) -> Result<()> {
+    async fn settle(&self, settlements: Vec<Settlement>) -> Result<u64> {
         if settlements.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let any_due_now = settlements.iter().any(|s| match s.disposition {
             Disposition::RetryAt(t) | Disposition::Defer(t) => t <= Utc::now(),
             _ => false,
         });
-        self.write_relaxed(move |c| {
-            let now = now_ms();
-            let attempts: Vec<_> = settlements
-                .iter()
-                .filter_map(|s| s.attempt.clone())
-                .collect();
-            insert_attempts(c, &attempts)?;
-            let mut st = c.prepare_cached(
-                "UPDATE deliveries SET state = ?2, attempts = ?3, due_at = ?4, last_error = ?5,
-                        updated_at = ?6
-                 WHERE id = ?1",
-            )?;
-            for s in &settlements {
-                let (state, due) = match s.disposition {
-                    Disposition::Delivered => (SUCCEEDED, now),
-                    Disposition::Failed => (FAILED, now),
-                    Disposition::RetryAt(t) | Disposition::Defer(t) => {
-                        (PENDING, t.timestamp_millis())
+        let stale = self
+            .write_relaxed(move |c| {
+                let now = now_ms();
+                let mut st = c.prepare_cached(
+                    "UPDATE deliveries SET state = ?2, attempts = ?3, due_at = ?4, last_error = ?5,
+                            updated_at = ?6, worker = NULL
+                     WHERE id = ?1 AND state = ?7 AND lease_token = ?8",
+                )?;
+                let mut stale = 0;
+                let mut attempts = Vec::with_capacity(settlements.len());
+                for s in settlements {
+                    let Some((id, token)) = parse_receipt(&s.receipt) else {
+                        stale += 1;
+                        continue;
+                    };
+                    let (state, due) = match s.disposition {
+                        Disposition::Delivered => (SUCCEEDED, now),
+                        Disposition::Failed => (FAILED, now),
+                        Disposition::RetryAt(t) | Disposition::Defer(t) => {
+                            (PENDING, t.timestamp_millis())
+                        }
+                    };
+                    let changed = st.execute(params![
+                        id,
+                        state,
+                        s.attempts,
+                        due,
+                        s.last_error,
+                        now,
+                        LEASED,
+                        token
+                    ])?;
+                    if changed == 0 {
+                        stale += 1;
+                    } else if let Some(a) = s.attempt {
+                        attempts.push(a);
                     }
-                };
-                st.execute(params![
-                    s.receipt,
-                    state,
-                    s.attempts,
-                    due,
-                    s.last_error,
-                    now
-                ])?;
-            }
-            Ok(())
-        })
-        .await?;
+                }
+                insert_attempts(c, &attempts)?;
+                Ok(stale)
+            })
+            .await?;
         if any_due_now {
             self.work.notify_one();
         }
-        Ok(())
+        Ok(stale)
+    }
+
+    async fn heartbeat(&self, worker: &str, lease: Duration) -> Result<u64> {
+        let worker = worker.to_string();
+        let lease_ms = lease.as_millis() as i64;
+        self.write_relaxed(move |c| {
+            let now = now_ms();
+            touch_worker(c, &worker, now)?;
+            Ok(c.prepare_cached(
+                "UPDATE deliveries SET due_at = ?2 WHERE state = ?3 AND worker = ?1",
+            )?
+            .execute(params![worker, now + lease_ms, LEASED])? as u64)
+        })
+        .await
+    }
+
+    async fn reap(&self, stale_after: Duration) -> Result<u64> {
+        let stale_ms = stale_after.as_millis() as i64;
+        let n = self
+            .write_relaxed(move |c| {
+                let now = now_ms();
+                let cutoff = now - stale_ms;
+                let n = c
+                    .prepare_cached(
+                        "UPDATE deliveries SET state = ?1, due_at = ?2, worker = NULL,
+                                updated_at = ?2
+                         WHERE state = ?3 AND worker IN
+                           (SELECT id FROM workers WHERE heartbeat_at < ?4)",
+                    )?
+                    .execute(params![PENDING, now, LEASED, cutoff])?;
+                c.prepare_cached("DELETE FROM workers WHERE heartbeat_at < ?1")?
+                    .execute([cutoff])?;
+                Ok(n as u64)
+            })
+            .await?;
+        if n > 0 {
+            self.work.notify_one();
+        }
+        Ok(n)
     }
 
     async fn wait_for_work(&self, max_wait: Duration) {
@@ -333,4 +337,154 @@ impl Queue for Arc<Sqlite> {
     async fn ping(&self) -> Result<()> {
         self.ready().await
     }
+}
+
+/// A receipt is `<row id>:<lease token>`.
+fn receipt(id: i64, token: i64) -> String {
+    format!("{id}:{token}")
+}
+
+fn parse_receipt(r: &str) -> Option<(i64, i64)> {
+    let (id, token) = r.split_once(':')?;
+    Some((id.parse().ok()?, token.parse().ok()?))
+}
+
+fn touch_worker(c: &rusqlite::Connection, worker: &str, now: i64) -> Result<()> {
+    c.prepare_cached(
+        "INSERT INTO workers (id, heartbeat_at) VALUES (?1, ?2)
+         ON CONFLICT(id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+    )?
+    .execute(params![worker, now])?;
+    Ok(())
+}
+
+/// One open row of a subscription, as the claim reads it.
+struct Candidate {
+    id: i64,
+    webhook_id: String,
+    attempts: u32,
+    final_attempt: Option<u32>,
+    due_at: i64,
+}
+
+/// The claim of `Queue::claim`: a loose index scan over the subscriptions with open rows,
+/// starting after `cursor` and wrapping around, taking from each at most its free concurrency
+/// of its earliest due rows. Each subscription costs two index seeks plus the rows taken, so a
+/// large backlog is never read whole. Leasing happens after the reads (no writes under an
+/// open cursor).
+fn claim_fairly(
+    c: &rusqlite::Connection,
+    req: &ClaimRequest,
+    cursor: &mut String,
+) -> Result<Claimed> {
+    let now = now_ms();
+    let lease_until = now + req.lease.as_millis() as i64;
+    touch_worker(c, &req.worker, now)?;
+    let mut next_sub = c.prepare_cached(
+        "SELECT subscription_id FROM deliveries WHERE state < 2 AND subscription_id > ?1
+         ORDER BY subscription_id LIMIT 1",
+    )?;
+    // A literal LIMIT: a bound one makes SQLite re-prepare the statement every time. Rows
+    // stream in due order, so taking a few reads no more than that.
+    let mut rows_of = c.prepare_cached(
+        "SELECT id, webhook_id, attempts, final_attempt, due_at FROM deliveries
+         WHERE subscription_id = ?1 AND state < 2 ORDER BY due_at LIMIT 100000",
+    )?;
+    let mut event_of =
+        c.prepare_cached("SELECT event_type, payload FROM events WHERE webhook_id = ?1")?;
+    let mut lease = c.prepare_cached(
+        "UPDATE deliveries SET state = ?2, due_at = ?3, updated_at = ?4, worker = ?5,
+                lease_token = lease_token + 1
+         WHERE id = ?1 RETURNING lease_token",
+    )?;
+
+    let start = cursor.clone();
+    let mut after = start.clone();
+    let mut wrapped = false;
+    let mut payloads: HashMap<String, (Option<String>, Bytes)> = HashMap::new();
+    let mut bytes = 0usize;
+    let mut jobs = Vec::new();
+    let mut next_due: Option<i64> = None;
+    'subs: while jobs.len() < req.max {
+        let sub: Option<String> = next_sub.query_row([&after], |r| r.get(0)).optional()?;
+        let sub = match sub {
+            Some(s) if wrapped && s > start => break,
+            Some(s) => s,
+            None if wrapped || start.is_empty() => break,
+            None => {
+                wrapped = true;
+                after.clear();
+                continue;
+            }
+        };
+        after.clone_from(&sub);
+        let busy = req.in_flight.get(&sub).copied().unwrap_or(0);
+        let free = req.per_subscription.saturating_sub(busy);
+        if free == 0 {
+            continue;
+        }
+        let rows: Vec<Candidate> = rows_of
+            .query_map([&sub], |r| {
+                Ok(Candidate {
+                    id: r.get(0)?,
+                    webhook_id: r.get(1)?,
+                    attempts: r.get(2)?,
+                    final_attempt: r.get(3)?,
+                    due_at: r.get(4)?,
+                })
+            })?
+            .take(free + 1)
+            .collect::<rusqlite::Result<_>>()?;
+        let mut taken = 0;
+        for row in rows {
+            if row.due_at > now {
+                next_due = Some(next_due.map_or(row.due_at, |d| d.min(row.due_at)));
+                break;
+            }
+            if taken == free {
+                break;
+            }
+            if !payloads.contains_key(&row.webhook_id) {
+                let Some((event_type, payload)) = event_of
+                    .query_row([&row.webhook_id], |r| {
+                        Ok((r.get::<_, Option<String>>(0)?, r.get::<_, Vec<u8>>(1)?))
+                    })
+                    .optional()?
+                else {
+                    continue;
+                };
+                if !jobs.is_empty() && bytes + payload.len() > req.byte_budget {
+                    // The budget is spent: the engine asks again once payloads are released.
+                    *cursor = sub;
+                    next_due = None;
+                    break 'subs;
+                }
+                bytes += payload.len();
+                payloads.insert(row.webhook_id.clone(), (event_type, Bytes::from(payload)));
+            }
+            let (event_type, payload) = &payloads[&row.webhook_id];
+            let token: i64 = lease
+                .query_row(params![row.id, LEASED, lease_until, now, req.worker], |r| {
+                    r.get(0)
+                })?;
+            jobs.push(Job {
+                receipt: receipt(row.id, token),
+                webhook_id: row.webhook_id,
+                subscription_id: sub.clone(),
+                attempt: row.attempts + 1,
+                final_attempt: row.final_attempt,
+                event_type: event_type.clone(),
+                payload: payload.clone(),
+            });
+            taken += 1;
+            if jobs.len() == req.max {
+                break;
+            }
+        }
+        cursor.clone_from(&sub);
+    }
+    Ok(Claimed {
+        jobs,
+        next_due: next_due.map(from_ms),
+    })
 }

@@ -27,7 +27,8 @@ CREATE TABLE IF NOT EXISTS events (
     received_at INTEGER NOT NULL
 );
 
--- The queue: one row per (event, subscription).
+-- The queue: one row per (event, subscription). While LEASED, `worker` holds it under
+-- `lease_token`, which every claim increments: settlements name the token they were given.
 CREATE TABLE IF NOT EXISTS deliveries (
     id              INTEGER PRIMARY KEY,
     webhook_id      TEXT NOT NULL,
@@ -37,16 +38,19 @@ CREATE TABLE IF NOT EXISTS deliveries (
     final_attempt   INTEGER,
     due_at          INTEGER NOT NULL,
     last_error      TEXT,
-    updated_at      INTEGER NOT NULL
+    updated_at      INTEGER NOT NULL,
+    lease_token     INTEGER NOT NULL DEFAULT 0,
+    worker          TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS deliveries_webhook ON deliveries(webhook_id, subscription_id);
--- Claiming: open rows by the time they become claimable. The subscription is in the index so
--- that skipping saturated subscriptions never reads table rows.
-DROP INDEX IF EXISTS deliveries_due;
-CREATE INDEX IF NOT EXISTS deliveries_due_sub ON deliveries(due_at, subscription_id) WHERE state < 2;
-CREATE INDEX IF NOT EXISTS deliveries_open_by_sub ON deliveries(subscription_id) WHERE state < 2;
 -- Retention of settled rows.
 CREATE INDEX IF NOT EXISTS deliveries_settled ON deliveries(updated_at) WHERE state >= 2;
+
+-- Workers that claim deliveries, with their last sign of life (heartbeat or claim).
+CREATE TABLE IF NOT EXISTS workers (
+    id           TEXT PRIMARY KEY,
+    heartbeat_at INTEGER NOT NULL
+) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS attempts (
     id               INTEGER PRIMARY KEY,
@@ -77,6 +81,19 @@ CREATE TABLE IF NOT EXISTS idempotency (
     PRIMARY KEY (scope, key)
 );
 CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency(created_at);
+"#;
+
+/// Indexes over columns that older files gain in [`migrate`], so they run after it.
+const QUEUE_INDEXES: &str = r#"
+-- Claiming walks the subscriptions with open rows (a loose index scan) and reads each one's
+-- earliest rows, so a backlog of one subscription is never read whole.
+DROP INDEX IF EXISTS deliveries_due;
+DROP INDEX IF EXISTS deliveries_due_sub;
+DROP INDEX IF EXISTS deliveries_open_by_sub;
+CREATE INDEX IF NOT EXISTS deliveries_claim ON deliveries(subscription_id, due_at, state)
+    WHERE state < 2;
+-- Heartbeats renew, and the reaper frees, the leases of one worker.
+CREATE INDEX IF NOT EXISTS deliveries_leased_by ON deliveries(worker) WHERE state = 1;
 "#;
 
 pub fn configure_writer(conn: &Connection, sync: Sync) -> Result<()> {
@@ -118,6 +135,14 @@ pub fn configure_reader(conn: &Connection) -> Result<()> {
 pub fn migrate(conn: &Connection) -> Result<()> {
     conn.execute_batch(SCHEMA)?;
     add_column_if_missing(conn, "idempotency", "fingerprint", "BLOB")?;
+    add_column_if_missing(
+        conn,
+        "deliveries",
+        "lease_token",
+        "INTEGER NOT NULL DEFAULT 0",
+    )?;
+    add_column_if_missing(conn, "deliveries", "worker", "TEXT")?;
+    conn.execute_batch(QUEUE_INDEXES)?;
     Ok(())
 }
 
