@@ -192,7 +192,7 @@ async fn bad_input_gets_clear_errors() {
 
 #[tokio::test]
 async fn only_json_content_types_are_accepted() {
-    let h = TestHerald::start(&[]).await;
+    let h = TestHerald::start(&["--ingest-key=k"]).await;
     let rx = Receiver::start().await;
     let sub = h.subscribe(&rx.url("/ct")).await;
     let body = json!({"target_url": rx.url("/hook")}).to_string();
@@ -200,6 +200,7 @@ async fn only_json_content_types_are_accepted() {
         let mut r = h
             .http
             .post(h.url(&path))
+            .bearer_auth("k")
             .header("Event-Type", "t")
             .body(body.clone());
         if let Some(ct) = ct {
@@ -249,7 +250,7 @@ async fn only_json_content_types_are_accepted() {
 
 #[tokio::test]
 async fn invalid_utf8_and_bad_queries_get_json_400s() {
-    let h = TestHerald::start(&[]).await;
+    let h = TestHerald::start(&["--ingest-key=k"]).await;
     let rx = Receiver::start().await;
     let sub = h.subscribe(&rx.url("/utf8")).await;
     // Well-formed JSON syntax around bytes that are not UTF-8.
@@ -262,6 +263,7 @@ async fn invalid_utf8_and_bad_queries_get_json_400s() {
         let r = h
             .http
             .post(h.url(&path))
+            .bearer_auth("k")
             .header("Content-Type", "application/json")
             .header("Event-Type", "t")
             .body(body.clone())
@@ -390,12 +392,13 @@ async fn ingest_signatures_are_enforced() {
 
 #[tokio::test]
 async fn idempotency_key_returns_the_first_answer() {
-    let h = TestHerald::start(&[]).await;
+    let h = TestHerald::start(&["--ingest-key=k"]).await;
     let rx = Receiver::start().await;
     let sub = h.subscribe(&rx.url("/idem")).await;
     let send = |key: &str| {
         h.http
             .post(h.url(&format!("/ingest/{sub}")))
+            .bearer_auth("k")
             .header("Content-Type", "application/json")
             .header("Idempotency-Key", key)
             .body("{}")
@@ -414,6 +417,7 @@ async fn idempotency_key_returns_the_first_answer() {
         let r = h
             .http
             .post(h.url(&format!("/ingest/{sub}")))
+            .bearer_auth("k")
             .header("Content-Type", "application/json")
             .header("Idempotency-Key", "key-1")
             .header("Event-Type", event_type)
@@ -433,6 +437,7 @@ async fn idempotency_key_returns_the_first_answer() {
     let fan = |body: &'static str| {
         h.http
             .post(h.url("/events"))
+            .bearer_auth("k")
             .header("Content-Type", "application/json")
             .header("Event-Type", "order.created")
             .header("Idempotency-Key", "fan-1")
