@@ -127,7 +127,8 @@ async fn the_wal_shrinks_after_a_burst() {
         t.await.unwrap();
     }
     let peak = std::fs::metadata(&wal).unwrap().len();
-    assert!(peak > WAL_LIMIT, "the burst grew the WAL to {peak}");
+    // At the limit already means a checkpoint during the burst truncated it to the limit.
+    assert!(peak >= WAL_LIMIT, "the burst grew the WAL to {peak}");
     // Small writes after the burst: each commit checkpoints, and a reset truncates the file.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let mut i = 1000;
