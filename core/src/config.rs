@@ -99,6 +99,19 @@ pub struct Settings {
     /// `text` or `json`.
     #[arg(long, env = "HERALD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+
+    /// A subscription whose every attempt failed for this long is disabled (`0`: never; a
+    /// `410 Gone` answer disables at once regardless).
+    #[arg(long, env = "HERALD_DISABLE_AFTER", default_value = "5d", value_parser = parse_duration)]
+    pub disable_after: Duration,
+
+    /// How long the previous secret stays valid after a rotation, unless the rotation says.
+    #[arg(long, env = "HERALD_SECRET_OVERLAP", default_value = "24h", value_parser = parse_overlap)]
+    pub secret_overlap: Duration,
+}
+
+fn parse_overlap(s: &str) -> Result<Duration, String> {
+    crate::subscriptions::check_overlap(parse_duration(s)?)
 }
 
 #[derive(Debug, Clone, Default)]
@@ -164,6 +177,9 @@ mod tests {
         assert_eq!(s.delivery_timeout, Duration::from_secs(10));
         assert_eq!(s.max_payload, 1 << 20);
         assert!(s.allow_targets.0.is_empty());
+        assert_eq!(s.disable_after, Duration::from_secs(5 * 24 * 3600));
+        assert_eq!(s.secret_overlap, Duration::from_secs(24 * 3600));
+        assert!(Cli::try_parse_from(["herald", "--secret-overlap", "8d"]).is_err());
     }
 
     #[test]
