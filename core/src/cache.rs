@@ -60,12 +60,13 @@ impl SubscriptionCache {
         Ok(loaded)
     }
 
-    /// Every subscription that accepts `event_type`, from a snapshot refreshed after the TTL.
+    /// Every enabled subscription that accepts `event_type`, from a snapshot refreshed after
+    /// the TTL: fan-out queues nothing for a disabled endpoint.
     pub async fn matching(&self, event_type: Option<&str>) -> Result<Vec<Arc<Subscription>>> {
         let all = self.all().await?;
         Ok(all
             .iter()
-            .filter(|s| s.accepts(event_type))
+            .filter(|s| !s.is_disabled() && s.accepts(event_type))
             .cloned()
             .collect())
     }

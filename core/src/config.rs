@@ -146,6 +146,19 @@ pub struct Settings {
     /// exits regardless.
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// A subscription whose every attempt failed for this long is disabled (`0`: never; a
+    /// `410 Gone` answer disables at once regardless).
+    #[arg(long, env = "HERALD_DISABLE_AFTER", default_value = "5d", value_parser = parse_duration)]
+    pub disable_after: Duration,
+
+    /// How long the previous secret stays valid after a rotation, unless the rotation says.
+    #[arg(long, env = "HERALD_SECRET_OVERLAP", default_value = "24h", value_parser = parse_overlap)]
+    pub secret_overlap: Duration,
+}
+
+fn parse_overlap(s: &str) -> Result<Duration, String> {
+    crate::subscriptions::check_overlap(parse_duration(s)?)
 }
 
 /// Normalized origins (`scheme://host[:port]`, lower case, no trailing slash).
@@ -266,6 +279,9 @@ mod tests {
         assert_eq!(s.worker_heartbeat, Duration::from_secs(5));
         assert_eq!(s.worker_stale_after, Duration::from_secs(15));
         assert_eq!(s.max_inflight_bytes, 64 << 20);
+        assert_eq!(s.disable_after, Duration::from_secs(5 * 24 * 3600));
+        assert_eq!(s.secret_overlap, Duration::from_secs(24 * 3600));
+        assert!(Cli::try_parse_from(["herald", "--secret-overlap", "8d"]).is_err());
     }
 
     #[test]

@@ -43,9 +43,51 @@ pub struct Subscription {
     pub owner: Option<Owner>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Set when Herald stopped delivering to the endpoint (it answered 410 Gone, or every
+    /// attempt failed for `HERALD_DISABLE_AFTER`); a PUT or PATCH clears it.
+    #[serde(default)]
+    pub disabled_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub disabled_reason: Option<String>,
+    /// The first failed attempt since the last success; written only on that transition.
+    #[serde(default)]
+    pub failing_since: Option<DateTime<Utc>>,
+    /// The secret before the last rotation, still signing and verifying until it expires.
+    #[serde(default)]
+    pub previous_secret: Option<String>,
+    #[serde(default)]
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
 }
 
 impl Subscription {
+    pub fn is_disabled(&self) -> bool {
+        self.disabled_at.is_some()
+    }
+
+    /// The secrets that sign and verify at `now`, newest first. An expired previous secret is
+    /// ignored here rather than removed by a write when it expires.
+    pub fn active_secrets(&self, now: DateTime<Utc>) -> Vec<&str> {
+        let mut out = Vec::with_capacity(2);
+        if let Some(s) = &self.secret {
+            out.push(s.as_str());
+        }
+        if let (Some(prev), Some(until)) = (&self.previous_secret, self.previous_secret_expires_at)
+        {
+            if now < until && self.secret.as_deref() != Some(prev.as_str()) {
+                out.push(prev.as_str());
+            }
+        }
+        out
+    }
+
+    /// When the previous secret stops being valid, if it is still valid at `now`.
+    pub fn previous_secret_valid_until(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.previous_secret
+            .as_ref()
+            .and(self.previous_secret_expires_at)
+            .filter(|until| now < *until)
+    }
+
     pub fn accepts(&self, event_type: Option<&str>) -> bool {
         self.event_types.is_empty()
             || event_type.is_some_and(|t| self.event_types.iter().any(|e| e == t))
@@ -762,6 +804,39 @@ mod tests {
         assert_eq!(out.secret, None);
         assert_eq!(out.max_attempts, Some(3));
         assert_eq!(out.event_types, vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn a_previous_secret_is_active_until_it_expires() {
+        let now = Utc::now();
+        let mut s = crate::testkit::subscription("sub_x");
+        assert!(s.active_secrets(now).is_empty());
+        s.secret = Some("new-secret-0123456".into());
+        s.previous_secret = Some("old-secret-0123456".into());
+        s.previous_secret_expires_at = Some(now + chrono::Duration::seconds(1));
+        assert_eq!(
+            s.active_secrets(now),
+            vec!["new-secret-0123456", "old-secret-0123456"]
+        );
+        assert_eq!(
+            s.previous_secret_valid_until(now),
+            s.previous_secret_expires_at
+        );
+        let later = now + chrono::Duration::seconds(1);
+        assert_eq!(s.active_secrets(later), vec!["new-secret-0123456"]);
+        assert_eq!(s.previous_secret_valid_until(later), None);
+    }
+
+    #[test]
+    fn stored_documents_without_the_health_fields_still_load() {
+        let doc = serde_json::json!({
+            "id": "sub_1", "target_url": "https://a.example/", "event_types": [],
+            "secret": null, "headers": {}, "max_attempts": null, "timeout_ms": null,
+            "retry_schedule_ms": null, "paused": false, "owner": null,
+            "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"
+        });
+        let s: Subscription = serde_json::from_value(doc).unwrap();
+        assert!(!s.is_disabled() && s.failing_since.is_none() && s.previous_secret.is_none());
     }
 
     #[test]

@@ -1,9 +1,15 @@
 //! Managing subscriptions: validation, ownership rules and cache invalidation in one place, for
-//! the REST API and the Kubernetes operator alike.
+//! the REST API and the Kubernetes operator alike; and the state changes Herald makes itself
+//! (disabling a failing endpoint, secret rotation).
+//!
+//! Herald's own writes (disable, `failing_since`) read the stored record, change their fields and
+//! write it back. Failure point: a PUT/PATCH landing between that read and write is overwritten
+//! (the window is one store round trip, and these writes happen only on health transitions).
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use crate::backend::Queue;
 use crate::cache::SubscriptionCache;
@@ -20,6 +26,17 @@ pub enum Caller {
 }
 
 pub const MAX_PAGE: usize = 500;
+/// The longest a previous secret may stay valid after a rotation.
+pub const MAX_SECRET_OVERLAP: Duration = Duration::from_secs(7 * 24 * 3600);
+const DEFAULT_SECRET_OVERLAP: Duration = Duration::from_secs(24 * 3600);
+
+pub fn check_overlap(d: Duration) -> Result<Duration, String> {
+    if d > MAX_SECRET_OVERLAP {
+        Err("the overlap must be at most 7 days".into())
+    } else {
+        Ok(d)
+    }
+}
 
 /// What the API shows instead of a custom header's value: headers often carry credentials
 /// (`Authorization`, API keys of the receiver), and answers end up in logs and browsers.
@@ -29,6 +46,13 @@ pub struct Subscriptions {
     cache: Arc<SubscriptionCache>,
     queue: Arc<dyn Queue>,
     guard: TargetGuard,
+    secret_overlap: Duration,
+}
+
+/// A rotation's result: the subscription, and the new secret (shown this once).
+pub struct Rotated {
+    pub subscription: Subscription,
+    pub secret: String,
 }
 
 pub struct Page {
@@ -42,7 +66,14 @@ impl Subscriptions {
             cache,
             queue,
             guard,
+            secret_overlap: DEFAULT_SECRET_OVERLAP,
         }
+    }
+
+    /// How long a rotated-out secret stays valid when the rotation does not say.
+    pub fn with_secret_overlap(mut self, overlap: Duration) -> Self {
+        self.secret_overlap = overlap;
+        self
     }
 
     pub fn cache(&self) -> &Arc<SubscriptionCache> {
@@ -105,7 +136,9 @@ impl Subscriptions {
         Ok(Page { data, next_cursor })
     }
 
-    /// Replaces the writable fields of a subscription.
+    /// Replaces the writable fields of a subscription. This re-enables a disabled subscription
+    /// (the change is taken as the fix) and starts its failure period afresh; a previous
+    /// secret survives only while the secret stays the same.
     pub async fn update(
         &self,
         id: &str,
@@ -122,7 +155,17 @@ impl Subscriptions {
             spec
         };
         let v = self.validate(spec)?;
-        let sub = build(current.id, v, current.owner, current.created_at, Utc::now());
+        let mut sub = build(
+            current.id.clone(),
+            v,
+            current.owner.clone(),
+            current.created_at,
+            Utc::now(),
+        );
+        if sub.secret == current.secret {
+            sub.previous_secret = current.previous_secret;
+            sub.previous_secret_expires_at = current.previous_secret_expires_at;
+        }
         self.cache.store().replace(&sub).await?;
         self.cache.invalidate(id);
         if !sub.paused {
@@ -197,6 +240,92 @@ fn keep_masked_values(
     Ok(spec)
 }
 
+impl Subscriptions {
+    /// Replaces the secret with `secret` (or a generated one); the current secret stays valid
+    /// for `overlap` (default `HERALD_SECRET_OVERLAP`, zero: not at all). An earlier previous
+    /// secret is dropped: at most two secrets are active.
+    pub async fn rotate_secret(
+        &self,
+        id: &str,
+        secret: Option<String>,
+        overlap: Option<Duration>,
+        caller: &Caller,
+    ) -> Result<Rotated, Error> {
+        let current = self.get(id).await?;
+        check_owner(&current, caller)?;
+        let overlap = check_overlap(overlap.unwrap_or(self.secret_overlap))
+            .map_err(|m| ValidationError::new("overlap", m))?;
+        let secret = secret.unwrap_or_else(crate::signing::generate_secret);
+        if current.secret.as_deref() == Some(secret.as_str()) {
+            return Err(
+                ValidationError::new("secret", "must differ from the current secret").into(),
+            );
+        }
+        let mut spec = SubscriptionSpec::of(&current);
+        spec.secret = Some(secret.clone());
+        self.validate(&spec)?;
+        let now = Utc::now();
+        let mut sub = current.clone();
+        sub.secret = Some(secret.clone());
+        sub.updated_at = now;
+        match current.secret {
+            Some(old) if !overlap.is_zero() => {
+                sub.previous_secret = Some(old);
+                sub.previous_secret_expires_at =
+                    Some(now + chrono::Duration::from_std(overlap).expect("bounded to 7 days"));
+            }
+            _ => {
+                sub.previous_secret = None;
+                sub.previous_secret_expires_at = None;
+            }
+        }
+        self.cache.store().replace(&sub).await?;
+        self.cache.invalidate(id);
+        Ok(Rotated {
+            subscription: sub,
+            secret,
+        })
+    }
+
+    /// Stops deliveries to a subscription: its queued deliveries are made due now so workers
+    /// end them as `Failure` with `reason`. Returns false when it was already disabled (or is
+    /// gone), so one disable event is counted once.
+    pub async fn disable(&self, id: &str, reason: &str, kind: &'static str) -> Result<bool, Error> {
+        let Some(mut sub) = self.cache.store().get(id).await? else {
+            return Ok(false);
+        };
+        if sub.is_disabled() {
+            return Ok(false);
+        }
+        sub.disabled_at = Some(Utc::now());
+        sub.disabled_reason = Some(reason.to_string());
+        self.cache.store().replace(&sub).await?;
+        self.cache.invalidate(id);
+        metrics::counter!(crate::telemetry::SUBSCRIPTIONS_DISABLED, "reason" => kind).increment(1);
+        tracing::warn!(subscription = id, reason, "subscription disabled");
+        self.queue.expedite(id).await?;
+        Ok(true)
+    }
+
+    /// Records the start (`Some`) or the end (`None`) of a run of failed attempts.
+    pub async fn set_failing_since(
+        &self,
+        id: &str,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<(), Error> {
+        let Some(mut sub) = self.cache.store().get(id).await? else {
+            return Ok(());
+        };
+        if sub.failing_since == since {
+            return Ok(());
+        }
+        sub.failing_since = since;
+        self.cache.store().replace(&sub).await?;
+        self.cache.invalidate(id);
+        Ok(())
+    }
+}
+
 fn check_owner(sub: &Subscription, caller: &Caller) -> Result<(), Error> {
     match (&sub.owner, caller) {
         (None, _) => Ok(()),
@@ -228,6 +357,11 @@ fn build(
         owner,
         created_at,
         updated_at,
+        disabled_at: None,
+        disabled_reason: None,
+        failing_since: None,
+        previous_secret: None,
+        previous_secret_expires_at: None,
     }
 }
 

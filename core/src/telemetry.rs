@@ -9,6 +9,8 @@ pub const ATTEMPT_DURATION: &str = "herald_attempt_duration_seconds";
 pub const QUEUE_READY: &str = "herald_queue_ready";
 pub const QUEUE_SCHEDULED: &str = "herald_queue_retry_backlog";
 pub const QUEUE_IN_FLIGHT: &str = "herald_queue_in_flight";
+/// Disable events, labelled `reason`: `gone` (a 410 answer) or `failing` (the failure period).
+pub const SUBSCRIPTIONS_DISABLED: &str = "herald_subscriptions_disabled_total";
 pub const RETENTION_DELETED: &str = "herald_retention_deleted_total";
 /// Settlements ignored because the delivery was no longer leased to the settling worker.
 pub const STALE_SETTLEMENTS: &str = "herald_stale_settlements_total";

@@ -48,6 +48,11 @@ pub fn subscription(id: &str) -> Subscription {
         owner: None,
         created_at: Utc::now(),
         updated_at: Utc::now(),
+        disabled_at: None,
+        disabled_reason: None,
+        failing_since: None,
+        previous_secret: None,
+        previous_secret_expires_at: None,
     }
 }
 
