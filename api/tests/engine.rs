@@ -14,9 +14,12 @@ async fn a_backlogged_slow_subscriber_does_not_delay_another() {
     let h = TestHerald::start(&["--subscription-concurrency=4", "--delivery-concurrency=64"]).await;
     let rx = Receiver::start().await;
     rx.on("/slow", Behaviour::Delay(Duration::from_secs(1)));
-    let slow = h.subscribe(&rx.url("/slow")).await;
+    let slow = h
+        .create_id(json!({"target_url": rx.url("/slow"), "paused": true}))
+        .await;
     let fast = h.subscribe(&rx.url("/fast")).await;
-    // A backlog of the slow subscriber (at 4 per second it lasts minutes).
+    // A backlog of the slow subscriber, released at once by resuming it (as after a restart
+    // with a full queue); at 4 answers per second it lasts minutes.
     let mut ingests = tokio::task::JoinSet::new();
     for worker in 0..8 {
         let api = common::Api::new(h.base.clone());
@@ -31,6 +34,12 @@ async fn a_backlogged_slow_subscriber_does_not_delay_another() {
     while let Some(r) = ingests.join_next().await {
         r.unwrap();
     }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = h
+        .patch(&format!("/subscriptions/{slow}"), json!({"paused": false}))
+        .await;
+    assert_eq!(r.status(), 200);
+    rx.wait_for("/slow", 4, Duration::from_secs(10)).await;
     let started = Instant::now();
     for i in 0..10 {
         h.ingest_ok(&fast, &format!("{{\"fast\":{i}}}")).await;
