@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::attempt::{self, AttemptResult};
+use crate::health::Health;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -37,6 +38,8 @@ pub struct EngineConfig {
     pub max_poll_interval: Duration,
     /// How long a shutdown waits for deliveries in flight.
     pub shutdown_grace: Duration,
+    /// Failing this long disables a subscription (see `health`).
+    pub disable_after: Duration,
 }
 
 impl EngineConfig {
@@ -50,6 +53,7 @@ impl EngineConfig {
             guard: s.target_guard(),
             max_poll_interval: Duration::from_millis(500),
             shutdown_grace: Duration::from_secs(20),
+            disable_after: s.disable_after,
         }
     }
 }
@@ -83,6 +87,7 @@ pub struct Engine {
     /// Signalled when a subscription drops below its concurrency limit, so the dispatcher
     /// claims again instead of polling while it skips saturated subscriptions.
     unsaturated: Notify,
+    health: Health,
 }
 
 impl Engine {
@@ -98,6 +103,12 @@ impl Engine {
         let client = crate::http::client(config.guard.clone(), config.per_subscription.max(8));
         let recorder = tokio::spawn(record(backend.clone(), done_rx));
         let engine = Arc::new(Engine {
+            health: Health::new(
+                cache.clone(),
+                backend.queue.clone(),
+                config.guard.clone(),
+                config.disable_after,
+            ),
             backend,
             cache,
             client,
@@ -245,32 +256,23 @@ impl Engine {
         };
         let Some(sub) = sub else {
             let reason = "subscription deleted before the delivery completed".to_string();
-            let attempt = Attempt {
-                webhook_id: job.webhook_id.clone(),
-                subscription_id: job.subscription_id.clone(),
-                event_type: job.event_type.clone(),
-                target_url: String::new(),
-                attempted_at: now,
-                attempt: job.attempt,
-                outcome: Outcome::Failure,
-                http_status: None,
-                error: Some(reason.clone()),
-                duration_ms: 0,
-                response_excerpt: None,
-            };
-            return Done {
-                settlement: self.settlement(job, Some(attempt), Disposition::Failed, Some(reason)),
-                final_outcome: Some(false),
-            };
+            return self.unattempted_failure(job, "", reason);
         };
         if sub.paused {
             return self.defer(job, PAUSED_RECHECK, Some("subscription paused".into()));
         }
+        if let Some(reason) = self.health.refusal(&sub) {
+            return self.unattempted_failure(job, &sub.target_url, reason);
+        }
 
         let timeout = sub.timeout(self.config.default_timeout);
-        let r: AttemptResult =
+        let mut r: AttemptResult =
             attempt::send(&self.client, &self.config.guard, &sub, job, timeout).await;
         metrics::histogram!(telemetry::ATTEMPT_DURATION).record(r.duration.as_secs_f64());
+        let disabled = self.health.observe(&sub, &r).await;
+        if disabled.is_some() {
+            r.error = disabled.clone();
+        }
 
         let policy = self
             .config
@@ -279,6 +281,8 @@ impl Engine {
         let last_by_replay = job.final_attempt.is_some_and(|f| job.attempt >= f);
         let (outcome, disposition) = if r.success {
             (Outcome::Success, Disposition::Delivered)
+        } else if disabled.is_some() {
+            (Outcome::Failure, Disposition::Failed)
         } else {
             match policy.next_delay(job.attempt, r.retry_after) {
                 Some(delay) if !last_by_replay => (
@@ -317,6 +321,27 @@ impl Engine {
         Done {
             settlement: self.settlement(job, Some(attempt), disposition, r.error),
             final_outcome,
+        }
+    }
+
+    /// Ends a delivery as `Failure` without sending it (its subscription is gone or disabled).
+    fn unattempted_failure(&self, job: &Job, target_url: &str, reason: String) -> Done {
+        let attempt = Attempt {
+            webhook_id: job.webhook_id.clone(),
+            subscription_id: job.subscription_id.clone(),
+            event_type: job.event_type.clone(),
+            target_url: target_url.to_string(),
+            attempted_at: Utc::now(),
+            attempt: job.attempt,
+            outcome: Outcome::Failure,
+            http_status: None,
+            error: Some(reason.clone()),
+            duration_ms: 0,
+            response_excerpt: None,
+        };
+        Done {
+            settlement: self.settlement(job, Some(attempt), Disposition::Failed, Some(reason)),
+            final_outcome: Some(false),
         }
     }
 
