@@ -5,7 +5,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use herald_core::model::{Job, Subscription, RESPONSE_EXCERPT_BYTES};
 use herald_core::retry::parse_retry_after;
-use herald_core::signing::SigningKey;
+use herald_core::signing::SigningKeys;
 use herald_core::ssrf::TargetGuard;
 use herald_core::target::TargetUrl;
 use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
@@ -66,18 +66,19 @@ pub async fn send(
     if let Some(t) = &job.event_type {
         req = req.header("Event-Type", t);
     }
-    if let Some(secret) = &sub.secret {
-        match SigningKey::from_secret(secret) {
-            Ok(key) => {
+    // During a rotation's overlap both secrets sign: receivers that know either one verify.
+    match SigningKeys::from_secrets(sub.active_secrets(chrono::Utc::now())) {
+        Ok(keys) => {
+            if let Some(hub) = keys.hub_signature(&job.payload) {
                 req = req
                     .header(
                         "webhook-signature",
-                        key.standard_signature(&job.webhook_id, timestamp, &job.payload),
+                        keys.standard_signatures(&job.webhook_id, timestamp, &job.payload),
                     )
-                    .header("X-Hub-Signature-256", key.hub_signature(&job.payload));
+                    .header("X-Hub-Signature-256", hub);
             }
-            Err(e) => return AttemptResult::error(started, format!("unusable secret: {e}")),
         }
+        Err(e) => return AttemptResult::error(started, format!("unusable secret: {e}")),
     }
     for (name, value) in &sub.headers {
         if let (Ok(n), Ok(v)) = (

@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::attempt::{self, AttemptResult};
+use crate::health::Health;
 use crate::inflight::{Charge, InFlight, Slot};
 use crate::liveness::Liveness;
 
@@ -55,6 +56,8 @@ pub struct EngineConfig {
     pub stale_after: Duration,
     /// Payload bytes in flight per process (at least one job always runs).
     pub max_inflight_bytes: usize,
+    /// Failing this long disables a subscription (see `health`).
+    pub disable_after: Duration,
 }
 
 /// A configuration the engine cannot run safely with.
@@ -109,6 +112,7 @@ impl EngineConfig {
             heartbeat: s.worker_heartbeat,
             stale_after: s.worker_stale_after,
             max_inflight_bytes: s.max_inflight_bytes.max(1),
+            disable_after: s.disable_after,
         })
     }
 }
@@ -148,6 +152,7 @@ pub struct Engine {
     tasks: TaskTracker,
     /// Cancelled at the end of the shutdown grace: attempts still running stop.
     hard_stop: CancellationToken,
+    health: Health,
 }
 
 impl Engine {
@@ -174,6 +179,12 @@ impl Engine {
         );
         let recorder = tokio::spawn(record(backend.clone(), done_rx));
         let engine = Arc::new(Engine {
+            health: Health::new(
+                cache.clone(),
+                backend.queue.clone(),
+                config.guard.clone(),
+                config.disable_after,
+            ),
             backend,
             cache,
             client,
@@ -316,32 +327,23 @@ impl Engine {
         };
         let Some(sub) = sub else {
             let reason = "subscription deleted before the delivery completed".to_string();
-            let attempt = Attempt {
-                webhook_id: job.webhook_id.clone(),
-                subscription_id: job.subscription_id.clone(),
-                event_type: job.event_type.clone(),
-                target_url: String::new(),
-                attempted_at: started,
-                attempt: job.attempt,
-                outcome: Outcome::Failure,
-                http_status: None,
-                error: Some(reason.clone()),
-                duration_ms: 0,
-                response_excerpt: None,
-            };
-            return Done {
-                settlement: self.settlement(job, Some(attempt), Disposition::Failed, Some(reason)),
-                final_outcome: Some(false),
-            };
+            return self.unattempted_failure(job, "", reason);
         };
         if sub.paused {
             return self.defer(job, PAUSED_RECHECK, Some("subscription paused".into()));
         }
+        if let Some(reason) = self.health.refusal(&sub) {
+            return self.unattempted_failure(job, &sub.target_url, reason);
+        }
 
         let timeout = sub.timeout(self.config.default_timeout);
-        let r: AttemptResult =
+        let mut r: AttemptResult =
             attempt::send(&self.client, &self.config.guard, &sub, job, timeout).await;
         metrics::histogram!(telemetry::ATTEMPT_DURATION).record(r.duration.as_secs_f64());
+        let disabled = self.health.observe(&sub, &r).await;
+        if disabled.is_some() {
+            r.error = disabled.clone();
+        }
 
         let policy = self
             .config
@@ -353,6 +355,8 @@ impl Engine {
         let ended = Utc::now();
         let (outcome, disposition) = if r.success {
             (Outcome::Success, Disposition::Delivered)
+        } else if disabled.is_some() {
+            (Outcome::Failure, Disposition::Failed)
         } else {
             let retry_at = policy
                 .next_delay(job.attempt, r.retry_after)
@@ -390,6 +394,27 @@ impl Engine {
         Done {
             settlement: self.settlement(job, Some(attempt), disposition, r.error),
             final_outcome,
+        }
+    }
+
+    /// Ends a delivery as `Failure` without sending it (its subscription is gone or disabled).
+    fn unattempted_failure(&self, job: &Job, target_url: &str, reason: String) -> Done {
+        let attempt = Attempt {
+            webhook_id: job.webhook_id.clone(),
+            subscription_id: job.subscription_id.clone(),
+            event_type: job.event_type.clone(),
+            target_url: target_url.to_string(),
+            attempted_at: Utc::now(),
+            attempt: job.attempt,
+            outcome: Outcome::Failure,
+            http_status: None,
+            error: Some(reason.clone()),
+            duration_ms: 0,
+            response_excerpt: None,
+        };
+        Done {
+            settlement: self.settlement(job, Some(attempt), Disposition::Failed, Some(reason)),
+            final_outcome: Some(false),
         }
     }
 

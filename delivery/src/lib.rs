@@ -3,6 +3,7 @@
 
 pub mod attempt;
 pub mod engine;
+pub mod health;
 pub mod http;
 mod inflight;
 mod liveness;
