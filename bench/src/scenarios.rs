@@ -425,6 +425,22 @@ pub async fn e2e(ctx: &Ctx, o: &E2eOpts) -> Result<E2eResult> {
 
 /// Queues `o.backlog` events to a paused subscription, resumes it, and times the delivery of
 /// the backlog alone. Returns (events, seconds, all received, Herald CPU %).
+/// Resumes a paused subscription: its whole backlog becomes due at once.
+async fn resume(herald: &Herald, sub: &str) -> Result<()> {
+    let path = format!("/subscriptions/{sub}");
+    let (status, body) = http::call_json(
+        &herald.base,
+        hyper::Method::PATCH,
+        &path,
+        Some(&json!({"paused": false})),
+    )
+    .await?;
+    if !status.is_success() {
+        bail!("PATCH {path} answered {status}: {body}");
+    }
+    Ok(())
+}
+
 async fn backlog(
     ctx: &Ctx,
     herald: &Herald,
@@ -453,18 +469,8 @@ async fn backlog(
     if early > 0 {
         bail!("{early} deliveries arrived while the subscription was paused: pausing does not hold deliveries in this Herald");
     }
-    let path = format!("/subscriptions/{sub}");
     let meter = CpuMeter::start(herald.pid);
-    let (status, body) = http::call_json(
-        &herald.base,
-        hyper::Method::PATCH,
-        &path,
-        Some(&json!({"paused": false})),
-    )
-    .await?;
-    if !status.is_success() {
-        bail!("PATCH {path} answered {status}: {body}");
-    }
+    resume(herald, &sub).await?;
     let resumed = Instant::now();
     let all = receiver.wait_delivered(already + r.ok, o.timeout).await;
     let last = receiver.last_delivery_at().unwrap_or(resumed);
@@ -863,17 +869,7 @@ pub async fn fairness(ctx: &Ctx, o: &FairnessOpts) -> Result<FairnessResult> {
             backlog.errors
         );
     }
-    let path = format!("/subscriptions/{slow}");
-    let (status, body) = http::call_json(
-        &herald.base,
-        hyper::Method::PATCH,
-        &path,
-        Some(&json!({"paused": false})),
-    )
-    .await?;
-    if !status.is_success() {
-        bail!("PATCH {path} answered {status}: {body}");
-    }
+    resume(&herald, &slow).await?;
     // Let the released backlog take its slots first.
     tokio::time::sleep(o.slow_delay * 2).await;
     let slow_before = slow_rx.delivered();
