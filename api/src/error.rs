@@ -108,11 +108,9 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound => ApiError::NotFound("resource"),
             StoreError::Conflict(m) => ApiError::Conflict(m),
-            StoreError::Unavailable(m) => {
-                ApiError::Unavailable(format!("storage unavailable: {m}"))
-            }
-            StoreError::Full(m) => ApiError::Unavailable(format!("storage full: {m}")),
-            StoreError::Backend(m) => ApiError::Internal(m),
+            e @ StoreError::Unavailable(..) => ApiError::Unavailable(e.chain()),
+            e @ StoreError::Full(..) => ApiError::Unavailable(e.chain()),
+            e @ StoreError::Backend(..) => ApiError::Internal(e.chain()),
         }
     }
 }

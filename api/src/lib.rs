@@ -217,14 +217,9 @@ pub fn metrics_handle() -> PrometheusHandle {
 
 pub use herald_core::telemetry::init_tracing;
 
-/// Opens the backends the settings name, with the store's path in the error.
-pub fn open_backend(settings: &Settings) -> anyhow::Result<Backend> {
-    herald_core::backend::open(settings).with_context(|| {
-        format!(
-            "opening the store (HERALD_SQLITE_PATH={})",
-            settings.sqlite_path.display()
-        )
-    })
+/// Opens the backends the settings name (SQLite, or MongoDB + Redis).
+pub async fn open_backend(settings: &Settings) -> anyhow::Result<Backend> {
+    Ok(herald_backends::open(settings).await?)
 }
 
 /// A running Herald: the api, and in standalone mode the delivery engine and retention sweep.
@@ -237,7 +232,7 @@ pub struct Herald {
 impl Herald {
     /// Opens the store, binds the listener and starts every task.
     pub async fn start(settings: Settings) -> anyhow::Result<Herald> {
-        let backend = open_backend(&settings)?;
+        let backend = open_backend(&settings).await?;
         let listener = tokio::net::TcpListener::bind(settings.addr)
             .await
             .with_context(|| format!("binding {}", settings.addr))?;

@@ -39,7 +39,7 @@ async fn main() -> anyhow::Result<()> {
             herald.wait().await
         }
         Command::Cleanup => {
-            let backend = herald_api::open_backend(&cli.settings)?;
+            let backend = herald_api::open_backend(&cli.settings).await?;
             let swept =
                 herald_delivery::retention::run_once(&backend, cli.settings.retention).await?;
             tracing::info!(

@@ -4,13 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::error::StoreError;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::error::StoreError;
 use crate::model::{
-    Attempt, ClaimRequest, Claimed, Publish, PublishOutcome, QueueStats, Settlement, Subscription,
-    WebhookRecord,
+    Attempt, ClaimRequest, Claimed, DeliveryStatus, Event, Job, Publish, PublishOutcome,
+    QueueStats, Settlement, Subscription, WebhookRecord,
 };
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -105,6 +105,9 @@ pub trait Queue: Send + Sync {
 /// The record of every delivery attempt.
 #[async_trait]
 pub trait AttemptLog: Send + Sync {
+    /// Logs attempts. An attempt is identified by webhook, subscription and number: recording
+    /// one that is logged already keeps the first record (so a settlement repeated after a
+    /// crash cannot log one attempt twice).
     async fn record(&self, attempts: Vec<Attempt>) -> Result<()>;
     /// The most recent attempts for a subscription, newest first.
     async fn by_subscription(&self, subscription_id: &str, limit: usize) -> Result<Vec<Attempt>>;
@@ -121,22 +124,131 @@ pub struct Backend {
     pub subscriptions: Arc<dyn SubscriptionStore>,
     pub queue: Arc<dyn Queue>,
     pub attempts: Arc<dyn AttemptLog>,
+    /// How subscription changes reach the caches of other processes; `None` when the backend
+    /// serves one process only (SQLite), where the cache's TTL covers outside writers.
+    pub changes: Option<Arc<dyn ChangeFeed>>,
 }
 
-/// Opens the backends the settings name: SQLite when neither MongoDB nor Redis is configured.
-pub fn open(settings: &crate::config::Settings) -> Result<Backend> {
-    if !settings.standalone() {
-        return Err(StoreError::Unavailable(
-            "MONGO_URI / REDIS_URL are set, but this build of Herald runs on SQLite only; \
-             unset them to use HERALD_SQLITE_PATH"
-                .into(),
-        ));
-    }
-    let sync = if settings.sqlite_sync == "normal" {
-        crate::sqlite::Sync::Normal
-    } else {
-        crate::sqlite::Sync::Full
-    };
-    let max_size = (settings.sqlite_max_size > 0).then_some(settings.sqlite_max_size);
-    Ok(crate::sqlite::Sqlite::open_with_limit(&settings.sqlite_path, sync, max_size)?.backend())
+/// Announces subscription changes to every process sharing the backend, so their caches drop
+/// the changed entry at once instead of after their TTL.
+#[async_trait]
+pub trait ChangeFeed: Send + Sync {
+    /// Tells every follower that `subscription_id` changed (created, updated or deleted).
+    async fn announce(&self, subscription_id: &str) -> Result<()>;
+
+    /// Runs until the process ends, calling `on_change(Some(id))` for every announcement and
+    /// `on_change(None)` whenever announcements may have been missed (at start and after every
+    /// reconnect), on which the follower must forget everything it cached.
+    async fn follow(&self, on_change: Box<dyn Fn(Option<&str>) + Send + Sync>);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Production mode splits the queue over two stores: a transport (Redis) that holds what is
+// queued and leased, and an archive (MongoDB) that keeps events and settled deliveries for the
+// retention period. Each trait makes only promises its one store can keep in one atomic step;
+// `crate::split::SplitQueue` composes them into a `Queue`, fixing the write order and the
+// recovery from a crash between two writes.
+// ---------------------------------------------------------------------------------------------
+
+/// An event with the subscriptions it was queued for, as the archive keeps it.
+#[derive(Debug, Clone)]
+pub struct ArchivedEvent {
+    pub event: Event,
+    pub subscription_ids: Vec<String>,
+}
+
+/// A delivery that ended (succeeded, or failed for good), as the archive keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SettledDelivery {
+    pub webhook_id: String,
+    pub status: DeliveryStatus,
+    pub settled_at: DateTime<Utc>,
+}
+
+/// What the transport holds of an event while any of its deliveries is open.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveWebhook {
+    pub event_type: Option<String>,
+    pub received_at: DateTime<Utc>,
+    /// Every subscription the event was queued for.
+    pub subscription_ids: Vec<String>,
+    /// The open (queued or delivering) deliveries; the others have settled.
+    pub open: Vec<DeliveryStatus>,
+}
+
+/// Deliveries leased by one [`Transport::lease`] call.
+#[derive(Debug, Default)]
+pub struct Leased {
+    pub jobs: Vec<Job>,
+    /// When the next not-yet-due delivery becomes due.
+    pub next_due: Option<DateTime<Utc>>,
+    /// Events of these jobs that the archive may not hold yet: store them before any attempt.
+    pub unarchived: Vec<ArchivedEvent>,
+    /// Indexes into `jobs` of deliveries leased before (a lease that ran out or was reaped):
+    /// their holder may have settled them in the archive and died before acknowledging.
+    pub redelivered: Vec<usize>,
+}
+
+/// The queue's transport: open deliveries, their due times and leases, and the idempotency
+/// keys of recent publishes (Redis). Every method is one atomic step of the store.
+///
+/// Fencing, liveness and fairness are those of [`Queue`]: a lease is named by the job's
+/// receipt, and every change to a leased delivery checks that receipt.
+#[async_trait]
+pub trait Transport: Send + Sync {
+    /// In one atomic step: checks and records the idempotency key (24 h), stores the event and
+    /// queues one delivery per subscription, due now. Returns once the store has the write (how
+    /// durable that is depends on the store's fsync policy). The key and the event are written
+    /// together so that a key can never stand for an event that was not stored.
+    async fn publish(&self, publish: &Publish) -> Result<PublishOutcome>;
+
+    /// Leases due deliveries as [`Queue::claim`] describes.
+    async fn lease(&self, req: &ClaimRequest) -> Result<Leased>;
+
+    /// Notes that the archive holds these events now, so later leases do not list them.
+    async fn archived(&self, webhook_ids: &[String]) -> Result<()>;
+
+    /// Which of these receipts name a lease that is still held (in order).
+    async fn held(&self, receipts: &[String]) -> Result<Vec<bool>>;
+
+    /// Acknowledges (`Delivered`, `Failed`) or reschedules (`RetryAt`, `Defer`) leased
+    /// deliveries, each only under its receipt's lease; the attempts in the settlements are not
+    /// the transport's business. Returns how many were stale. An acknowledged delivery leaves
+    /// the transport (and the event with its last open delivery).
+    async fn settle(&self, settlements: &[Settlement]) -> Result<u64>;
+
+    async fn heartbeat(&self, worker: &str, lease: Duration) -> Result<u64>;
+    async fn reap(&self, stale_after: Duration) -> Result<u64>;
+    async fn wait_for_work(&self, max_wait: Duration);
+
+    /// The event and its open deliveries, while it has any.
+    async fn live(&self, webhook_id: &str) -> Result<Option<LiveWebhook>>;
+
+    /// Queues settled deliveries of `event` again, due now, each for one more attempt after
+    /// the ones it made (a manual replay); deliveries open already are left alone. Returns how
+    /// many were queued.
+    async fn requeue(&self, event: &ArchivedEvent, deliveries: &[DeliveryStatus]) -> Result<usize>;
+
+    async fn expedite(&self, subscription_id: &str) -> Result<()>;
+    async fn stats(&self) -> Result<QueueStats>;
+    async fn ping(&self) -> Result<()>;
+}
+
+/// Events and settled deliveries for the retention period (MongoDB). Every write is
+/// idempotent, so a write repeated after a crash changes nothing.
+#[async_trait]
+pub trait Archive: Send + Sync {
+    /// Stores events; an event stored already is left as it is.
+    async fn store_events(&self, events: &[ArchivedEvent]) -> Result<()>;
+    /// Records deliveries that ended; a later record of the same delivery (after a replay)
+    /// replaces the earlier one.
+    async fn record_settled(&self, deliveries: &[SettledDelivery]) -> Result<()>;
+    async fn event(&self, webhook_id: &str) -> Result<Option<ArchivedEvent>>;
+    /// The settled deliveries of one event.
+    async fn settled(&self, webhook_id: &str) -> Result<Vec<DeliveryStatus>>;
+    /// Of these (webhook, subscription) pairs, the ones that settled, with how they ended.
+    async fn settled_among(&self, pairs: &[(String, String)]) -> Result<Vec<SettledDelivery>>;
+    /// Deletes events received and deliveries settled before `cutoff`; returns how many.
+    async fn purge(&self, cutoff: DateTime<Utc>) -> Result<u64>;
+    async fn ping(&self) -> Result<()>;
 }

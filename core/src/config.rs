@@ -39,6 +39,15 @@ pub struct Settings {
     #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
     pub redis_password: Option<String>,
 
+    /// MongoDB database; when unset, the one the connection string names, else `herald`.
+    #[arg(long, env = "HERALD_MONGO_DATABASE")]
+    pub mongo_database: Option<String>,
+
+    /// Prefix of every Redis key and channel Herald uses, so that several Herald installations
+    /// (or test runs) can share one Redis.
+    #[arg(long, env = "HERALD_REDIS_PREFIX", default_value = "herald")]
+    pub redis_prefix: String,
+
     /// Comma-separated CIDRs exempt from the SSRF guard, e.g. `127.0.0.0/8,::1/128`.
     #[arg(long, env = "HERALD_ALLOW_TARGETS", default_value = "", value_parser = parse_allow)]
     pub allow_targets: AllowList,

@@ -2,46 +2,62 @@
 
 use thiserror::Error;
 
-/// A failure of a storage, queue or log backend.
+/// The cause of a backend failure, kept so that logs show the driver's own error.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A failure of a storage, queue or log backend. Driver errors are converted in their backend
+/// modules, which keep the driver's error as the `source`.
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error("not found")]
     NotFound,
     #[error("conflict: {0}")]
     Conflict(String),
+    /// The backend cannot be reached or refused the operation for now; a retry may succeed.
     #[error("backend unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(String, #[source] Option<Cause>),
     /// The storage could not take the write: the disk (or the configured size limit) is full,
     /// or it fails with I/O errors. Readiness reports it until a later write succeeds.
     #[error("storage full or failing: {0}")]
-    Full(String),
+    Full(String, #[source] Option<Cause>),
     #[error("backend error: {0}")]
-    Backend(String),
+    Backend(String, #[source] Option<Cause>),
 }
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        match e {
-            rusqlite::Error::SqliteFailure(f, _)
-                if matches!(
-                    f.code,
-                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-                ) =>
-            {
-                StoreError::Unavailable(e.to_string())
-            }
-            e if is_storage_fault(&e) => StoreError::Full(e.to_string()),
-            other => StoreError::Backend(other.to_string()),
-        }
+impl StoreError {
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        StoreError::Unavailable(message.into(), None)
     }
-}
 
-/// A write failed because the disk or the size limit is full, or the file gives I/O errors.
-pub(crate) fn is_storage_fault(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::SystemIoFailure)
-    )
+    pub fn backend(message: impl Into<String>) -> Self {
+        StoreError::Backend(message.into(), None)
+    }
+
+    pub fn full(message: impl Into<String>) -> Self {
+        StoreError::Full(message.into(), None)
+    }
+
+    /// `Unavailable`, keeping `cause` as the source.
+    pub fn unavailable_by(message: impl Into<String>, cause: impl Into<Cause>) -> Self {
+        StoreError::Unavailable(message.into(), Some(cause.into()))
+    }
+
+    /// `Backend`, keeping `cause` as the source.
+    pub fn backend_by(message: impl Into<String>, cause: impl Into<Cause>) -> Self {
+        StoreError::Backend(message.into(), Some(cause.into()))
+    }
+
+    /// The message with every cause, for logs and error bodies that must say why.
+    pub fn chain(&self) -> String {
+        let mut out = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            out.push_str(": ");
+            out.push_str(&c.to_string());
+            cause = c.source();
+        }
+        out
+    }
 }
 
 /// An input that breaks a rule of the domain; `field` names the offending field.

@@ -10,6 +10,8 @@ pub mod model;
 pub mod retry;
 pub mod shutdown;
 pub mod signing;
+pub mod split;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
 pub mod ssrf;
 pub mod subscriptions;
@@ -17,6 +19,6 @@ pub mod target;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 
-pub use backend::{AttemptLog, Backend, Queue, SubscriptionStore};
+pub use backend::{Archive, AttemptLog, Backend, ChangeFeed, Queue, SubscriptionStore, Transport};
 pub use error::{StoreError, ValidationError};
 pub mod telemetry;

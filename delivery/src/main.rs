@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use herald_core::cache::SubscriptionCache;
 use herald_core::config::Settings;
@@ -40,12 +39,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     herald_core::telemetry::init_tracing(&cli.settings.log_format);
     let settings = cli.settings;
-    let backend = herald_core::backend::open(&settings).with_context(|| {
-        format!(
-            "opening the store (HERALD_SQLITE_PATH={})",
-            settings.sqlite_path.display()
-        )
-    })?;
+    let backend = herald_backends::open(&settings).await?;
     match cli.command.unwrap_or(Command::Run {
         no_retention: false,
     }) {

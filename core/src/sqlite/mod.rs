@@ -54,14 +54,14 @@ impl Sqlite {
     pub fn open_with_limit(path: &Path, sync: Sync, max_size: Option<u64>) -> Result<Arc<Self>> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.is_dir() {
-                return Err(StoreError::Unavailable(format!(
+                return Err(StoreError::unavailable(format!(
                     "directory {} of HERALD_SQLITE_PATH does not exist",
                     dir.display()
                 )));
             }
         }
         let conn = Connection::open(path)
-            .map_err(|e| StoreError::Unavailable(format!("open {}: {e}", path.display())))?;
+            .map_err(|e| StoreError::unavailable(format!("open {}: {e}", path.display())))?;
         schema::configure_writer(&conn, sync)?;
         schema::migrate(&conn)?;
         // After the migration, so that a limit below the current size cannot stop the start.
@@ -93,6 +93,7 @@ impl Sqlite {
             subscriptions: Arc::new(self.clone()),
             queue: Arc::new(self.clone()),
             attempts: Arc::new(self.clone()),
+            changes: None,
         }
     }
 
@@ -126,7 +127,7 @@ impl Sqlite {
     /// Readiness of the store: reachable, and able to take writes.
     async fn ready(&self) -> Result<()> {
         if let Some(fault) = self.storage_fault() {
-            return Err(StoreError::Full(fault));
+            return Err(StoreError::full(fault));
         }
         self.write_relaxed(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
             .await
@@ -147,7 +148,7 @@ impl Sqlite {
             .clone()
             .acquire_owned()
             .await
-            .map_err(|_| StoreError::Unavailable("store closed".into()))?;
+            .map_err(|_| StoreError::unavailable("store closed"))?;
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let conn = this
@@ -165,7 +166,7 @@ impl Sqlite {
             out
         })
         .await
-        .map_err(|e| StoreError::Backend(format!("reader task: {e}")))?
+        .map_err(|e| StoreError::backend(format!("reader task: {e}")))?
     }
 }
 
@@ -175,4 +176,31 @@ fn now_ms() -> i64 {
 
 fn from_ms(ms: i64) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e {
+            rusqlite::Error::SqliteFailure(f, _)
+                if matches!(
+                    f.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) =>
+            {
+                StoreError::Unavailable("the database is busy".into(), Some(Box::new(e)))
+            }
+            e if is_storage_fault(&e) => {
+                StoreError::Full("the database cannot grow".into(), Some(Box::new(e)))
+            }
+            other => StoreError::Backend("sqlite".into(), Some(Box::new(other))),
+        }
+    }
+}
+
+/// A write failed because the disk or the size limit is full, or the file gives I/O errors.
+pub(crate) fn is_storage_fault(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::SystemIoFailure)
+    )
 }

@@ -100,7 +100,7 @@ pub fn configure_writer(conn: &Connection, sync: Sync) -> Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(crate::StoreError::Unavailable(format!(
+        return Err(crate::StoreError::unavailable(format!(
             "SQLite refused WAL mode (got {mode})"
         )));
     }

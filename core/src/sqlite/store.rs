@@ -19,7 +19,8 @@ fn encode(sub: &Subscription) -> Result<(Option<String>, String)> {
         .owner
         .as_ref()
         .map(|o| format!("{}/{}/{}", o.kind, o.namespace, o.name));
-    let doc = serde_json::to_string(sub).map_err(|e| StoreError::Backend(e.to_string()))?;
+    let doc = serde_json::to_string(sub)
+        .map_err(|e| StoreError::backend_by("encoding a subscription", e))?;
     Ok((owner, doc))
 }
 

@@ -49,7 +49,7 @@ impl Writer {
         thread::Builder::new()
             .name("herald-sqlite-writer".into())
             .spawn(move || run(conn, sync, rx, shared))
-            .map_err(|e| StoreError::Backend(format!("spawn writer: {e}")))?;
+            .map_err(|e| StoreError::backend(format!("spawn writer: {e}")))?;
         Ok(Self { tx, fault })
     }
 
@@ -69,7 +69,7 @@ impl Writer {
             run: Box::new(move |conn: &Connection| {
                 let out = in_savepoint(conn, f);
                 let fault = match &out {
-                    Err(StoreError::Full(m)) => Some(m.clone()),
+                    Err(e @ StoreError::Full(..)) => Some(e.chain()),
                     _ => None,
                 };
                 let reply: Reply = Box::new(move |commit_error: Option<&str>| {
@@ -78,7 +78,7 @@ impl Writer {
                         (_, Err(e)) => Err(e),
                         (None, ok) => ok,
                         (Some(e), Ok(_)) => {
-                            Err(StoreError::Unavailable(format!("commit failed: {e}")))
+                            Err(StoreError::unavailable(format!("commit failed: {e}")))
                         }
                     };
                     let _ = reply_tx.send(out);
@@ -89,10 +89,10 @@ impl Writer {
         self.tx
             .send(op)
             .await
-            .map_err(|_| StoreError::Unavailable("SQLite writer stopped".into()))?;
+            .map_err(|_| StoreError::unavailable("SQLite writer stopped"))?;
         reply_rx
             .await
-            .map_err(|_| StoreError::Unavailable("the SQLite transaction could not start".into()))?
+            .map_err(|_| StoreError::unavailable("the SQLite transaction could not start"))?
     }
 }
 
@@ -159,7 +159,7 @@ fn run(conn: Connection, sync: Sync, mut rx: mpsc::Receiver<Op>, fault: Fault) {
         }
         let commit = statement(&conn, "COMMIT");
         if let Err(e) = &commit {
-            if crate::error::is_storage_fault(e) {
+            if super::is_storage_fault(e) {
                 hit = hit.or(Some(e.to_string()));
             }
         }

@@ -1,0 +1,298 @@
+//! The queue of production mode: a [`Transport`] (Redis) for what is queued and leased, an
+//! [`Archive`] (MongoDB) for events and settled deliveries, and the [`AttemptLog`], composed
+//! into one [`Queue`]. Neither store has transactions across the other, so this module fixes
+//! the order of the writes and recovers what a crash between two of them leaves behind.
+//!
+//! ## Write order
+//! - **Publish**: one atomic transport write (idempotency key, event, deliveries). Nothing else
+//!   is on the ingest path.
+//! - **Claim**: lease in the transport → store the events the archive lacks → note them as
+//!   archived. No attempt starts before its event is in the archive, so every logged attempt
+//!   names a stored event.
+//! - **Settle**: check the leases → log the attempts → record the deliveries that ended →
+//!   acknowledge or reschedule in the transport (fenced by the receipt once more).
+//!
+//! ## Failure points
+//! | crash or failure after…            | what is left                          | what happens then |
+//! |------------------------------------|---------------------------------------|-------------------|
+//! | publish, before it answered        | the event queued, or nothing          | the producer retries; with an idempotency key no second copy |
+//! | the lease                          | a leased delivery nobody works on     | the reaper (dead worker) or the lease's end queues it again |
+//! | storing events fails               | leased deliveries without an archive  | handed back (due in [`HAND_BACK_DELAY`]); the claim fails and the worker backs off |
+//! | logging the attempts               | an attempt logged, the lease held     | redelivered later under the same number; the log keeps the first record |
+//! | recording the settled delivery     | archive says settled, transport leased| the redelivery is noticed at the next claim and acknowledged without sending |
+//! | acknowledging                      | the same as the previous row          | the same |
+//! | the transport, at any write        | nothing new is lost: the transport's own persistence holds leased and queued deliveries | deliveries resume when it is back |
+//!
+//! A settlement whose lease was lost after the check and before the acknowledgement has logged
+//! its attempt (under its number, kept once) and possibly its end; the transport then counts it
+//! stale and the new holder's outcome is recorded after it. Delivery is at least once.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::backend::{Archive, AttemptLog, Leased, Queue, Result, SettledDelivery, Transport};
+use crate::model::{
+    ClaimRequest, Claimed, DeliveryState, Disposition, Job, Publish, PublishOutcome, QueueStats,
+    Settlement, WebhookRecord,
+};
+
+/// How long deliveries leased by a claim that could not reach the archive wait before they are
+/// due again.
+pub const HAND_BACK_DELAY: Duration = Duration::from_secs(1);
+
+pub struct SplitQueue {
+    transport: Arc<dyn Transport>,
+    archive: Arc<dyn Archive>,
+    attempts: Arc<dyn AttemptLog>,
+}
+
+impl SplitQueue {
+    pub fn new(
+        transport: Arc<dyn Transport>,
+        archive: Arc<dyn Archive>,
+        attempts: Arc<dyn AttemptLog>,
+    ) -> Self {
+        Self {
+            transport,
+            archive,
+            attempts,
+        }
+    }
+
+    /// Gives leased jobs back unattempted, due at `at`. Best effort: if the transport fails
+    /// too, the leases run out or the reaper frees them.
+    async fn hand_back(&self, jobs: &[Job], at: DateTime<Utc>) {
+        let back: Vec<Settlement> = jobs
+            .iter()
+            .map(|j| Settlement {
+                attempt: None,
+                webhook_id: j.webhook_id.clone(),
+                subscription_id: j.subscription_id.clone(),
+                receipt: j.receipt.clone(),
+                attempts: j.attempt.saturating_sub(1),
+                disposition: Disposition::Defer(at),
+                last_error: None,
+            })
+            .collect();
+        if let Err(e) = self.transport.settle(&back).await {
+            tracing::warn!(error = %e.chain(), jobs = jobs.len(), "handing leased deliveries back failed; their leases will run out");
+        }
+    }
+
+    /// Drops redelivered jobs that the archive shows settled (their holder died between
+    /// recording the end and acknowledging it), acknowledging them in the transport.
+    async fn drop_settled(&self, jobs: &mut Vec<Job>, redelivered: &[usize]) -> Result<()> {
+        let pairs: Vec<(String, String)> = redelivered
+            .iter()
+            .filter_map(|&i| jobs.get(i))
+            .map(|j| (j.webhook_id.clone(), j.subscription_id.clone()))
+            .collect();
+        let settled = self.archive.settled_among(&pairs).await?;
+        if settled.is_empty() {
+            return Ok(());
+        }
+        let ended: HashSet<(&str, &str)> = settled
+            .iter()
+            .map(|s| (s.webhook_id.as_str(), s.status.subscription_id.as_str()))
+            .collect();
+        let mut acks = Vec::new();
+        for s in &settled {
+            let Some(job) = jobs.iter().find(|j| {
+                j.webhook_id == s.webhook_id && j.subscription_id == s.status.subscription_id
+            }) else {
+                continue;
+            };
+            acks.push(Settlement {
+                attempt: None,
+                webhook_id: job.webhook_id.clone(),
+                subscription_id: job.subscription_id.clone(),
+                receipt: job.receipt.clone(),
+                attempts: s.status.attempts,
+                disposition: if s.status.status == DeliveryState::Succeeded {
+                    Disposition::Delivered
+                } else {
+                    Disposition::Failed
+                },
+                last_error: s.status.last_error.clone(),
+            });
+        }
+        self.transport.settle(&acks).await?;
+        tracing::info!(
+            deliveries = acks.len(),
+            "acknowledged redelivered deliveries that had settled before their worker died"
+        );
+        jobs.retain(|j| !ended.contains(&(j.webhook_id.as_str(), j.subscription_id.as_str())));
+        Ok(())
+    }
+}
+
+fn is_end(d: &Disposition) -> Option<DeliveryState> {
+    match d {
+        Disposition::Delivered => Some(DeliveryState::Succeeded),
+        Disposition::Failed => Some(DeliveryState::Failed),
+        Disposition::RetryAt(_) | Disposition::Defer(_) => None,
+    }
+}
+
+#[async_trait]
+impl Queue for SplitQueue {
+    async fn publish(&self, publish: Publish) -> Result<PublishOutcome> {
+        self.transport.publish(&publish).await
+    }
+
+    async fn claim(&self, req: &ClaimRequest) -> Result<Claimed> {
+        let Leased {
+            mut jobs,
+            next_due,
+            unarchived,
+            redelivered,
+        } = self.transport.lease(req).await?;
+        if !unarchived.is_empty() {
+            if let Err(e) = self.archive.store_events(&unarchived).await {
+                self.hand_back(&jobs, Utc::now() + HAND_BACK_DELAY).await;
+                return Err(e);
+            }
+            let ids: Vec<String> = unarchived
+                .iter()
+                .map(|e| e.event.webhook_id.clone())
+                .collect();
+            // Not fatal: the next lease lists them again and storing is idempotent.
+            if let Err(e) = self.transport.archived(&ids).await {
+                tracing::warn!(error = %e.chain(), "noting archived events failed");
+            }
+        }
+        if !redelivered.is_empty() {
+            if let Err(e) = self.drop_settled(&mut jobs, &redelivered).await {
+                self.hand_back(&jobs, Utc::now() + HAND_BACK_DELAY).await;
+                return Err(e);
+            }
+        }
+        Ok(Claimed { jobs, next_due })
+    }
+
+    async fn settle(&self, settlements: Vec<Settlement>) -> Result<u64> {
+        if settlements.is_empty() {
+            return Ok(0);
+        }
+        let receipts: Vec<String> = settlements.iter().map(|s| s.receipt.clone()).collect();
+        let held = self.transport.held(&receipts).await?;
+        let mut stale = 0;
+        let mut live = Vec::with_capacity(settlements.len());
+        for (s, held) in settlements.into_iter().zip(held) {
+            if held {
+                live.push(s);
+            } else {
+                stale += 1;
+            }
+        }
+        let attempts: Vec<_> = live.iter().filter_map(|s| s.attempt.clone()).collect();
+        if !attempts.is_empty() {
+            self.attempts.record(attempts).await?;
+        }
+        let now = Utc::now();
+        let ended: Vec<SettledDelivery> = live
+            .iter()
+            .filter_map(|s| {
+                is_end(&s.disposition).map(|status| SettledDelivery {
+                    webhook_id: s.webhook_id.clone(),
+                    status: crate::model::DeliveryStatus {
+                        subscription_id: s.subscription_id.clone(),
+                        status,
+                        attempts: s.attempts,
+                        next_attempt_at: None,
+                        last_error: s.last_error.clone(),
+                    },
+                    settled_at: now,
+                })
+            })
+            .collect();
+        if !ended.is_empty() {
+            self.archive.record_settled(&ended).await?;
+        }
+        Ok(stale + self.transport.settle(&live).await?)
+    }
+
+    async fn heartbeat(&self, worker: &str, lease: Duration) -> Result<u64> {
+        self.transport.heartbeat(worker, lease).await
+    }
+
+    async fn reap(&self, stale_after: Duration) -> Result<u64> {
+        self.transport.reap(stale_after).await
+    }
+
+    async fn wait_for_work(&self, max_wait: Duration) {
+        self.transport.wait_for_work(max_wait).await
+    }
+
+    /// Reads the transport first, then the archive: a delivery that leaves the transport
+    /// between the two reads is in the archive by then, which is written before the ack.
+    async fn webhook(&self, webhook_id: &str) -> Result<Option<WebhookRecord>> {
+        let live = self.transport.live(webhook_id).await?;
+        let settled = self.archive.settled(webhook_id).await?;
+        let (event_type, received_at, subscription_ids, open) = match live {
+            Some(l) => (l.event_type, l.received_at, l.subscription_ids, l.open),
+            None => match self.archive.event(webhook_id).await? {
+                Some(a) => (
+                    a.event.event_type,
+                    a.event.received_at,
+                    a.subscription_ids,
+                    Vec::new(),
+                ),
+                None => return Ok(None),
+            },
+        };
+        let deliveries = subscription_ids
+            .iter()
+            .filter_map(|sid| {
+                open.iter()
+                    .find(|d| &d.subscription_id == sid)
+                    .or_else(|| settled.iter().find(|d| &d.subscription_id == sid))
+                    .cloned()
+            })
+            .collect();
+        Ok(Some(WebhookRecord {
+            webhook_id: webhook_id.to_string(),
+            event_type,
+            received_at,
+            deliveries,
+        }))
+    }
+
+    async fn replay(&self, webhook_id: &str) -> Result<usize> {
+        let failed: Vec<_> = self
+            .archive
+            .settled(webhook_id)
+            .await?
+            .into_iter()
+            .filter(|d| d.status == DeliveryState::Failed)
+            .collect();
+        if failed.is_empty() {
+            return Ok(0);
+        }
+        let Some(event) = self.archive.event(webhook_id).await? else {
+            return Ok(0);
+        };
+        self.transport.requeue(&event, &failed).await
+    }
+
+    async fn expedite(&self, subscription_id: &str) -> Result<()> {
+        self.transport.expedite(subscription_id).await
+    }
+
+    async fn stats(&self) -> Result<QueueStats> {
+        self.transport.stats().await
+    }
+
+    async fn purge(&self, cutoff: DateTime<Utc>) -> Result<u64> {
+        self.archive.purge(cutoff).await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.transport.ping().await?;
+        self.archive.ping().await
+    }
+}
