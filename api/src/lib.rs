@@ -37,8 +37,6 @@ use state::{AppState, RateLimiter};
 
 /// Largest management request body (subscriptions are small).
 pub const MANAGEMENT_BODY_LIMIT: usize = 256 * 1024;
-/// How long subscription reads stay cached in-process; writes invalidate at once.
-const CACHE_TTL: Duration = Duration::from_secs(2);
 /// Past the grace, how long the last writes of stopping tasks may take before exit.
 const SHUTDOWN_MARGIN: Duration = Duration::from_secs(1);
 
@@ -237,16 +235,20 @@ impl Herald {
             .await
             .with_context(|| format!("binding {}", settings.addr))?;
         let addr = listener.local_addr()?;
-        let cache = Arc::new(SubscriptionCache::new(
-            backend.subscriptions.clone(),
-            CACHE_TTL,
-        ));
+        let cache = Arc::new(SubscriptionCache::for_backend(&backend));
         let subscriptions = Arc::new(Subscriptions::new(
             cache.clone(),
             backend.queue.clone(),
             settings.target_guard(),
         ));
         let shutdown = CancellationToken::new();
+        if let Some(follower) = cache.follow() {
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                stop.cancelled().await;
+                follower.abort();
+            });
+        }
         let queue_gauges = crate::gauges::QueueGauges::spawn(
             backend.queue.clone(),
             settings.metrics_interval,

@@ -51,25 +51,42 @@ pub async fn open(settings: &Settings) -> Result<Backend, OpenError> {
             missing: "MONGO_URI",
         }),
         (Some(uri), Some(redis_url)) => {
-            let (mongo, redis) = tokio::join!(
-                mongo::open(uri, settings.mongo_database.as_deref()),
-                redis::open(&redis_url, &settings.redis_prefix),
-            );
-            let mongo = mongo.map_err(OpenError::Mongo)?;
-            let redis = redis.map_err(OpenError::Redis)?;
-            Ok(Backend {
-                name: "mongodb+redis",
-                subscriptions: mongo.subscriptions,
-                queue: Arc::new(SplitQueue::new(
-                    redis.transport,
-                    mongo.archive,
-                    mongo.attempts.clone(),
-                )),
-                attempts: mongo.attempts,
-                changes: Some(redis.changes),
-            })
+            open_production(
+                uri,
+                settings.mongo_database.as_deref(),
+                &redis_url,
+                &settings.redis_prefix,
+            )
+            .await
         }
     }
+}
+
+/// The production backend on MongoDB (database `database`, else the URI's) and Redis (keys
+/// under `prefix`), both checked before it answers.
+pub async fn open_production(
+    mongo_uri: &str,
+    database: Option<&str>,
+    redis_url: &str,
+    prefix: &str,
+) -> Result<Backend, OpenError> {
+    let (mongo, redis) = tokio::join!(
+        mongo::open(mongo_uri, database),
+        redis::open(redis_url, prefix)
+    );
+    let mongo = mongo.map_err(OpenError::Mongo)?;
+    let redis = redis.map_err(OpenError::Redis)?;
+    Ok(Backend {
+        name: "mongodb+redis",
+        subscriptions: mongo.subscriptions,
+        queue: Arc::new(SplitQueue::new(
+            redis.transport,
+            mongo.archive,
+            mongo.attempts.clone(),
+        )),
+        attempts: mongo.attempts,
+        changes: Some(redis.changes),
+    })
 }
 
 fn open_sqlite(settings: &Settings) -> Result<Backend, OpenError> {

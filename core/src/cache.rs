@@ -1,19 +1,31 @@
 //! The in-process subscription cache that ingest and delivery read through, so the hot paths
 //! make no per-event database lookups. Writes made through [`crate::subscriptions`] invalidate it
-//! at once; entries also expire after a short TTL so that changes made by other processes
-//! (another api replica, the operator) show up quickly.
+//! at once. Other processes (api replicas, delivery workers, the operator) learn of a change
+//! through the backend's [`ChangeFeed`] when it has one (Redis pub/sub: within about a second);
+//! the short TTL bounds staleness when announcements are lost or the backend has no feed.
+//!
+//! Protocol: a writer stores the change, drops its own entry, then announces the id. A
+//! follower drops the entry on the announcement, and everything when it may have missed some
+//! (start, reconnect). A load that started before an invalidation is not cached (generation
+//! counter), so a follower never keeps a value older than the last announcement it saw.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::backend::{Result, SubscriptionStore};
+use crate::backend::{ChangeFeed, Result, SubscriptionStore};
 use crate::model::Subscription;
 
 /// Unknown ids are cached too (so a flood of bad ids cannot reach the store); past this many
 /// entries the map starts over.
 const MAX_ENTRIES: usize = 100_000;
+
+/// Entry lifetime without a change feed: how soon other processes' writes show up.
+pub const UNFOLLOWED_TTL: Duration = Duration::from_secs(2);
+/// Entry lifetime with a change feed, which drops changed entries at once and everything after
+/// a reconnect: the TTL is only the backstop for an announcement lost while the feed seemed up.
+pub const FOLLOWED_TTL: Duration = Duration::from_secs(30);
 
 type Entry = (Instant, Option<Arc<Subscription>>);
 type Snapshot = (Instant, Arc<Vec<Arc<Subscription>>>);
@@ -25,6 +37,7 @@ pub struct SubscriptionCache {
     generation: AtomicU64,
     by_id: RwLock<HashMap<String, Entry>>,
     all: RwLock<Option<Snapshot>>,
+    changes: Option<Arc<dyn ChangeFeed>>,
 }
 
 impl SubscriptionCache {
@@ -35,6 +48,54 @@ impl SubscriptionCache {
             generation: AtomicU64::new(0),
             by_id: RwLock::new(HashMap::new()),
             all: RwLock::new(None),
+            changes: None,
+        }
+    }
+
+    /// The cache of one process of `backend`: announced through its change feed when it has
+    /// one, with a TTL that only covers lost announcements; else with a short TTL, which is
+    /// then the bound for changes made by other processes.
+    pub fn for_backend(backend: &crate::backend::Backend) -> Self {
+        let ttl = if backend.changes.is_some() {
+            FOLLOWED_TTL
+        } else {
+            UNFOLLOWED_TTL
+        };
+        Self::new(backend.subscriptions.clone(), ttl).with_changes(backend.changes.clone())
+    }
+
+    /// Announces this process's writes on `feed` (see [`Self::follow`] for the other side).
+    pub fn with_changes(mut self, feed: Option<Arc<dyn ChangeFeed>>) -> Self {
+        self.changes = feed;
+        self
+    }
+
+    /// Follows the change feed until the process ends, dropping what other processes changed.
+    /// Without a feed there is nothing to follow and `None` comes back.
+    pub fn follow(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let feed = self.changes.clone()?;
+        let cache = Arc::downgrade(self);
+        Some(tokio::spawn(async move {
+            feed.follow(Box::new(move |changed| {
+                if let Some(cache) = cache.upgrade() {
+                    match changed {
+                        Some(id) => cache.invalidate(id),
+                        None => cache.invalidate_all(),
+                    }
+                }
+            }))
+            .await
+        }))
+    }
+
+    /// A subscription was written by this process: drop it here and tell the others. A failed
+    /// announcement is logged; the others then see the change after their TTL.
+    pub async fn changed(&self, id: &str) {
+        self.invalidate(id);
+        if let Some(feed) = &self.changes {
+            if let Err(e) = feed.announce(id).await {
+                tracing::warn!(subscription = id, error = %e.chain(), "announcing a subscription change failed; other processes see it after the cache TTL");
+            }
         }
     }
 

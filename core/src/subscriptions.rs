@@ -112,7 +112,7 @@ impl Subscriptions {
         let now = Utc::now();
         let sub = build(crate::ids::subscription_id(), v, owner, now, now);
         self.cache.store().insert(&sub).await?;
-        self.cache.invalidate(&sub.id);
+        self.cache.changed(&sub.id).await;
         Ok(sub)
     }
 
@@ -167,7 +167,7 @@ impl Subscriptions {
             sub.previous_secret_expires_at = current.previous_secret_expires_at;
         }
         self.cache.store().replace(&sub).await?;
-        self.cache.invalidate(id);
+        self.cache.changed(id).await;
         if !sub.paused {
             // Deliveries deferred while paused go out now.
             self.queue.expedite(id).await?;
@@ -194,7 +194,7 @@ impl Subscriptions {
         if !self.cache.store().remove(id).await? {
             return Err(Error::NotFound("subscription"));
         }
-        self.cache.invalidate(id);
+        self.cache.changed(id).await;
         self.queue.expedite(id).await?;
         Ok(())
     }
@@ -280,7 +280,7 @@ impl Subscriptions {
             }
         }
         self.cache.store().replace(&sub).await?;
-        self.cache.invalidate(id);
+        self.cache.changed(id).await;
         Ok(Rotated {
             subscription: sub,
             secret,
@@ -300,7 +300,7 @@ impl Subscriptions {
         sub.disabled_at = Some(Utc::now());
         sub.disabled_reason = Some(reason.to_string());
         self.cache.store().replace(&sub).await?;
-        self.cache.invalidate(id);
+        self.cache.changed(id).await;
         metrics::counter!(crate::telemetry::SUBSCRIPTIONS_DISABLED, "reason" => kind).increment(1);
         tracing::warn!(subscription = id, reason, "subscription disabled");
         self.queue.expedite(id).await?;
@@ -321,7 +321,7 @@ impl Subscriptions {
         }
         sub.failing_since = since;
         self.cache.store().replace(&sub).await?;
-        self.cache.invalidate(id);
+        self.cache.changed(id).await;
         Ok(())
     }
 }

@@ -2,16 +2,12 @@
 //! that scale delivery apart from ingest; `cleanup` runs one retention sweep (the CronJob).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use herald_core::cache::SubscriptionCache;
 use herald_core::config::Settings;
 use herald_delivery::{retention, Engine, EngineConfig};
 use tokio_util::sync::CancellationToken;
-
-/// Subscription changes made by other processes show up within this time.
-const CACHE_TTL: Duration = Duration::from_secs(2);
 
 #[derive(Parser)]
 #[command(name = "herald-delivery", version, about = "Herald delivery workers")]
@@ -54,10 +50,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Run { no_retention } => {
             let shutdown = CancellationToken::new();
-            let cache = Arc::new(SubscriptionCache::new(
-                backend.subscriptions.clone(),
-                CACHE_TTL,
-            ));
+            let cache = Arc::new(SubscriptionCache::for_backend(&backend));
+            let _follower = cache.follow();
             let sweeper = (!no_retention).then(|| {
                 tokio::spawn(retention::run_periodic(
                     backend.clone(),
