@@ -23,10 +23,22 @@ enum Command {
     Openapi,
 }
 
+/// A failure is one line on stderr (the whole cause chain, `a: b: c`) and exit status 1, so
+/// that a bad `MONGO_URI` reads the same in a terminal, `docker logs` and `kubectl logs`.
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     herald_api::init_tracing(&cli.settings.log_format);
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herald: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let herald = herald_api::Herald::start(cli.settings).await?;

@@ -30,10 +30,22 @@ enum Command {
     Cleanup,
 }
 
+/// A failure is one line on stderr (the whole cause chain, `a: b: c`) and exit status 1, so
+/// that a bad `MONGO_URI` reads the same in a terminal, `docker logs` and `kubectl logs`.
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     herald_core::telemetry::init_tracing(&cli.settings.log_format);
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herald-delivery: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = cli.settings;
     let backend = herald_backends::open(&settings).await?;
     match cli.command.unwrap_or(Command::Run {

@@ -25,24 +25,40 @@ pub async fn healthz() -> Json<Health> {
     })
 }
 
+/// Ready while the queue accepts events, which is all ingest needs. A subscription store that
+/// does not answer (MongoDB down in production mode, while subscriptions come from the cache)
+/// leaves the process ready but `degraded`, with the error: taking every api pod out of
+/// service for it would refuse events that can still be stored.
 #[utoipa::path(get, path = "/readyz", tag = "ops",
-    responses((status = 200, body = Health), (status = 503, body = Health)))]
+    responses((status = 200, body = Health, description = "`ok`, or `degraded` with the store's error"),
+        (status = 503, body = Health)))]
 pub async fn readyz(State(st): State<AppState>) -> (StatusCode, Json<Health>) {
-    let checked = tokio::time::timeout(std::time::Duration::from_secs(2), async {
-        st.backend.subscriptions.ping().await?;
-        st.backend.queue.ping().await
-    })
-    .await;
-    match checked {
-        Ok(Ok(())) => (
+    let within = std::time::Duration::from_secs(2);
+    let (queue, store) = tokio::join!(
+        tokio::time::timeout(within, st.backend.queue.ping()),
+        tokio::time::timeout(within, st.backend.subscriptions.ping()),
+    );
+    let failure = |r: Result<herald_core::backend::Result<()>, _>, what: &str| match r {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!("{what} did not answer within 2 s")),
+    };
+    match (failure(queue, "the queue"), failure(store, "the store")) {
+        (None, None) => (
             StatusCode::OK,
             Json(Health {
                 status: "ok",
                 error: None,
             }),
         ),
-        Ok(Err(e)) => unready(e.to_string()),
-        Err(_) => unready("storage did not answer within 2 s".into()),
+        (None, Some(store)) => (
+            StatusCode::OK,
+            Json(Health {
+                status: "degraded",
+                error: Some(store),
+            }),
+        ),
+        (Some(queue), _) => unready(queue),
     }
 }
 

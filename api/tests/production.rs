@@ -1,0 +1,695 @@
+//! Production mode as real processes: `herald` api processes (`HERALD_WORKERS=false`) and
+//! `herald-delivery` processes sharing FerretDB (the MongoDB wire protocol) and Redis, the
+//! servers `scripts/testenv.sh` starts. Each test has its own MongoDB database and Redis key
+//! prefix; the outage tests run private Redis and FerretDB servers that they stop and restart.
+//!
+//! `herald-delivery` is another package's binary: `cargo test --workspace` builds it before
+//! any test runs; a narrower run needs `cargo build -p herald-delivery` first.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Api, Behaviour, Receiver};
+use serde_json::{json, Value};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn herald_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_herald"))
+}
+
+fn delivery_bin() -> PathBuf {
+    let bin =
+        herald_bin().with_file_name(format!("herald-delivery{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p herald-delivery` (cargo test --workspace builds it)",
+        bin.display()
+    );
+    bin
+}
+
+/// A child process killed when the test ends, however it ends.
+struct Proc {
+    child: Child,
+}
+
+impl Proc {
+    fn sigkill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.sigkill();
+    }
+}
+
+/// One installation: a MongoDB database and a Redis key prefix of its own, and the settings
+/// every process of it shares. Dropping it removes the database and the keys.
+struct Installation {
+    mongo_uri: String,
+    redis_url: String,
+    database: String,
+    prefix: String,
+    extra: Vec<(String, String)>,
+}
+
+impl Installation {
+    fn new() -> Option<Self> {
+        let mongo_uri = herald_testenv::mongo_uri()?;
+        let redis_url = herald_testenv::redis_url()?;
+        Some(Self::on(mongo_uri, redis_url))
+    }
+
+    fn on(mongo_uri: String, redis_url: String) -> Self {
+        Self {
+            mongo_uri,
+            redis_url,
+            database: herald_testenv::unique_name("proc").replace('-', "_"),
+            prefix: herald_testenv::unique_name("proc"),
+            extra: Vec::new(),
+        }
+    }
+
+    fn with(mut self, key: &str, value: &str) -> Self {
+        self.extra.push((key.into(), value.into()));
+        self
+    }
+
+    fn command(&self, bin: &Path) -> Command {
+        let mut cmd = Command::new(bin);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("MONGO_URI", &self.mongo_uri)
+            .env("HERALD_MONGO_DATABASE", &self.database)
+            .env("REDIS_URL", &self.redis_url)
+            .env("HERALD_REDIS_PREFIX", &self.prefix)
+            .env("HERALD_ALLOW_TARGETS", "127.0.0.0/8,::1/128")
+            .env("HERALD_RETRY_SCHEDULE", "200ms,200ms,200ms")
+            .env("HERALD_DELIVERY_TIMEOUT", "5s")
+            .env("HERALD_WORKER_HEARTBEAT", "1s")
+            .env("HERALD_WORKER_STALE_AFTER", "3s")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in &self.extra {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// An api process without workers; answers once ready.
+    async fn api(&self) -> (Proc, Api) {
+        let port = free_port();
+        let child = self
+            .command(&herald_bin())
+            .env("HERALD_ADDR", format!("127.0.0.1:{port}"))
+            .env("HERALD_WORKERS", "false")
+            .spawn()
+            .expect("herald starts");
+        let api = Api::new(format!("http://127.0.0.1:{port}"));
+        let proc = Proc { child };
+        api.wait_ready().await;
+        (proc, api)
+    }
+
+    fn delivery(&self) -> Proc {
+        let child = self
+            .command(&delivery_bin())
+            .spawn()
+            .expect("herald-delivery starts");
+        Proc { child }
+    }
+}
+
+impl Drop for Installation {
+    fn drop(&mut self) {
+        let (uri, db, url, prefix) = (
+            self.mongo_uri.clone(),
+            self.database.clone(),
+            self.redis_url.clone(),
+            self.prefix.clone(),
+        );
+        // Its own thread and runtime: the test's runtime may be shutting down.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let cleanup = async {
+                    if let Ok(client) = mongodb::Client::with_uri_str(&uri).await {
+                        let _ = client.database(&db).drop().await;
+                    }
+                    if let Ok(client) = redis::Client::open(url.as_str()) {
+                        if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+                            let keys: Vec<String> = redis::cmd("KEYS")
+                                .arg(format!("{prefix}:*"))
+                                .query_async(&mut c)
+                                .await
+                                .unwrap_or_default();
+                            if !keys.is_empty() {
+                                let _: redis::RedisResult<()> =
+                                    redis::cmd("DEL").arg(keys).query_async(&mut c).await;
+                            }
+                        }
+                    }
+                };
+                // A server a test stopped must not hold the test up.
+                let _ = tokio::time::timeout(Duration::from_secs(5), cleanup).await;
+            })
+        })
+        .join();
+    }
+}
+
+/// Waits until every id in `ids` reached the receiver at `path`, or panics after `within`.
+async fn wait_received(rx: &Receiver, path: &str, ids: &HashSet<String>, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = received_ids(rx, path);
+        let missing = ids.difference(&got).count();
+        if missing == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} accepted events not delivered within {within:?}",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn received_ids(rx: &Receiver, path: &str) -> HashSet<String> {
+    rx.received(path)
+        .iter()
+        .map(|r| r.headers["webhook-id"].to_str().unwrap().to_string())
+        .collect()
+}
+
+/// How many receipts at `path` repeated a webhook id already received.
+fn duplicates(rx: &Receiver, path: &str) -> usize {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for r in rx.received(path) {
+        *seen
+            .entry(r.headers["webhook-id"].to_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    seen.values().map(|n| n - 1).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_curl_flow_works_across_api_and_delivery_processes() {
+    let Some(inst) = Installation::new() else {
+        return;
+    };
+    let rx = Receiver::start().await;
+    let (_api_proc, api) = inst.api().await;
+    let _worker = inst.delivery();
+
+    let created = api
+        .create(json!({"target_url": rx.url("/orders"), "event_types": ["order.created"]}))
+        .await;
+    let sub = created["id"].as_str().unwrap().to_string();
+    let (status, read) = api.get(&format!("/subscriptions/{sub}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(read["target_url"], rx.url("/orders"));
+
+    let r = api.ingest(&sub, "order.created", r#"{"order":42}"#).await;
+    assert_eq!(r.status(), 202);
+    let webhook: Value = r.json().await.unwrap();
+    let webhook = webhook["webhook_id"].as_str().unwrap().to_string();
+    let got = rx.wait_for("/orders", 1, Duration::from_secs(15)).await;
+    assert_eq!(&got[0].body[..], br#"{"order":42}"#, "the exact bytes sent");
+    let status = api
+        .wait_status(&webhook, "succeeded", Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        status["deliveries"][0]["subscription_id"],
+        sub.as_str(),
+        "{status}"
+    );
+
+    let (_, logs) = api.get(&format!("/subscriptions/{sub}/deliveries")).await;
+    assert_eq!(logs["data"][0]["outcome"], "Success", "{logs}");
+    assert_eq!(logs["data"][0]["webhook_id"], webhook.as_str(), "{logs}");
+
+    // An event type the subscription does not take is refused, not queued.
+    let r = api.ingest(&sub, "order.deleted", "{}").await;
+    assert_ne!(r.status(), 202);
+
+    let r = api.delete(&format!("/subscriptions/{sub}")).await;
+    assert_eq!(r.status(), 204);
+    let (status, _) = api.get(&format!("/subscriptions/{sub}")).await;
+    assert_eq!(status, 404);
+    let r = api.ingest(&sub, "order.created", "{}").await;
+    assert_eq!(r.status(), 404, "ingest to a deleted subscription");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_reads_queued_right_after_its_202_before_any_worker_runs() {
+    let Some(inst) = Installation::new() else {
+        return;
+    };
+    let rx = Receiver::start().await;
+    let (_api_proc, api) = inst.api().await;
+    let sub = api.subscribe(&rx.url("/later")).await;
+    let id = api.ingest_ok(&sub, r#"{"n":1}"#).await;
+    let (status, v) = api.get(&format!("/webhooks/{id}")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["deliveries"][0]["status"], "queued", "{v}");
+    // A delivery process started later takes it.
+    let _worker = inst.delivery();
+    rx.wait_for("/later", 1, Duration::from_secs(15)).await;
+    api.wait_status(&id, "succeeded", Duration::from_secs(10))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_delivery_process_hands_its_deliveries_to_the_other() {
+    let Some(inst) = Installation::new() else {
+        return;
+    };
+    let inst = inst.with("HERALD_SUBSCRIPTION_CONCURRENCY", "16");
+    let rx = Receiver::start().await;
+    // Slow answers keep deliveries in flight when the process dies.
+    rx.on("/slow", Behaviour::Delay(Duration::from_millis(50)));
+    let (_api_proc, api) = inst.api().await;
+    let sub = api.subscribe(&rx.url("/slow")).await;
+
+    let mut ingests = tokio::task::JoinSet::new();
+    for worker in 0..8 {
+        let api = Api::new(api.base.clone());
+        let sub = sub.clone();
+        ingests.spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..250 {
+                ids.push(
+                    api.ingest_ok(&sub, &format!("{{\"w\":{worker},\"i\":{i}}}"))
+                        .await,
+                );
+            }
+            ids
+        });
+    }
+    let mut accepted = HashSet::new();
+    while let Some(ids) = ingests.join_next().await {
+        accepted.extend(ids.unwrap());
+    }
+    assert_eq!(accepted.len(), 2000);
+
+    let mut a = inst.delivery();
+    let _b = inst.delivery();
+    rx.wait_for("/slow", 300, Duration::from_secs(30)).await;
+    a.sigkill();
+    let killed_at = Instant::now();
+    let before_kill = rx.received("/slow").len();
+    // The survivor takes over what the dead one held once its heartbeats are 3 s stale.
+    wait_received(&rx, "/slow", &accepted, Duration::from_secs(90)).await;
+    let dups = duplicates(&rx, "/slow");
+    println!(
+        "2000 events, one of two delivery processes killed after {before_kill} receipts: all \
+         delivered {:?} after the kill, {dups} duplicate deliveries",
+        killed_at.elapsed()
+    );
+    // At most what the killed process had in flight (its subscription concurrency) comes twice.
+    assert!(dups <= 16, "{dups} duplicates");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_made_through_one_api_process_reaches_another_within_a_second() {
+    let Some(inst) = Installation::new() else {
+        return;
+    };
+    let rx = Receiver::start().await;
+    let (_p1, one) = inst.api().await;
+    let (_p2, two) = inst.api().await;
+    let sub = one
+        .create_id(json!({"target_url": rx.url("/c"), "event_types": ["a"]}))
+        .await;
+    // The second process caches the subscription by serving an ingest for it.
+    assert_eq!(two.ingest(&sub, "a", "{}").await.status(), 202);
+    assert_ne!(two.ingest(&sub, "b", "{}").await.status(), 202);
+
+    let r = one
+        .patch(
+            &format!("/subscriptions/{sub}"),
+            json!({"event_types": ["a", "b"]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let changed = Instant::now();
+    loop {
+        if two.ingest(&sub, "b", "{}").await.status() == 202 {
+            break;
+        }
+        assert!(
+            changed.elapsed() < Duration::from_secs(1),
+            "the other process still serves the old subscription after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    assert_eq!(
+        one.delete(&format!("/subscriptions/{sub}")).await.status(),
+        204
+    );
+    let deleted = Instant::now();
+    loop {
+        if two.ingest(&sub, "a", "{}").await.status() == 404 {
+            break;
+        }
+        assert!(
+            deleted.elapsed() < Duration::from_secs(1),
+            "the other process still accepts events for a deleted subscription after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs a binary with `env` until it exits (at most 30 s) and returns its status and stderr.
+fn run_to_exit(bin: &Path, env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
+    let mut cmd = Command::new(bin);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HERALD_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("RUST_LOG", "off")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            use std::io::Read;
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            return (status, err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "{} with {env:?} neither started nor exited in 30 s",
+                bin.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn bad_production_configuration_is_one_error_line_and_a_failed_exit() {
+    // A port nothing listens on (bound, then released).
+    let dead = format!("127.0.0.1:{}", free_port());
+    let dead_mongo = format!("mongodb://{dead}/?serverSelectionTimeoutMS=1000");
+    let dead_redis = format!("redis://{dead}/");
+    let live_mongo = herald_testenv::mongo_uri();
+    let live_redis = herald_testenv::redis_url();
+    let mut cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+        (vec![("MONGO_URI", dead_mongo.as_str())], "REDIS_URL"),
+        (vec![("REDIS_URL", dead_redis.as_str())], "MONGO_URI"),
+        (vec![("REDIS_ADDR", dead.as_str())], "MONGO_URI"),
+        (
+            vec![
+                ("MONGO_URI", dead_mongo.as_str()),
+                ("REDIS_URL", "not a url"),
+            ],
+            "Redis",
+        ),
+    ];
+    if let (Some(m), Some(r)) = (&live_mongo, &live_redis) {
+        cases.push((
+            vec![
+                ("MONGO_URI", dead_mongo.as_str()),
+                ("REDIS_URL", r.as_str()),
+            ],
+            "MongoDB",
+        ));
+        cases.push((
+            vec![
+                ("MONGO_URI", m.as_str()),
+                ("REDIS_URL", dead_redis.as_str()),
+            ],
+            "Redis",
+        ));
+    }
+    for bin in [herald_bin(), delivery_bin()] {
+        for (env, names) in &cases {
+            let started = Instant::now();
+            let (status, err) = run_to_exit(&bin, env);
+            assert!(!status.success(), "{} {env:?} exited 0", bin.display());
+            assert_eq!(status.code(), Some(1), "{env:?}: {err}");
+            let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+            assert_eq!(lines.len(), 1, "{env:?}: one error line, got {err:?}");
+            assert!(
+                lines[0].contains(names),
+                "{env:?}: {:?} names {names}",
+                lines[0]
+            );
+            assert!(!err.contains("panicked"), "{err}");
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{env:?} took {:?} to fail",
+                started.elapsed()
+            );
+        }
+    }
+}
+
+/// A private server process for the outage tests, stopped when dropped.
+struct Server {
+    proc: Option<Proc>,
+    start: Box<dyn Fn() -> Child + Send>,
+}
+
+impl Server {
+    fn new(start: impl Fn() -> Child + Send + 'static) -> Self {
+        let proc = Some(Proc { child: start() });
+        Self {
+            proc,
+            start: Box::new(start),
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            // SIGTERM: Redis flushes its AOF, FerretDB closes its files.
+            let _ = Command::new("kill")
+                .args(["-TERM", &p.child.id().to_string()])
+                .status();
+            let _ = p.child.wait();
+        }
+    }
+
+    fn restart(&mut self) {
+        self.stop();
+        self.proc = Some(Proc {
+            child: (self.start)(),
+        });
+    }
+}
+
+async fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "port {port} never opened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn private_redis(dir: &Path, port: u16) -> Server {
+    let dir = dir.to_path_buf();
+    Server::new(move || {
+        Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--dir",
+            ])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (on PATH under scripts/testenv.sh)")
+    })
+}
+
+fn private_ferretdb(dir: &Path, port: u16) -> Server {
+    let data = dir.join("data");
+    let state = dir.join("state");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&state).unwrap();
+    Server::new(move || {
+        Command::new("ferretdb")
+            .arg("--handler=sqlite")
+            .arg(format!("--sqlite-url=file:{}/", data.display()))
+            .arg(format!("--listen-addr=127.0.0.1:{port}"))
+            .arg("--debug-addr=-")
+            .arg(format!("--state-dir={}", state.display()))
+            .arg("--telemetry=disable")
+            .arg("--log-level=ERROR")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ferretdb (on PATH under scripts/testenv.sh)")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_ingest_answers_503_and_every_acknowledged_event_arrives_later() {
+    let Some(mongo) = herald_testenv::mongo_uri() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut redis = private_redis(dir.path(), port);
+    wait_port(port).await;
+    let inst = Installation::on(mongo, format!("redis://127.0.0.1:{port}/"));
+    let rx = Receiver::start().await;
+    let (_api_proc, api) = inst.api().await;
+    let sub = api.subscribe(&rx.url("/r")).await;
+    let mut accepted = HashSet::new();
+    for i in 0..50 {
+        accepted.insert(api.ingest_ok(&sub, &format!("{{\"before\":{i}}}")).await);
+    }
+
+    redis.stop();
+    let mut refused = 0;
+    for i in 0..20 {
+        let started = Instant::now();
+        let r = api
+            .ingest(&sub, "order.created", &format!("{{\"during\":{i}}}"))
+            .await;
+        let status = r.status().as_u16();
+        if status == 202 {
+            panic!("a 202 while Redis is down");
+        }
+        assert_eq!(status, 503);
+        assert!(
+            r.headers().contains_key("retry-after"),
+            "503 carries Retry-After"
+        );
+        let body: Value = r.json().await.unwrap();
+        assert!(body["error"].is_string(), "JSON error: {body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "refused in {:?}, not hung",
+            started.elapsed()
+        );
+        refused += 1;
+    }
+    assert_eq!(refused, 20);
+    let (ready, _) = api.get("/readyz").await;
+    assert_eq!(ready, 503, "not ready while Redis is down");
+
+    redis.restart();
+    wait_port(port).await;
+    // The same AOF: every event acknowledged before the outage is delivered.
+    let _worker = inst.delivery();
+    wait_received(&rx, "/r", &accepted, Duration::from_secs(30)).await;
+    // And ingest works again without restarting the api.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if api
+            .ingest(&sub, "order.created", "{\"after\":1}")
+            .await
+            .status()
+            == 202
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ingest never recovered after Redis came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let extra: HashSet<String> = received_ids(&rx, "/r")
+        .difference(&accepted)
+        .cloned()
+        .collect();
+    assert!(extra.len() <= 1, "nothing refused was delivered: {extra:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_mongodb_down_ingest_keeps_accepting_and_deliveries_catch_up() {
+    let Some(redis) = herald_testenv::redis_url() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut mongo = private_ferretdb(dir.path(), port);
+    wait_port(port).await;
+    let inst = Installation::on(
+        format!("mongodb://127.0.0.1:{port}/?serverSelectionTimeoutMS=2000"),
+        redis,
+    );
+    let rx = Receiver::start().await;
+    let (_api_proc, api) = inst.api().await;
+    let _worker = inst.delivery();
+    let sub = api.subscribe(&rx.url("/m")).await;
+    let mut accepted = HashSet::new();
+    for i in 0..20 {
+        accepted.insert(api.ingest_ok(&sub, &format!("{{\"before\":{i}}}")).await);
+    }
+    wait_received(&rx, "/m", &accepted, Duration::from_secs(20)).await;
+
+    mongo.stop();
+    // Ingest needs no MongoDB round trip: the subscription comes from the cache.
+    let outage = Instant::now();
+    let mut during = HashSet::new();
+    while outage.elapsed() < Duration::from_secs(8) {
+        let r = api
+            .ingest(
+                &sub,
+                "order.created",
+                &format!("{{\"during\":{}}}", during.len()),
+            )
+            .await;
+        assert_eq!(r.status(), 202, "ingest during the MongoDB outage");
+        let v: Value = r.json().await.unwrap();
+        during.insert(v["webhook_id"].as_str().unwrap().to_string());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    mongo.restart();
+    wait_port(port).await;
+    // Deliveries paused or not, none is lost and every attempt is recorded.
+    wait_received(&rx, "/m", &during, Duration::from_secs(60)).await;
+    for id in during.iter().take(5) {
+        let v = api
+            .wait_status(id, "succeeded", Duration::from_secs(30))
+            .await;
+        assert_eq!(v["deliveries"][0]["attempts"], 1, "{v}");
+    }
+}
