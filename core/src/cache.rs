@@ -8,6 +8,12 @@
 //! follower drops the entry on the announcement, and everything when it may have missed some
 //! (start, reconnect). A load that started before an invalidation is not cached (generation
 //! counter), so a follower never keeps a value older than the last announcement it saw.
+//!
+//! Stale if unavailable: an entry whose TTL ran out is served on for [`STALE_RETRY`] at a time
+//! while the store does not answer (`StoreError::Unavailable`), so that ingest keeps accepting
+//! events for known subscriptions through a MongoDB outage. Only expiry is forgiven this way:
+//! an entry dropped by an announcement or a local write is gone, and its next read needs the
+//! store.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::backend::{ChangeFeed, Result, SubscriptionStore};
 use crate::model::Subscription;
+use crate::StoreError;
 
 /// Unknown ids are cached too (so a flood of bad ids cannot reach the store); past this many
 /// entries the map starts over.
@@ -26,6 +33,10 @@ pub const UNFOLLOWED_TTL: Duration = Duration::from_secs(2);
 /// Entry lifetime with a change feed, which drops changed entries at once and everything after
 /// a reconnect: the TTL is only the backstop for an announcement lost while the feed seemed up.
 pub const FOLLOWED_TTL: Duration = Duration::from_secs(30);
+
+/// While the store does not answer, how long an expired entry is served before the next try:
+/// one slow failing lookup per entry and interval, not one per request.
+pub const STALE_RETRY: Duration = Duration::from_secs(1);
 
 type Entry = (Instant, Option<Arc<Subscription>>);
 type Snapshot = (Instant, Arc<Vec<Arc<Subscription>>>);
@@ -103,14 +114,34 @@ impl SubscriptionCache {
         &self.store
     }
 
+    /// When an expired entry, if it was stored at `at`, counts as fresh again for
+    /// [`STALE_RETRY`].
+    fn retried_at(&self) -> Instant {
+        let now = Instant::now();
+        now.checked_sub(self.ttl.saturating_sub(STALE_RETRY))
+            .unwrap_or(now)
+    }
+
     pub async fn get(&self, id: &str) -> Result<Option<Arc<Subscription>>> {
-        if let Some((at, sub)) = self.by_id.read().unwrap().get(id) {
-            if at.elapsed() < self.ttl {
-                return Ok(sub.clone());
-            }
-        }
+        let stale = match self.by_id.read().unwrap().get(id) {
+            Some((at, sub)) if at.elapsed() < self.ttl => return Ok(sub.clone()),
+            Some((_, sub)) => Some(sub.clone()),
+            None => None,
+        };
         let generation = self.generation.load(Ordering::Acquire);
-        let loaded = self.store.get(id).await?.map(Arc::new);
+        let loaded = match self.store.get(id).await {
+            Ok(loaded) => loaded.map(Arc::new),
+            Err(e @ StoreError::Unavailable(..)) => {
+                let Some(sub) = stale else { return Err(e) };
+                let mut map = self.by_id.write().unwrap();
+                if self.generation.load(Ordering::Acquire) == generation {
+                    map.insert(id.to_string(), (self.retried_at(), sub.clone()));
+                }
+                tracing::warn!(subscription = id, error = %e.chain(), "subscription store unavailable: serving the cached subscription");
+                return Ok(sub);
+            }
+            Err(e) => return Err(e),
+        };
         let mut map = self.by_id.write().unwrap();
         if self.generation.load(Ordering::Acquire) == generation {
             if map.len() >= MAX_ENTRIES {
@@ -133,20 +164,25 @@ impl SubscriptionCache {
     }
 
     async fn all(&self) -> Result<Arc<Vec<Arc<Subscription>>>> {
-        if let Some((at, all)) = &*self.all.read().unwrap() {
-            if at.elapsed() < self.ttl {
-                return Ok(all.clone());
-            }
-        }
+        let stale = match &*self.all.read().unwrap() {
+            Some((at, all)) if at.elapsed() < self.ttl => return Ok(all.clone()),
+            Some((_, all)) => Some(all.clone()),
+            None => None,
+        };
         let generation = self.generation.load(Ordering::Acquire);
-        let loaded: Arc<Vec<_>> = Arc::new(
-            self.store
-                .list_all()
-                .await?
-                .into_iter()
-                .map(Arc::new)
-                .collect(),
-        );
+        let loaded: Arc<Vec<_>> = match self.store.list_all().await {
+            Ok(all) => Arc::new(all.into_iter().map(Arc::new).collect()),
+            Err(e @ StoreError::Unavailable(..)) => {
+                let Some(all) = stale else { return Err(e) };
+                let mut slot = self.all.write().unwrap();
+                if self.generation.load(Ordering::Acquire) == generation {
+                    *slot = Some((self.retried_at(), all.clone()));
+                }
+                tracing::warn!(error = %e.chain(), "subscription store unavailable: fan-out uses the cached subscriptions");
+                return Ok(all);
+            }
+            Err(e) => return Err(e),
+        };
         let mut slot = self.all.write().unwrap();
         if self.generation.load(Ordering::Acquire) == generation {
             *slot = Some((Instant::now(), loaded.clone()));
@@ -165,5 +201,136 @@ impl SubscriptionCache {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.by_id.write().unwrap().clear();
         *self.all.write().unwrap() = None;
+    }
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::sqlite::{Sqlite, Sync};
+    use crate::testkit;
+
+    /// The SQLite store, made to answer `Unavailable` (or another error) on demand.
+    struct Flaky {
+        inner: Arc<dyn SubscriptionStore>,
+        down: AtomicBool,
+        broken: AtomicBool,
+    }
+
+    impl Flaky {
+        fn check(&self) -> Result<()> {
+            if self.broken.load(Ordering::Relaxed) {
+                return Err(StoreError::backend("corrupt"));
+            }
+            if self.down.load(Ordering::Relaxed) {
+                return Err(StoreError::unavailable("down"));
+            }
+            Ok(())
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl SubscriptionStore for Flaky {
+        async fn insert(&self, sub: &Subscription) -> Result<()> {
+            self.inner.insert(sub).await
+        }
+        async fn get(&self, id: &str) -> Result<Option<Subscription>> {
+            self.check()?;
+            self.inner.get(id).await
+        }
+        async fn list(&self, limit: usize, after: Option<&str>) -> Result<Vec<Subscription>> {
+            self.inner.list(limit, after).await
+        }
+        async fn list_all(&self) -> Result<Vec<Subscription>> {
+            self.check()?;
+            self.inner.list_all().await
+        }
+        async fn replace(&self, sub: &Subscription) -> Result<()> {
+            self.inner.replace(sub).await
+        }
+        async fn remove(&self, id: &str) -> Result<bool> {
+            self.inner.remove(id).await
+        }
+        async fn ping(&self) -> Result<()> {
+            self.check()
+        }
+    }
+
+    fn flaky() -> (Arc<Flaky>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Sqlite::open(&dir.path().join("c.db"), Sync::Normal).unwrap();
+        let store = Arc::new(Flaky {
+            inner: db.backend().subscriptions,
+            down: AtomicBool::new(false),
+            broken: AtomicBool::new(false),
+        });
+        (store, dir)
+    }
+
+    #[tokio::test]
+    async fn expired_entries_are_served_while_the_store_is_unavailable() {
+        let (store, _dir) = flaky();
+        store.insert(&testkit::subscription("sub_a")).await.unwrap();
+        let cache = SubscriptionCache::new(store.clone(), Duration::from_millis(50));
+        assert!(cache.get("sub_a").await.unwrap().is_some());
+        assert_eq!(cache.matching(None).await.unwrap().len(), 1);
+        store.down.store(true, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert_eq!(cache.get("sub_a").await.unwrap().unwrap().id, "sub_a");
+        assert_eq!(cache.matching(None).await.unwrap().len(), 1);
+        // What was never cached, or was dropped by a change, needs the store.
+        assert!(matches!(
+            cache.get("sub_b").await,
+            Err(StoreError::Unavailable(..))
+        ));
+        cache.invalidate("sub_a");
+        assert!(cache.get("sub_a").await.is_err());
+        assert!(cache.matching(None).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn other_store_errors_are_not_hidden_by_stale_entries() {
+        let (store, _dir) = flaky();
+        store.insert(&testkit::subscription("sub_a")).await.unwrap();
+        let cache = SubscriptionCache::new(store.clone(), Duration::from_millis(50));
+        cache.get("sub_a").await.unwrap();
+        cache.matching(None).await.unwrap();
+        store.broken.store(true, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert!(matches!(
+            cache.get("sub_a").await,
+            Err(StoreError::Backend(..))
+        ));
+        assert!(cache.matching(None).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_stale_entry_is_retried_after_the_stale_interval_and_refreshed_when_the_store_is_back(
+    ) {
+        let (store, _dir) = flaky();
+        let mut sub = testkit::subscription("sub_a");
+        store.insert(&sub).await.unwrap();
+        let ttl = STALE_RETRY + Duration::from_millis(100);
+        let cache = SubscriptionCache::new(store.clone(), ttl);
+        cache.get("sub_a").await.unwrap();
+        store.down.store(true, Ordering::Relaxed);
+        tokio::time::sleep(ttl + Duration::from_millis(20)).await;
+        assert!(cache.get("sub_a").await.unwrap().is_some());
+        // The store comes back with a change this process did not hear of.
+        store.down.store(false, Ordering::Relaxed);
+        sub.target_url = "http://127.0.0.1:9/changed".into();
+        store.replace(&sub).await.unwrap();
+        // Within the stale interval the old value is still served; after it, the new one.
+        assert_ne!(
+            cache.get("sub_a").await.unwrap().unwrap().target_url,
+            sub.target_url
+        );
+        tokio::time::sleep(STALE_RETRY + Duration::from_millis(50)).await;
+        assert_eq!(
+            cache.get("sub_a").await.unwrap().unwrap().target_url,
+            sub.target_url
+        );
     }
 }
