@@ -31,24 +31,19 @@ fn keys(name: &str) -> Document {
 }
 
 /// Creates every index that is missing. Creating an index that exists with the same name and
-/// keys is a no-op on the server, so this runs at every start.
+/// keys is a no-op on the server, so this runs at every start. One `createIndexes` command per
+/// index: FerretDB 1.24 drops the connection (a panic on its side) when one command lists
+/// several indexes that all exist already.
 pub async fn create(db: &Database) -> Result<()> {
-    let mut by_collection: Vec<(&str, Vec<IndexModel>)> = Vec::new();
     for &(collection, name) in INDEXES {
         let model = IndexModel::builder()
             .keys(keys(name))
             .options(IndexOptions::builder().name(name.to_string()).build())
             .build();
-        match by_collection.iter_mut().find(|(c, _)| *c == collection) {
-            Some((_, models)) => models.push(model),
-            None => by_collection.push((collection, vec![model])),
-        }
-    }
-    for (collection, models) in by_collection {
         db.collection::<Document>(collection)
-            .create_indexes(models)
+            .create_index(model)
             .await
-            .map_err(|e| super::convert(&format!("creating the indexes of {collection}"), e))?;
+            .map_err(|e| super::convert(&format!("creating the index {collection}.{name}"), e))?;
     }
     Ok(())
 }
