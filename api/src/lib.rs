@@ -57,6 +57,7 @@ const SHUTDOWN_MARGIN: Duration = Duration::from_secs(1);
         routes::subscriptions::replace,
         routes::subscriptions::patch,
         routes::subscriptions::delete,
+        routes::subscriptions::rotate_secret,
         routes::ingest::ingest,
         routes::ingest::fanout,
         routes::webhooks::status,
@@ -137,6 +138,10 @@ fn build_router(state: AppState, origins: origin::Origins) -> Router {
                 .put(routes::subscriptions::replace)
                 .patch(routes::subscriptions::patch)
                 .delete(routes::subscriptions::delete),
+        )
+        .route(
+            "/subscriptions/{id}/secret/rotate",
+            post(routes::subscriptions::rotate_secret),
         )
         .route(
             "/subscriptions/{id}/deliveries",
@@ -246,11 +251,14 @@ impl Herald {
             backend.subscriptions.clone(),
             CACHE_TTL,
         ));
-        let subscriptions = Arc::new(Subscriptions::new(
-            cache.clone(),
-            backend.queue.clone(),
-            settings.target_guard(),
-        ));
+        let subscriptions = Arc::new(
+            Subscriptions::new(
+                cache.clone(),
+                backend.queue.clone(),
+                settings.target_guard(),
+            )
+            .with_secret_overlap(settings.secret_overlap),
+        );
         let shutdown = CancellationToken::new();
         let queue_gauges = crate::gauges::QueueGauges::spawn(
             backend.queue.clone(),
