@@ -386,6 +386,46 @@ test("a failing subscription: see its attempts, then retry it", async () => {
   await page.context().close();
 });
 
+test('a disabled subscription: the badge and its reason, then re-enable it', async () => {
+  const path = '/toggle/gone';
+  await fetch(`${RECEIVER}/_toggle/gone?status=410`, { method: 'POST' });
+  const sub = await createViaApi({ target_url: RECEIVER + path });
+  const ingest = () => fetch(HERALD + '/ingest/' + encodeURIComponent(sub.id), {
+    method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{"n": 1}',
+  });
+  assert.equal((await ingest()).status, 202);
+  // A 410 Gone disables the subscription at once.
+  const disabled = await until(async () => {
+    const res = await apiJson('GET', '/subscriptions/' + sub.id);
+    return res.body.disabled_at ? res.body : null;
+  }, { what: 'the 410 to disable the subscription' });
+  assert.match(disabled.disabled_reason, /410/);
+
+  const page = await newPage();
+  await page.goto(HERALD + '/#/s/' + encodeURIComponent(sub.id));
+  const item = page.locator(`a.sub-item[data-sub-id="${sub.id}"]`);
+  const listBadge = item.locator('.badge.bad', { hasText: 'disabled' });
+  await listBadge.waitFor();
+  assert.equal(await listBadge.getAttribute('title'), disabled.disabled_reason);
+  const note = page.locator('.disabled-note');
+  await note.waitFor();
+  assert.ok((await note.textContent()).includes(disabled.disabled_reason), 'the detail shows the reason');
+  await page.locator('.props', { hasText: 'Health' }).locator('.badge.bad', { hasText: 'disabled' }).waitFor();
+
+  // The endpoint is fixed; "Re-enable" lifts it and deliveries resume.
+  await fetch(`${RECEIVER}/_toggle/gone?status=200`, { method: 'POST' });
+  await note.getByRole('button', { name: 'Re-enable' }).click();
+  await page.locator('#notice', { hasText: 're-enabled' }).waitFor();
+  await note.waitFor({ state: 'detached' });
+  await page.locator('.props', { hasText: 'Health' }).getByText('healthy').waitFor();
+  assert.equal(await item.locator('.badge.bad').count(), 0, 'no badge in the list any more');
+  const after = await apiJson('GET', '/subscriptions/' + sub.id);
+  assert.equal(after.body.disabled_at, null);
+  assert.equal((await ingest()).status, 202);
+  await until(async () => (await received(path)).length === 2, { what: 'the delivery after re-enabling' });
+  await page.context().close();
+});
+
 test('a response body with <script> and <img onerror> is shown as literal text', async () => {
   const path = '/xss/1';
   const sub = await createViaApi({ target_url: RECEIVER + path });

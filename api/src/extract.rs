@@ -94,18 +94,46 @@ where
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|e| body_error(e, crate::MANAGEMENT_BODY_LIMIT))?;
-        check_json_syntax(&bytes)?;
-        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
-            let msg = e.to_string();
-            let field = msg
-                .split('`')
-                .nth(1)
-                .filter(|_| msg.contains("field"))
-                .unwrap_or("body")
-                .to_string();
-            ApiError::invalid(field, msg)
-        })
+        parse_json(&bytes).map(JsonBody)
     }
+}
+
+/// As [`JsonBody`], but an empty body (with or without a content type) stands for
+/// `T::default()`: for actions whose every field is optional, such as a secret rotation.
+pub struct OptionalJsonBody<T>(pub T);
+
+impl<T, S> FromRequest<S> for OptionalJsonBody<T>
+where
+    T: DeserializeOwned + Default,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let headers = req.headers().clone();
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| body_error(e, crate::MANAGEMENT_BODY_LIMIT))?;
+        if bytes.is_empty() {
+            return Ok(OptionalJsonBody(T::default()));
+        }
+        check_json_content_type(&headers)?;
+        parse_json(&bytes).map(OptionalJsonBody)
+    }
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    check_json_syntax(bytes)?;
+    serde_json::from_slice(bytes).map_err(|e| {
+        let msg = e.to_string();
+        let field = msg
+            .split('`')
+            .nth(1)
+            .filter(|_| msg.contains("field"))
+            .unwrap_or("body")
+            .to_string();
+        ApiError::invalid(field, msg)
+    })
 }
 
 /// Query parameters whose rejection (`?limit=abc`) is the API's JSON 400, not axum's plain text.

@@ -55,6 +55,7 @@ const SHUTDOWN_MARGIN: Duration = Duration::from_secs(1);
         routes::subscriptions::replace,
         routes::subscriptions::patch,
         routes::subscriptions::delete,
+        routes::subscriptions::rotate_secret,
         routes::ingest::ingest,
         routes::ingest::fanout,
         routes::webhooks::status,
@@ -135,6 +136,10 @@ fn build_router(state: AppState, origins: origin::Origins) -> Router {
                 .put(routes::subscriptions::replace)
                 .patch(routes::subscriptions::patch)
                 .delete(routes::subscriptions::delete),
+        )
+        .route(
+            "/subscriptions/{id}/secret/rotate",
+            post(routes::subscriptions::rotate_secret),
         )
         .route(
             "/subscriptions/{id}/deliveries",
@@ -236,11 +241,14 @@ impl Herald {
             .with_context(|| format!("binding {}", settings.addr))?;
         let addr = listener.local_addr()?;
         let cache = Arc::new(SubscriptionCache::for_backend(&backend));
-        let subscriptions = Arc::new(Subscriptions::new(
-            cache.clone(),
-            backend.queue.clone(),
-            settings.target_guard(),
-        ));
+        let subscriptions = Arc::new(
+            Subscriptions::new(
+                cache.clone(),
+                backend.queue.clone(),
+                settings.target_guard(),
+            )
+            .with_secret_overlap(settings.secret_overlap),
+        );
         let shutdown = CancellationToken::new();
         if let Some(follower) = cache.follow() {
             let stop = shutdown.clone();

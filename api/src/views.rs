@@ -29,11 +29,22 @@ pub struct SubscriptionView {
     pub owner: Option<Owner>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// When Herald stopped delivering to the endpoint (it answered `410 Gone`, or every attempt
+    /// failed for `HERALD_DISABLE_AFTER`); null while enabled. A PUT or PATCH re-enables.
+    pub disabled_at: Option<DateTime<Utc>>,
+    /// Why it was disabled; null while enabled.
+    pub disabled_reason: Option<String>,
+    /// The first failed attempt of the current run of failures; null after a success.
+    pub failing_since: Option<DateTime<Utc>>,
+    /// Until when the secret before the last rotation still signs and verifies; null when there
+    /// is none or it has expired. The previous secret itself is never shown.
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
 }
 
 impl From<Subscription> for SubscriptionView {
     fn from(s: Subscription) -> Self {
         Self {
+            previous_secret_expires_at: s.previous_secret_valid_until(Utc::now()),
             has_secret: s.secret.is_some(),
             retry_schedule: s
                 .retry_schedule()
@@ -52,8 +63,22 @@ impl From<Subscription> for SubscriptionView {
             owner: s.owner,
             created_at: s.created_at,
             updated_at: s.updated_at,
+            disabled_at: s.disabled_at,
+            disabled_reason: s.disabled_reason,
+            failing_since: s.failing_since,
         }
     }
+}
+
+/// The answer of a secret rotation: the only time the new secret is shown.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SecretRotated {
+    /// The new secret; store it now, it is never shown again.
+    pub secret: String,
+    /// Until when the previous secret stays valid; null when the overlap was zero or there was
+    /// no previous secret.
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
+    pub subscription: SubscriptionView,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -341,6 +341,12 @@ async fn api_key_protects_management_but_not_health() {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
+    let rotate = format!(
+        "/subscriptions/{}/secret/rotate",
+        herald_core::ids::subscription_id()
+    );
+    let r = h.http.post(h.url(&rotate)).send().await.unwrap();
+    assert_eq!(r.status(), 401, "rotation is a management write");
     for open in ["/ping", "/healthz", "/readyz", "/metrics", "/openapi.json"] {
         let r = h.http.get(h.url(open)).send().await.unwrap();
         assert_eq!(r.status(), 200, "{open}");
@@ -512,6 +518,7 @@ async fn openapi_document_describes_the_api() {
         "/webhooks/{webhook_id}",
         "/webhooks/{webhook_id}/retry",
         "/subscription/logs/{id}",
+        "/subscriptions/{id}/secret/rotate",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} documented");
     }

@@ -326,12 +326,54 @@
           h('span', { class: 'sub-url break' }, sub.target_url),
           h('span', { class: 'sub-meta' },
             h('span', { class: 'chips' }, eventTypeChips(sub.event_types)),
+            sub.disabled_at ? disabledBadge(sub) : null,
             sub.has_secret ? h('span', { class: 'badge info' }, 'signed') : null,
             sub.paused ? h('span', { class: 'badge warn' }, 'paused') : null,
             sub.owner ? h('span', { class: 'badge owner' }, 'k8s ' + ownerName(sub.owner)) : null)));
       }));
     });
     $('#load-more').hidden = !state.nextCursor;
+  }
+
+  function disabledReason(sub) {
+    return sub.disabled_reason || 'no reason recorded';
+  }
+
+  // The list has no room for the reason: sighted users get it as the tooltip, screen readers
+  // as hidden text (aria-label on a plain span is not read out everywhere).
+  function disabledBadge(sub) {
+    const reason = disabledReason(sub);
+    return h('span', { class: 'badge bad', title: reason },
+      'disabled', h('span', { class: 'visually-hidden' }, ': ' + reason));
+  }
+
+  function healthText(sub) {
+    if (sub.disabled_at) {
+      return h('span', null, h('span', { class: 'badge bad' }, 'disabled'), ' since ', timeEl(sub.disabled_at), ': ',
+        h('span', { class: 'disabled-reason' }, disabledReason(sub)));
+    }
+    if (sub.failing_since) return h('span', null, h('span', { class: 'badge warn' }, 'failing'), ' since ', timeEl(sub.failing_since));
+    return 'healthy';
+  }
+
+  function secretText(sub) {
+    if (!sub.has_secret) return 'none';
+    if (!sub.previous_secret_expires_at) return 'set (never shown)';
+    return h('span', null, 'set (never shown); the previous secret is also valid until ', timeEl(sub.previous_secret_expires_at));
+  }
+
+  async function reEnable(sub, button) {
+    button.disabled = true;
+    try {
+      // Any PATCH re-enables; an empty one changes nothing else.
+      const updated = await api('PATCH', '/subscriptions/' + encodeURIComponent(sub.id), { body: {} });
+      upsertListed(updated);
+      notify('Subscription re-enabled: deliveries resume.', 'ok');
+      if (state.route.sub === updated.id) openSubscription(updated.id, { focus: false });
+    } catch (err) {
+      notify('Not re-enabled: ' + errorText(err), 'error');
+      button.disabled = false;
+    }
   }
 
   function eventTypeChips(types) {
@@ -445,7 +487,8 @@
     const rows = [
       ['ID', h('code', null, sub.id)],
       ['Event types', h('span', { class: 'chips' }, eventTypeChips(sub.event_types))],
-      ['Signing secret', sub.has_secret ? 'set (never shown)' : 'none'],
+      ['Health', healthText(sub)],
+      ['Signing secret', secretText(sub)],
       ['Extra headers', headerList(sub.headers)],
       ['Max attempts', sub.max_attempts ?? 'default'],
       ['Timeout', sub.timeout_ms != null ? sub.timeout_ms + ' ms' : 'default'],
@@ -467,6 +510,12 @@
         'Read-only: this subscription is managed by the Kubernetes operator (WebhookSubscription ',
         h('strong', null, ownerName(sub.owner)),
         '). Change it through that resource.') : null,
+      sub.disabled_at ? h('div', { class: 'disabled-note', role: 'status' },
+        h('p', null, h('strong', null, 'Disabled: '), disabledReason(sub)),
+        h('p', null, 'Herald does not deliver to it, its queued deliveries ended as failed, and ingest to it answers 409.'),
+        owned ? h('p', null, 'Fix the endpoint, then change the WebhookSubscription to re-enable it.')
+          : h('p', null, h('button', { type: 'button', id: 're-enable', onclick: (e) => reEnable(sub, e.currentTarget) }, 'Re-enable'),
+            ' once the endpoint is fixed (saving an edit re-enables too).')) : null,
       h('dl', { class: 'props' }, rows.map(([k, v]) => h('div', null, h('dt', null, k), h('dd', null, v)))),
       testEventSection(sub),
       h('section', { class: 'sub-section', 'aria-labelledby': 'deliveries-heading' },

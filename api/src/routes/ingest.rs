@@ -12,7 +12,7 @@ use axum::Json;
 use bytes::Bytes;
 use chrono::Utc;
 use herald_core::model::{Event, IdempotencyKey, Publish, PublishOutcome};
-use herald_core::signing::{SigningKey, HUB_SIGNATURE_HEADER};
+use herald_core::signing::{SigningKeys, HUB_SIGNATURE_HEADER};
 use herald_core::telemetry;
 
 use crate::error::{ApiError, ErrorBody};
@@ -113,10 +113,12 @@ fn replayed<T: serde::Serialize>(body: T, duplicate: bool) -> Response {
         ("subscription_id" = String, Path),
         ("Event-Type" = Option<String>, Header),
         ("Idempotency-Key" = Option<String>, Header, description = "the same key within 24 h returns the first answer and queues nothing; reused with a different event type or body it is a 422"),
-        ("X-Hub-Signature-256" = Option<String>, Header, description = "sha256=<hex HMAC of the body>, required when the subscription has a secret"),
+        ("X-Hub-Signature-256" = Option<String>, Header, description = "sha256=<hex HMAC of the body>, required when the subscription has a secret; during a rotation's overlap either secret's signature is accepted"),
     ),
     responses((status = 202, body = IngestAccepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+              (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "the subscription is disabled; the error carries the reason"),
+              (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
               (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
               (status = 503, body = ErrorBody, description = "the store cannot take the event (e.g. the disk is full)")))]
 pub async fn ingest(
@@ -131,9 +133,21 @@ pub async fn ingest(
         .await?
         .ok_or(ApiError::NotFound("subscription"))?;
     let body = checked_body(&st, &headers, body)?;
-    if let Some(secret) = &sub.secret {
-        let key = SigningKey::from_secret(secret).map_err(|e| ApiError::Internal(e.to_string()))?;
-        key.verify_hub(header_str(&headers, HUB_SIGNATURE_HEADER)?, &body)?;
+    let secrets = sub.active_secrets(Utc::now());
+    if !secrets.is_empty() {
+        let keys =
+            SigningKeys::from_secrets(secrets).map_err(|e| ApiError::Internal(e.to_string()))?;
+        keys.verify_hub(header_str(&headers, HUB_SIGNATURE_HEADER)?, &body)?;
+    }
+    // After the signature check, so the reason is told only to a producer that may send here.
+    if sub.is_disabled() {
+        let reason = sub
+            .disabled_reason
+            .as_deref()
+            .unwrap_or("no reason recorded");
+        return Err(ApiError::Conflict(format!(
+            "subscription is disabled ({reason}); a PUT or PATCH of the subscription re-enables it"
+        )));
     }
     let event_type = event_type(&headers)?;
     if !sub.accepts(event_type.as_deref()) {

@@ -1,17 +1,18 @@
-//! Subscription management: create, list, read, update, delete.
+//! Subscription management: create, list, read, update, delete, rotate the secret.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use herald_core::model::{SubscriptionPatch, SubscriptionSpec};
-use herald_core::subscriptions::Caller;
+use herald_core::retry::parse_duration;
+use herald_core::subscriptions::{check_overlap, Caller};
 use serde::Deserialize;
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{JsonBody, Query};
+use crate::extract::{JsonBody, OptionalJsonBody, Query};
 use crate::state::AppState;
-use crate::views::{SubscriptionPage, SubscriptionView};
+use crate::views::{SecretRotated, SubscriptionPage, SubscriptionView};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -109,4 +110,53 @@ pub async fn delete(
         .delete(super::subscription_id(&id)?, &Caller::Api)
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A secret rotation; an empty body (or `{}`) rotates to a generated secret with the default
+/// overlap.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateSecret {
+    /// The new secret, 16 to 256 bytes (`whsec_<base64>` for Standard Webhooks receivers);
+    /// generated (`whsec_` and 32 random bytes) when absent.
+    pub secret: Option<String>,
+    /// How long the current secret keeps signing deliveries and verifying ingest, e.g. `24h`,
+    /// `30m`; `0s` ends it at once; at most `7d`. Default: `HERALD_SECRET_OVERLAP` (24 h).
+    #[schema(example = "24h")]
+    pub overlap: Option<String>,
+}
+
+#[utoipa::path(post, path = "/subscriptions/{id}/secret/rotate", tag = "subscriptions",
+    description = "Replaces the signing secret. Until `previous_secret_expires_at` deliveries carry one \
+        `v1,` signature per secret in `webhook-signature` (X-Hub-Signature-256 uses the new one) and \
+        `/ingest` accepts a signature made with either; an earlier previous secret is dropped. \
+        The new secret is shown in this answer only.",
+    request_body(content = Option<RotateSecret>, content_type = "application/json", description = "optional; empty means a generated secret and the default overlap"),
+    responses((status = 200, body = SecretRotated), (status = 400, body = ErrorBody, description = "malformed JSON or an invalid overlap"),
+              (status = 401, body = ErrorBody, description = "HERALD_API_KEY is set and the request lacks it"),
+              (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "managed by the Kubernetes operator"),
+              (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+              (status = 422, body = ErrorBody, description = "an invalid secret, or the current one")))]
+pub async fn rotate_secret(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    OptionalJsonBody(req): OptionalJsonBody<RotateSecret>,
+) -> Result<Json<SecretRotated>, ApiError> {
+    let id = super::subscription_id(&id)?;
+    let overlap = req
+        .overlap
+        .as_deref()
+        .map(|o| parse_duration(o).and_then(check_overlap))
+        .transpose()
+        .map_err(|m| ApiError::BadRequest(format!("invalid overlap: {m}")))?;
+    let rotated = st
+        .subscriptions
+        .rotate_secret(id, req.secret, overlap, &Caller::Api)
+        .await?;
+    Ok(Json(SecretRotated {
+        previous_secret_expires_at: rotated.subscription.previous_secret_expires_at,
+        secret: rotated.secret,
+        subscription: rotated.subscription.into(),
+    }))
 }
