@@ -950,6 +950,29 @@ async fn outage_then_recovery(t: &Arc<dyn Transport>, redis: &mut OwnRedis, stop
     }
 }
 
+/// Announces `id` until the follower hears it (within 6 s); whether a reset came first.
+async fn announce_until_heard(
+    feed: &Arc<dyn herald_core::backend::ChangeFeed>,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Option<String>>,
+    id: &str,
+) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let mut reset = false;
+    loop {
+        assert!(Instant::now() < deadline, "{id} never reached the follower");
+        // Fails while Redis is still coming back; the next round tries again.
+        let _ = feed.announce(id).await;
+        while let Ok(Some(got)) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await
+        {
+            match got.as_deref() {
+                None => reset = true,
+                Some(g) if g == id => return reset,
+                Some(_) => {}
+            }
+        }
+    }
+}
+
 async fn publish_many(t: &Arc<dyn Transport>, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
     for i in 0..n {
@@ -983,6 +1006,16 @@ async fn acknowledged_publishes_survive_a_redis_restart() {
     };
     let (p, _) = parts(&redis.url).await;
     let t = p.transport.clone();
+    let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel::<Option<String>>();
+    let feed = p.changes.clone();
+    let follow = tokio::spawn(async move {
+        feed.follow(Box::new(move |id| {
+            let _ = tx.send(id.map(str::to_string));
+        }))
+        .await
+    });
+    // Subscribed (and everything the feed said so far read) before Redis goes down.
+    announce_until_heard(&p.changes, &mut changes, "sub_before").await;
     let ids = publish_many(&t, 300).await;
     // One delivery in flight before the restart stays leased to its worker.
     let held = lease(&t, &claim_request("w_before", 1, LEASE))
@@ -990,6 +1023,13 @@ async fn acknowledged_publishes_survive_a_redis_restart() {
         .jobs
         .remove(0);
     outage_then_recovery(&t, &mut redis, Stop::Shutdown).await;
+
+    // The change feed resubscribed by itself: its follower was told to forget its cache, and
+    // announcements reach it again (the listener backs off 2 s at most between tries).
+    let reset = announce_until_heard(&p.changes, &mut changes, "sub_after").await;
+    assert!(reset, "after the restart the follower forgets its cache");
+    follow.abort();
+
     let mut expect: Vec<String> = ids.into_iter().filter(|i| *i != held.webhook_id).collect();
     expect.sort();
     assert_eq!(
