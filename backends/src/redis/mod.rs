@@ -73,7 +73,7 @@
 //! One pub/sub connection per process (see `changes`) carries both channels. An announcement
 //! reaches every follower within about a second while Redis is up (in practice a few
 //! milliseconds); after a lost connection the follower resubscribes (backing off up to
-//! [`changes::MAX_BACKOFF`]) and is told to forget its cache, since it may have missed some.
+//! 2 s, `changes::MAX_BACKOFF`) and is told to forget its cache, since it may have missed some.
 
 mod changes;
 mod keys;
