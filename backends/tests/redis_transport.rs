@@ -877,6 +877,17 @@ impl OwnRedis {
         self.wait_exit();
     }
 
+    /// Sends a signal (`STOP`, `CONT`) to the server.
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &pid])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} {pid}");
+    }
+
     fn wait_exit(&mut self) {
         if let Some(mut c) = self.child.take() {
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -1060,4 +1071,55 @@ async fn with_fsync_always_acknowledged_publishes_survive_a_kill() {
     outage_then_recovery(&t, &mut redis, Stop::Kill).await;
     ids.sort();
     assert_eq!(lease_all(&t).await, ids);
+}
+
+#[tokio::test]
+async fn a_redis_that_stops_answering_fails_calls_in_time() {
+    let Some(redis) = OwnRedis::start(None) else {
+        return;
+    };
+    let (p, _) = parts(&redis.url).await;
+    let t = p.transport.clone();
+    publish_many(&t, 3).await;
+    // Stopped, the server still accepts connections (the kernel does) but answers nothing.
+    redis.signal("STOP");
+    let bound = Duration::from_millis(2100);
+    for _ in 0..2 {
+        let started = Instant::now();
+        let err = t
+            .publish(&publish("msg_stopped", &["sub_a"], b"{}"))
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < bound, "{:?}", started.elapsed());
+        assert!(
+            matches!(err, StoreError::Unavailable(..)),
+            "{}",
+            err.chain()
+        );
+        let started = Instant::now();
+        let err = t.lease(&claim_request("w", 10, LEASE)).await.unwrap_err();
+        assert!(started.elapsed() < bound, "{:?}", started.elapsed());
+        assert!(
+            matches!(err, StoreError::Unavailable(..)),
+            "{}",
+            err.chain()
+        );
+    }
+    let started = Instant::now();
+    p.changes.announce("sub_a").await.unwrap_err();
+    assert!(started.elapsed() < bound, "{:?}", started.elapsed());
+    redis.signal("CONT");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while t.ping().await.is_err() {
+        assert!(Instant::now() < deadline, "the transport did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A publish that timed out may still apply once the server resumes (it had the command):
+    // an Unavailable publish is not known to be lost, which is why clients retry with their
+    // idempotency key. The ones acknowledged before are all there.
+    let got = lease_all(&t).await;
+    assert!(got.len() >= 3, "{got:?}");
+    for id in ["msg_0000", "msg_0001", "msg_0002"] {
+        assert!(got.iter().any(|g| g == id), "{id} in {got:?}");
+    }
 }
