@@ -67,7 +67,10 @@
 //! Every call is bounded: connecting takes at most [`CONNECT_TIMEOUT`], an answer at most
 //! [`RESPONSE_TIMEOUT`], a whole call at most [`CALL_TIMEOUT`]; a dead Redis makes calls fail
 //! with `StoreError::Unavailable` carrying the driver's error, and the connection manager
-//! reconnects on the next call. A wrong password fails [`open`].
+//! reconnects on the next call. A wrong password fails [`open`]. A call that timed out may
+//! still take effect if Redis had received it (a server that stalled and resumed): a publish
+//! answered `Unavailable` is not known to be lost, and a client's retry with its idempotency
+//! key answers `Duplicate` if it was stored.
 //!
 //! ## Change feed
 //! One pub/sub connection per process (see `changes`) carries both channels. An announcement
