@@ -138,8 +138,10 @@ pub trait ChangeFeed: Send + Sync {
 
     /// Runs until the process ends, calling `on_change(Some(id))` for every announcement and
     /// `on_change(None)` whenever announcements may have been missed (at start and after every
-    /// reconnect), on which the follower must forget everything it cached.
-    async fn follow(&self, on_change: Box<dyn Fn(Option<&str>) + Send + Sync>);
+    /// reconnect), on which the follower must forget everything it cached. (The callback's
+    /// lifetime is spelled out: `async_trait` would otherwise tie the id to the call, and no
+    /// implementation could pass an id it received while following.)
+    async fn follow(&self, on_change: Box<dyn for<'a> Fn(Option<&'a str>) + Send + Sync>);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,0 +1,443 @@
+//! [`Transport`] over the keys and scripts described in the module docs of `redis`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use herald_core::backend::{ArchivedEvent, Leased, LiveWebhook, Result, Transport};
+use herald_core::model::{
+    ClaimRequest, DeliveryState, DeliveryStatus, Disposition, Event, Job, Publish, PublishOutcome,
+    QueueStats, Settlement,
+};
+use herald_core::StoreError;
+
+use super::changes::wake_up;
+use super::keys::{parse_receipt, receipt};
+use super::scripts::SCRIPTS;
+use super::{call, Shared};
+
+/// How long an idempotency key holds.
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// How many deliveries one `expedite` script moves; it runs again while batches are full.
+const EXPEDITE_BATCH: usize = 1000;
+
+/// Redis caps a claim's byte budget here: Lua numbers are doubles, exact up to 2^53.
+const MAX_BUDGET: usize = 1 << 53;
+
+/// The queue's transport on Redis.
+pub struct RedisTransport {
+    shared: Arc<Shared>,
+}
+
+impl RedisTransport {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    fn prefix(&self) -> &str {
+        self.shared.keys.prefix()
+    }
+}
+
+/// What the lease script answers (see `scripts/lease.lua`).
+type LeaseReply = (
+    Option<i64>,
+    Vec<(Vec<u8>, Option<String>, i64, String, i64)>,
+    Vec<(String, String, u32, Option<u32>, i64, i64, usize)>,
+    Vec<String>,
+);
+
+/// What the live script answers (see `scripts/live.lua`).
+type LiveReply = Option<(
+    Option<String>,
+    i64,
+    String,
+    Vec<(String, String, u32, i64, Option<String>)>,
+)>;
+
+fn from_ms(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn subscription_ids(json: &str) -> Result<Vec<String>> {
+    serde_json::from_str(json).map_err(|e| {
+        StoreError::backend_by("an event's subscription ids in Redis are not valid", e)
+    })
+}
+
+#[async_trait]
+impl Transport for RedisTransport {
+    async fn publish(&self, p: &Publish) -> Result<PublishOutcome> {
+        let e = &p.event;
+        let (idem, fingerprint) = match &p.idempotency {
+            Some(k) => (
+                self.shared.keys.idempotency(&k.scope, &k.key),
+                hex(&k.fingerprint),
+            ),
+            None => (String::new(), String::new()),
+        };
+        let mut inv = SCRIPTS.publish.prepare_invoke();
+        inv.arg(self.prefix())
+            .arg(&e.webhook_id)
+            .arg(u8::from(e.event_type.is_some()))
+            .arg(e.event_type.as_deref().unwrap_or(""))
+            .arg(e.received_at.timestamp_millis())
+            .arg(&e.payload[..])
+            .arg(idem)
+            .arg(fingerprint)
+            .arg(IDEMPOTENCY_WINDOW.as_millis() as u64);
+        for sid in &p.subscription_ids {
+            inv.arg(sid);
+        }
+        let mut conn = self.shared.conn();
+        let (kind, webhook_id, matched): (String, Option<String>, Option<usize>) = {
+            let v: Vec<redis::Value> =
+                call("publishing an event", inv.invoke_async(&mut conn)).await?;
+            let mut it = v.into_iter();
+            let mut next = || it.next().unwrap_or(redis::Value::Nil);
+            let parse = |what| StoreError::backend(format!("unexpected answer of publish: {what}"));
+            (
+                redis::from_redis_value(next()).map_err(|_| parse("kind"))?,
+                redis::from_redis_value(next()).map_err(|_| parse("webhook id"))?,
+                redis::from_redis_value(next()).map_err(|_| parse("matched"))?,
+            )
+        };
+        match (kind.as_str(), webhook_id) {
+            ("accepted", _) => {
+                if !p.subscription_ids.is_empty() {
+                    wake_up(&self.shared.wake);
+                }
+                Ok(PublishOutcome::Accepted)
+            }
+            ("duplicate", Some(webhook_id)) => Ok(PublishOutcome::Duplicate {
+                webhook_id,
+                matched: matched.unwrap_or(0),
+            }),
+            ("reused", Some(webhook_id)) => Ok(PublishOutcome::KeyReused { webhook_id }),
+            ("exists", _) => Err(StoreError::Conflict(format!(
+                "webhook {} is stored already",
+                e.webhook_id
+            ))),
+            (other, _) => Err(StoreError::backend(format!(
+                "unexpected answer of publish: {other}"
+            ))),
+        }
+    }
+
+    async fn lease(&self, req: &ClaimRequest) -> Result<Leased> {
+        if req.max == 0 {
+            return Ok(Leased::default());
+        }
+        let mut inv = SCRIPTS.lease.prepare_invoke();
+        inv.arg(self.prefix())
+            .arg(&req.worker)
+            .arg(req.lease.as_millis() as u64)
+            .arg(req.max)
+            .arg(req.per_subscription.min(MAX_BUDGET))
+            .arg(req.byte_budget.min(MAX_BUDGET));
+        for (sid, n) in &req.in_flight {
+            inv.arg(sid).arg(*n);
+        }
+        let mut conn = self.shared.conn();
+        let (next_due, payloads, jobs, dropped): LeaseReply =
+            call("leasing deliveries", inv.invoke_async(&mut conn)).await?;
+        if !dropped.is_empty() {
+            tracing::warn!(deliveries = ?dropped, "dropped queued deliveries whose delivery or event record is missing in Redis");
+        }
+        let mut buffers = Vec::with_capacity(payloads.len());
+        let mut unarchived = Vec::new();
+        for (payload, event_type, received_at, subs, archived) in payloads {
+            buffers.push((
+                event_type.clone(),
+                Bytes::from(payload),
+                received_at,
+                subs,
+                archived,
+            ));
+        }
+        let mut out = Vec::with_capacity(jobs.len());
+        let mut redelivered = Vec::new();
+        let mut listed = vec![false; buffers.len()];
+        for (webhook_id, subscription_id, attempts, final_attempt, token, redel, idx) in jobs {
+            let Some((event_type, payload, received_at, subs, archived)) =
+                idx.checked_sub(1).and_then(|i| buffers.get(i))
+            else {
+                return Err(StoreError::backend(
+                    "unexpected answer of lease: payload index",
+                ));
+            };
+            if *archived == 0 && !listed[idx - 1] {
+                listed[idx - 1] = true;
+                unarchived.push(ArchivedEvent {
+                    event: Event {
+                        webhook_id: webhook_id.clone(),
+                        event_type: event_type.clone(),
+                        payload: payload.clone(),
+                        received_at: from_ms(*received_at),
+                    },
+                    subscription_ids: subscription_ids(subs)?,
+                });
+            }
+            if redel == 1 {
+                redelivered.push(out.len());
+            }
+            out.push(Job {
+                receipt: receipt(&webhook_id, &subscription_id, token),
+                webhook_id,
+                subscription_id,
+                event_type: event_type.clone(),
+                payload: payload.clone(),
+                attempt: attempts + 1,
+                final_attempt,
+            });
+        }
+        Ok(Leased {
+            jobs: out,
+            next_due: next_due.map(from_ms),
+            unarchived,
+            redelivered,
+        })
+    }
+
+    async fn archived(&self, webhook_ids: &[String]) -> Result<()> {
+        if webhook_ids.is_empty() {
+            return Ok(());
+        }
+        let mut inv = SCRIPTS.archived.prepare_invoke();
+        inv.arg(self.prefix());
+        for id in webhook_ids {
+            inv.arg(id);
+        }
+        let mut conn = self.shared.conn();
+        call("noting archived events", inv.invoke_async::<i64>(&mut conn)).await?;
+        Ok(())
+    }
+
+    async fn held(&self, receipts: &[String]) -> Result<Vec<bool>> {
+        let parsed: Vec<_> = receipts.iter().map(|r| parse_receipt(r)).collect();
+        let mut pipe = redis::pipe();
+        for (wid, sid, _) in parsed.iter().flatten() {
+            pipe.cmd("HMGET")
+                .arg(self.shared.keys.delivery(wid, sid))
+                .arg("state")
+                .arg("token");
+        }
+        let mut conn = self.shared.conn();
+        let states: Vec<(Option<String>, Option<String>)> = if pipe.is_empty() {
+            Vec::new()
+        } else {
+            call("checking leases", pipe.query_async(&mut conn)).await?
+        };
+        let mut states = states.into_iter();
+        Ok(parsed
+            .iter()
+            .map(|p| match p {
+                None => false,
+                Some((_, _, token)) => matches!(
+                    states.next(),
+                    Some((Some(state), Some(t))) if state == "delivering" && t == *token
+                ),
+            })
+            .collect())
+    }
+
+    async fn settle(&self, settlements: &[Settlement]) -> Result<u64> {
+        let mut inv = SCRIPTS.settle.prepare_invoke();
+        inv.arg(self.prefix());
+        let mut unparsed = 0;
+        let mut any = false;
+        for s in settlements {
+            let Some((wid, sid, token)) = parse_receipt(&s.receipt) else {
+                unparsed += 1;
+                continue;
+            };
+            let (kind, at) = match s.disposition {
+                Disposition::Delivered => ("D", 0),
+                Disposition::Failed => ("F", 0),
+                Disposition::RetryAt(t) => ("R", t.timestamp_millis()),
+                Disposition::Defer(t) => ("W", t.timestamp_millis()),
+            };
+            inv.arg(wid)
+                .arg(sid)
+                .arg(token)
+                .arg(kind)
+                .arg(at)
+                .arg(s.attempts)
+                .arg(u8::from(s.last_error.is_some()))
+                .arg(s.last_error.as_deref().unwrap_or(""));
+            any = true;
+        }
+        if !any {
+            return Ok(unparsed);
+        }
+        let mut conn = self.shared.conn();
+        let stale: u64 = call("settling deliveries", inv.invoke_async(&mut conn)).await?;
+        Ok(stale + unparsed)
+    }
+
+    async fn heartbeat(&self, worker: &str, lease: Duration) -> Result<u64> {
+        let mut conn = self.shared.conn();
+        call(
+            "renewing leases",
+            SCRIPTS
+                .heartbeat
+                .prepare_invoke()
+                .arg(self.prefix())
+                .arg(worker)
+                .arg(lease.as_millis() as u64)
+                .invoke_async(&mut conn),
+        )
+        .await
+    }
+
+    async fn reap(&self, stale_after: Duration) -> Result<u64> {
+        let mut conn = self.shared.conn();
+        call(
+            "reaping silent workers",
+            SCRIPTS
+                .reap
+                .prepare_invoke()
+                .arg(self.prefix())
+                .arg(stale_after.as_millis() as u64)
+                .invoke_async(&mut conn),
+        )
+        .await
+    }
+
+    async fn wait_for_work(&self, max_wait: Duration) {
+        let _ = tokio::time::timeout(max_wait, self.shared.wake.notified()).await;
+    }
+
+    async fn live(&self, webhook_id: &str) -> Result<Option<LiveWebhook>> {
+        let mut conn = self.shared.conn();
+        let reply: LiveReply = call(
+            "reading an event",
+            SCRIPTS
+                .live
+                .prepare_invoke()
+                .arg(self.prefix())
+                .arg(webhook_id)
+                .invoke_async(&mut conn),
+        )
+        .await?;
+        let Some((event_type, received_at, subs, open)) = reply else {
+            return Ok(None);
+        };
+        Ok(Some(LiveWebhook {
+            event_type,
+            received_at: from_ms(received_at),
+            subscription_ids: subscription_ids(&subs)?,
+            open: open
+                .into_iter()
+                .map(|(subscription_id, state, attempts, due, last_error)| {
+                    let queued = state == "queued";
+                    DeliveryStatus {
+                        subscription_id,
+                        status: if queued && attempts == 0 {
+                            DeliveryState::Queued
+                        } else {
+                            DeliveryState::Delivering
+                        },
+                        attempts,
+                        next_attempt_at: queued.then(|| from_ms(due)),
+                        last_error,
+                    }
+                })
+                .collect(),
+        }))
+    }
+
+    async fn requeue(&self, event: &ArchivedEvent, deliveries: &[DeliveryStatus]) -> Result<usize> {
+        if deliveries.is_empty() {
+            return Ok(0);
+        }
+        let e = &event.event;
+        let subs = serde_json::to_string(&event.subscription_ids)
+            .map_err(|e| StoreError::backend_by("encoding subscription ids", e))?;
+        let mut inv = SCRIPTS.requeue.prepare_invoke();
+        inv.arg(self.prefix())
+            .arg(&e.webhook_id)
+            .arg(u8::from(e.event_type.is_some()))
+            .arg(e.event_type.as_deref().unwrap_or(""))
+            .arg(e.received_at.timestamp_millis())
+            .arg(&e.payload[..])
+            .arg(subs);
+        for d in deliveries {
+            inv.arg(&d.subscription_id)
+                .arg(d.attempts)
+                .arg(u8::from(d.last_error.is_some()))
+                .arg(d.last_error.as_deref().unwrap_or(""));
+        }
+        let mut conn = self.shared.conn();
+        let n: usize = call("queuing a replay", inv.invoke_async(&mut conn)).await?;
+        if n > 0 {
+            wake_up(&self.shared.wake);
+        }
+        Ok(n)
+    }
+
+    async fn expedite(&self, subscription_id: &str) -> Result<()> {
+        // Bounded: a subscription's queue cannot outgrow this many batches in practice, and
+        // what is left stays queued at its own time.
+        for _ in 0..10_000 {
+            let mut conn = self.shared.conn();
+            let moved: usize = call(
+                "expediting deliveries",
+                SCRIPTS
+                    .expedite
+                    .prepare_invoke()
+                    .arg(self.prefix())
+                    .arg(subscription_id)
+                    .arg(EXPEDITE_BATCH)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+            if moved > 0 {
+                wake_up(&self.shared.wake);
+            }
+            if moved < EXPEDITE_BATCH {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn stats(&self) -> Result<QueueStats> {
+        let mut conn = self.shared.conn();
+        let (ready, scheduled, in_flight): (u64, u64, u64) = call(
+            "reading queue counts",
+            SCRIPTS
+                .stats
+                .prepare_invoke()
+                .arg(self.prefix())
+                .invoke_async(&mut conn),
+        )
+        .await?;
+        Ok(QueueStats {
+            ready,
+            scheduled,
+            in_flight,
+        })
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let mut conn = self.shared.conn();
+        call(
+            "pinging Redis",
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await?;
+        Ok(())
+    }
+}
