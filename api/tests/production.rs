@@ -326,8 +326,9 @@ async fn a_killed_delivery_process_hands_its_deliveries_to_the_other() {
          delivered {:?} after the kill, {dups} duplicate deliveries",
         killed_at.elapsed()
     );
-    // At most what the killed process had in flight (its subscription concurrency) comes twice.
-    assert!(dups <= 16, "{dups} duplicates");
+    // What comes twice is what the killed process had sent but not yet settled: at most its
+    // subscription concurrency in flight (16) plus answers waiting for the next settle batch.
+    assert!(dups <= 32, "{dups} duplicates");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
