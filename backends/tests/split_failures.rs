@@ -1,0 +1,466 @@
+//! The failure points of production mode's write order (core's `SplitQueue`, see the table in
+//! its module docs), provoked one by one on the real servers: the Redis transport and the
+//! MongoDB archive and attempt log, with one of their writes made to fail in between. Each test
+//! checks what is left behind and that the next claim recovers it without losing the delivery,
+//! logging an attempt twice or sending a delivery that had already ended.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use herald_core::backend::{
+    Archive, ArchivedEvent, AttemptLog, Leased, LiveWebhook, Queue, Result, SettledDelivery,
+    Transport,
+};
+use herald_core::model::{
+    Attempt, ClaimRequest, DeliveryState, DeliveryStatus, Disposition, Job, Outcome, Publish,
+    PublishOutcome, QueueStats, Settlement,
+};
+use herald_core::split::{SplitQueue, HAND_BACK_DELAY};
+use herald_core::testkit;
+use herald_core::StoreError;
+
+/// A switch that makes one wrapped call fail as if its server were gone.
+#[derive(Default)]
+struct Switch(AtomicBool);
+
+impl Switch {
+    fn set(&self, on: bool) {
+        self.0.store(on, Ordering::SeqCst);
+    }
+    fn check(&self, what: &str) -> Result<()> {
+        if self.0.load(Ordering::SeqCst) {
+            return Err(StoreError::unavailable(format!("{what}: injected failure")));
+        }
+        Ok(())
+    }
+}
+
+struct FlakyArchive {
+    inner: Arc<dyn Archive>,
+    store_events: Switch,
+    record_settled: Switch,
+}
+
+#[async_trait]
+impl Archive for FlakyArchive {
+    async fn store_events(&self, events: &[ArchivedEvent]) -> Result<()> {
+        self.store_events.check("store_events")?;
+        self.inner.store_events(events).await
+    }
+    async fn record_settled(&self, deliveries: &[SettledDelivery]) -> Result<()> {
+        self.record_settled.check("record_settled")?;
+        self.inner.record_settled(deliveries).await
+    }
+    async fn event(&self, webhook_id: &str) -> Result<Option<ArchivedEvent>> {
+        self.inner.event(webhook_id).await
+    }
+    async fn settled(&self, webhook_id: &str) -> Result<Vec<DeliveryStatus>> {
+        self.inner.settled(webhook_id).await
+    }
+    async fn settled_among(&self, pairs: &[(String, String)]) -> Result<Vec<SettledDelivery>> {
+        self.inner.settled_among(pairs).await
+    }
+    async fn purge(&self, cutoff: DateTime<Utc>) -> Result<u64> {
+        self.inner.purge(cutoff).await
+    }
+    async fn ping(&self) -> Result<()> {
+        self.inner.ping().await
+    }
+}
+
+struct FlakyLog {
+    inner: Arc<dyn AttemptLog>,
+    record: Switch,
+}
+
+#[async_trait]
+impl AttemptLog for FlakyLog {
+    async fn record(&self, attempts: Vec<Attempt>) -> Result<()> {
+        self.record.check("record")?;
+        self.inner.record(attempts).await
+    }
+    async fn by_subscription(&self, subscription_id: &str, limit: usize) -> Result<Vec<Attempt>> {
+        self.inner.by_subscription(subscription_id, limit).await
+    }
+    async fn by_webhook(&self, webhook_id: &str) -> Result<Vec<Attempt>> {
+        self.inner.by_webhook(webhook_id).await
+    }
+    async fn delete_older_than(&self, cutoff: DateTime<Utc>) -> Result<u64> {
+        self.inner.delete_older_than(cutoff).await
+    }
+}
+
+/// The transport with its settle (the acknowledgement, the last write) made to fail: the
+/// process "dies" after the writes before it.
+struct FlakyTransport {
+    inner: Arc<dyn Transport>,
+    settle: Switch,
+}
+
+#[async_trait]
+impl Transport for FlakyTransport {
+    async fn publish(&self, publish: &Publish) -> Result<PublishOutcome> {
+        self.inner.publish(publish).await
+    }
+    async fn lease(&self, req: &ClaimRequest) -> Result<Leased> {
+        self.inner.lease(req).await
+    }
+    async fn archived(&self, webhook_ids: &[String]) -> Result<()> {
+        self.inner.archived(webhook_ids).await
+    }
+    async fn held(&self, receipts: &[String]) -> Result<Vec<bool>> {
+        self.inner.held(receipts).await
+    }
+    async fn settle(&self, settlements: &[Settlement]) -> Result<u64> {
+        self.settle.check("settle")?;
+        self.inner.settle(settlements).await
+    }
+    async fn heartbeat(&self, worker: &str, lease: Duration) -> Result<u64> {
+        self.inner.heartbeat(worker, lease).await
+    }
+    async fn reap(&self, stale_after: Duration) -> Result<u64> {
+        self.inner.reap(stale_after).await
+    }
+    async fn wait_for_work(&self, max_wait: Duration) {
+        self.inner.wait_for_work(max_wait).await
+    }
+    async fn live(&self, webhook_id: &str) -> Result<Option<LiveWebhook>> {
+        self.inner.live(webhook_id).await
+    }
+    async fn requeue(&self, event: &ArchivedEvent, deliveries: &[DeliveryStatus]) -> Result<usize> {
+        self.inner.requeue(event, deliveries).await
+    }
+    async fn expedite(&self, subscription_id: &str) -> Result<()> {
+        self.inner.expedite(subscription_id).await
+    }
+    async fn stats(&self) -> Result<QueueStats> {
+        self.inner.stats().await
+    }
+    async fn ping(&self) -> Result<()> {
+        self.inner.ping().await
+    }
+}
+
+struct Rig {
+    queue: SplitQueue,
+    archive: Arc<FlakyArchive>,
+    log: Arc<FlakyLog>,
+    transport: Arc<FlakyTransport>,
+    _scratch: Scratch,
+}
+
+/// Drops the test's MongoDB database and Redis keys.
+struct Scratch {
+    mongo_uri: String,
+    database: String,
+    redis_url: String,
+    prefix: String,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let (uri, db, url, prefix) = (
+            self.mongo_uri.clone(),
+            self.database.clone(),
+            self.redis_url.clone(),
+            self.prefix.clone(),
+        );
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(client) = mongodb::Client::with_uri_str(&uri).await {
+                    let _ = client.database(&db).drop().await;
+                }
+                if let Ok(client) = redis::Client::open(url.as_str()) {
+                    if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+                        let keys: Vec<String> = redis::cmd("KEYS")
+                            .arg(format!("{prefix}:*"))
+                            .query_async(&mut c)
+                            .await
+                            .unwrap_or_default();
+                        if !keys.is_empty() {
+                            let _: redis::RedisResult<()> =
+                                redis::cmd("DEL").arg(keys).query_async(&mut c).await;
+                        }
+                    }
+                }
+            })
+        })
+        .join();
+    }
+}
+
+async fn rig() -> Option<Rig> {
+    let mongo_uri = herald_testenv::mongo_uri()?;
+    let redis_url = herald_testenv::redis_url()?;
+    let database = herald_testenv::unique_name("split");
+    let prefix = herald_testenv::unique_name("split");
+    let mongo = herald_backends::mongo::open(&mongo_uri, Some(&database))
+        .await
+        .expect("MongoDB");
+    let redis = herald_backends::redis::open(&redis_url, &prefix)
+        .await
+        .expect("Redis");
+    let archive = Arc::new(FlakyArchive {
+        inner: mongo.archive,
+        store_events: Switch::default(),
+        record_settled: Switch::default(),
+    });
+    let log = Arc::new(FlakyLog {
+        inner: mongo.attempts,
+        record: Switch::default(),
+    });
+    let transport = Arc::new(FlakyTransport {
+        inner: redis.transport,
+        settle: Switch::default(),
+    });
+    Some(Rig {
+        queue: SplitQueue::new(transport.clone(), archive.clone(), log.clone()),
+        archive,
+        log,
+        transport,
+        _scratch: Scratch {
+            mongo_uri,
+            database,
+            redis_url,
+            prefix,
+        },
+    })
+}
+
+const LEASE: Duration = Duration::from_secs(60);
+
+async fn claim(q: &SplitQueue, worker: &str) -> Result<Vec<Job>> {
+    Ok(q.claim(&testkit::claim_request(worker, 10, LEASE))
+        .await?
+        .jobs)
+}
+
+fn attempt(job: &Job, outcome: Outcome) -> Attempt {
+    Attempt {
+        webhook_id: job.webhook_id.clone(),
+        subscription_id: job.subscription_id.clone(),
+        event_type: job.event_type.clone(),
+        target_url: "http://127.0.0.1:9/hook".into(),
+        attempted_at: Utc::now(),
+        attempt: job.attempt,
+        outcome,
+        http_status: Some(if outcome == Outcome::Success {
+            200
+        } else {
+            500
+        }),
+        error: None,
+        duration_ms: 3,
+        response_excerpt: None,
+    }
+}
+
+fn settlement(job: &Job, outcome: Outcome, disposition: Disposition) -> Settlement {
+    Settlement {
+        attempt: Some(attempt(job, outcome)),
+        webhook_id: job.webhook_id.clone(),
+        subscription_id: job.subscription_id.clone(),
+        receipt: job.receipt.clone(),
+        attempts: job.attempt,
+        disposition,
+        last_error: (outcome != Outcome::Success).then(|| "HTTP 500".into()),
+    }
+}
+
+/// A worker that died holding its jobs: its deliveries are reaped back to the queue.
+async fn reap_dead_worker(r: &Rig, worker_alive: &str) {
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    r.queue.heartbeat(worker_alive, LEASE).await.unwrap();
+    assert!(r.queue.reap(Duration::from_millis(200)).await.unwrap() >= 1);
+}
+
+#[tokio::test]
+async fn an_archive_failure_at_claim_hands_the_leases_back_unattempted() {
+    let Some(r) = rig().await else { return };
+    r.queue
+        .publish(testkit::publish(
+            "msg_arch",
+            &["sub_a", "sub_b"],
+            b"{\"a\":1}",
+        ))
+        .await
+        .unwrap();
+    r.archive.store_events.set(true);
+    assert!(matches!(
+        claim(&r.queue, "wrk_1").await,
+        Err(StoreError::Unavailable(..))
+    ));
+    // Handed back, not held: nothing in flight, both due again shortly.
+    let stats = r.queue.stats().await.unwrap();
+    assert_eq!(stats.in_flight, 0, "{stats:?}");
+    assert_eq!(stats.ready + stats.scheduled, 2, "{stats:?}");
+    r.archive.store_events.set(false);
+    tokio::time::sleep(HAND_BACK_DELAY + Duration::from_millis(100)).await;
+    let jobs = claim(&r.queue, "wrk_1").await.unwrap();
+    assert_eq!(jobs.len(), 2);
+    assert!(
+        jobs.iter().all(|j| j.attempt == 1),
+        "no attempt was counted"
+    );
+    assert_eq!(&jobs[0].payload[..], b"{\"a\":1}");
+    let stored = r
+        .archive
+        .event("msg_arch")
+        .await
+        .unwrap()
+        .expect("archived");
+    assert_eq!(&stored.event.payload[..], b"{\"a\":1}");
+}
+
+#[tokio::test]
+async fn a_failure_after_logging_the_attempt_redelivers_it_under_the_same_number() {
+    let Some(r) = rig().await else { return };
+    r.queue
+        .publish(testkit::publish("msg_log", &["sub_a"], b"{}"))
+        .await
+        .unwrap();
+    let job = claim(&r.queue, "wrk_dead").await.unwrap().remove(0);
+    // The attempt failed; its log write lands, the reschedule does not (the worker dies).
+    r.transport.settle.set(true);
+    let retry = Disposition::RetryAt(Utc::now() + chrono::Duration::seconds(30));
+    assert!(r
+        .queue
+        .settle(vec![settlement(&job, Outcome::FailedAttempt, retry)])
+        .await
+        .is_err());
+    r.transport.settle.set(false);
+    assert_eq!(r.log.by_webhook("msg_log").await.unwrap().len(), 1);
+
+    reap_dead_worker(&r, "wrk_live").await;
+    let again = claim(&r.queue, "wrk_live").await.unwrap();
+    assert_eq!(again.len(), 1, "redelivered, not lost");
+    assert_eq!(again[0].attempt, 1, "under the number the transport knows");
+    r.queue
+        .settle(vec![settlement(
+            &again[0],
+            Outcome::Success,
+            Disposition::Delivered,
+        )])
+        .await
+        .unwrap();
+    let log = r.log.by_webhook("msg_log").await.unwrap();
+    assert_eq!(log.len(), 1, "one record per attempt number: {log:?}");
+    let rec = r.queue.webhook("msg_log").await.unwrap().unwrap();
+    assert_eq!(rec.status(), DeliveryState::Succeeded);
+}
+
+#[tokio::test]
+async fn a_failure_after_recording_the_end_acknowledges_the_redelivery_without_sending() {
+    let Some(r) = rig().await else { return };
+    r.queue
+        .publish(testkit::publish("msg_end", &["sub_a"], b"{}"))
+        .await
+        .unwrap();
+    let job = claim(&r.queue, "wrk_dead").await.unwrap().remove(0);
+    // Delivered: the attempt and the end are recorded, the acknowledgement is lost.
+    r.transport.settle.set(true);
+    assert!(r
+        .queue
+        .settle(vec![settlement(
+            &job,
+            Outcome::Success,
+            Disposition::Delivered
+        )])
+        .await
+        .is_err());
+    r.transport.settle.set(false);
+    let rec = r.queue.webhook("msg_end").await.unwrap().unwrap();
+    assert_eq!(
+        rec.deliveries[0].status,
+        DeliveryState::Delivering,
+        "the transport still holds it"
+    );
+
+    reap_dead_worker(&r, "wrk_live").await;
+    let again = claim(&r.queue, "wrk_live").await.unwrap();
+    assert!(again.is_empty(), "an ended delivery is not sent again");
+    let stats = r.queue.stats().await.unwrap();
+    assert_eq!(
+        (stats.ready, stats.scheduled, stats.in_flight),
+        (0, 0, 0),
+        "acknowledged: {stats:?}"
+    );
+    let rec = r.queue.webhook("msg_end").await.unwrap().unwrap();
+    assert_eq!(rec.status(), DeliveryState::Succeeded);
+    assert_eq!(r.log.by_webhook("msg_end").await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_failure_to_log_the_attempt_keeps_the_lease_and_changes_nothing() {
+    let Some(r) = rig().await else { return };
+    r.queue
+        .publish(testkit::publish("msg_nolog", &["sub_a"], b"{}"))
+        .await
+        .unwrap();
+    let job = claim(&r.queue, "wrk_1").await.unwrap().remove(0);
+    r.log.record.set(true);
+    assert!(r
+        .queue
+        .settle(vec![settlement(
+            &job,
+            Outcome::Success,
+            Disposition::Delivered
+        )])
+        .await
+        .is_err());
+    r.log.record.set(false);
+    assert!(r.log.by_webhook("msg_nolog").await.unwrap().is_empty());
+    assert!(r.archive.settled("msg_nolog").await.unwrap().is_empty());
+    assert_eq!(r.queue.stats().await.unwrap().in_flight, 1, "still held");
+    // The worker, still alive, settles again under the same lease once the log answers.
+    assert_eq!(
+        r.queue
+            .settle(vec![settlement(
+                &job,
+                Outcome::Success,
+                Disposition::Delivered
+            )])
+            .await
+            .unwrap(),
+        0
+    );
+    let rec = r.queue.webhook("msg_nolog").await.unwrap().unwrap();
+    assert_eq!(rec.status(), DeliveryState::Succeeded);
+    assert_eq!(r.log.by_webhook("msg_nolog").await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_failure_to_record_the_end_keeps_the_delivery_open_until_a_settle_succeeds() {
+    let Some(r) = rig().await else { return };
+    r.queue
+        .publish(testkit::publish("msg_noend", &["sub_a"], b"{}"))
+        .await
+        .unwrap();
+    let job = claim(&r.queue, "wrk_1").await.unwrap().remove(0);
+    r.archive.record_settled.set(true);
+    let failed = settlement(&job, Outcome::Failure, Disposition::Failed);
+    assert!(r.queue.settle(vec![failed.clone()]).await.is_err());
+    r.archive.record_settled.set(false);
+    let rec = r.queue.webhook("msg_noend").await.unwrap().unwrap();
+    assert_eq!(rec.deliveries[0].status, DeliveryState::Delivering);
+    assert_eq!(r.queue.settle(vec![failed]).await.unwrap(), 0);
+    let rec = r.queue.webhook("msg_noend").await.unwrap().unwrap();
+    assert_eq!(rec.status(), DeliveryState::Failed);
+    assert_eq!(
+        r.log.by_webhook("msg_noend").await.unwrap().len(),
+        1,
+        "logged once although settled twice"
+    );
+    // A replay of the failed delivery queues it once more.
+    assert_eq!(r.queue.replay("msg_noend").await.unwrap(), 1);
+    let again = claim(&r.queue, "wrk_1").await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempt, 2);
+}
