@@ -246,9 +246,24 @@ async fn the_curl_flow_works_across_api_and_delivery_processes() {
         "{status}"
     );
 
-    let (_, logs) = api.get(&format!("/subscriptions/{sub}/deliveries")).await;
-    assert_eq!(logs["data"][0]["outcome"], "Success", "{logs}");
-    assert_eq!(logs["data"][0]["webhook_id"], webhook.as_str(), "{logs}");
+    // The README's paths, the original project's log path included.
+    let (_, ping) = api.get("/ping").await;
+    assert_eq!(ping["status"], "working");
+    for path in [
+        format!("/subscription/logs/{sub}"),
+        format!("/subscriptions/{sub}/deliveries"),
+    ] {
+        let (status, logs) = api.get(&path).await;
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(logs["data"][0]["outcome"], "Success", "{path}: {logs}");
+        assert_eq!(logs["data"][0]["attempt"], 1, "{path}: {logs}");
+        assert_eq!(logs["data"][0]["http_status"], 200, "{path}: {logs}");
+        assert_eq!(
+            logs["data"][0]["webhook_id"],
+            webhook.as_str(),
+            "{path}: {logs}"
+        );
+    }
 
     // An event type the subscription does not take is refused, not queued.
     let r = api.ingest(&sub, "order.deleted", "{}").await;
