@@ -67,6 +67,8 @@ struct Installation {
     database: String,
     prefix: String,
     extra: Vec<(String, String)>,
+    /// Configure Redis as `REDIS_ADDR` + `REDIS_PASSWORD` instead of `REDIS_URL`.
+    redis_by_addr: Option<(String, String)>,
 }
 
 impl Installation {
@@ -83,6 +85,7 @@ impl Installation {
             database: herald_testenv::unique_name("proc").replace('-', "_"),
             prefix: herald_testenv::unique_name("proc"),
             extra: Vec::new(),
+            redis_by_addr: None,
         }
     }
 
@@ -97,7 +100,6 @@ impl Installation {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("MONGO_URI", &self.mongo_uri)
             .env("HERALD_MONGO_DATABASE", &self.database)
-            .env("REDIS_URL", &self.redis_url)
             .env("HERALD_REDIS_PREFIX", &self.prefix)
             .env("HERALD_ALLOW_TARGETS", "127.0.0.0/8,::1/128")
             .env("HERALD_RETRY_SCHEDULE", "200ms,200ms,200ms")
@@ -107,6 +109,10 @@ impl Installation {
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        match &self.redis_by_addr {
+            Some((addr, password)) => cmd.env("REDIS_ADDR", addr).env("REDIS_PASSWORD", password),
+            None => cmd.env("REDIS_URL", &self.redis_url),
+        };
         for (k, v) in &self.extra {
             cmd.env(k, v);
         }
@@ -536,6 +542,9 @@ async fn wait_port(port: u16) {
     }
 }
 
+/// The private Redis asks for a password, as the compose file's does.
+const PRIVATE_REDIS_PASSWORD: &str = "s3cret-test";
+
 fn private_redis(dir: &Path, port: u16) -> Server {
     let dir = dir.to_path_buf();
     Server::new(move || {
@@ -551,6 +560,8 @@ fn private_redis(dir: &Path, port: u16) -> Server {
                 "always",
                 "--save",
                 "",
+                "--requirepass",
+                PRIVATE_REDIS_PASSWORD,
                 "--dir",
             ])
             .arg(&dir)
@@ -590,7 +601,25 @@ async fn with_redis_down_ingest_answers_503_and_every_acknowledged_event_arrives
     let port = free_port();
     let mut redis = private_redis(dir.path(), port);
     wait_port(port).await;
-    let inst = Installation::on(mongo, format!("redis://127.0.0.1:{port}/"));
+    let addr = format!("127.0.0.1:{port}");
+    // A wrong password stops both binaries at start with one line that names the cause.
+    for bin in [herald_bin(), delivery_bin()] {
+        let (status, err) = run_to_exit(
+            &bin,
+            &[
+                ("MONGO_URI", mongo.as_str()),
+                ("REDIS_ADDR", addr.as_str()),
+                ("REDIS_PASSWORD", "wrong"),
+            ],
+        );
+        assert_eq!(status.code(), Some(1), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains("Redis"), "{err}");
+        assert!(!err.contains("wrong"), "the password is not printed: {err}");
+    }
+    // The original project's REDIS_ADDR + REDIS_PASSWORD, not a URL.
+    let mut inst = Installation::on(mongo, format!("redis://:{PRIVATE_REDIS_PASSWORD}@{addr}/"));
+    inst.redis_by_addr = Some((addr.clone(), PRIVATE_REDIS_PASSWORD.into()));
     let rx = Receiver::start().await;
     let (_api_proc, api) = inst.api().await;
     let sub = api.subscribe(&rx.url("/r")).await;
