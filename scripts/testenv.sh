@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # shellcheck disable=SC2317  # functions are also called indirectly (traps, PREPARE, wait_for)
 # Herald's test environment: real Redis, FerretDB (MongoDB wire protocol),
-# etcd + kube-apiserver (a node-less Kubernetes control plane) and helm.
+# etcd + kube-apiserver (a node-less Kubernetes control plane), helm and
+# check-jsonschema (validates docker-compose.yml against the Compose spec).
 #
 #   scripts/testenv.sh [--] COMMAND [ARGS...]   build what is missing, start the
 #                                               servers, run COMMAND with their
@@ -14,8 +15,9 @@
 #
 # Exported to COMMAND: HERALD_TEST_REDIS_URL, HERALD_TEST_REDIS_CONF,
 # HERALD_TEST_MONGO_URI, HERALD_TEST_KUBECONFIG (also as KUBECONFIG),
-# HERALD_TEST_HELM, HERALD_TESTENV_DIR, HELM_{CONFIG,CACHE,DATA}_HOME, and
-# PATH with etcd, kube-apiserver, kubectl, ferretdb and helm first.
+# HERALD_TEST_HELM, HERALD_TEST_CHECK_JSONSCHEMA, HERALD_TESTENV_DIR,
+# HELM_{CONFIG,CACHE,DATA}_HOME, and PATH with etcd, kube-apiserver, kubectl,
+# ferretdb, helm and check-jsonschema first.
 #
 # Settings (environment):
 #   HERALD_TESTENV_CACHE    where built tools and Go caches live
@@ -26,6 +28,8 @@
 #
 # Go tools are built from the consumer modules in tools/testenv/*/ (versions are
 # pinned by their go.mod/go.sum) at low priority (nice 19), once per version.
+# check-jsonschema (pinned below) is installed from PyPI into a virtualenv in
+# the cache, once per version; it needs python3 with the venv module.
 set -Eeuo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -35,6 +39,9 @@ CACHE=${HERALD_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/herald-testenv}
 SERVERS=${HERALD_TESTENV_SERVERS:-redis mongo kube}
 # Bump when the way tools are built changes, to force a rebuild.
 RECIPE=1
+# Pinned: its vendored Compose schema changes between releases, and with it the verdict.
+CHECK_JSONSCHEMA_VERSION=0.39.0
+CHECK_JSONSCHEMA_VENV=$CACHE/check-jsonschema-$CHECK_JSONSCHEMA_VERSION
 
 log() { printf 'testenv: %s\n' "$*" >&2; }
 trap 'log "unexpected failure (line $LINENO): $BASH_COMMAND"' ERR
@@ -183,6 +190,31 @@ build_all() {
   fi
   flock -u 8
   exec 8>&-
+}
+
+# install_check_jsonschema: the virtualenv, once per version (network only then), under a
+# lock so that concurrent runs share one install. `.complete` is written last: a run that
+# finds the directory without it (an interrupted install) starts over.
+install_check_jsonschema() {
+  local venv=$CHECK_JSONSCHEMA_VENV
+  [[ -x $venv/bin/check-jsonschema && -f $venv/.complete ]] && return 0
+  mkdir -p "$CACHE"
+  exec 7>"$CACHE/.check-jsonschema.lock"
+  flock 7
+  if [[ ! -f $venv/.complete ]]; then
+    local start=$SECONDS
+    log "installing check-jsonschema $CHECK_JSONSCHEMA_VERSION into $venv (once per version)"
+    rm -rf "$venv"
+    python3 -m venv "$venv" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check \
+      "check-jsonschema==$CHECK_JSONSCHEMA_VERSION" ||
+      die "pip install check-jsonschema==$CHECK_JSONSCHEMA_VERSION failed"
+    "$venv/bin/check-jsonschema" --version >/dev/null || die "the installed check-jsonschema does not run"
+    touch "$venv/.complete"
+    log "installed check-jsonschema in $((SECONDS - start))s"
+  fi
+  flock -u 7
+  exec 7>&-
 }
 
 ensure_redis() {
@@ -488,6 +520,8 @@ start_all() {
   if has_server mongo; then
     ln -s "$CACHE/ferretdb-$FERRETDB_VERSION/ferretdb" "$RUN/bin/ferretdb"
   fi
+  ln -s "$CHECK_JSONSCHEMA_VENV/bin/check-jsonschema" "$RUN/bin/check-jsonschema"
+  export HERALD_TEST_CHECK_JSONSCHEMA=$RUN/bin/check-jsonschema
   export PATH=$RUN/bin:$PATH
   export HERALD_TESTENV_DIR=$RUN
 
@@ -510,7 +544,7 @@ start_all() {
 print_env() {
   local v
   for v in HERALD_TEST_REDIS_URL HERALD_TEST_REDIS_CONF HERALD_TEST_MONGO_URI HERALD_TEST_KUBECONFIG KUBECONFIG \
-    HERALD_TEST_HELM HELM_CONFIG_HOME HELM_CACHE_HOME HELM_DATA_HOME HERALD_TESTENV_DIR PATH; do
+    HERALD_TEST_HELM HERALD_TEST_CHECK_JSONSCHEMA HELM_CONFIG_HOME HELM_CACHE_HOME HELM_DATA_HOME HERALD_TESTENV_DIR PATH; do
     [[ -n ${!v:-} ]] && printf 'export %s=%q\n' "$v" "${!v}"
   done
   return 0
@@ -521,6 +555,7 @@ print_env() {
 prepare_run() {
   has_server redis && ensure_redis
   build_all
+  install_check_jsonschema
   reap_stale_runs
   trap cleanup EXIT
   trap 'exit 130' INT
@@ -543,6 +578,7 @@ main() {
     --build-only)
       has_server redis && ensure_redis
       build_all
+      install_check_jsonschema
       log "all tools built (cache: $CACHE)"
       exit 0
       ;;

@@ -21,6 +21,17 @@ enum Command {
     Cleanup,
     /// Print the OpenAPI document and exit.
     Openapi,
+    /// GET a health endpoint and exit 0 when it answers 200, 1 otherwise: the container
+    /// HEALTHCHECK, since the runtime image has no curl or shell.
+    Healthcheck {
+        /// Endpoint to check; default `/healthz` of this process's `HERALD_ADDR`, on loopback
+        /// when that address listens on every interface.
+        #[arg(long)]
+        url: Option<String>,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "3s", value_parser = herald_core::retry::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 /// A failure is one line on stderr (the whole cause chain, `a: b: c`) and exit status 1, so
@@ -65,5 +76,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", herald_api::openapi().to_pretty_json()?);
             Ok(())
         }
+        Command::Healthcheck { url, timeout } => {
+            let url = url.unwrap_or_else(|| default_health_url(cli.settings.addr));
+            match healthcheck(&url, timeout).await {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    eprintln!("unhealthy: {url}: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
     }
+}
+
+/// `/healthz` of the api at `addr`, reached over loopback when `addr` is a wildcard (the
+/// container's `0.0.0.0:8000`): the check runs inside the same network namespace.
+fn default_health_url(addr: std::net::SocketAddr) -> String {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}/healthz", SocketAddr::new(ip, addr.port()))
+}
+
+async fn healthcheck(url: &str, timeout: std::time::Duration) -> anyhow::Result<()> {
+    // No proxy: a proxy variable in the container's environment must not reroute a loopback
+    // check; no redirects: only the endpoint's own answer counts.
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .build()?;
+    let status = client.get(url).send().await?.status();
+    anyhow::ensure!(status == reqwest::StatusCode::OK, "answered {status}");
+    Ok(())
 }

@@ -14,6 +14,10 @@ use tokio_util::sync::CancellationToken;
 struct Cli {
     #[command(flatten)]
     settings: Settings,
+    /// Serve `GET /healthz` on this address while the workers run (container and Kubernetes
+    /// liveness checks; this process has no other HTTP listener). Unset: no listener.
+    #[arg(long, env = "HERALD_HEALTH_ADDR")]
+    health_addr: Option<std::net::SocketAddr>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -72,6 +76,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     shutdown.clone(),
                 ))
             });
+            if let Some(addr) = cli.health_addr {
+                serve_health(addr, shutdown.clone()).await?;
+            }
             let stop = shutdown.clone();
             tokio::spawn(async move {
                 herald_core::shutdown::signal().await;
@@ -92,4 +99,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Binds before the workers start, so a port already taken fails start-up instead of leaving a
+/// worker that every liveness check reports dead.
+async fn serve_health(
+    addr: std::net::SocketAddr,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on HERALD_HEALTH_ADDR {addr}"))?;
+    let app = axum::Router::new().route(
+        "/healthz",
+        axum::routing::get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
+    );
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "health listener stopped");
+        }
+    });
+    Ok(())
 }

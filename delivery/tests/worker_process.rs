@@ -119,3 +119,62 @@ fn a_missing_store_directory_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("does not exist"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_listener_answers_while_workers_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald-delivery"))
+        .env_clear()
+        .env("HERALD_SQLITE_PATH", dir.path().join("h.db"))
+        .env("HERALD_HEALTH_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let body = loop {
+        if let Ok(r) = client.get(&url).send().await {
+            assert_eq!(r.status(), 200);
+            break r.text().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "no health listener within 15 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(body, r#"{"status":"ok"}"#);
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(client.get(&url).send().await.is_err(), "listener closed");
+}
+
+#[test]
+fn a_taken_health_port_fails_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_herald-delivery"))
+        .env_clear()
+        .env("HERALD_SQLITE_PATH", dir.path().join("h.db"))
+        .env(
+            "HERALD_HEALTH_ADDR",
+            taken.local_addr().unwrap().to_string(),
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("HERALD_HEALTH_ADDR"), "{err}");
+}

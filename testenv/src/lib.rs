@@ -1,9 +1,9 @@
 //! Where Herald's tests find the real servers started by `scripts/testenv.sh`.
 //!
 //! `scripts/testenv.sh COMMAND` builds (once) and starts Redis, FerretDB (a
-//! MongoDB wire-protocol server), an etcd + kube-apiserver control plane and
-//! helm, exports their addresses and runs `COMMAND`. Tests ask this crate for an
-//! address:
+//! MongoDB wire-protocol server), an etcd + kube-apiserver control plane,
+//! helm and check-jsonschema, exports their addresses and runs `COMMAND`.
+//! Tests ask this crate for an address:
 //!
 //! ```no_run
 //! let Some(url) = herald_testenv::redis_url() else {
@@ -33,6 +33,9 @@ pub const MONGO_URI_VAR: &str = "HERALD_TEST_MONGO_URI";
 pub const KUBECONFIG_VAR: &str = "HERALD_TEST_KUBECONFIG";
 /// Environment variable holding the path of the pinned helm binary.
 pub const HELM_VAR: &str = "HERALD_TEST_HELM";
+/// Environment variable holding the path of the pinned `check-jsonschema` (it validates
+/// docker-compose.yml against the Compose specification's schema).
+pub const CHECK_JSONSCHEMA_VAR: &str = "HERALD_TEST_CHECK_JSONSCHEMA";
 
 /// The command that provides the servers, named in skip messages.
 pub const COMMAND: &str = "scripts/testenv.sh";
@@ -95,6 +98,11 @@ pub fn kubeconfig() -> Option<PathBuf> {
 /// Path of the pinned helm binary.
 pub fn helm() -> Option<PathBuf> {
     required(HELM_VAR, "helm").map(PathBuf::from)
+}
+
+/// Path of the pinned `check-jsonschema`.
+pub fn check_jsonschema() -> Option<PathBuf> {
+    required(CHECK_JSONSCHEMA_VAR, "check-jsonschema").map(PathBuf::from)
 }
 
 /// A name unique within this machine and run, for databases, collections,
