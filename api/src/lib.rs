@@ -14,7 +14,7 @@ mod ui;
 mod views;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -27,7 +27,7 @@ use herald_core::config::Settings;
 use herald_core::subscriptions::Subscriptions;
 use herald_core::telemetry;
 use herald_delivery::{retention, Engine, EngineConfig};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
@@ -190,32 +190,9 @@ fn build_router(state: AppState, origins: origin::Origins) -> Router {
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
-/// The process-wide Prometheus recorder (installed once, shared by every server in a process).
+/// The process-wide Prometheus recorder (see [`telemetry::prometheus`]).
 pub fn metrics_handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let handle = PrometheusBuilder::new()
-                .set_buckets_for_metric(
-                    Matcher::Full(telemetry::ATTEMPT_DURATION.to_string()),
-                    &[
-                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-                    ],
-                )
-                .expect("bucket list is not empty")
-                .install_recorder()
-                .expect("the metrics recorder installs once");
-            let upkeep = handle.clone();
-            std::thread::Builder::new()
-                .name("herald-metrics-upkeep".into())
-                .spawn(move || loop {
-                    std::thread::sleep(Duration::from_secs(5));
-                    upkeep.run_upkeep();
-                })
-                .expect("spawn metrics upkeep");
-            handle
-        })
-        .clone()
+    telemetry::prometheus()
 }
 
 pub use herald_core::telemetry::init_tracing;

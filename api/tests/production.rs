@@ -135,11 +135,17 @@ impl Installation {
     }
 
     fn delivery(&self) -> Proc {
-        let child = self
-            .command(&delivery_bin())
-            .spawn()
-            .expect("herald-delivery starts");
-        Proc { child }
+        self.delivery_with(&[])
+    }
+
+    fn delivery_with(&self, env: &[(&str, &str)]) -> Proc {
+        let mut cmd = self.command(&delivery_bin());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Proc {
+            child: cmd.spawn().expect("herald-delivery starts"),
+        }
     }
 }
 
@@ -227,7 +233,8 @@ async fn the_curl_flow_works_across_api_and_delivery_processes() {
     };
     let rx = Receiver::start().await;
     let (_api_proc, api) = inst.api().await;
-    let _worker = inst.delivery();
+    let health = free_port();
+    let _worker = inst.delivery_with(&[("HERALD_HEALTH_ADDR", &format!("127.0.0.1:{health}"))]);
 
     let created = api
         .create(json!({"target_url": rx.url("/orders"), "event_types": ["order.created"]}))
@@ -270,6 +277,23 @@ async fn the_curl_flow_works_across_api_and_delivery_processes() {
             "{path}: {logs}"
         );
     }
+
+    // The delivery process counts its own attempts on its health listener's /metrics.
+    let metrics = api
+        .http
+        .get(format!("http://127.0.0.1:{health}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("herald_attempts_total") && l.ends_with(" 1")),
+        "{metrics}"
+    );
 
     // An event type the subscription does not take is refused, not queued.
     let r = api.ingest(&sub, "order.deleted", "{}").await;

@@ -17,6 +17,8 @@ pub const STALE_SETTLEMENTS: &str = "herald_stale_settlements_total";
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
 /// Totals since this process started, for the dashboard's counters (`GET /stats`).
 #[derive(Debug, Default)]
 pub struct Counts {
@@ -56,4 +58,33 @@ pub fn init_tracing(format: &str) {
     } else {
         builder.try_init()
     };
+}
+
+/// The process-wide Prometheus recorder, installed on first use and shared by every listener of
+/// the process (the api's `/metrics`, a delivery process's health listener, the operator's).
+pub fn prometheus() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(ATTEMPT_DURATION.to_string()),
+                    &[
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    ],
+                )
+                .expect("bucket list is not empty")
+                .install_recorder()
+                .expect("the metrics recorder installs once");
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("herald-metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(std::time::Duration::from_secs(5));
+                    upkeep.run_upkeep();
+                })
+                .expect("spawn metrics upkeep");
+            handle
+        })
+        .clone()
 }

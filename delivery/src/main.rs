@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 struct Cli {
     #[command(flatten)]
     settings: Settings,
-    /// Serve `GET /healthz` on this address while the workers run (container and Kubernetes
-    /// liveness checks; this process has no other HTTP listener). Unset: no listener.
+    /// Serve `GET /healthz` (container and Kubernetes liveness checks) and `GET /metrics`
+    /// (Prometheus) on this address while the workers run; this process has no other HTTP
+    /// listener. Unset: no listener.
     #[arg(long, env = "HERALD_HEALTH_ADDR")]
     health_addr: Option<std::net::SocketAddr>,
     #[command(subcommand)]
@@ -65,6 +66,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run { no_retention } => {
+            // Installed before the first attempt, so that /metrics counts from the start.
+            herald_core::telemetry::prometheus();
             let shutdown = CancellationToken::new();
             let cache = Arc::new(SubscriptionCache::for_backend(&backend));
             let _follower = cache.follow();
@@ -111,10 +114,29 @@ async fn serve_health(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on HERALD_HEALTH_ADDR {addr}"))?;
-    let app = axum::Router::new().route(
-        "/healthz",
-        axum::routing::get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
-    );
+    let metrics = herald_core::telemetry::prometheus();
+    let app = axum::Router::new()
+        .route(
+            "/healthz",
+            axum::routing::get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
+        )
+        // This process's own counters (attempts, deliveries, latency): Prometheus scrapes every
+        // delivery pod, the api's /metrics holds only the api's.
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4",
+                        )],
+                        metrics.render(),
+                    )
+                }
+            }),
+        );
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())

@@ -152,6 +152,16 @@ async fn health_listener_answers_while_workers_run() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(body, r#"{"status":"ok"}"#);
+    let metrics = client
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+    assert!(metrics.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
 
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
