@@ -295,6 +295,7 @@ fn optional_parts_render_only_when_enabled() {
         "HorizontalPodAutoscaler",
         "ScaledObject",
         "ServiceMonitor",
+        "PodMonitor",
         "StatefulSet",
     ] {
         assert!(!k.iter().any(|x| x == absent), "default renders a {absent}");
@@ -326,6 +327,8 @@ fn optional_parts_render_only_when_enabled() {
             .count(),
         2
     );
+    let monitor = find(all_on, "PodMonitor", "-delivery").expect("delivery PodMonitor");
+    assert_eq!(monitor["spec"]["podMetricsEndpoints"][0]["port"], "health");
     assert!(find(all_on, "PodDisruptionBudget", "-operator").is_some());
     let delivery = find(all_on, "Deployment", "-delivery").unwrap();
     assert!(delivery["spec"]["replicas"].is_null(), "KEDA sets replicas");
@@ -375,6 +378,21 @@ spec:
       storage: true
       schema:
         openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: podmonitors.monitoring.coreos.com
+spec:
+  group: monitoring.coreos.com
+  scope: Namespaced
+  names: {kind: PodMonitor, plural: podmonitors, singular: podmonitor, listKind: PodMonitorList}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
 "#;
 
 #[test]
@@ -404,6 +422,7 @@ fn the_api_server_accepts_install_and_uninstall_of_the_chart() {
         "--timeout=60s",
         "crd/scaledobjects.keda.sh",
         "crd/servicemonitors.monitoring.coreos.com",
+        "crd/podmonitors.monitoring.coreos.com",
     ]);
 
     for (name, values) in VALUE_SETS {
@@ -451,7 +470,7 @@ fn the_api_server_accepts_install_and_uninstall_of_the_chart() {
     let selector = format!("app.kubernetes.io/instance={release}");
     let listed = kubectl(&[
         "get",
-        "deployments,statefulsets,cronjobs,services,scaledobjects,servicemonitors",
+        "deployments,statefulsets,cronjobs,services,scaledobjects,servicemonitors,podmonitors",
         "--namespace",
         "default",
         "-l",
@@ -459,7 +478,7 @@ fn the_api_server_accepts_install_and_uninstall_of_the_chart() {
         "-o",
         "name",
     ]);
-    assert_eq!(listed.lines().count(), 3 + 2 + 1 + 4 + 1 + 2, "{listed}");
+    assert_eq!(listed.lines().count(), 3 + 2 + 1 + 4 + 1 + 2 + 1, "{listed}");
     // A generated API key is kept across upgrades (read back from the installed Secret).
     let secret_name = format!("{release}-herald");
     let key = || {
