@@ -478,7 +478,11 @@ fn the_api_server_accepts_install_and_uninstall_of_the_chart() {
         "-o",
         "name",
     ]);
-    assert_eq!(listed.lines().count(), 3 + 2 + 1 + 4 + 1 + 2 + 1, "{listed}");
+    assert_eq!(
+        listed.lines().count(),
+        3 + 2 + 1 + 4 + 1 + 2 + 1,
+        "{listed}"
+    );
     // A generated API key is kept across upgrades (read back from the installed Secret).
     let secret_name = format!("{release}-herald");
     let key = || {
