@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::model::{
-    Attempt, ClaimRequest, Claimed, DeliveryStatus, Event, Job, Publish, PublishOutcome,
+    Attempt, ClaimRequest, Claimed, DeliveryStatus, Event, Job, Owner, Publish, PublishOutcome,
     QueueStats, Settlement, Subscription, WebhookRecord,
 };
 
@@ -18,9 +18,14 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// Durable subscription records. Reads on hot paths go through [`crate::cache::SubscriptionCache`].
 #[async_trait]
 pub trait SubscriptionStore: Send + Sync {
-    /// Stores a new subscription; `Conflict` if the id exists.
+    /// Stores a new subscription; `Conflict` if the id exists. Backends that can check it in
+    /// the same atomic step also answer `Conflict` when the subscription's owner has one
+    /// already (SQLite does; the MongoDB store relies on the operator's single leader).
     async fn insert(&self, sub: &Subscription) -> Result<()>;
     async fn get(&self, id: &str) -> Result<Option<Subscription>>;
+    /// The subscription `owner` manages (matched on kind, namespace and name), if any: how the
+    /// operator finds the record of a resource without keeping the id anywhere but in status.
+    async fn find_by_owner(&self, owner: &Owner) -> Result<Option<Subscription>>;
     /// Up to `limit` subscriptions with ids greater than `after`, in id order.
     async fn list(&self, limit: usize, after: Option<&str>) -> Result<Vec<Subscription>>;
     /// Every subscription: the fan-out snapshot the cache keeps.

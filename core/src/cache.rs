@@ -240,6 +240,10 @@ mod tests {
             self.check()?;
             self.inner.get(id).await
         }
+        async fn find_by_owner(&self, owner: &crate::model::Owner) -> Result<Option<Subscription>> {
+            self.check()?;
+            self.inner.find_by_owner(owner).await
+        }
         async fn list(&self, limit: usize, after: Option<&str>) -> Result<Vec<Subscription>> {
             self.inner.list(limit, after).await
         }

@@ -200,6 +200,111 @@ impl Subscriptions {
     }
 }
 
+/// Writes made on behalf of an owner (the Kubernetes operator), which keeps its resources and
+/// their subscriptions one to one. Both are idempotent: a reconcile that is retried or repeated
+/// finds the subscription by its owner, so it never makes a second one.
+impl Subscriptions {
+    /// Makes the owner's subscription match `spec`: creates it when the owner has none, else
+    /// replaces its writable fields, keeping its id, creation time and (when `spec` names no
+    /// secret) its secret, so that deliveries a receiver verifies never turn unsigned by
+    /// accident. When the secret changes, the old one stays valid for the secret overlap, as
+    /// after a rotation, so deliveries in flight still verify. A spec equal to what is stored
+    /// writes nothing (and so does not re-enable a disabled endpoint); a changed one re-enables
+    /// it, as a REST update does.
+    pub async fn apply_owned(
+        &self,
+        owner: &Owner,
+        spec: &SubscriptionSpec,
+    ) -> Result<Subscription, Error> {
+        let v = self.validate(spec)?;
+        let store = self.cache.store();
+        let current = match store.find_by_owner(owner).await? {
+            Some(current) => current,
+            None => {
+                let now = Utc::now();
+                let sub = build(
+                    crate::ids::subscription_id(),
+                    v.clone(),
+                    Some(owner.clone()),
+                    now,
+                    now,
+                );
+                match store.insert(&sub).await {
+                    Ok(()) => {
+                        self.cache.changed(&sub.id).await;
+                        return Ok(sub);
+                    }
+                    // Another apply for this owner won the insert: update its record instead.
+                    Err(crate::StoreError::Conflict(_)) => store
+                        .find_by_owner(owner)
+                        .await?
+                        .ok_or(Error::NotFound("subscription"))?,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        let mut v = v;
+        if v.secret.is_none() {
+            v.secret = current.secret.clone();
+        }
+        let now = Utc::now();
+        let mut sub = build(
+            current.id.clone(),
+            v,
+            Some(owner.clone()),
+            current.created_at,
+            now,
+        );
+        if same_spec(&sub, &current) {
+            return Ok(current);
+        }
+        if sub.secret == current.secret {
+            sub.previous_secret = current.previous_secret.clone();
+            sub.previous_secret_expires_at = current.previous_secret_expires_at;
+        } else if let (Some(old), false) = (&current.secret, self.secret_overlap.is_zero()) {
+            sub.previous_secret = Some(old.clone());
+            sub.previous_secret_expires_at = Some(
+                now + chrono::Duration::from_std(self.secret_overlap).expect("bounded to 7 days"),
+            );
+        }
+        store.replace(&sub).await?;
+        self.cache.changed(&sub.id).await;
+        if !sub.paused {
+            // Deliveries deferred while paused go out now.
+            self.queue.expedite(&sub.id).await?;
+        }
+        Ok(sub)
+    }
+
+    /// Deletes the owner's subscription, if it has one (`false` when it had none: a repeated
+    /// delete is not an error). Its queued deliveries end as `Failure` promptly.
+    pub async fn delete_owned(&self, owner: &Owner) -> Result<bool, Error> {
+        let store = self.cache.store();
+        let Some(current) = store.find_by_owner(owner).await? else {
+            return Ok(false);
+        };
+        if !store.remove(&current.id).await? {
+            return Ok(false);
+        }
+        self.cache.changed(&current.id).await;
+        self.queue.expedite(&current.id).await?;
+        Ok(true)
+    }
+}
+
+/// Whether two subscriptions have the same writable fields (what an owner's spec sets).
+fn same_spec(a: &Subscription, b: &Subscription) -> bool {
+    a.target_url == b.target_url
+        && a.event_types == b.event_types
+        && a.secret == b.secret
+        && a.headers == b.headers
+        && a.max_attempts == b.max_attempts
+        && a.timeout_ms == b.timeout_ms
+        && a.retry_schedule_ms == b.retry_schedule_ms
+        && a.paused == b.paused
+        && a.owner == b.owner
+}
+
 fn masked_names(spec: &SubscriptionSpec) -> impl Iterator<Item = &String> {
     spec.headers
         .iter()

@@ -126,6 +126,7 @@ macro_rules! backend_suite {
     ($make:path) => {
         $crate::backend_suite!($make;
             subscriptions_crud,
+            subscriptions_by_owner,
             publish_claim_settle,
             payload_bytes_are_kept_exactly,
             retries_wait_until_due,
@@ -199,6 +200,48 @@ pub async fn subscriptions_crud(b: Backend) {
     assert!(s.remove("sub_a").await.unwrap());
     assert!(!s.remove("sub_a").await.unwrap());
     assert_eq!(s.list_all().await.unwrap().len(), 2);
+}
+
+/// An owned subscription is found by its owner (kind, namespace and name all count), and
+/// follows its record through replace and remove.
+pub async fn subscriptions_by_owner(b: Backend) {
+    use crate::model::Owner;
+    let s = &b.subscriptions;
+    let owner = |kind: &str, ns: &str, name: &str| Owner {
+        kind: kind.into(),
+        namespace: ns.into(),
+        name: name.into(),
+    };
+    let shop = owner("kubernetes", "shop", "orders");
+    let mut a = subscription("sub_own_a");
+    a.owner = Some(shop.clone());
+    s.insert(&subscription("sub_own_free")).await.unwrap();
+    assert!(s.find_by_owner(&shop).await.unwrap().is_none());
+    s.insert(&a).await.unwrap();
+    let mut other = subscription("sub_own_b");
+    other.owner = Some(owner("kubernetes", "billing", "orders"));
+    s.insert(&other).await.unwrap();
+    assert_eq!(s.find_by_owner(&shop).await.unwrap().unwrap(), a);
+    for miss in [
+        owner("kubernetes", "shop", "order"),
+        owner("kubernetes", "sho", "orders"),
+        owner("other", "shop", "orders"),
+    ] {
+        assert!(s.find_by_owner(&miss).await.unwrap().is_none(), "{miss:?}");
+    }
+    a.event_types = vec!["order.paid".into()];
+    s.replace(&a).await.unwrap();
+    assert_eq!(s.find_by_owner(&shop).await.unwrap().unwrap(), a);
+    assert!(s.remove(&a.id).await.unwrap());
+    assert!(s.find_by_owner(&shop).await.unwrap().is_none());
+    assert_eq!(
+        s.find_by_owner(&other.owner.clone().unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        "sub_own_b"
+    );
 }
 
 pub async fn publish_claim_settle(b: Backend) {

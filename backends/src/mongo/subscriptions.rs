@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use herald_core::backend::{Result, SubscriptionStore};
-use herald_core::model::Subscription;
+use herald_core::model::{Owner, Subscription};
 use herald_core::StoreError;
 use mongodb::bson::{doc, Document};
 use mongodb::{Collection, Database};
@@ -61,6 +61,21 @@ impl SubscriptionStore for Subscriptions {
             .await
             .map_err(|e| convert("reading a subscription", e))?;
         Ok(found.as_ref().map(subscription_from).transpose()?)
+    }
+
+    async fn find_by_owner(&self, owner: &Owner) -> Result<Option<Subscription>> {
+        // Served by the `owner_namespace_name` index; the kind narrows the few matches.
+        let found = self
+            .find(
+                doc! {
+                    "owner.namespace": &owner.namespace,
+                    "owner.name": &owner.name,
+                    "owner.kind": &owner.kind,
+                },
+                Some(1),
+            )
+            .await?;
+        Ok(found.into_iter().next())
     }
 
     async fn list(&self, limit: usize, after: Option<&str>) -> Result<Vec<Subscription>> {

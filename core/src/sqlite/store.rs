@@ -9,16 +9,19 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use super::{from_ms, Sqlite};
 use crate::backend::{AttemptLog, Result, SubscriptionStore};
 use crate::error::StoreError;
-use crate::model::{Attempt, Outcome, Subscription};
+use crate::model::{Attempt, Outcome, Owner, Subscription};
 
 /// Rows deleted per transaction, so retention never holds the writer for long.
 const DELETE_CHUNK: i64 = 5_000;
 
+/// The `owner_key` column: kind, namespace and name, none of which may contain a `/` (they are
+/// Kubernetes names), so the key names one owner only.
+fn owner_key(o: &Owner) -> String {
+    format!("{}/{}/{}", o.kind, o.namespace, o.name)
+}
+
 fn encode(sub: &Subscription) -> Result<(Option<String>, String)> {
-    let owner = sub
-        .owner
-        .as_ref()
-        .map(|o| format!("{}/{}/{}", o.kind, o.namespace, o.name));
+    let owner = sub.owner.as_ref().map(owner_key);
     let doc = serde_json::to_string(sub)
         .map_err(|e| StoreError::backend_by("encoding a subscription", e))?;
     Ok((owner, doc))
@@ -36,14 +39,22 @@ impl SubscriptionStore for Arc<Sqlite> {
         let (owner, doc) = encode(sub)?;
         let id = sub.id.clone();
         self.write(move |c| {
+            // The owner check and the insert are one statement on the single writer, so two
+            // racing applies for one owner cannot both insert.
             let n = c
                 .prepare_cached(
-                    "INSERT INTO subscriptions (id, owner_key, doc) VALUES (?1, ?2, ?3)
+                    "INSERT INTO subscriptions (id, owner_key, doc)
+                     SELECT ?1, ?2, ?3
+                     WHERE ?2 IS NULL
+                        OR NOT EXISTS (SELECT 1 FROM subscriptions WHERE owner_key = ?2)
                      ON CONFLICT(id) DO NOTHING",
                 )?
                 .execute(params![id, owner, doc])?;
             if n == 0 {
-                return Err(StoreError::Conflict(format!("subscription {id} exists")));
+                return Err(StoreError::Conflict(match owner {
+                    Some(key) => format!("subscription {id} exists, or {key} has one"),
+                    None => format!("subscription {id} exists"),
+                }));
             }
             Ok(())
         })
@@ -58,6 +69,18 @@ impl SubscriptionStore for Arc<Sqlite> {
                     .query_row([id], |r| decode(r.get(0)?))
                     .optional()?,
             )
+        })
+        .await
+    }
+
+    async fn find_by_owner(&self, owner: &Owner) -> Result<Option<Subscription>> {
+        let key = owner_key(owner);
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT doc FROM subscriptions WHERE owner_key = ?1 ORDER BY id LIMIT 1",
+            )?
+            .query_row([key], |r| decode(r.get(0)?))
+            .optional()?)
         })
         .await
     }
