@@ -4,8 +4,8 @@
 //! control plane's API server accepts them (`kubectl apply --dry-run=server`, its own schema
 //! validation), after which `helm install` creates them and `helm uninstall` removes them.
 //!
-//! The WebhookSubscription CRD is not in the chart yet (the operator will generate `crds/`), and
-//! the chart renders no WebhookSubscription, so nothing here needs it: RBAC rules naming
+//! The WebhookSubscription CRD is in the chart's `crds/` (which `helm install` applies and
+//! `helm template` leaves out); the chart renders no WebhookSubscription, and RBAC rules naming
 //! `herald.dev` resources are accepted without the CRD. KEDA's ScaledObject and the Prometheus
 //! Operator's ServiceMonitor are custom resources too; the test installs schema-less stand-in
 //! CRDs for them, so the server checks their envelope (kind, metadata) but not their spec.

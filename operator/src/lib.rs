@@ -1,0 +1,164 @@
+//! The Herald operator: reconciles `WebhookSubscription` resources into Herald subscriptions
+//! through core's `Subscriptions` service, the same validation, ownership rules and cache
+//! invalidation the REST API uses.
+
+pub mod controller;
+pub mod crd;
+pub mod leader;
+pub mod server;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use herald_core::backend::SubscriptionStore;
+use herald_core::subscriptions::Subscriptions;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams};
+use kube::runtime::events::Reporter;
+use kube::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::crd::WebhookSubscription;
+
+/// The Lease replicas compete for, and who this replica is.
+#[derive(Debug, Clone)]
+pub struct LeaseOptions {
+    pub name: String,
+    pub namespace: String,
+    pub identity: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where `/healthz`, `/readyz` and `/metrics` listen.
+    pub addr: SocketAddr,
+    /// Leader election; `None` reconciles at once (one replica).
+    pub lease: Option<LeaseOptions>,
+    /// Watch one namespace only; `None`: every namespace.
+    pub watch_namespace: Option<String>,
+    /// Who the Events name as their reporter.
+    pub reporter: Reporter,
+}
+
+/// A running operator: its health listener's address, and the task that ends after
+/// `shutdown` is cancelled (reconciles in flight finish, the lease is released).
+pub struct Running {
+    pub addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Checks that the CRD is installed, binds the health listener and starts reconciling (after
+/// winning the lease, when there is one).
+pub async fn start(
+    opts: Options,
+    client: Client,
+    subscriptions: Arc<Subscriptions>,
+    store: Arc<dyn SubscriptionStore>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    let (api, secrets): (Api<WebhookSubscription>, Api<Secret>) = match &opts.watch_namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    api.list(&ListParams::default().limit(1)).await.context(
+        "listing webhooksubscriptions.herald.dev failed; is the CRD installed? \
+         (`herald-operator crd | kubectl apply -f -`)",
+    )?;
+    let listener = tokio::net::TcpListener::bind(opts.addr)
+        .await
+        .with_context(|| format!("binding {}", opts.addr))?;
+    let addr = listener.local_addr()?;
+    let health = Arc::new(server::Health {
+        ready: AtomicBool::new(false),
+        store,
+    });
+    let http_stop = shutdown.clone();
+    let app = server::router(health.clone());
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(http_stop.cancelled_owned())
+            .await
+    });
+    let ctx = Arc::new(controller::Context::new(
+        client.clone(),
+        subscriptions,
+        opts.reporter.clone(),
+    ));
+    let task = tokio::spawn(async move {
+        match opts.lease {
+            None => {
+                let h = health.clone();
+                controller::run(api, secrets, ctx, shutdown.cancelled_owned(), move || {
+                    h.ready.store(true, Ordering::Release)
+                })
+                .await;
+            }
+            Some(lease) => lead(lease, client, api, secrets, ctx, &health, &shutdown).await?,
+        }
+        http.await??;
+        Ok(())
+    });
+    Ok(Running { addr, task })
+}
+
+/// Reconciles while this replica holds the lease; waits while another one does.
+async fn lead(
+    lease: LeaseOptions,
+    client: Client,
+    api: Api<WebhookSubscription>,
+    secrets: Api<Secret>,
+    ctx: Arc<controller::Context>,
+    health: &server::Health,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let election = leader::Election::start(client, &lease.namespace, &lease.name, &lease.identity)
+        .await
+        .with_context(|| {
+            format!(
+                "leader election on Lease {}/{}",
+                lease.namespace, lease.name
+            )
+        })?;
+    // A standby replica is ready: it serves probes, and takes over when the leader goes.
+    health.ready.store(true, Ordering::Release);
+    let mut leading = election.leading.clone();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            changed = leading.wait_for(|l| *l) => {
+                if changed.is_err() {
+                    anyhow::bail!("the lease manager stopped");
+                }
+            }
+        }
+        tracing::info!(lease = %lease.name, identity = %lease.identity, "holding the lease: reconciling");
+        let stop = shutdown.child_token();
+        let mut watch = leading.clone();
+        let lost = stop.clone();
+        let watcher = tokio::spawn(async move {
+            let _ = watch.wait_for(|l| !*l).await;
+            lost.cancel();
+        });
+        controller::run(
+            api.clone(),
+            secrets.clone(),
+            ctx.clone(),
+            stop.cancelled_owned(),
+            || {},
+        )
+        .await;
+        watcher.abort();
+        if shutdown.is_cancelled() {
+            break;
+        }
+        tracing::warn!(lease = %lease.name, "lost the lease: stopped reconciling, waiting for it");
+    }
+    drop(leading);
+    election.release().await;
+    Ok(())
+}

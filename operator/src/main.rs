@@ -1,0 +1,114 @@
+//! `herald-operator [run]`: reconcile WebhookSubscriptions; `herald-operator crd`: print the CRD.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use herald_core::cache::SubscriptionCache;
+use herald_core::config::Settings;
+use herald_core::subscriptions::Subscriptions;
+use herald_operator::{LeaseOptions, Options};
+use kube::runtime::events::Reporter;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "herald-operator", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Reconcile WebhookSubscriptions (the default).
+    Run,
+    /// Print the WebhookSubscription CRD as YAML.
+    Crd,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Listen address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "HERALD_OPERATOR_ADDR", default_value = "0.0.0.0:8080")]
+    operator_addr: SocketAddr,
+    /// Name of the Lease for leader election; unset: no election (run one replica only).
+    #[arg(long, env = "HERALD_OPERATOR_LEASE")]
+    lease: Option<String>,
+    /// Namespace of the Lease (default: the kubeconfig's or the service account's namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// This replica's name in the Lease and in Events (default: the host name and process id).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Watch WebhookSubscriptions (and Secrets) in this namespace only.
+    #[arg(long, env = "HERALD_OPERATOR_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Command::Crd) = cli.command {
+        print!("{}", herald_operator::crd::crd_yaml());
+        return Ok(());
+    }
+    let args = cli.run;
+    herald_core::telemetry::init_tracing(&args.settings.log_format);
+    let settings = &args.settings;
+    let backend = herald_backends::open(settings)
+        .await
+        .context("opening the subscription store")?;
+    let cache = Arc::new(SubscriptionCache::for_backend(&backend));
+    let _follower = cache.follow();
+    let subscriptions = Arc::new(
+        Subscriptions::new(cache, backend.queue.clone(), settings.target_guard())
+            .with_secret_overlap(settings.secret_overlap),
+    );
+    let config = kube::Config::infer()
+        .await
+        .context("finding the Kubernetes API (in-cluster service account or KUBECONFIG)")?;
+    let default_ns = config.default_namespace.clone();
+    let client = kube::Client::try_from(config)?;
+    let identity = args.identity.unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "herald-operator".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let opts = Options {
+        addr: args.operator_addr,
+        lease: args.lease.map(|name| LeaseOptions {
+            name,
+            namespace: args.lease_namespace.unwrap_or(default_ns),
+            identity: identity.clone(),
+        }),
+        watch_namespace: args.watch_namespace,
+        reporter: Reporter {
+            controller: "herald-operator".into(),
+            instance: Some(identity),
+        },
+    };
+    let shutdown = CancellationToken::new();
+    let running = herald_operator::start(
+        opts,
+        client,
+        subscriptions,
+        backend.subscriptions.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+    tracing::info!(addr = %running.addr, store = backend.name, "herald-operator started");
+    let mut task = running.task;
+    tokio::select! {
+        _ = herald_core::shutdown::signal() => {
+            tracing::info!("stopping: finishing reconciles in flight");
+            shutdown.cancel();
+            (&mut task).await??;
+        }
+        res = &mut task => res??,
+    }
+    Ok(())
+}

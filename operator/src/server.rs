@@ -1,0 +1,43 @@
+//! `/healthz`, `/readyz` and `/metrics` on a small listener of their own.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use herald_core::backend::SubscriptionStore;
+
+/// What the probes report.
+pub struct Health {
+    /// Set once this replica can do its work: the controller's cache synced (leader), or it
+    /// waits for the lease (standby: serving probes is all it does).
+    pub ready: AtomicBool,
+    pub store: Arc<dyn SubscriptionStore>,
+}
+
+pub fn router(health: Arc<Health>) -> Router {
+    let metrics = herald_core::telemetry::prometheus();
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(move || async move { metrics.render() }))
+        .with_state(health)
+}
+
+async fn readyz(State(h): State<Arc<Health>>) -> (StatusCode, String) {
+    if !h.ready.load(Ordering::Acquire) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the controller's cache is not synced yet".into(),
+        );
+    }
+    match h.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready".into()),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the subscription store does not answer: {}", e.chain()),
+        ),
+    }
+}
