@@ -1,0 +1,206 @@
+//! The `herald-operator` binary as a process: `crd` prints what `crds/` holds and the API
+//! server accepts it; `run` (the default) on the SQLite store reconciles the example through
+//! kubectl, serves its probes, and on SIGTERM finishes, frees its Lease and exits 0.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_herald-operator");
+
+fn repo(relative: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(relative)
+}
+
+#[test]
+fn the_crd_subcommand_prints_the_checked_in_crd() {
+    let out = Command::new(BIN).arg("crd").output().unwrap();
+    assert!(out.status.success());
+    let on_disk = std::fs::read(repo("crds/webhooksubscription.yaml")).unwrap();
+    assert!(
+        out.stdout == on_disk,
+        "`herald-operator crd` differs from crds/"
+    );
+}
+
+fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&[u8]>) -> String {
+    let mut child = Command::new("kubectl")
+        .env("KUBECONFIG", kubeconfig)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl runs (on PATH under scripts/testenv.sh)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.unwrap_or_default())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn run_reconciles_serves_probes_and_stops_cleanly_on_sigterm() {
+    let Some(kubeconfig) = herald_testenv::kubeconfig() else {
+        return;
+    };
+    let crd = Command::new(BIN).arg("crd").output().unwrap().stdout;
+    kubectl(
+        &kubeconfig,
+        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+        Some(&crd),
+    );
+    kubectl(
+        &kubeconfig,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            "crd/webhooksubscriptions.herald.dev",
+        ],
+        None,
+    );
+    let ns = herald_testenv::unique_name("whs-proc");
+    kubectl(&kubeconfig, &["create", "namespace", &ns], None);
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(BIN)
+        .env_remove("MONGO_URI")
+        .env_remove("REDIS_URL")
+        .env_remove("REDIS_ADDR")
+        .env("KUBECONFIG", &kubeconfig)
+        .env("HERALD_SQLITE_PATH", dir.path().join("operator.db"))
+        .env("HERALD_ALLOW_TARGETS", "127.0.0.0/8")
+        .env("HERALD_OPERATOR_ADDR", format!("127.0.0.1:{port}"))
+        .env("HERALD_OPERATOR_LEASE", "herald-operator")
+        .env("HERALD_OPERATOR_WATCH_NAMESPACE", &ns)
+        .env("POD_NAMESPACE", &ns)
+        .env("POD_NAME", "proc-a")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    eventually("/readyz to answer 200", Duration::from_secs(30), || {
+        http_status(port, "/readyz") == Some(200)
+    });
+    assert_eq!(http_status(port, "/healthz"), Some(200));
+
+    let example = std::fs::read(repo("examples/webhooksubscription.yaml")).unwrap();
+    kubectl(
+        &kubeconfig,
+        &["apply", "-n", &ns, "-f", "-"],
+        Some(&example),
+    );
+    let ready = r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#;
+    eventually("orders to be Ready", Duration::from_secs(30), || {
+        kubectl(
+            &kubeconfig,
+            &["get", "whs", "orders", "-n", &ns, "-o", ready],
+            None,
+        ) == "True"
+    });
+    let id = kubectl(
+        &kubeconfig,
+        &[
+            "get",
+            "whs",
+            "orders",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.status.subscriptionId}",
+        ],
+        None,
+    );
+    assert!(id.starts_with("sub_"), "{id:?}");
+
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("herald-operator did not stop within 20 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "exit status {status}");
+    // The lease was freed, so a standby need not wait for it to run out.
+    let holder = kubectl(
+        &kubeconfig,
+        &[
+            "get",
+            "lease",
+            "herald-operator",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+        None,
+    );
+    assert_eq!(holder, "", "the lease is still held");
+    // The finalizer would block deletion with no operator running: remove the resource's
+    // namespace contents by dropping the finalizer, as an uninstall guide would.
+    kubectl(
+        &kubeconfig,
+        &[
+            "patch",
+            "whs",
+            "orders",
+            "-n",
+            &ns,
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"finalizers":null}}"#,
+        ],
+        None,
+    );
+}
