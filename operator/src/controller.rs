@@ -176,6 +176,36 @@ async fn apply(obj: &WebhookSubscription, ctx: &Context) -> Result<Action, Error
     };
     let spec = obj.spec.to_subscription_spec(secret);
     match ctx.subscriptions.apply_owned(&owner, &spec).await {
+        Ok(sub) if sub.is_disabled() => {
+            // Herald stopped delivering (410 Gone, or failing for HERALD_DISABLE_AFTER); an
+            // unchanged spec leaves it so, a changed one re-enables it.
+            let message =
+                format!(
+                "Herald stopped delivering to the endpoint ({}); change the spec to re-enable it",
+                sub.disabled_reason.as_deref().unwrap_or("no reason recorded")
+            );
+            let changed = write_status(
+                obj,
+                ctx,
+                Some(&sub.id),
+                "False",
+                "EndpointDisabled",
+                &message,
+            )
+            .await?;
+            if changed {
+                publish(
+                    obj,
+                    ctx,
+                    EventType::Warning,
+                    "EndpointDisabled",
+                    "Reconcile",
+                    &message,
+                )
+                .await;
+            }
+            Ok(Action::requeue(RESYNC))
+        }
         Ok(sub) => {
             let message = if sub.paused {
                 "subscription is paused: deliveries wait until it is resumed".to_string()

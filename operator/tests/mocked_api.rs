@@ -321,6 +321,47 @@ async fn a_spec_core_refuses_waits_for_a_change_without_retrying() {
 }
 
 #[tokio::test]
+async fn a_disabled_endpoint_shows_as_ready_false_until_the_spec_changes() {
+    let Fixture {
+        ctx,
+        mut server,
+        backend: _backend,
+        _dir,
+    } = fixture();
+    let w = finalized(resource("orders"));
+    let spec = w.spec.to_subscription_spec(None);
+    let sub = ctx
+        .subscriptions
+        .apply_owned(&owner("orders"), &spec)
+        .await
+        .unwrap();
+    assert!(ctx
+        .subscriptions
+        .disable(&sub.id, "the endpoint answered 410 Gone", "gone")
+        .await
+        .unwrap());
+    let sent = w.clone();
+    let api = tokio::spawn(async move {
+        let status = expect_status(&mut server, &sent).await;
+        let ev = expect_event(&mut server).await;
+        (status, ev)
+    });
+    controller::reconcile(Arc::new(w), ctx.clone())
+        .await
+        .unwrap();
+    let (status, ev) = api.await.unwrap();
+    assert_eq!(status["conditions"][0]["status"], "False");
+    assert_eq!(status["conditions"][0]["reason"], "EndpointDisabled");
+    assert!(status["conditions"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("410 Gone"));
+    assert_eq!(status["subscriptionId"], sub.id.as_str());
+    assert_eq!(ev["type"], "Warning");
+    assert!(ctx.subscriptions.get(&sub.id).await.unwrap().is_disabled());
+}
+
+#[tokio::test]
 async fn deletion_removes_the_record_then_the_finalizer() {
     let Fixture {
         ctx,
@@ -361,6 +402,121 @@ async fn deletion_removes_the_record_then_the_finalizer() {
     let ev = api.await.unwrap();
     assert_eq!(ev["reason"], "Deleted");
     assert!(backend.subscriptions.get(&sub.id).await.unwrap().is_none());
+}
+
+/// A store that cannot be reached: every call fails as `Unavailable`.
+struct Down;
+
+#[async_trait::async_trait]
+impl herald_core::backend::SubscriptionStore for Down {
+    async fn insert(
+        &self,
+        _: &herald_core::model::Subscription,
+    ) -> herald_core::backend::Result<()> {
+        Err(herald_core::StoreError::unavailable("down"))
+    }
+    async fn get(
+        &self,
+        _: &str,
+    ) -> herald_core::backend::Result<Option<herald_core::model::Subscription>> {
+        Err(herald_core::StoreError::unavailable("down"))
+    }
+    async fn find_by_owner(
+        &self,
+        _: &Owner,
+    ) -> herald_core::backend::Result<Option<herald_core::model::Subscription>> {
+        Err(herald_core::StoreError::unavailable("down"))
+    }
+    async fn list(
+        &self,
+        _: usize,
+        _: Option<&str>,
+    ) -> herald_core::backend::Result<Vec<herald_core::model::Subscription>> {
+        Err(herald_core::StoreError::unavailable("down"))
+    }
+    async fn list_all(
+        &self,
+    ) -> herald_core::backend::Result<Vec<herald_core::model::Subscription>> {
+        Err(herald_core::StoreError::unavailable("down"))
+    }
+    async fn replace(
+        &self,
+        _: &herald_core::model::Subscription,
+    ) -> herald_core::backend::Result<()> {
+        Err(herald_core::StoreError::unavailable("down"))
+    }
+    async fn remove(&self, _: &str) -> herald_core::backend::Result<bool> {
+        Err(herald_core::StoreError::unavailable("down"))
+    }
+    async fn ping(&self) -> herald_core::backend::Result<()> {
+        Err(herald_core::StoreError::unavailable("down"))
+    }
+}
+
+fn fixture_with_the_store_down() -> Fixture {
+    let f = fixture();
+    let cache = Arc::new(SubscriptionCache::new(
+        Arc::new(Down),
+        Duration::from_secs(1),
+    ));
+    let subs = Arc::new(Subscriptions::new(
+        cache,
+        f.backend.queue.clone(),
+        TargetGuard::new(vec![]),
+    ));
+    let client = f.ctx.client.clone();
+    Fixture {
+        ctx: Arc::new(Context::new(client, subs, "herald-operator-test".into())),
+        ..f
+    }
+}
+
+#[tokio::test]
+async fn a_store_outage_gives_ready_false_and_an_error_to_retry() {
+    let Fixture {
+        ctx,
+        mut server,
+        backend: _backend,
+        _dir,
+    } = fixture_with_the_store_down();
+    let w = finalized(resource("orders"));
+    let sent = w.clone();
+    let api = tokio::spawn(async move {
+        let status = expect_status(&mut server, &sent).await;
+        let ev = expect_event(&mut server).await;
+        (status, ev)
+    });
+    let err = controller::reconcile(Arc::new(w), ctx).await.unwrap_err();
+    assert_eq!(err.metric_label(), "Store");
+    let (status, ev) = api.await.unwrap();
+    assert_eq!(status["conditions"][0]["status"], "False");
+    assert_eq!(status["conditions"][0]["reason"], "StoreUnavailable");
+    assert_eq!(ev["reason"], "StoreUnavailable");
+}
+
+#[tokio::test]
+async fn a_deletion_during_a_store_outage_keeps_the_finalizer() {
+    let Fixture {
+        ctx,
+        mut server,
+        backend: _backend,
+        _dir,
+    } = fixture_with_the_store_down();
+    let w = deleted(finalized(resource("orders")));
+    // A request would go unanswered and stall the reconcile, so a timeout means one was sent.
+    let err = tokio::time::timeout(
+        Duration::from_secs(5),
+        controller::reconcile(Arc::new(w), ctx),
+    )
+    .await
+    .expect("the reconcile sends no request: in particular no patch removing the finalizer")
+    .unwrap_err();
+    assert_eq!(err.metric_label(), "Store");
+    let nothing = tokio::time::timeout(Duration::from_millis(300), server.next_request()).await;
+    assert!(
+        !matches!(nothing, Ok(Some(_))),
+        "the reconciler sent a request"
+    );
 }
 
 #[test]
