@@ -166,7 +166,7 @@ fn quick_matrix_against_redis_mongo() {
         "--quiet-wait",
         "0s",
     ]);
-    let v = read_json(&dir.join("today-smoke.json"));
+    let v = read_json(&dir.join("today-smoke-redis-mongo.json"));
     assert_eq!(v["mode"], "redis-mongo", "{stdout}");
     assert!(v.get("standalone").is_none_or(Value::is_null), "{v:#}");
     for phase in [
@@ -229,7 +229,7 @@ fn quick_matrix_against_redis_mongo() {
         "{memory:#}"
     );
 
-    let md = std::fs::read_to_string(dir.join("today-smoke.md")).unwrap();
+    let md = std::fs::read_to_string(dir.join("today-smoke-redis-mongo.md")).unwrap();
     assert!(md.contains("CPU per process and phase"), "{md}");
     let _ = std::fs::remove_dir_all(dir);
 }
