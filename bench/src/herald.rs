@@ -386,6 +386,17 @@ pub fn machine_busy_seconds() -> Option<f64> {
     Some(busy as f64 / hz)
 }
 
+/// Time all cores spent idle waiting for I/O (/proc/stat `iowait`), in seconds.
+pub fn machine_iowait_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let iowait: u64 = line.split_whitespace().nth(5)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as f64 } else { 100.0 };
+    Some(iowait as f64 / hz)
+}
+
 /// (VmRSS, VmHWM) of a process, in KiB.
 pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

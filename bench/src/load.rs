@@ -89,6 +89,10 @@ pub struct LoadResult {
     /// Ingest phases: accepted events not delivered when the drain wait gave up.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub undelivered: Option<u64>,
+    /// Time the machine's cores sat idle waiting for disk I/O, % of one core: a phase bound by
+    /// fsync (FerretDB's SQLite commits) shows here rather than as CPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iowait_pct: Option<f64>,
     /// CPU of each followed process (when there are several: Herald's api and delivery
     /// processes, Redis, FerretDB).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -124,8 +128,14 @@ impl LoadResult {
         if let Some(c) = self.server_cpu_us_per_req {
             extra.push(format!("{c:.0} µs server CPU/request"));
         }
+        for p in &self.procs {
+            extra.push(format!("{} {:.0}%", p.name, p.pct));
+        }
         if let Some(c) = self.harness_cpu_pct {
             extra.push(format!("harness CPU {c:.0}%"));
+        }
+        if let Some(c) = self.iowait_pct.filter(|&c| c >= 1.0) {
+            extra.push(format!("iowait {c:.0}%"));
         }
         if let Some(c) = self.other_cpu_pct.filter(|&c| c >= 10.0) {
             extra.push(format!("OTHER PROCESSES {c:.0}% CPU (disturbed)"));
@@ -207,6 +217,8 @@ pub struct CpuUse {
     pub other_pct: Option<f64>,
     /// Server CPU seconds spent.
     pub server_s: Option<f64>,
+    /// The machine's cores idle waiting for disk I/O, % of one core.
+    pub iowait_pct: Option<f64>,
     /// Each followed process on its own (Herald's processes and the servers it runs on).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub procs: Vec<ProcCpu>,
@@ -218,6 +230,7 @@ pub struct CpuMeter {
     procs: Vec<(ProcRef, Option<f64>)>,
     h0: Option<f64>,
     m0: Option<f64>,
+    w0: Option<f64>,
 }
 
 impl CpuMeter {
@@ -230,6 +243,7 @@ impl CpuMeter {
                 .collect(),
             h0: crate::herald::cpu_seconds(std::process::id()),
             m0: crate::herald::machine_busy_seconds(),
+            w0: crate::herald::machine_iowait_seconds(),
         }
     }
 
@@ -237,6 +251,7 @@ impl CpuMeter {
         let dt = self.t0.elapsed().as_secs_f64().max(1e-9);
         let h1 = crate::herald::cpu_seconds(std::process::id());
         let m1 = crate::herald::machine_busy_seconds();
+        let w1 = crate::herald::machine_iowait_seconds();
         let delta = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
         let pct = |d: Option<f64>| d.map(|d| d / dt * 100.0);
         let mut procs = Vec::new();
@@ -265,6 +280,7 @@ impl CpuMeter {
             harness_pct: harness,
             other_pct: other,
             server_s,
+            iowait_pct: pct(delta(self.w0, w1)),
             // One process alone is the server figure already.
             procs: if self.procs.len() > 1 {
                 procs
@@ -293,6 +309,7 @@ pub async fn run_measured(
         .server_s
         .filter(|_| r.ok > 0)
         .map(|s| s / r.ok as f64 * 1e6);
+    r.iowait_pct = cpu.iowait_pct;
     r.procs = cpu.procs;
     Ok(r)
 }

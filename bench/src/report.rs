@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::herald::Mode;
-use crate::load::{LoadResult, ProcCpu};
+use crate::load::{CpuUse, LoadResult, ProcCpu};
 use crate::scenarios::{
     mib, E2eResult, FairnessResult, FloorResult, IngestResult, MemoryResult, RetryResult,
 };
@@ -332,21 +332,28 @@ impl Matrix {
     /// Per-phase CPU of every process, % of one core: which one bounds each phase.
     fn cpu_table(&self, s: &mut String, rm: &ModeResults) {
         let mut rows: Vec<CpuRow> = Vec::new();
-        let load = |name: String, r: &LoadResult| {
-            (
-                name,
-                r.procs.clone(),
-                r.harness_cpu_pct,
-                r.other_cpu_pct,
-                (r.ok > 0).then_some(r.rps),
-            )
+        let load = |phase: String, r: &LoadResult| CpuRow {
+            phase,
+            procs: r.procs.clone(),
+            harness: r.harness_cpu_pct,
+            iowait: r.iowait_pct,
+            other: r.other_cpu_pct,
+            rate: (r.ok > 0).then_some(r.rps),
+        };
+        let cpu = |phase: String, c: &CpuUse, rate: Option<f64>| CpuRow {
+            phase,
+            procs: c.procs.clone(),
+            harness: c.harness_pct,
+            iowait: c.iowait_pct,
+            other: c.other_pct,
+            rate,
         };
         if let Some(f) = self.floor.done() {
             for r in &f.http_redis {
                 let mut row = load(format!("floor HTTP + XADD, {} conns", r.connections), r);
                 // The floor follows one process, the Redis: its figure is the server's.
-                if let (true, Some(pct)) = (row.1.is_empty(), r.server_cpu_pct) {
-                    row.1.push(ProcCpu {
+                if let (true, Some(pct)) = (row.procs.is_empty(), r.server_cpu_pct) {
+                    row.procs.push(ProcCpu {
                         name: "redis-server".into(),
                         pct,
                         s: 0.0,
@@ -367,20 +374,15 @@ impl Matrix {
             }
         }
         if let Some(e) = rm.e2e.done() {
-            let per_s = Some(e.deliveries_per_s);
-            rows.push((
+            rows.push(cpu(
                 "e2e burst (ingest + delivery)".into(),
-                e.burst_cpu.procs.clone(),
-                e.burst_cpu.harness_pct,
-                e.burst_cpu.other_pct,
-                per_s,
+                &e.burst_cpu,
+                Some(e.deliveries_per_s),
             ));
             if e.backlog_events > 0 {
-                rows.push((
+                rows.push(cpu(
                     "e2e backlog (delivery alone)".into(),
-                    e.backlog_cpu.procs.clone(),
-                    e.backlog_cpu.harness_pct,
-                    e.backlog_cpu.other_pct,
+                    &e.backlog_cpu,
                     Some(e.backlog_deliveries_per_s),
                 ));
             }
@@ -397,13 +399,14 @@ impl Matrix {
                 &r.ingest,
             ));
             if !r.waiting_procs.is_empty() {
-                rows.push((
-                    format!("retries: {} waiting", r.waiting_during_cpu_window),
-                    r.waiting_procs.clone(),
-                    None,
-                    r.waiting_other_cpu_pct,
-                    None,
-                ));
+                rows.push(CpuRow {
+                    phase: format!("retries: {} waiting", r.waiting_during_cpu_window),
+                    procs: r.waiting_procs.clone(),
+                    harness: None,
+                    iowait: None,
+                    other: r.waiting_other_cpu_pct,
+                    rate: None,
+                });
             }
         }
         if let Some(m) = rm.memory.done() {
@@ -416,8 +419,8 @@ impl Matrix {
             ));
         }
         let mut names: Vec<String> = Vec::new();
-        for (_, procs, ..) in &rows {
-            for p in procs {
+        for r in &rows {
+            for p in &r.procs {
                 if !names.contains(&p.name) {
                     names.push(p.name.clone());
                 }
@@ -439,26 +442,37 @@ impl Matrix {
         );
         let _ = writeln!(
             s,
-            "| phase | rate (req/s or deliveries/s) | {} | harness (load + receiver) | other |",
+            "| phase | rate (req/s or deliveries/s) | {} | harness (load + receiver) | other | iowait |",
             names.join(" | ")
         );
-        let _ = writeln!(s, "|---|---:|{}---:|---:|", "---:|".repeat(names.len()));
+        let _ = writeln!(
+            s,
+            "|---|---:|{}---:|---:|---:|",
+            "---:|".repeat(names.len())
+        );
         let f = |v: Option<f64>| v.map(|c| format!("{c:.0} %")).unwrap_or_else(|| "–".into());
-        for (phase, procs, harness, other, rate) in &rows {
+        for r in &rows {
             let cells: Vec<String> = names
                 .iter()
-                .map(|n| f(procs.iter().find(|p| &p.name == n).map(|p| p.pct)))
+                .map(|n| f(r.procs.iter().find(|p| &p.name == n).map(|p| p.pct)))
                 .collect();
             let _ = writeln!(
                 s,
-                "| {phase} | {} | {} | {} | {} |",
-                rate.map(|r| format!("{r:.0}"))
+                "| {} | {} | {} | {} | {} | {} |",
+                r.phase,
+                r.rate
+                    .map(|x| format!("{x:.0}"))
                     .unwrap_or_else(|| "–".into()),
                 cells.join(" | "),
-                f(*harness),
-                f(*other)
+                f(r.harness),
+                f(r.other),
+                f(r.iowait)
             );
         }
+        let _ = writeln!(
+            s,
+            "\n*iowait*: time the cores sat idle waiting for the disk (fsync), % of one core; a phase whose processes all stay well under a core while iowait is high is bound by commits, not CPU."
+        );
     }
 
     pub fn markdown(&self) -> String {
@@ -886,9 +900,16 @@ impl Matrix {
     }
 }
 
-/// One row of the per-process CPU table: phase, each process's CPU, the harness's, everything
-/// else's, and the phase's rate.
-type CpuRow = (String, Vec<ProcCpu>, Option<f64>, Option<f64>, Option<f64>);
+/// One row of the per-process CPU table.
+struct CpuRow {
+    phase: String,
+    procs: Vec<ProcCpu>,
+    harness: Option<f64>,
+    iowait: Option<f64>,
+    other: Option<f64>,
+    /// The phase's requests/s or deliveries/s.
+    rate: Option<f64>,
+}
 
 /// The standalone targets (the performance pass's).
 fn standalone_targets(sa: &ModeResults) -> Vec<TargetCheck> {

@@ -60,6 +60,9 @@ fn cpu_note(c: &CpuUse) -> String {
     if let Some(p) = c.harness_pct {
         s += &format!(", harness {p:.0}%");
     }
+    if let Some(p) = c.iowait_pct.filter(|&p| p >= 1.0) {
+        s += &format!(", iowait {p:.0}%");
+    }
     if let Some(p) = c.other_pct.filter(|&p| p >= 10.0) {
         s += &format!(", OTHER PROCESSES {p:.0}% (disturbed)");
     }
