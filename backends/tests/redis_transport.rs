@@ -651,6 +651,52 @@ async fn wait_for_work_wakes_on_a_publish_from_another_process() {
 }
 
 #[tokio::test]
+async fn a_publish_wakes_workers_only_when_its_subscription_becomes_due_sooner() {
+    let url = redis_or_skip!();
+    let _serial = PUBSUB.lock().await;
+    let (parts, prefix) = parts(&url).await;
+    let t = parts.transport;
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut sub = client.get_async_pubsub().await.unwrap();
+    sub.subscribe(format!("{prefix}:wake")).await.unwrap();
+    let mut messages = sub.into_on_message();
+    let count = |stream: &mut (dyn futures::Stream<Item = redis::Msg> + Unpin + Send)| {
+        let mut n = 0;
+        while let Some(Some(_)) = futures::FutureExt::now_or_never(futures::StreamExt::next(stream))
+        {
+            n += 1;
+        }
+        n
+    };
+    // The first event of a subscription wakes; more for the same, already due, do not.
+    t.publish(&publish("msg_w1", &["sub_a"], b"{}"))
+        .await
+        .unwrap();
+    t.publish(&publish("msg_w2", &["sub_a"], b"{}"))
+        .await
+        .unwrap();
+    t.publish(&publish("msg_w3", &["sub_a"], b"{}"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(count(&mut messages), 1);
+    // Another subscription's first event does.
+    t.publish(&publish("msg_w4", &["sub_b"], b"{}"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(count(&mut messages), 1);
+    // Once a claim emptied the queue, the next event wakes again.
+    let leased = lease(&t, &claim_request("wrk_w", 10, LEASE)).await;
+    assert_eq!(leased.jobs.len(), 4);
+    t.publish(&publish("msg_w5", &["sub_a"], b"{}"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(count(&mut messages), 1);
+}
+
+#[tokio::test]
 async fn subscription_changes_reach_another_process_and_survive_a_lost_connection() {
     let url = redis_or_skip!();
     let _serial = PUBSUB.lock().await;

@@ -4,39 +4,65 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use hyper::{Method, StatusCode};
 
 use crate::http::{self, Base};
+use crate::load::ProcRef;
+use crate::servers::Servers;
 
 /// The modes Herald runs in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// One process: api + delivery workers + retention on an embedded SQLite file.
+    #[default]
     Standalone,
     /// api and delivery processes on Redis (queue) + MongoDB (storage).
     RedisMongo,
 }
 
-pub const NOT_AVAILABLE: &str = "redis-mongo mode: not available yet (Herald has no Redis/MongoDB backend in this build); nothing was measured";
-
 /// A Herald under test: one the harness started (and stops on drop), or one at `--url`.
 pub struct Herald {
     pub base: Base,
-    /// The process to read /proc from, when known.
+    /// The process serving the api (standalone: the only one), when known.
     pub pid: Option<u32>,
-    child: Option<Child>,
+    /// Every process whose CPU and RSS a phase records: Herald's own and, in redis-mongo mode,
+    /// the servers the harness started for it.
+    pub procs: Vec<ProcRef>,
+    /// Processes the harness started, stopped in this order.
+    children: Vec<Child>,
     dir: Option<PathBuf>,
+    /// The api's log (standalone: Herald's).
     log: Option<PathBuf>,
+    /// redis-mongo: (Redis URL, key prefix) to remove once stopped.
+    redis_keys: Option<(String, String)>,
 }
 
-/// How to start a standalone Herald.
-#[derive(Debug, Clone)]
+/// How to start the Herald under test.
+#[derive(Clone)]
 pub struct Launch {
+    pub mode: Mode,
     pub bin: PathBuf,
+    /// redis-mongo: the `herald-delivery` binary.
+    pub delivery_bin: PathBuf,
+    /// redis-mongo: how many delivery processes.
+    pub deliveries: usize,
+    /// redis-mongo: the Redis and MongoDB shared by the run's scenarios.
+    pub servers: Option<Arc<Servers>>,
     /// Parent directory of the per-run data directory (the SQLite file lives on real disk
     /// there, so durability costs what it costs).
     pub data_root: PathBuf,
@@ -60,22 +86,40 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("target"))
 }
 
+/// `herald-delivery` beside a `herald` binary.
+pub fn delivery_beside(herald: &Path) -> PathBuf {
+    herald.with_file_name(format!("herald-delivery{}", std::env::consts::EXE_SUFFIX))
+}
+
 impl Herald {
     /// Uses an already-running Herald.
     pub async fn external(url: &str, pid: Option<u32>) -> Result<Self> {
         let base = Base::parse(url).await?;
-        wait_ready(&base, Duration::from_secs(10), None).await?;
+        wait_ready(&base, Duration::from_secs(10), &mut []).await?;
         Ok(Self {
             base,
             pid,
-            child: None,
+            procs: pid
+                .map(|p| ProcRef::server("herald", p))
+                .into_iter()
+                .collect(),
+            children: Vec::new(),
             dir: None,
             log: None,
+            redis_keys: None,
         })
     }
 
-    /// Starts a standalone Herald on a free loopback port with a fresh SQLite file.
+    /// Starts the Herald of `launch.mode`.
     pub async fn spawn(launch: &Launch, extra_env: &[(String, String)]) -> Result<Self> {
+        match launch.mode {
+            Mode::Standalone => Self::spawn_standalone(launch, extra_env).await,
+            Mode::RedisMongo => Self::spawn_redis_mongo(launch, extra_env).await,
+        }
+    }
+
+    /// Starts a standalone Herald on a free loopback port with a fresh SQLite file.
+    async fn spawn_standalone(launch: &Launch, extra_env: &[(String, String)]) -> Result<Self> {
         if !launch.bin.is_file() {
             bail!(
                 "Herald binary {} not found: build it with `cargo build --release -p herald-api` \
@@ -113,14 +157,105 @@ impl Herald {
         let mut herald = Self {
             base: Base::from_addr(([127, 0, 0, 1], port).into()),
             pid: Some(pid),
-            child: Some(child),
+            procs: vec![ProcRef::server("herald", pid)],
+            children: vec![child],
             dir: Some(dir),
             log: Some(log),
+            redis_keys: None,
         };
-        let ready = wait_ready(&herald.base, Duration::from_secs(30), herald.child.as_mut()).await;
+        let ready = wait_ready(&herald.base, Duration::from_secs(30), &mut herald.children).await;
         if let Err(e) = ready {
             let tail = herald.log_tail(2000);
             bail!("{e:#}\n--- herald log (tail) ---\n{tail}");
+        }
+        Ok(herald)
+    }
+
+    /// Starts one api process (`HERALD_WORKERS=false`) and `launch.deliveries` delivery
+    /// processes on the run's Redis and MongoDB, with a database and key prefix of their own.
+    async fn spawn_redis_mongo(launch: &Launch, extra_env: &[(String, String)]) -> Result<Self> {
+        let servers = launch
+            .servers
+            .as_ref()
+            .ok_or_else(|| anyhow!("redis-mongo mode without its Redis and MongoDB"))?;
+        for bin in [&launch.bin, &launch.delivery_bin] {
+            if !bin.is_file() {
+                bail!(
+                    "{} not found: build it with `cargo build --release -p herald-api -p herald-delivery` \
+                     (or pass --herald-bin / --delivery-bin)",
+                    bin.display()
+                );
+            }
+        }
+        let port = http::free_port()?;
+        let tag = format!("{}_{port}", std::process::id());
+        let database = format!("herald_bench_{tag}");
+        let prefix = format!("herald-bench-{tag}");
+        let dir = launch.data_root.join(format!("herald-bench-{tag}"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let command = |bin: &Path, log: &Path| -> Result<Command> {
+            let out = File::create(log)?;
+            let err = out.try_clone()?;
+            let mut cmd = Command::new(bin);
+            cmd.env("MONGO_URI", &servers.mongo_uri)
+                .env("HERALD_MONGO_DATABASE", &database)
+                .env("REDIS_URL", &servers.redis_url)
+                .env("HERALD_REDIS_PREFIX", &prefix)
+                .env("HERALD_ALLOW_TARGETS", "127.0.0.0/8,::1/128")
+                // REDIS_URL wins here, whatever the calling shell has set.
+                .env_remove("REDIS_ADDR")
+                .env_remove("REDIS_PASSWORD")
+                .env_remove("HERALD_SQLITE_PATH")
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err);
+            for (k, v) in launch.env.iter().chain(extra_env) {
+                cmd.env(k, v);
+            }
+            die_with_parent(&mut cmd);
+            Ok(cmd)
+        };
+        let log = dir.join("api.log");
+        let mut herald = Self {
+            base: Base::from_addr(([127, 0, 0, 1], port).into()),
+            pid: None,
+            procs: Vec::new(),
+            children: Vec::new(),
+            dir: Some(dir.clone()),
+            log: Some(log.clone()),
+            redis_keys: Some((servers.redis_url.clone(), prefix.clone())),
+        };
+        let api = command(&launch.bin, &log)?
+            .env("HERALD_ADDR", format!("127.0.0.1:{port}"))
+            .env("HERALD_WORKERS", "false")
+            .spawn()
+            .with_context(|| format!("start {}", launch.bin.display()))?;
+        herald.pid = Some(api.id());
+        herald.procs.push(ProcRef::server("api", api.id()));
+        herald.children.push(api);
+        for i in 1..=launch.deliveries.max(1) {
+            let child = command(&launch.delivery_bin, &dir.join(format!("delivery-{i}.log")))?
+                .spawn()
+                .with_context(|| format!("start {}", launch.delivery_bin.display()))?;
+            herald
+                .procs
+                .push(ProcRef::server(&format!("delivery-{i}"), child.id()));
+            herald.children.push(child);
+        }
+        herald.procs.extend(servers.procs());
+        let ready = wait_ready(&herald.base, Duration::from_secs(30), &mut herald.children).await;
+        if let Err(e) = ready {
+            let mut tails = String::new();
+            for name in ["api", "delivery-1", "delivery-2"] {
+                let text =
+                    std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
+                let start = text.len().saturating_sub(1500);
+                let start = (start..text.len())
+                    .find(|&i| text.is_char_boundary(i))
+                    .unwrap_or(text.len());
+                tails += &format!("\n--- {name} log (tail) ---\n{}", &text[start..]);
+            }
+            bail!("{e:#}{tails}");
         }
         Ok(herald)
     }
@@ -138,14 +273,17 @@ impl Herald {
         text[start..].to_owned()
     }
 
-    /// Stops a Herald the harness started: SIGTERM, then SIGKILL after 10 s.
+    /// Stops the processes the harness started: SIGTERM to all, then SIGKILL to any still
+    /// running after 10 s.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        for child in &self.children {
             // SAFETY: kill(2) on the pid of a child this process started and has not reaped.
             unsafe {
                 libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
             }
-            let end = Instant::now() + Duration::from_secs(10);
+        }
+        let end = Instant::now() + Duration::from_secs(10);
+        for mut child in self.children.drain(..) {
             loop {
                 match child.try_wait() {
                     Ok(Some(_)) => break,
@@ -159,6 +297,9 @@ impl Herald {
                     }
                 }
             }
+        }
+        if let Some((url, prefix)) = self.redis_keys.take() {
+            Servers::forget_prefix(&url, &prefix);
         }
         if let Some(dir) = self.dir.take() {
             if std::env::var_os("HERALD_BENCH_KEEP").is_none() {
@@ -174,12 +315,15 @@ impl Drop for Herald {
     }
 }
 
-async fn wait_ready(base: &Base, timeout: Duration, mut child: Option<&mut Child>) -> Result<()> {
+async fn wait_ready(base: &Base, timeout: Duration, children: &mut [Child]) -> Result<()> {
     let end = Instant::now() + timeout;
     loop {
-        if let Some(c) = child.as_deref_mut() {
+        for c in children.iter_mut() {
             if let Some(status) = c.try_wait()? {
-                bail!("herald exited during start-up ({status})");
+                bail!(
+                    "a Herald process (pid {}) exited during start-up ({status})",
+                    c.id()
+                );
             }
         }
         let last = match http::call_json(base, Method::GET, "/ping", None).await {
@@ -240,6 +384,17 @@ pub fn machine_busy_seconds() -> Option<f64> {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let hz = if hz > 0 { hz as f64 } else { 100.0 };
     Some(busy as f64 / hz)
+}
+
+/// Time all cores spent idle waiting for I/O (/proc/stat `iowait`), in seconds.
+pub fn machine_iowait_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let iowait: u64 = line.split_whitespace().nth(5)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as f64 } else { 100.0 };
+    Some(iowait as f64 / hz)
 }
 
 /// (VmRSS, VmHWM) of a process, in KiB.

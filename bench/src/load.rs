@@ -89,6 +89,14 @@ pub struct LoadResult {
     /// Ingest phases: accepted events not delivered when the drain wait gave up.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub undelivered: Option<u64>,
+    /// Time the machine's cores sat idle waiting for disk I/O, % of one core: a phase bound by
+    /// fsync (FerretDB's SQLite commits) shows here rather than as CPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iowait_pct: Option<f64>,
+    /// CPU of each followed process (when there are several: Herald's api and delivery
+    /// processes, Redis, FerretDB).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub procs: Vec<ProcCpu>,
     /// When the clock started (not serialized).
     #[serde(skip)]
     pub started_at: Option<Instant>,
@@ -120,8 +128,14 @@ impl LoadResult {
         if let Some(c) = self.server_cpu_us_per_req {
             extra.push(format!("{c:.0} µs server CPU/request"));
         }
+        for p in &self.procs {
+            extra.push(format!("{} {:.0}%", p.name, p.pct));
+        }
         if let Some(c) = self.harness_cpu_pct {
             extra.push(format!("harness CPU {c:.0}%"));
+        }
+        if let Some(c) = self.iowait_pct.filter(|&c| c >= 1.0) {
+            extra.push(format!("iowait {c:.0}%"));
         }
         if let Some(c) = self.other_cpu_pct.filter(|&c| c >= 10.0) {
             extra.push(format!("OTHER PROCESSES {c:.0}% CPU (disturbed)"));
@@ -152,8 +166,48 @@ struct WorkerOut {
 /// dropped.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A process whose CPU time and RSS the harness follows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcRef {
+    /// `herald`, `api`, `delivery-1`, `redis-server`, `ferretdb`, ...
+    pub name: String,
+    pub pid: u32,
+    /// Counted in the "server" figures (Herald's own processes; the Redis of the floor). The
+    /// others (the servers Herald runs on) are reported on their own, never as "other".
+    pub server: bool,
+}
+
+impl ProcRef {
+    pub fn server(name: &str, pid: u32) -> Self {
+        Self {
+            name: name.into(),
+            pid,
+            server: true,
+        }
+    }
+
+    pub fn backing(name: &str, pid: u32) -> Self {
+        Self {
+            name: name.into(),
+            pid,
+            server: false,
+        }
+    }
+}
+
+/// One process's CPU over a phase.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProcCpu {
+    pub name: String,
+    /// % of one core.
+    pub pct: f64,
+    /// CPU seconds spent.
+    pub s: f64,
+}
+
 /// CPU use over an interval: the server under test, the harness, everything else.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct CpuUse {
     /// % of one core.
@@ -163,58 +217,89 @@ pub struct CpuUse {
     pub other_pct: Option<f64>,
     /// Server CPU seconds spent.
     pub server_s: Option<f64>,
+    /// The machine's cores idle waiting for disk I/O, % of one core.
+    pub iowait_pct: Option<f64>,
+    /// Each followed process on its own (Herald's processes and the servers it runs on).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub procs: Vec<ProcCpu>,
 }
 
 /// Measures [`CpuUse`] from /proc between `start` and `finish`.
 pub struct CpuMeter {
     t0: Instant,
-    server: Option<u32>,
-    s0: Option<f64>,
+    procs: Vec<(ProcRef, Option<f64>)>,
     h0: Option<f64>,
     m0: Option<f64>,
+    w0: Option<f64>,
 }
 
 impl CpuMeter {
-    pub fn start(server: Option<u32>) -> Self {
+    pub fn start(procs: &[ProcRef]) -> Self {
         Self {
             t0: Instant::now(),
-            server,
-            s0: server.and_then(crate::herald::cpu_seconds),
+            procs: procs
+                .iter()
+                .map(|p| (p.clone(), crate::herald::cpu_seconds(p.pid)))
+                .collect(),
             h0: crate::herald::cpu_seconds(std::process::id()),
             m0: crate::herald::machine_busy_seconds(),
+            w0: crate::herald::machine_iowait_seconds(),
         }
     }
 
     pub fn finish(&self) -> CpuUse {
         let dt = self.t0.elapsed().as_secs_f64().max(1e-9);
-        let s1 = self.server.and_then(crate::herald::cpu_seconds);
         let h1 = crate::herald::cpu_seconds(std::process::id());
         let m1 = crate::herald::machine_busy_seconds();
+        let w1 = crate::herald::machine_iowait_seconds();
         let delta = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
         let pct = |d: Option<f64>| d.map(|d| d / dt * 100.0);
-        let server_s = delta(self.s0, s1);
+        let mut procs = Vec::new();
+        let mut server_s: Option<f64> = None;
+        let mut followed_s = 0.0;
+        for (p, s0) in &self.procs {
+            let Some(s) = delta(*s0, crate::herald::cpu_seconds(p.pid)) else {
+                continue;
+            };
+            followed_s += s;
+            if p.server {
+                server_s = Some(server_s.unwrap_or(0.0) + s);
+            }
+            procs.push(ProcCpu {
+                name: p.name.clone(),
+                pct: s / dt * 100.0,
+                s,
+            });
+        }
         let harness = pct(delta(self.h0, h1));
         let server = pct(server_s);
         let other = pct(delta(self.m0, m1))
-            .map(|m| (m - harness.unwrap_or(0.0) - server.unwrap_or(0.0)).max(0.0));
+            .map(|m| (m - harness.unwrap_or(0.0) - followed_s / dt * 100.0).max(0.0));
         CpuUse {
             server_pct: server,
             harness_pct: harness,
             other_pct: other,
             server_s,
+            iowait_pct: pct(delta(self.w0, w1)),
+            // One process alone is the server figure already.
+            procs: if self.procs.len() > 1 {
+                procs
+            } else {
+                Vec::new()
+            },
         }
     }
 }
 
-/// Runs one load phase and records the CPU used meanwhile by `server_pid`, by the harness and
-/// by everything else.
+/// Runs one load phase and records the CPU used meanwhile by the followed processes, by the
+/// harness and by everything else.
 pub async fn run_measured(
     spec: &Spec,
     op: &Op,
     epoch: Instant,
-    server_pid: Option<u32>,
+    procs: &[ProcRef],
 ) -> Result<LoadResult> {
-    let meter = CpuMeter::start(server_pid);
+    let meter = CpuMeter::start(procs);
     let mut r = run(spec, op, epoch).await?;
     let cpu = meter.finish();
     r.server_cpu_pct = cpu.server_pct;
@@ -224,6 +309,8 @@ pub async fn run_measured(
         .server_s
         .filter(|_| r.ok > 0)
         .map(|s| s / r.ok as f64 * 1e6);
+    r.iowait_pct = cpu.iowait_pct;
+    r.procs = cpu.procs;
     Ok(r)
 }
 

@@ -8,9 +8,11 @@ mod receiver;
 mod report;
 mod scenarios;
 mod serve;
+mod servers;
 mod stats;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -27,9 +29,12 @@ use stats::parse_duration;
     name = "herald-bench",
     version,
     about = "Herald's benchmark harness: ingest, end-to-end delivery, retry timing, memory, floors",
-    long_about = "Herald's benchmark harness. Starts a standalone Herald itself (a fresh SQLite file \
-                  per scenario) or measures one already running (--url). Traffic goes to loopback \
-                  only; every load loop is bounded in time and in request count."
+    long_about = "Herald's benchmark harness. Starts Herald itself, fresh per scenario: standalone \
+                  (a fresh SQLite file) or, with --mode redis-mongo, one api process and two \
+                  delivery processes on Redis + MongoDB (a fresh database and key prefix; a local \
+                  redis-server and FerretDB unless --redis-url / --mongo-uri are given). Or it \
+                  measures one already running (--url). Traffic goes to loopback only; every load \
+                  loop is bounded in time and in request count."
 )]
 struct Cli {
     #[command(flatten)]
@@ -40,10 +45,17 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// Which Herald deployment to start. `redis-mongo` (api + delivery on Redis and MongoDB) is
-    /// designed in but not available yet.
+    /// Which Herald deployment to start: `standalone` (one process on SQLite) or `redis-mongo`
+    /// (one api process with HERALD_WORKERS=false and --deliveries `herald-delivery` processes
+    /// on Redis and MongoDB).
     #[arg(long, global = true, value_enum, default_value_t = Mode::Standalone)]
     mode: Mode,
+    /// redis-mongo: the delivery binary [default: `herald-delivery` beside the herald binary].
+    #[arg(long, global = true, env = "HERALD_DELIVERY_BIN")]
+    delivery_bin: Option<PathBuf>,
+    /// redis-mongo: how many delivery processes to start.
+    #[arg(long, global = true, default_value_t = 2)]
+    deliveries: usize,
     /// Measure an already-running Herald at this base URL (loopback only) instead of starting one.
     #[arg(long, global = true, env = "HERALD_BENCH_URL")]
     url: Option<String>,
@@ -59,11 +71,12 @@ struct Common {
     /// Where started processes keep their data (SQLite file, Redis AOF) [default: system temp].
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
-    /// Redis for the HTTP + Redis floor (and, later, for redis-mongo mode); loopback only.
-    /// Without it the harness starts `redis-server` on a free port.
+    /// Redis for the HTTP + Redis floor and for redis-mongo mode; loopback only. Without it
+    /// the harness starts `redis-server` on a free port (AOF on, appendfsync everysec).
     #[arg(long, global = true, env = "HERALD_TEST_REDIS_URL")]
     redis_url: Option<String>,
-    /// MongoDB for redis-mongo mode (not available yet).
+    /// MongoDB for redis-mongo mode (`mongodb://`, loopback only). Without it the harness
+    /// starts FerretDB on SQLite (on PATH, or from scripts/testenv.sh's cache).
     #[arg(long, global = true, env = "HERALD_TEST_MONGO_URI")]
     mongo_uri: Option<String>,
     /// Also write the result as JSON to this file.
@@ -161,8 +174,8 @@ enum Cmd {
         #[arg(long)]
         write: bool,
     },
-    /// The whole matrix (floors, then ingest, e2e, retries, memory on standalone), written as
-    /// Markdown and JSON to <out-dir>/<date>-<commit>.{md,json}.
+    /// The whole matrix (floors, then ingest, e2e, retries, memory, fairness on the --mode),
+    /// written as Markdown and JSON to <out-dir>/<date>-<commit>[-redis-mongo].{md,json}.
     Matrix {
         #[arg(long, default_value = "bench/results")]
         out_dir: PathBuf,
@@ -181,11 +194,13 @@ enum Cmd {
         /// Skip the Redis floors.
         #[arg(long)]
         no_redis: bool,
-        /// Webhooks in the retries scenario.
-        #[arg(long, default_value_t = 100_000)]
-        retries_count: u64,
-        #[arg(long, default_value = "60s", value_parser = parse_duration)]
-        retries_delay: Duration,
+        /// Webhooks in the retries scenario [default: 100,000 standalone; 20,000 redis-mongo,
+        /// whose first attempts each write to MongoDB, so that the matrix stays ~5 minutes].
+        #[arg(long)]
+        retries_count: Option<u64>,
+        /// Retry delay in the retries scenario [default: 60s standalone, 30s redis-mongo].
+        #[arg(long, value_parser = parse_duration)]
+        retries_delay: Option<Duration>,
         /// Before starting, wait up to this long for the machine to be quiet (other processes
         /// under 15 % of a core over 2 s); each phase still records what else ran meanwhile.
         #[arg(long, default_value = "120s", value_parser = parse_duration)]
@@ -230,28 +245,47 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     let c = &cli.common;
-    if c.mode == Mode::RedisMongo {
-        // The flag exists so scripts can be written against it; the mode does not yet.
-        println!("{}", herald::NOT_AVAILABLE);
-        if matches!(cli.cmd, Cmd::Floor { .. }) {
-            println!("(the floors need no Herald: run `herald-bench floor` without --mode)");
-        }
-        std::process::exit(2);
-    }
     let data_root = c.data_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let bin = c
+        .herald_bin
+        .clone()
+        .unwrap_or_else(|| herald::default_bin("release"));
+    // redis-mongo: one Redis and one MongoDB for the whole run, each scenario in a database
+    // and key prefix of its own.
+    let servers = if c.mode == Mode::RedisMongo
+        && c.url.is_none()
+        && !matches!(cli.cmd, Cmd::Report { .. })
+    {
+        let s = servers::Servers::start(&data_root, c.redis_url.as_deref(), c.mongo_uri.as_deref())
+            .await
+            .context("redis-mongo mode: starting its Redis and MongoDB")?;
+        println!("redis-mongo: {}; {}", s.redis_desc, s.mongo_desc);
+        Some(Arc::new(s))
+    } else {
+        None
+    };
     let ctx = Ctx {
         epoch: Instant::now(),
         url: c.url.clone(),
         pid: c.pid,
         launch: Launch {
-            bin: c
-                .herald_bin
+            mode: c.mode,
+            delivery_bin: c
+                .delivery_bin
                 .clone()
-                .unwrap_or_else(|| herald::default_bin("release")),
+                .unwrap_or_else(|| herald::delivery_beside(&bin)),
+            deliveries: c.deliveries,
+            servers: servers.clone(),
+            bin,
             data_root: data_root.clone(),
             env: c.herald_env.clone(),
         },
         data_root,
+    };
+    // The floors measure against the Redis Herald runs on, when there is one.
+    let (floor_redis_url, floor_redis_pid) = match &servers {
+        Some(s) => (Some(s.redis_url.clone()), s.redis_pid()),
+        None => (c.redis_url.clone(), None),
     };
     let json = c.json.clone();
     let value = match cli.cmd {
@@ -347,7 +381,8 @@ async fn main() -> Result<()> {
                     connections,
                     duration,
                     max_requests,
-                    redis_url: c.redis_url.clone(),
+                    redis_url: floor_redis_url.clone(),
+                    redis_pid: floor_redis_pid,
                     no_redis,
                 },
             )
@@ -383,6 +418,8 @@ async fn main() -> Result<()> {
             let m = matrix(
                 &ctx,
                 c,
+                (floor_redis_url.clone(), floor_redis_pid),
+                servers.as_deref(),
                 MatrixOpts {
                     commit,
                     date,
@@ -394,7 +431,10 @@ async fn main() -> Result<()> {
                 },
             )
             .await?;
-            let stem = format!("{}-{}", m.date, m.commit);
+            let stem = match m.mode {
+                Mode::Standalone => format!("{}-{}", m.date, m.commit),
+                Mode::RedisMongo => format!("{}-{}-redis-mongo", m.date, m.commit),
+            };
             std::fs::create_dir_all(&out_dir)?;
             let md = out_dir.join(format!("{stem}.md"));
             let js = out_dir.join(format!("{stem}.json"));
@@ -415,7 +455,7 @@ async fn main() -> Result<()> {
 async fn wait_quiet(limit: Duration) {
     let end = Instant::now() + limit;
     loop {
-        let meter = load::CpuMeter::start(None);
+        let meter = load::CpuMeter::start(&[]);
         tokio::time::sleep(Duration::from_secs(2)).await;
         let other = meter.finish().other_pct.unwrap_or(0.0);
         if other < 15.0 {
@@ -435,36 +475,72 @@ struct MatrixOpts {
     command: String,
     quick: bool,
     no_redis: bool,
-    retries_count: u64,
-    retries_delay: Duration,
+    retries_count: Option<u64>,
+    retries_delay: Option<Duration>,
 }
 
-async fn matrix(ctx: &Ctx, c: &Common, o: MatrixOpts) -> Result<Matrix> {
+async fn matrix(
+    ctx: &Ctx,
+    c: &Common,
+    (floor_redis_url, floor_redis_pid): (Option<String>, Option<u32>),
+    servers: Option<&servers::Servers>,
+    o: MatrixOpts,
+) -> Result<Matrix> {
     let t0 = Instant::now();
     let machine = Machine::detect();
     if c.url.is_none() && !ctx.launch.bin.is_file() {
         bail!(
-            "Herald binary {} not found: run `cargo build --release -p herald-api` first (scripts/bench.sh does)",
+            "Herald binary {} not found: run `cargo build --release -p herald-api -p herald-delivery` first (scripts/bench.sh does)",
             ctx.launch.bin.display()
+        );
+    }
+    if c.url.is_none() && c.mode == Mode::RedisMongo && !ctx.launch.delivery_bin.is_file() {
+        bail!(
+            "{} not found: run `cargo build --release -p herald-delivery` first (scripts/bench.sh does), or pass --delivery-bin",
+            ctx.launch.delivery_bin.display()
         );
     }
     let secs = Duration::from_secs;
     let q = o.quick;
+    // redis-mongo runs shorter phases so that its matrix, whose deliveries each write to
+    // MongoDB, stays within ~5 minutes on 2 cores.
+    let rm = c.mode == Mode::RedisMongo;
     let floor_opts = FloorOpts {
         connections: if q { vec![8] } else { vec![8, 32, 128] },
-        duration: if q { secs(1) } else { secs(5) },
+        duration: if q {
+            secs(1)
+        } else if rm {
+            secs(3)
+        } else {
+            secs(5)
+        },
         max_requests: 2_000_000,
-        redis_url: c.redis_url.clone(),
+        redis_url: floor_redis_url,
+        redis_pid: floor_redis_pid,
         no_redis: o.no_redis,
     };
+    // Every event accepted is also delivered before the next run starts, at the ~1,000/s
+    // FerretDB allows: short closed-loop runs keep those drains short.
     let ingest_opts = IngestOpts {
         connections: if q { vec![8] } else { vec![8, 32, 128] },
-        duration: if q { secs(1) } else { secs(10) },
+        duration: if q {
+            secs(1)
+        } else if rm {
+            secs(3)
+        } else {
+            secs(10)
+        },
         max_requests: if q { 300 } else { 2_000_000 },
         rate: if q { 100.0 } else { 2000.0 },
         open_connections: if q { 4 } else { 32 },
-        open_duration: if q { secs(1) } else { secs(10) },
-        drain_timeout: if q { secs(30) } else { secs(60) },
+        open_duration: if q {
+            secs(1)
+        } else if rm {
+            secs(5)
+        } else {
+            secs(10)
+        },
+        drain_timeout: if q { secs(30) } else { secs(120) },
     };
     let e2e_opts = E2eOpts {
         events: if q { 300 } else { 20_000 },
@@ -472,31 +548,73 @@ async fn matrix(ctx: &Ctx, c: &Common, o: MatrixOpts) -> Result<Matrix> {
         rate: if q { 100.0 } else { 1000.0 },
         steady_duration: if q { secs(1) } else { secs(10) },
         timeout: if q { secs(30) } else { secs(120) },
-        backlog: if q { 300 } else { 50_000 },
+        backlog: if q {
+            300
+        } else if rm {
+            20_000
+        } else {
+            50_000
+        },
     };
     let retry_opts = RetryOpts {
-        count: if q { 200 } else { o.retries_count },
-        delay: if q { secs(5) } else { o.retries_delay },
+        count: if q {
+            200
+        } else {
+            o.retries_count.unwrap_or(if rm { 20_000 } else { 100_000 })
+        },
+        delay: if q {
+            secs(5)
+        } else {
+            o.retries_delay
+                .unwrap_or(if rm { secs(30) } else { secs(60) })
+        },
         connections: if q { 8 } else { 32 },
         timeout: if q { secs(30) } else { secs(60) },
     };
     let memory_opts = MemoryOpts {
         idle: if q { secs(1) } else { secs(3) },
-        duration: if q { secs(2) } else { secs(60) },
-        rate: if q { 100.0 } else { 2000.0 },
+        duration: if q {
+            secs(2)
+        } else if rm {
+            secs(30)
+        } else {
+            secs(60)
+        },
+        // A sustained run is one delivery keeps up with.
+        rate: if q {
+            100.0
+        } else if rm {
+            500.0
+        } else {
+            2000.0
+        },
         connections: if q { 4 } else { 16 },
         drain_timeout: if q { secs(30) } else { secs(60) },
     };
     let fairness_opts = FairnessOpts {
-        backlog: if q { 200 } else { 100_000 },
+        backlog: if q {
+            200
+        } else if rm {
+            20_000
+        } else {
+            100_000
+        },
         slow_delay: secs(1),
         rate: if q { 50.0 } else { 200.0 },
-        duration: if q { secs(2) } else { secs(20) },
+        duration: if q {
+            secs(2)
+        } else if rm {
+            secs(10)
+        } else {
+            secs(20)
+        },
         connections: if q { 4 } else { 16 },
         timeout: if q { secs(30) } else { secs(120) },
     };
     let settings = serde_json::json!({
         "quick": q,
+        "mode": c.mode,
+        "deliveries": if rm { Some(c.deliveries) } else { None },
         "fairness": {"backlog": fairness_opts.backlog, "slow_delay_s": fairness_opts.slow_delay.as_secs_f64(),
                      "rate": fairness_opts.rate, "duration_s": fairness_opts.duration.as_secs_f64()},
         "floor": {"connections": floor_opts.connections, "duration_s": floor_opts.duration.as_secs_f64()},
@@ -528,6 +646,13 @@ async fn matrix(ctx: &Ctx, c: &Common, o: MatrixOpts) -> Result<Matrix> {
             eprintln!("matrix: the {name} phase failed; see the results file");
         }
     }
+    let results = ModeResults {
+        ingest,
+        e2e,
+        retries,
+        memory,
+        fairness,
+    };
     let mut m = Matrix {
         date: o.date.unwrap_or_else(report::utc_date),
         commit: o
@@ -542,14 +667,20 @@ async fn matrix(ctx: &Ctx, c: &Common, o: MatrixOpts) -> Result<Matrix> {
             .unwrap_or_else(|| ctx.launch.bin.display().to_string()),
         settings,
         floor,
-        standalone: Some(ModeResults {
-            ingest,
-            e2e,
-            retries,
-            memory,
-            fairness,
-        }),
-        redis_mongo: "not available yet".into(),
+        standalone: (!rm).then(|| results.clone()),
+        redis_mongo: match servers {
+            Some(s) => format!(
+                "one api process (HERALD_WORKERS=false) and {} herald-delivery processes from {}; {}; {}",
+                c.deliveries,
+                ctx.launch.delivery_bin.display(),
+                s.redis_desc,
+                s.mongo_desc
+            ),
+            None if rm => "at --url (topology not known to the harness)".into(),
+            None => "not run (scripts/bench.sh --mode redis-mongo)".into(),
+        },
+        mode: c.mode,
+        redis_mongo_results: rm.then_some(results),
         targets: Vec::new(),
         elapsed_s: 0.0,
     };

@@ -12,12 +12,12 @@ use serde_json::json;
 use crate::floor::{self, LocalRedis};
 use crate::herald::{self, Herald, Launch};
 use crate::http::{self, Base};
-use crate::load::{self, CpuMeter, CpuUse, LoadResult, Op, Spec};
+use crate::load::{self, CpuMeter, CpuUse, LoadResult, Op, ProcCpu, ProcRef, Spec};
 use crate::receiver::{self, Receiver};
 use crate::stats::{self, Percentiles};
 
 /// Where the Herald under test comes from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Ctx {
     pub epoch: Instant,
     /// An already-running Herald (`--url`) and, optionally, its pid.
@@ -54,8 +54,14 @@ fn cpu_note(c: &CpuUse) -> String {
     if let Some(p) = c.server_pct {
         s += &format!(", Herald CPU {p:.0}%");
     }
+    for p in &c.procs {
+        s += &format!(", {} {:.0}%", p.name, p.pct);
+    }
     if let Some(p) = c.harness_pct {
         s += &format!(", harness {p:.0}%");
+    }
+    if let Some(p) = c.iowait_pct.filter(|&p| p >= 1.0) {
+        s += &format!(", iowait {p:.0}%");
     }
     if let Some(p) = c.other_pct.filter(|&p| p >= 10.0) {
         s += &format!(", OTHER PROCESSES {p:.0}% (disturbed)");
@@ -84,6 +90,8 @@ pub struct FloorOpts {
     pub duration: Duration,
     pub max_requests: u64,
     pub redis_url: Option<String>,
+    /// The pid of the Redis at `redis_url`, when the harness started it.
+    pub redis_pid: Option<u32>,
     pub no_redis: bool,
 }
 
@@ -114,7 +122,7 @@ pub async fn floor(ctx: &Ctx, o: &FloorOpts) -> Result<FloorResult> {
                 max_requests: o.max_requests,
                 rate: None,
             };
-            let r = load::run_measured(&spec, &op, ctx.epoch, None).await?;
+            let r = load::run_measured(&spec, &op, ctx.epoch, &[]).await?;
             r.print();
             out.http.push(r);
         }
@@ -139,7 +147,13 @@ pub async fn floor(ctx: &Ctx, o: &FloorOpts) -> Result<FloorResult> {
             }
         },
     };
-    let redis_pid = _local.as_ref().map(|r: &LocalRedis| r.pid());
+    let redis_procs: Vec<ProcRef> = _local
+        .as_ref()
+        .map(|r: &LocalRedis| r.pid())
+        .or(o.redis_pid)
+        .map(|pid| ProcRef::server("redis-server", pid))
+        .into_iter()
+        .collect();
     let conn = floor::connect(&url).await?;
     println!("== floor: one Redis XADD per request ({url}, AOF everysec when started here)");
     {
@@ -153,13 +167,13 @@ pub async fn floor(ctx: &Ctx, o: &FloorOpts) -> Result<FloorResult> {
                 max_requests: o.max_requests,
                 rate: None,
             };
-            let r = load::run_measured(&spec, &op, ctx.epoch, redis_pid).await?;
+            let r = load::run_measured(&spec, &op, ctx.epoch, &redis_procs).await?;
             r.print();
             out.http_redis.push(r);
         }
     }
     {
-        let conn = Arc::new(conn);
+        let conn = Arc::new(conn.clone());
         let op = Op::Custom(Arc::new(move |seq| {
             let mut c = (*conn).clone();
             Box::pin(async move {
@@ -186,11 +200,18 @@ pub async fn floor(ctx: &Ctx, o: &FloorOpts) -> Result<FloorResult> {
                 max_requests: o.max_requests,
                 rate: None,
             };
-            let r = load::run_measured(&spec, &op, ctx.epoch, redis_pid).await?;
+            let r = load::run_measured(&spec, &op, ctx.epoch, &redis_procs).await?;
             r.print();
             out.redis_xadd.push(r);
         }
     }
+    // Herald's scenarios may run on this Redis next: leave it as small as it was.
+    let mut c = conn.clone();
+    let _: redis::RedisResult<u64> = redis::cmd("DEL")
+        .arg("herald:bench:floor")
+        .arg("herald:bench:xadd")
+        .query_async(&mut c)
+        .await;
     Ok(out)
 }
 
@@ -236,7 +257,7 @@ pub async fn ingest(ctx: &Ctx, o: &IngestOpts) -> Result<IngestResult> {
             max_requests: o.max_requests,
             rate: None,
         };
-        let mut r = load::run_measured(&spec, &op, ctx.epoch, herald.pid).await?;
+        let mut r = load::run_measured(&spec, &op, ctx.epoch, &herald.procs).await?;
         out.accepted += r.ok;
         drain(&mut r, &receiver, out.accepted, o.drain_timeout).await;
         r.print();
@@ -250,7 +271,7 @@ pub async fn ingest(ctx: &Ctx, o: &IngestOpts) -> Result<IngestResult> {
             max_requests: (o.rate * o.open_duration.as_secs_f64()).ceil() as u64 + 1,
             rate: Some(o.rate),
         };
-        let mut r = load::run_measured(&spec, &op, ctx.epoch, herald.pid).await?;
+        let mut r = load::run_measured(&spec, &op, ctx.epoch, &herald.procs).await?;
         out.accepted += r.ok;
         drain(&mut r, &receiver, out.accepted, o.drain_timeout).await;
         r.print();
@@ -324,7 +345,7 @@ pub async fn e2e(ctx: &Ctx, o: &E2eOpts) -> Result<E2eResult> {
         "== e2e: burst of {} events, then {:.0}/s for {:?}",
         o.events, o.rate, o.steady_duration
     );
-    let meter = CpuMeter::start(herald.pid);
+    let meter = CpuMeter::start(&herald.procs);
     let spec = Spec {
         label: "e2e burst ingest".into(),
         connections: o.connections,
@@ -333,7 +354,7 @@ pub async fn e2e(ctx: &Ctx, o: &E2eOpts) -> Result<E2eResult> {
         rate: None,
     };
     let op = ingest_op(&herald.base, &burst_sub, "e2e");
-    let mut burst = load::run_measured(&spec, &op, ctx.epoch, herald.pid).await?;
+    let mut burst = load::run_measured(&spec, &op, ctx.epoch, &herald.procs).await?;
     let ingest_end = Instant::now();
     let at_end = receiver.delivered();
     let all = receiver.wait_delivered(burst.ok, o.timeout).await;
@@ -380,7 +401,7 @@ pub async fn e2e(ctx: &Ctx, o: &E2eOpts) -> Result<E2eResult> {
                 out.backlog_deliveries_per_s = events as f64 / drain_s.max(1e-9);
                 out.backlog_all_received = all;
                 out.backlog_server_cpu_pct = cpu.server_pct;
-                out.backlog_cpu = cpu;
+                out.backlog_cpu = cpu.clone();
                 println!(
                     "e2e backlog: {events} queued while paused, delivered in {drain_s:.2} s after resume = {:.0} deliveries/s{}",
                     out.backlog_deliveries_per_s,
@@ -406,7 +427,7 @@ pub async fn e2e(ctx: &Ctx, o: &E2eOpts) -> Result<E2eResult> {
             rate: Some(o.rate),
         };
         let op = ingest_op(&herald.base, &steady_sub, "e2e");
-        let mut r = load::run_measured(&spec, &op, ctx.epoch, herald.pid).await?;
+        let mut r = load::run_measured(&spec, &op, ctx.epoch, &herald.procs).await?;
         let expected = expected + r.ok;
         drain(&mut r, &receiver, expected, o.timeout).await;
         r.print();
@@ -458,7 +479,7 @@ async fn backlog(
         rate: None,
     };
     let op = ingest_op(&herald.base, &sub, "e2e");
-    let r = load::run_measured(&load_spec, &op, ctx.epoch, herald.pid).await?;
+    let r = load::run_measured(&load_spec, &op, ctx.epoch, &herald.procs).await?;
     r.print();
     if r.errors > 0 {
         bail!("{} ingest errors while queueing the backlog", r.errors);
@@ -469,7 +490,7 @@ async fn backlog(
     if early > 0 {
         bail!("{early} deliveries arrived while the subscription was paused: pausing does not hold deliveries in this Herald");
     }
-    let meter = CpuMeter::start(herald.pid);
+    let meter = CpuMeter::start(&herald.procs);
     resume(herald, &sub).await?;
     let resumed = Instant::now();
     let all = receiver.wait_delivered(already + r.ok, o.timeout).await;
@@ -507,6 +528,9 @@ pub struct RetryResult {
     pub waiting_cpu_pct: Option<f64>,
     /// Other processes' CPU over the same window, % of one core.
     pub waiting_other_cpu_pct: Option<f64>,
+    /// Each followed process's CPU over that window (redis-mongo mode).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub waiting_procs: Vec<ProcCpu>,
     pub cpu_window_s: f64,
     /// Retry arrival minus due time (due = the 500 answer + delay).
     pub lateness: Percentiles,
@@ -552,7 +576,7 @@ pub async fn retries(ctx: &Ctx, o: &RetryOpts) -> Result<RetryResult> {
         rate: None,
     };
     let op = ingest_op(&herald.base, &sub, "retry");
-    let ingest = load::run_measured(&spec, &op, ctx.epoch, herald.pid).await?;
+    let ingest = load::run_measured(&spec, &op, ctx.epoch, &herald.procs).await?;
     ingest.print();
     let accepted = ingest.ok;
     // Every first attempt made (and failed)?
@@ -569,18 +593,19 @@ pub async fn retries(ctx: &Ctx, o: &RetryOpts) -> Result<RetryResult> {
     };
     // CPU while they all wait: from 1 s after the last first attempt to 0.5 s before the
     // earliest retry is due.
-    if let (Some(pid), Some(first)) = (herald.pid, first_fail) {
+    if let (Some(_), Some(first)) = (herald.pid, first_fail) {
         let start = Instant::now() + Duration::from_secs(1);
         let stop = first + o.delay - Duration::from_millis(500).min(o.delay);
         if stop > start + Duration::from_secs(1) {
             tokio::time::sleep_until(start.into()).await;
             out.waiting_during_cpu_window = receiver.first_failures() - receiver.delivered();
             let window = stop - Instant::now();
-            let meter = CpuMeter::start(Some(pid));
+            let meter = CpuMeter::start(&herald.procs);
             tokio::time::sleep(window).await;
             let cpu = meter.finish();
             out.waiting_cpu_pct = cpu.server_pct;
             out.waiting_other_cpu_pct = cpu.other_pct;
+            out.waiting_procs = cpu.procs;
             out.cpu_window_s = window.as_secs_f64();
             println!(
                 "retries: {} waiting; Herald CPU while they wait {:.2}% of a core (over {:.1} s)",
@@ -666,6 +691,28 @@ pub struct MemoryResult {
     pub load: LoadResult,
     /// (seconds since the run started, RSS KiB), one a second.
     pub samples: Vec<(f64, u64)>,
+    /// Each followed process on its own (redis-mongo mode: api, each delivery process, Redis,
+    /// FerretDB); the fields above are the first one's (the api).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub procs: Vec<ProcMemory>,
+}
+
+/// One process's RSS over the memory scenario, in KiB.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProcMemory {
+    pub name: String,
+    /// One of Herald's processes (not the servers it runs on).
+    pub herald: bool,
+    pub idle_rss_kib: u64,
+    pub warm_rss_kib: u64,
+    pub mid_rss_kib: u64,
+    pub end_rss_kib: u64,
+    pub after_drain_rss_kib: u64,
+    pub peak_rss_kib: u64,
+    pub hwm_kib: u64,
+    pub growth_pct: f64,
+    pub growth_second_half_pct: f64,
 }
 
 pub async fn memory(ctx: &Ctx, o: &MemoryOpts) -> Result<MemoryResult> {
@@ -673,10 +720,22 @@ pub async fn memory(ctx: &Ctx, o: &MemoryOpts) -> Result<MemoryResult> {
     let Some(pid) = herald.pid else {
         bail!("memory needs Herald's pid: pass --pid with --url");
     };
-    let rss = || herald::rss_kib(pid).map(|(r, _)| r).unwrap_or(0);
+    let pids: Vec<u32> = herald.procs.iter().map(|p| p.pid).collect();
+    let rss_all = {
+        let pids = pids.clone();
+        move || -> Vec<u64> {
+            pids.iter()
+                .map(|&p| herald::rss_kib(p).map(|(r, _)| r).unwrap_or(0))
+                .collect()
+        }
+    };
     tokio::time::sleep(o.idle).await;
-    let idle = rss();
-    println!("== memory: idle RSS {} KiB (pid {pid})", idle);
+    let idle = rss_all();
+    println!(
+        "== memory: idle RSS {} KiB (pid {pid}){}",
+        idle[0],
+        per_proc_kib(&herald.procs, &idle)
+    );
     let receiver = Receiver::start(receiver::Mode::Ok, ctx.epoch)?;
     let sub = http::create_subscription(&herald.base, &json!({"target_url": receiver.hook_url()}))
         .await?;
@@ -691,18 +750,22 @@ pub async fn memory(ctx: &Ctx, o: &MemoryOpts) -> Result<MemoryResult> {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = {
         let stop = stop.clone();
+        let rss_all = rss_all.clone();
+        let n_procs = pids.len();
         tokio::spawn(async move {
             let t0 = Instant::now();
             let mut samples = Vec::new();
-            let mut peak = 0;
+            let mut peak = vec![0u64; n_procs];
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             let mut n = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 tick.tick().await;
-                let r = herald::rss_kib(pid).map(|(r, _)| r).unwrap_or(0);
-                peak = peak.max(r);
+                let r = rss_all();
+                for (p, v) in peak.iter_mut().zip(&r) {
+                    *p = (*p).max(*v);
+                }
                 if n.is_multiple_of(4) {
-                    samples.push((t0.elapsed().as_secs_f64(), r));
+                    samples.push((t0.elapsed().as_secs_f64(), r[0]));
                 }
                 n += 1;
             }
@@ -710,46 +773,81 @@ pub async fn memory(ctx: &Ctx, o: &MemoryOpts) -> Result<MemoryResult> {
         })
     };
     let t_load = Instant::now();
-    let at = move |frac: u32| {
+    let at = |frac: u32| {
         let when = t_load + o.duration / frac;
+        let rss_all = rss_all.clone();
         tokio::spawn(async move {
             tokio::time::sleep_until(when.into()).await;
-            herald::rss_kib(pid).map(|(r, _)| r).unwrap_or(0)
+            rss_all()
         })
     };
     let warm = at(4);
     let mid = at(2);
-    let mut load = load::run_measured(&spec, &op, ctx.epoch, Some(pid)).await?;
-    let end_rss = rss();
+    let mut load = load::run_measured(&spec, &op, ctx.epoch, &herald.procs).await?;
+    let end_rss = rss_all();
     let accepted = load.ok;
     drain(&mut load, &receiver, accepted, o.drain_timeout).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss();
+    let after = rss_all();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (peak, samples) = sampler.await.context("sampler")?;
     let warm = warm.await.context("warm sample")?;
     let mid = mid.await.context("mid sample")?;
-    let growth = |from: u64| {
+    let growth = |from: u64, to: u64| {
         if from > 0 {
-            (end_rss as f64 / from as f64 - 1.0) * 100.0
+            (to as f64 / from as f64 - 1.0) * 100.0
         } else {
             0.0
         }
     };
-    let hwm = herald::rss_kib(pid).map(|(_, h)| h).unwrap_or(0);
     load.print();
+    let mut procs: Vec<ProcMemory> = herald
+        .procs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| ProcMemory {
+            name: p.name.clone(),
+            herald: p.server,
+            idle_rss_kib: idle[i],
+            warm_rss_kib: warm[i],
+            mid_rss_kib: mid[i],
+            end_rss_kib: end_rss[i],
+            after_drain_rss_kib: after[i],
+            peak_rss_kib: peak[i].max(end_rss[i]).max(after[i]),
+            hwm_kib: herald::rss_kib(p.pid).map(|(_, h)| h).unwrap_or(0),
+            growth_pct: growth(warm[i], end_rss[i]),
+            growth_second_half_pct: growth(mid[i], end_rss[i]),
+        })
+        .collect();
+    let first = procs[0].clone();
+    if procs.len() == 1 {
+        procs.clear();
+    }
+    for p in &procs {
+        println!(
+            "memory {:<14} idle {:.1} MiB, ½ in {:.1} MiB, peak {:.1} MiB, end {:.1} MiB, after drain {:.1} MiB; growth ½->end {:+.1}%",
+            p.name,
+            mib(p.idle_rss_kib),
+            mib(p.mid_rss_kib),
+            mib(p.peak_rss_kib),
+            mib(p.end_rss_kib),
+            mib(p.after_drain_rss_kib),
+            p.growth_second_half_pct
+        );
+    }
     let out = MemoryResult {
-        idle_rss_kib: idle,
-        peak_rss_kib: peak.max(end_rss).max(after),
-        hwm_kib: hwm,
-        warm_rss_kib: warm,
-        mid_rss_kib: mid,
-        growth_second_half_pct: growth(mid),
-        end_rss_kib: end_rss,
-        after_drain_rss_kib: after,
-        growth_pct: growth(warm),
+        idle_rss_kib: first.idle_rss_kib,
+        peak_rss_kib: first.peak_rss_kib,
+        hwm_kib: first.hwm_kib,
+        warm_rss_kib: first.warm_rss_kib,
+        mid_rss_kib: first.mid_rss_kib,
+        growth_second_half_pct: first.growth_second_half_pct,
+        end_rss_kib: first.end_rss_kib,
+        after_drain_rss_kib: first.after_drain_rss_kib,
+        growth_pct: first.growth_pct,
         load,
         samples,
+        procs,
     };
     println!(
         "memory: idle {:.1} MiB, ¼ in {:.1} MiB, ½ in {:.1} MiB, peak {:.1} MiB (HWM {:.1}), end {:.1} MiB, after drain {:.1} MiB; growth ¼->end {:+.1}%, ½->end {:+.1}%",
@@ -764,6 +862,18 @@ pub async fn memory(ctx: &Ctx, o: &MemoryOpts) -> Result<MemoryResult> {
         out.growth_second_half_pct
     );
     Ok(out)
+}
+
+fn per_proc_kib(procs: &[ProcRef], kib: &[u64]) -> String {
+    if procs.len() < 2 {
+        return String::new();
+    }
+    let parts: Vec<String> = procs
+        .iter()
+        .zip(kib)
+        .map(|(p, k)| format!("{} {:.1} MiB", p.name, mib(*k)))
+        .collect();
+    format!(": {}", parts.join(", "))
 }
 
 pub fn mib(kib: u64) -> f64 {
@@ -840,7 +950,7 @@ pub async fn fairness(ctx: &Ctx, o: &FairnessOpts) -> Result<FairnessResult> {
         &steady("fairness unloaded"),
         &fast_op,
         ctx.epoch,
-        herald.pid,
+        &herald.procs,
     )
     .await?;
     let mut expected = unloaded.ok;
@@ -859,7 +969,7 @@ pub async fn fairness(ctx: &Ctx, o: &FairnessOpts) -> Result<FairnessResult> {
         &backlog_spec,
         &ingest_op(&herald.base, &slow, "backlog"),
         ctx.epoch,
-        herald.pid,
+        &herald.procs,
     )
     .await?;
     backlog.print();
@@ -874,8 +984,13 @@ pub async fn fairness(ctx: &Ctx, o: &FairnessOpts) -> Result<FairnessResult> {
     tokio::time::sleep(o.slow_delay * 2).await;
     let slow_before = slow_rx.delivered();
     fast_rx.reset_latency();
-    let mut loaded =
-        load::run_measured(&steady("fairness loaded"), &fast_op, ctx.epoch, herald.pid).await?;
+    let mut loaded = load::run_measured(
+        &steady("fairness loaded"),
+        &fast_op,
+        ctx.epoch,
+        &herald.procs,
+    )
+    .await?;
     expected += loaded.ok;
     drain(&mut loaded, &fast_rx, expected, o.timeout).await;
     loaded.print();

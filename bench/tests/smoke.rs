@@ -120,14 +120,118 @@ fn floor_counts_requests() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// `herald-delivery` beside the herald binary the matrix test uses.
+fn delivery_bin(herald: &Path) -> PathBuf {
+    let bin = herald.with_file_name("herald-delivery");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it with `cargo build -p herald-delivery` (cargo test --workspace does)",
+        bin.display()
+    );
+    bin
+}
+
+/// redis-mongo mode over the test environment's Redis and FerretDB: tiny counts, every phase
+/// ran, every accepted event delivered, the per-process figures present.
 #[test]
-fn redis_mongo_mode_says_not_available() {
-    let out = Command::new(BENCH)
-        .args(["--mode", "redis-mongo", "ingest"])
-        .output()
-        .expect("run herald-bench");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("not available yet"));
+fn quick_matrix_against_redis_mongo() {
+    let (Some(redis), Some(mongo)) = (herald_testenv::redis_url(), herald_testenv::mongo_uri())
+    else {
+        return;
+    };
+    let bin = herald_bin();
+    let delivery = delivery_bin(&bin);
+    let dir = scratch("redis-mongo");
+    let stdout = run(&[
+        "--mode",
+        "redis-mongo",
+        "--redis-url",
+        &redis,
+        "--mongo-uri",
+        &mongo,
+        "--delivery-bin",
+        delivery.to_str().unwrap(),
+        "matrix",
+        "--quick",
+        "--herald-bin",
+        bin.to_str().unwrap(),
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--out-dir",
+        dir.to_str().unwrap(),
+        "--commit",
+        "smoke",
+        "--date",
+        "today",
+        "--quiet-wait",
+        "0s",
+    ]);
+    let v = read_json(&dir.join("today-smoke-redis-mongo.json"));
+    assert_eq!(v["mode"], "redis-mongo", "{stdout}");
+    assert!(v.get("standalone").is_none_or(Value::is_null), "{v:#}");
+    for phase in [
+        "floor",
+        "redis_mongo_results/ingest",
+        "redis_mongo_results/e2e",
+        "redis_mongo_results/retries",
+        "redis_mongo_results/memory",
+        "redis_mongo_results/fairness",
+    ] {
+        assert!(
+            v.pointer(&format!("/{phase}/error")).is_none(),
+            "{phase} failed: {:#}\n{stdout}",
+            v.pointer(&format!("/{phase}")).unwrap()
+        );
+    }
+    // The floors ran on the same Redis.
+    assert_load_ok(&v, "/floor/http_redis/0");
+
+    let rm = v.pointer("/redis_mongo_results").unwrap();
+    let ingest = &rm["ingest"];
+    assert_load_ok(ingest, "/closed/0");
+    assert_eq!(
+        u(ingest, "/delivered"),
+        u(ingest, "/accepted"),
+        "{ingest:#}"
+    );
+    // CPU of the api and of both delivery processes, each on its own.
+    let names: Vec<&str> = ingest["closed"][0]["procs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no per-process CPU: {ingest:#}"))
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    for want in ["api", "delivery-1", "delivery-2"] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+
+    let e2e = &rm["e2e"];
+    assert_eq!(e2e["burst_all_received"], true, "{e2e:#}");
+    assert_eq!(e2e["backlog_all_received"], true, "{e2e:#}");
+    assert_eq!(e2e["steady_all_received"], true, "{e2e:#}");
+
+    let retries = &rm["retries"];
+    assert_eq!(retries["all_retried"], true, "{retries:#}");
+    assert_eq!(u(retries, "/retried"), u(retries, "/ingest/ok"));
+
+    assert_eq!(rm["fairness"]["all_received"], true, "{:#}", rm["fairness"]);
+
+    let memory = &rm["memory"];
+    assert_load_ok(memory, "/load");
+    let procs = memory["procs"].as_array().expect("RSS per process");
+    assert_eq!(
+        procs.iter().filter(|p| p["herald"] == true).count(),
+        3,
+        "api + 2 delivery processes: {memory:#}"
+    );
+    assert!(
+        procs.iter().all(|p| u(p, "/idle_rss_kib") > 0),
+        "{memory:#}"
+    );
+
+    let md = std::fs::read_to_string(dir.join("today-smoke-redis-mongo.md")).unwrap();
+    assert!(md.contains("CPU per process and phase"), "{md}");
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

@@ -88,6 +88,14 @@ pub trait Queue: Send + Sync {
     /// next delivery is due (or are told of new ones in-process) return early.
     async fn wait_for_work(&self, max_wait: Duration);
 
+    /// How long a worker lets work gather after a wake-up before it claims. Zero where a claim
+    /// is cheap; a few milliseconds where one claim costs several round trips to more than one
+    /// server, so that a stream of events becomes a few claims of many jobs instead of one
+    /// claim (and one archive write) per event.
+    fn claim_linger(&self) -> Duration {
+        Duration::ZERO
+    }
+
     /// The event and the state of each of its deliveries.
     async fn webhook(&self, webhook_id: &str) -> Result<Option<WebhookRecord>>;
 

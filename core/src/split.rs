@@ -44,6 +44,11 @@ use crate::model::{
 /// due again.
 pub const HAND_BACK_DELAY: Duration = Duration::from_secs(1);
 
+/// A claim here is a lease script, an archive write and a mark in the transport: letting work
+/// gather for this long after a wake-up batches a stream of events into few claims, for at
+/// most this much added latency.
+pub const CLAIM_LINGER: Duration = Duration::from_millis(5);
+
 pub struct SplitQueue {
     transport: Arc<dyn Transport>,
     archive: Arc<dyn Archive>,
@@ -226,6 +231,10 @@ impl Queue for SplitQueue {
 
     async fn wait_for_work(&self, max_wait: Duration) {
         self.transport.wait_for_work(max_wait).await
+    }
+
+    fn claim_linger(&self) -> Duration {
+        CLAIM_LINGER
     }
 
     /// Reads the transport first, then the archive: a delivery that leaves the transport

@@ -294,6 +294,13 @@ impl Engine {
                     _ = self.in_flight.released(), if busy => {},
                     _ = shutdown.cancelled() => break,
                 }
+                let linger = self.backend.queue.claim_linger();
+                if !linger.is_zero() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(linger) => {},
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
             }
         }
     }

@@ -24,10 +24,12 @@ local function split_member(m)
 end
 
 -- Queues a delivery at `at`. The score of a subscription in DUE is the earliest due time in
--- its queue: adding can only lower it (LT).
+-- its queue: adding can only lower it (LT). Returns whether that score changed (the
+-- subscription was absent or its earliest delivery is now sooner): only then can a worker
+-- have been waiting for this subscription without knowing of the new delivery.
 local function enqueue(wid, sid, at)
   redis.call('ZADD', qkey(sid), at, wid)
-  redis.call('ZADD', DUE, 'LT', at, sid)
+  return redis.call('ZADD', DUE, 'LT', 'CH', at, sid) == 1
 end
 
 -- Sets a subscription's score in DUE to its queue's earliest due time after deliveries left

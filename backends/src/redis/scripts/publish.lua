@@ -37,14 +37,16 @@ if n == 0 then
 end
 
 local now = now_ms()
-local subs, seen_sub, open = {}, {}, 0
+local subs, seen_sub, open, sooner = {}, {}, 0, false
 for i = first_sub, #ARGV do
   local sid = ARGV[i]
   if not seen_sub[sid] then
     seen_sub[sid] = true
     subs[#subs + 1] = sid
     redis.call('HSET', dkey(wid, sid), 'state', 'queued', 'attempts', 0, 'due', now, 'token', 0)
-    enqueue(wid, sid, now)
+    if enqueue(wid, sid, now) then
+      sooner = true
+    end
     open = open + 1
   end
 end
@@ -52,5 +54,9 @@ redis.call('HSET', e, 'payload', ARGV[6], 'at', ARGV[5], 'subs', cjson.encode(su
 if ARGV[3] == '1' then
   redis.call('HSET', e, 'type', ARGV[4])
 end
-redis.call('PUBLISH', WAKE, '1')
+-- A subscription already due now is known to the workers (they claim it or wait for its free
+-- concurrency): waking them for every event of a backlog would only cost a claim each.
+if sooner then
+  redis.call('PUBLISH', WAKE, '1')
+end
 return {'accepted'}
