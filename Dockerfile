@@ -1,12 +1,12 @@
 # syntax=docker/dockerfile:1.7
 #
-# Herald's image: one image for every process (`herald` api, `herald-delivery` workers, and the
-# operator once it exists), chosen by the command.
+# Herald's image: one image for every process (`herald` api, `herald-delivery` workers,
+# `herald-operator`), chosen by the command.
 #
 #   docker build -t herald .
 #   docker run -p 8000:8000 -v herald-data:/data herald                  # standalone, SQLite
 #   docker run herald herald-delivery                                    # workers (production mode)
-#   docker build --build-arg BINARIES="herald herald-delivery herald-operator" -t herald .
+#   docker build --build-arg BINARIES="herald herald-delivery" -t herald .   # without the operator
 #
 # Build stage: the official Rust image on Debian 12, the glibc of the runtime image below (a
 # binary linked on a newer Debian would not start there); the toolchain version CI tests with.
@@ -17,9 +17,8 @@
 ARG RUST_VERSION=1.95
 FROM rust:${RUST_VERSION}-bookworm AS builder
 
-# Binaries to build and ship, each a `[[bin]]` of the workspace. The operator's crate adds
-# `herald-operator` here once it exists.
-ARG BINARIES="herald herald-delivery"
+# Binaries to build and ship, each a `[[bin]]` of the workspace.
+ARG BINARIES="herald herald-delivery herald-operator"
 ARG PROFILE=release
 
 WORKDIR /src

@@ -158,7 +158,7 @@ fn the_build_stage_builds_every_shipped_binary_with_cached_dependencies() {
 
     let binaries = arg_default(&all, "BINARIES").expect("ARG BINARIES=... with a default");
     let binaries: BTreeSet<&str> = binaries.split_whitespace().collect();
-    for required in ["herald", "herald-delivery"] {
+    for required in ["herald", "herald-delivery", "herald-operator"] {
         assert!(binaries.contains(required), "BINARIES lacks {required}");
     }
     let ws = workspace();
