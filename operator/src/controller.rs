@@ -266,7 +266,21 @@ async fn read_secret(obj: &WebhookSubscription, ctx: &Context) -> Result<Option<
     };
     let ns = obj.namespace().ok_or(Error::NoNamespace)?;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(secret) = secrets.get_opt(&r.name).await? else {
+    let found = match secrets.get_opt(&r.name).await {
+        // RBAC (e.g. a namespaced install watching another namespace): say so in the status
+        // rather than only in the operator's log.
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            return Err(Error::NotReady {
+                reason: "SecretForbidden",
+                message: format!(
+                    "the operator may not read Secret {ns}/{}: {}",
+                    r.name, s.message
+                ),
+            })
+        }
+        other => other?,
+    };
+    let Some(secret) = found else {
         return Err(Error::NotReady {
             reason: "SecretNotFound",
             message: format!("Secret {ns}/{} does not exist", r.name),

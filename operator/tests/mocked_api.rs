@@ -260,6 +260,49 @@ async fn a_missing_secret_gives_ready_false_an_event_and_a_backoff() {
 }
 
 #[tokio::test]
+async fn a_forbidden_secret_is_named_in_the_status() {
+    let Fixture {
+        ctx,
+        mut server,
+        backend: _backend,
+        _dir,
+    } = fixture();
+    let mut w = finalized(resource("orders"));
+    w.spec.secret_ref = Some(SecretKeyRef {
+        name: "orders-webhook".into(),
+        key: "secret".into(),
+    });
+    let sent = w.clone();
+    let api = tokio::spawn(async move {
+        let (_, _, send) = next(
+            &mut server,
+            Method::GET,
+            "/api/v1/namespaces/default/secrets/orders-webhook",
+        )
+        .await;
+        respond(
+            send,
+            StatusCode::FORBIDDEN,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                   "message": "secrets \"orders-webhook\" is forbidden",
+                   "reason": "Forbidden", "code": 403}),
+        );
+        let status = expect_status(&mut server, &sent).await;
+        let ev = expect_event(&mut server).await;
+        (status, ev)
+    });
+    let err = controller::reconcile(Arc::new(w), ctx).await.unwrap_err();
+    assert_eq!(err.metric_label(), "SecretForbidden");
+    let (status, ev) = api.await.unwrap();
+    assert_eq!(status["conditions"][0]["reason"], "SecretForbidden");
+    assert!(status["conditions"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("is forbidden"));
+    assert_eq!(ev["reason"], "SecretForbidden");
+}
+
+#[tokio::test]
 async fn a_finalized_resource_is_stored_and_gets_ready_true() {
     let Fixture {
         ctx,
