@@ -18,7 +18,7 @@ use herald_core::model::{
     Attempt, ClaimRequest, DeliveryState, DeliveryStatus, Disposition, Job, Outcome, Publish,
     PublishOutcome, QueueStats, Settlement,
 };
-use herald_core::split::{SplitQueue, HAND_BACK_DELAY};
+use herald_core::split::SplitQueue;
 use herald_core::testkit;
 use herald_core::StoreError;
 
@@ -282,7 +282,7 @@ async fn reap_dead_worker(r: &Rig, worker_alive: &str) {
 }
 
 #[tokio::test]
-async fn an_archive_failure_at_claim_hands_the_leases_back_unattempted() {
+async fn an_archive_failure_at_claim_holds_the_settle_until_the_event_is_stored() {
     let Some(r) = rig().await else { return };
     r.queue
         .publish(testkit::publish(
@@ -293,23 +293,27 @@ async fn an_archive_failure_at_claim_hands_the_leases_back_unattempted() {
         .await
         .unwrap();
     r.archive.store_events.set(true);
-    assert!(matches!(
-        claim(&r.queue, "wrk_1").await,
-        Err(StoreError::Unavailable(..))
-    ));
-    // Handed back, not held: nothing in flight, both due again shortly.
-    let stats = r.queue.stats().await.unwrap();
-    assert_eq!(stats.in_flight, 0, "{stats:?}");
-    assert_eq!(stats.ready + stats.scheduled, 2, "{stats:?}");
-    r.archive.store_events.set(false);
-    tokio::time::sleep(HAND_BACK_DELAY + Duration::from_millis(100)).await;
+    // The claim does not wait for the archive: the jobs go out at once.
     let jobs = claim(&r.queue, "wrk_1").await.unwrap();
     assert_eq!(jobs.len(), 2);
-    assert!(
-        jobs.iter().all(|j| j.attempt == 1),
-        "no attempt was counted"
-    );
     assert_eq!(&jobs[0].payload[..], b"{\"a\":1}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(r.archive.event("msg_arch").await.unwrap().is_none());
+    // Their settle cannot log an attempt naming an event the archive lacks: it fails, logs
+    // nothing, and the leases stay held.
+    let done: Vec<Settlement> = jobs
+        .iter()
+        .map(|j| settlement(j, Outcome::Success, Disposition::Delivered))
+        .collect();
+    assert!(matches!(
+        r.queue.settle(done.clone()).await,
+        Err(StoreError::Unavailable(..))
+    ));
+    assert!(r.log.by_webhook("msg_arch").await.unwrap().is_empty());
+    assert_eq!(r.queue.stats().await.unwrap().in_flight, 2);
+    // Once the archive answers, the retried settle stores the event first.
+    r.archive.store_events.set(false);
+    assert_eq!(r.queue.settle(done).await.unwrap(), 0);
     let stored = r
         .archive
         .event("msg_arch")
@@ -317,6 +321,36 @@ async fn an_archive_failure_at_claim_hands_the_leases_back_unattempted() {
         .unwrap()
         .expect("archived");
     assert_eq!(&stored.event.payload[..], b"{\"a\":1}");
+    assert_eq!(r.log.by_webhook("msg_arch").await.unwrap().len(), 2);
+    let rec = r.queue.webhook("msg_arch").await.unwrap().unwrap();
+    assert_eq!(rec.status(), DeliveryState::Succeeded);
+}
+
+#[tokio::test]
+async fn an_event_stored_in_the_background_is_not_stored_again_at_settle() {
+    let Some(r) = rig().await else { return };
+    r.queue
+        .publish(testkit::publish("msg_bg", &["sub_a"], b"{}"))
+        .await
+        .unwrap();
+    let job = claim(&r.queue, "wrk_1").await.unwrap().remove(0);
+    // The background write lands; then the archive refuses writes: a settle that tried to
+    // store the event again would fail.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while r.archive.event("msg_bg").await.unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "never archived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    r.archive.store_events.set(true);
+    r.queue
+        .settle(vec![settlement(
+            &job,
+            Outcome::Success,
+            Disposition::Delivered,
+        )])
+        .await
+        .unwrap();
+    assert_eq!(r.log.by_webhook("msg_bg").await.unwrap().len(), 1);
 }
 
 #[tokio::test]

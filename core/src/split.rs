@@ -6,18 +6,21 @@
 //! ## Write order
 //! - **Publish**: one atomic transport write (idempotency key, event, deliveries). Nothing else
 //!   is on the ingest path.
-//! - **Claim**: lease in the transport → store the events the archive lacks → note them as
-//!   archived. No attempt starts before its event is in the archive, so every logged attempt
-//!   names a stored event.
-//! - **Settle**: check the leases → log the attempts → record the deliveries that ended →
-//!   acknowledge or reschedule in the transport (fenced by the receipt once more).
+//! - **Claim**: lease in the transport, and return the jobs at once. The events the archive
+//!   lacks are stored in the background (then noted as archived in the transport): a claim is
+//!   one transport round trip, so a worker is never held up by the archive's latency.
+//! - **Settle**: check the leases → wait until the archive holds the events of these attempts
+//!   (storing them again if the background write failed) → log the attempts → record the
+//!   deliveries that ended → acknowledge or reschedule in the transport (fenced by the receipt
+//!   once more). So every logged attempt names a stored event.
 //!
 //! ## Failure points
 //! | crash or failure after…            | what is left                          | what happens then |
 //! |------------------------------------|---------------------------------------|-------------------|
 //! | publish, before it answered        | the event queued, or nothing          | the producer retries; with an idempotency key no second copy |
 //! | the lease                          | a leased delivery nobody works on     | the reaper (dead worker) or the lease's end queues it again |
-//! | storing events fails               | leased deliveries without an archive  | handed back (due in [`HAND_BACK_DELAY`]); the claim fails and the worker backs off |
+//! | storing events fails               | attempts made, their event not archived | the settle stores it again first and fails (to be retried) while the archive does not answer; nothing is logged before the event is stored |
+//! | the attempt, before its settle (crash) | an event perhaps unarchived, the lease held | redelivered after the reaper; the lease lists the event as unarchived again |
 //! | logging the attempts               | an attempt logged, the lease held     | redelivered later under the same number; the log keeps the first record |
 //! | recording the settled delivery     | archive says settled, transport leased| the redelivery is noticed at the next claim and acknowledged without sending |
 //! | acknowledging                      | the same as the previous row          | the same |
@@ -27,14 +30,16 @@
 //! its attempt (under its number, kept once) and possibly its end; the transport then counts it
 //! stale and the new holder's outcome is recorded after it. Delivery is at least once.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::backend::{Archive, AttemptLog, Leased, Queue, Result, SettledDelivery, Transport};
+use crate::backend::{
+    Archive, ArchivedEvent, AttemptLog, Leased, Queue, Result, SettledDelivery, Transport,
+};
 use crate::model::{
     ClaimRequest, Claimed, DeliveryState, Disposition, Job, Publish, PublishOutcome, QueueStats,
     Settlement, WebhookRecord,
@@ -44,15 +49,25 @@ use crate::model::{
 /// due again.
 pub const HAND_BACK_DELAY: Duration = Duration::from_secs(1);
 
-/// A claim here is a lease script, an archive write and a mark in the transport: letting work
-/// gather for this long after a wake-up batches a stream of events into few claims, for at
-/// most this much added latency.
+/// A claim here is a round trip to the transport and starts a write to the archive: letting
+/// work gather for this long after a wake-up batches a stream of events into few claims (and
+/// few archive writes), for at most this much added latency.
 pub const CLAIM_LINGER: Duration = Duration::from_millis(5);
 
 pub struct SplitQueue {
     transport: Arc<dyn Transport>,
     archive: Arc<dyn Archive>,
     attempts: Arc<dyn AttemptLog>,
+    /// Events this process leased unarchived and is storing in the background, by webhook id:
+    /// the event (to store it again if that write fails) and the write's outcome (`Some(true)`
+    /// once stored). An entry goes when its write succeeds, or when a settle stored it again.
+    archiving: Arc<Mutex<HashMap<String, Archiving>>>,
+}
+
+#[derive(Clone)]
+struct Archiving {
+    event: ArchivedEvent,
+    stored: tokio::sync::watch::Receiver<Option<bool>>,
 }
 
 impl SplitQueue {
@@ -65,7 +80,93 @@ impl SplitQueue {
             transport,
             archive,
             attempts,
+            archiving: Arc::default(),
         }
+    }
+
+    /// Stores `events` in the archive in the background, then notes them as archived in the
+    /// transport. Settles of their attempts wait for it (see [`Self::ensure_archived`]).
+    fn archive_in_background(&self, events: Vec<ArchivedEvent>) {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        let ids: Vec<String> = events.iter().map(|e| e.event.webhook_id.clone()).collect();
+        {
+            let mut map = self.archiving.lock().unwrap();
+            for e in &events {
+                map.insert(
+                    e.event.webhook_id.clone(),
+                    Archiving {
+                        event: e.clone(),
+                        stored: rx.clone(),
+                    },
+                );
+            }
+        }
+        let (archive, transport, map) = (
+            self.archive.clone(),
+            self.transport.clone(),
+            self.archiving.clone(),
+        );
+        tokio::spawn(async move {
+            let stored = match archive.store_events(&events).await {
+                Ok(()) => {
+                    // Not fatal: the next lease lists them again and storing is idempotent.
+                    if let Err(e) = transport.archived(&ids).await {
+                        tracing::warn!(error = %e.chain(), "noting archived events failed");
+                    }
+                    let mut map = map.lock().unwrap();
+                    for id in &ids {
+                        map.remove(id);
+                    }
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e.chain(), events = ids.len(), "archiving leased events failed; their settles store them again");
+                    false
+                }
+            };
+            let _ = tx.send(Some(stored));
+        });
+    }
+
+    /// Waits until the archive holds the events of `settlements` that this process is still
+    /// archiving, storing again those whose background write failed. An error leaves them to
+    /// the next try.
+    async fn ensure_archived(&self, settlements: &[Settlement]) -> Result<()> {
+        let pending: Vec<Archiving> = {
+            let map = self.archiving.lock().unwrap();
+            let mut seen = HashSet::new();
+            settlements
+                .iter()
+                // What the archive will be asked to name: logged attempts and ended deliveries
+                // (a hand-back without an attempt needs nothing).
+                .filter(|s| s.attempt.is_some() || is_end(&s.disposition).is_some())
+                .filter(|s| seen.insert(s.webhook_id.as_str()))
+                .filter_map(|s| map.get(&s.webhook_id).cloned())
+                .collect()
+        };
+        let mut failed = Vec::new();
+        for mut p in pending {
+            let ok = match p.stored.wait_for(|v| v.is_some()).await {
+                Ok(v) => *v == Some(true),
+                Err(_) => false,
+            };
+            if !ok {
+                failed.push(p.event);
+            }
+        }
+        if failed.is_empty() {
+            return Ok(());
+        }
+        self.archive.store_events(&failed).await?;
+        let ids: Vec<String> = failed.iter().map(|e| e.event.webhook_id.clone()).collect();
+        if let Err(e) = self.transport.archived(&ids).await {
+            tracing::warn!(error = %e.chain(), "noting archived events failed");
+        }
+        let mut map = self.archiving.lock().unwrap();
+        for id in &ids {
+            map.remove(id);
+        }
+        Ok(())
     }
 
     /// Gives leased jobs back unattempted, due at `at`. Best effort: if the transport fails
@@ -157,18 +258,7 @@ impl Queue for SplitQueue {
             redelivered,
         } = self.transport.lease(req).await?;
         if !unarchived.is_empty() {
-            if let Err(e) = self.archive.store_events(&unarchived).await {
-                self.hand_back(&jobs, Utc::now() + HAND_BACK_DELAY).await;
-                return Err(e);
-            }
-            let ids: Vec<String> = unarchived
-                .iter()
-                .map(|e| e.event.webhook_id.clone())
-                .collect();
-            // Not fatal: the next lease lists them again and storing is idempotent.
-            if let Err(e) = self.transport.archived(&ids).await {
-                tracing::warn!(error = %e.chain(), "noting archived events failed");
-            }
+            self.archive_in_background(unarchived);
         }
         if !redelivered.is_empty() {
             if let Err(e) = self.drop_settled(&mut jobs, &redelivered).await {
@@ -194,6 +284,7 @@ impl Queue for SplitQueue {
                 stale += 1;
             }
         }
+        self.ensure_archived(&live).await?;
         let attempts: Vec<_> = live.iter().filter_map(|s| s.attempt.clone()).collect();
         if !attempts.is_empty() {
             self.attempts.record(attempts).await?;
