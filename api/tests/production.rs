@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Api, Behaviour, Receiver};
+use herald_testenv::Scratch;
 use serde_json::{json, Value};
 
 fn free_port() -> u16 {
@@ -59,13 +60,10 @@ impl Drop for Proc {
     }
 }
 
-/// One installation: a MongoDB database and a Redis key prefix of its own, and the settings
-/// every process of it shares. Dropping it removes the database and the keys.
+/// One installation: a MongoDB database and a Redis key prefix of its own (removed when it is
+/// dropped), and the settings every process of it shares.
 struct Installation {
-    mongo_uri: String,
-    redis_url: String,
-    database: String,
-    prefix: String,
+    scratch: Scratch,
     extra: Vec<(String, String)>,
     /// Configure Redis as `REDIS_ADDR` + `REDIS_PASSWORD` instead of `REDIS_URL`.
     redis_by_addr: Option<(String, String)>,
@@ -80,10 +78,7 @@ impl Installation {
 
     fn on(mongo_uri: String, redis_url: String) -> Self {
         Self {
-            mongo_uri,
-            redis_url,
-            database: herald_testenv::unique_name("proc").replace('-', "_"),
-            prefix: herald_testenv::unique_name("proc"),
+            scratch: Scratch::new(mongo_uri, redis_url, "proc"),
             extra: Vec::new(),
             redis_by_addr: None,
         }
@@ -98,9 +93,9 @@ impl Installation {
         let mut cmd = Command::new(bin);
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("MONGO_URI", &self.mongo_uri)
-            .env("HERALD_MONGO_DATABASE", &self.database)
-            .env("HERALD_REDIS_PREFIX", &self.prefix)
+            .env("MONGO_URI", &self.scratch.mongo_uri)
+            .env("HERALD_MONGO_DATABASE", &self.scratch.database)
+            .env("HERALD_REDIS_PREFIX", &self.scratch.prefix)
             .env("HERALD_ALLOW_TARGETS", "127.0.0.0/8,::1/128")
             .env("HERALD_RETRY_SCHEDULE", "200ms,200ms,200ms")
             .env("HERALD_DELIVERY_TIMEOUT", "5s")
@@ -111,7 +106,7 @@ impl Installation {
             .stderr(Stdio::inherit());
         match &self.redis_by_addr {
             Some((addr, password)) => cmd.env("REDIS_ADDR", addr).env("REDIS_PASSWORD", password),
-            None => cmd.env("REDIS_URL", &self.redis_url),
+            None => cmd.env("REDIS_URL", &self.scratch.redis_url),
         };
         for (k, v) in &self.extra {
             cmd.env(k, v);
@@ -146,47 +141,6 @@ impl Installation {
         Proc {
             child: cmd.spawn().expect("herald-delivery starts"),
         }
-    }
-}
-
-impl Drop for Installation {
-    fn drop(&mut self) {
-        let (uri, db, url, prefix) = (
-            self.mongo_uri.clone(),
-            self.database.clone(),
-            self.redis_url.clone(),
-            self.prefix.clone(),
-        );
-        // Its own thread and runtime: the test's runtime may be shutting down.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let cleanup = async {
-                    if let Ok(client) = mongodb::Client::with_uri_str(&uri).await {
-                        let _ = client.database(&db).drop().await;
-                    }
-                    if let Ok(client) = redis::Client::open(url.as_str()) {
-                        if let Ok(mut c) = client.get_multiplexed_async_connection().await {
-                            let keys: Vec<String> = redis::cmd("KEYS")
-                                .arg(format!("{prefix}:*"))
-                                .query_async(&mut c)
-                                .await
-                                .unwrap_or_default();
-                            if !keys.is_empty() {
-                                let _: redis::RedisResult<()> =
-                                    redis::cmd("DEL").arg(keys).query_async(&mut c).await;
-                            }
-                        }
-                    }
-                };
-                // A server a test stopped must not hold the test up.
-                let _ = tokio::time::timeout(Duration::from_secs(5), cleanup).await;
-            })
-        })
-        .join();
     }
 }
 

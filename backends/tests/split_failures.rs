@@ -21,6 +21,7 @@ use herald_core::model::{
 use herald_core::split::SplitQueue;
 use herald_core::testkit;
 use herald_core::StoreError;
+use herald_testenv::Scratch;
 
 /// A switch that makes one wrapped call fail as if its server were gone.
 #[derive(Default)]
@@ -152,59 +153,16 @@ struct Rig {
     _scratch: Scratch,
 }
 
-/// Drops the test's MongoDB database and Redis keys.
-struct Scratch {
-    mongo_uri: String,
-    database: String,
-    redis_url: String,
-    prefix: String,
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let (uri, db, url, prefix) = (
-            self.mongo_uri.clone(),
-            self.database.clone(),
-            self.redis_url.clone(),
-            self.prefix.clone(),
-        );
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(client) = mongodb::Client::with_uri_str(&uri).await {
-                    let _ = client.database(&db).drop().await;
-                }
-                if let Ok(client) = redis::Client::open(url.as_str()) {
-                    if let Ok(mut c) = client.get_multiplexed_async_connection().await {
-                        let keys: Vec<String> = redis::cmd("KEYS")
-                            .arg(format!("{prefix}:*"))
-                            .query_async(&mut c)
-                            .await
-                            .unwrap_or_default();
-                        if !keys.is_empty() {
-                            let _: redis::RedisResult<()> =
-                                redis::cmd("DEL").arg(keys).query_async(&mut c).await;
-                        }
-                    }
-                }
-            })
-        })
-        .join();
-    }
-}
-
 async fn rig() -> Option<Rig> {
-    let mongo_uri = herald_testenv::mongo_uri()?;
-    let redis_url = herald_testenv::redis_url()?;
-    let database = herald_testenv::unique_name("split");
-    let prefix = herald_testenv::unique_name("split");
-    let mongo = herald_backends::mongo::open(&mongo_uri, Some(&database))
+    let scratch = Scratch::new(
+        herald_testenv::mongo_uri()?,
+        herald_testenv::redis_url()?,
+        "split",
+    );
+    let mongo = herald_backends::mongo::open(&scratch.mongo_uri, Some(&scratch.database))
         .await
         .expect("MongoDB");
-    let redis = herald_backends::redis::open(&redis_url, &prefix)
+    let redis = herald_backends::redis::open(&scratch.redis_url, &scratch.prefix)
         .await
         .expect("Redis");
     let archive = Arc::new(FlakyArchive {
@@ -225,12 +183,7 @@ async fn rig() -> Option<Rig> {
         archive,
         log,
         transport,
-        _scratch: Scratch {
-            mongo_uri,
-            database,
-            redis_url,
-            prefix,
-        },
+        _scratch: scratch,
     })
 }
 

@@ -16,6 +16,10 @@
 //! whose server is absent must fail in CI) and otherwise prints a message naming
 //! `scripts/testenv.sh` and returns `None`, so that the test can return early.
 
+pub mod scratch;
+
+pub use scratch::Scratch;
+
 use std::io::Write;
 use std::path::PathBuf;
 
