@@ -1,6 +1,7 @@
 //! The `herald-operator` binary as a process: `crd` prints what `crds/` holds and the API
 //! server accepts it; `run` (the default) on the SQLite store reconciles the example through
-//! kubectl, serves its probes, and on SIGTERM finishes, frees its Lease and exits 0.
+//! kubectl, serves its probes, and on SIGTERM finishes, frees its Lease and exits 0; a SIGKILLed
+//! leader is replaced by its standby once its Lease runs out.
 
 use std::io::Write;
 use std::path::Path;
@@ -189,6 +190,128 @@ fn run_reconciles_serves_probes_and_stops_cleanly_on_sigterm() {
     assert_eq!(holder, "", "the lease is still held");
     // The finalizer would block deletion with no operator running: remove the resource's
     // namespace contents by dropping the finalizer, as an uninstall guide would.
+    kubectl(
+        &kubeconfig,
+        &[
+            "patch",
+            "whs",
+            "orders",
+            "-n",
+            &ns,
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"finalizers":null}}"#,
+        ],
+        None,
+    );
+}
+
+/// An operator process with leader election in `ns`, on the SQLite file `db`.
+fn spawn_replica(kubeconfig: &Path, ns: &str, db: &Path, name: &str) -> (std::process::Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(BIN)
+        .env_remove("MONGO_URI")
+        .env_remove("REDIS_URL")
+        .env_remove("REDIS_ADDR")
+        .env("KUBECONFIG", kubeconfig)
+        .env("HERALD_SQLITE_PATH", db)
+        .env("HERALD_ALLOW_TARGETS", "127.0.0.0/8")
+        .env("HERALD_OPERATOR_ADDR", format!("127.0.0.1:{port}"))
+        .env("HERALD_OPERATOR_LEASE", "herald-operator")
+        .env("HERALD_OPERATOR_WATCH_NAMESPACE", ns)
+        .env("POD_NAMESPACE", ns)
+        .env("POD_NAME", name)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    (child, port)
+}
+
+#[test]
+fn a_sigkilled_leader_is_replaced_once_its_lease_runs_out() {
+    let Some(kubeconfig) = herald_testenv::kubeconfig() else {
+        return;
+    };
+    let crd = Command::new(BIN).arg("crd").output().unwrap().stdout;
+    kubectl(
+        &kubeconfig,
+        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+        Some(&crd),
+    );
+    kubectl(
+        &kubeconfig,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            "crd/webhooksubscriptions.herald.dev",
+        ],
+        None,
+    );
+    let ns = herald_testenv::unique_name("whs-kill");
+    kubectl(&kubeconfig, &["create", "namespace", &ns], None);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("operator.db");
+    let holder = || {
+        kubectl(
+            &kubeconfig,
+            &[
+                "get",
+                "lease",
+                "herald-operator",
+                "-n",
+                &ns,
+                "-o",
+                "jsonpath={.spec.holderIdentity}",
+                "--ignore-not-found",
+            ],
+            None,
+        )
+    };
+    let (mut a, a_port) = spawn_replica(&kubeconfig, &ns, &db, "kill-a");
+    eventually("kill-a to hold the lease", Duration::from_secs(30), || {
+        holder() == "kill-a"
+    });
+    let (mut b, b_port) = spawn_replica(&kubeconfig, &ns, &db, "kill-b");
+    eventually("kill-b to answer", Duration::from_secs(30), || {
+        http_status(b_port, "/healthz") == Some(200)
+    });
+    assert_eq!(http_status(a_port, "/healthz"), Some(200));
+
+    // SIGKILL: no chance to free the lease. The standby takes it once it runs out (15 s).
+    a.kill().unwrap();
+    a.wait().unwrap();
+    let killed = Instant::now();
+    eventually("kill-b to take the lease", Duration::from_secs(45), || {
+        holder() == "kill-b"
+    });
+    let took = killed.elapsed();
+    assert!(took <= Duration::from_secs(30), "taken over after {took:?}");
+    println!("a SIGKILLed operator leader was replaced after {took:?}");
+
+    // The new leader reconciles.
+    let example = std::fs::read(repo("examples/webhooksubscription.yaml")).unwrap();
+    kubectl(
+        &kubeconfig,
+        &["apply", "-n", &ns, "-f", "-"],
+        Some(&example),
+    );
+    let ready = r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#;
+    eventually("orders to be Ready", Duration::from_secs(30), || {
+        kubectl(
+            &kubeconfig,
+            &["get", "whs", "orders", "-n", &ns, "-o", ready],
+            None,
+        ) == "True"
+    });
+    let _ = b.kill();
+    let _ = b.wait();
     kubectl(
         &kubeconfig,
         &[
