@@ -51,6 +51,26 @@ fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&[u8]>) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Applies the CRD `crd` prints and waits until the API server serves it.
+fn install_crd(kubeconfig: &Path) {
+    let crd = Command::new(BIN).arg("crd").output().unwrap().stdout;
+    kubectl(
+        kubeconfig,
+        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+        Some(&crd),
+    );
+    kubectl(
+        kubeconfig,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            "crd/webhooksubscriptions.herald.dev",
+        ],
+        None,
+    );
+}
+
 fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
     let start = Instant::now();
     while !check() {
@@ -81,22 +101,7 @@ fn run_reconciles_serves_probes_and_stops_cleanly_on_sigterm() {
     let Some(kubeconfig) = herald_testenv::kubeconfig() else {
         return;
     };
-    let crd = Command::new(BIN).arg("crd").output().unwrap().stdout;
-    kubectl(
-        &kubeconfig,
-        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
-        Some(&crd),
-    );
-    kubectl(
-        &kubeconfig,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=30s",
-            "crd/webhooksubscriptions.herald.dev",
-        ],
-        None,
-    );
+    install_crd(&kubeconfig);
     let ns = herald_testenv::unique_name("whs-proc");
     kubectl(&kubeconfig, &["create", "namespace", &ns], None);
     let dir = tempfile::tempdir().unwrap();
@@ -238,22 +243,7 @@ fn a_sigkilled_leader_is_replaced_once_its_lease_runs_out() {
     let Some(kubeconfig) = herald_testenv::kubeconfig() else {
         return;
     };
-    let crd = Command::new(BIN).arg("crd").output().unwrap().stdout;
-    kubectl(
-        &kubeconfig,
-        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
-        Some(&crd),
-    );
-    kubectl(
-        &kubeconfig,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=30s",
-            "crd/webhooksubscriptions.herald.dev",
-        ],
-        None,
-    );
+    install_crd(&kubeconfig);
     let ns = herald_testenv::unique_name("whs-kill");
     kubectl(&kubeconfig, &["create", "namespace", &ns], None);
     let dir = tempfile::tempdir().unwrap();
