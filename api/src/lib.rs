@@ -239,7 +239,7 @@ impl Herald {
             settings.metrics_interval,
             shutdown.clone(),
         );
-        let state = AppState {
+        let state = AppState::new(state::Shared {
             queue_gauges,
             backend: backend.clone(),
             cache: cache.clone(),
@@ -258,7 +258,7 @@ impl Herald {
             rate_limiter: (settings.ingest_rate_limit > 0)
                 .then(|| Arc::new(RateLimiter::new(settings.ingest_rate_limit))),
             metrics: metrics_handle(),
-        };
+        });
         if auth::fanout_key(&state).is_none() {
             tracing::warn!(
                 "neither HERALD_INGEST_KEY nor HERALD_API_KEY is set: POST /events refuses every \

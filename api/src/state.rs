@@ -9,8 +9,25 @@ use herald_core::cache::SubscriptionCache;
 use herald_core::subscriptions::Subscriptions;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+/// Cloned by every extractor and middleware of every request: one reference count, not one per
+/// field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub backend: Backend,
     pub cache: Arc<SubscriptionCache>,
     pub subscriptions: Arc<Subscriptions>,

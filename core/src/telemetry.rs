@@ -15,7 +15,8 @@ pub const RETENTION_DELETED: &str = "herald_retention_deleted_total";
 /// Settlements ignored because the delivery was no longer leased to the settling worker.
 pub const STALE_SETTLEMENTS: &str = "herald_stale_settlements_total";
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -33,18 +34,39 @@ pub static COUNTS: Counts = Counts {
     failed: AtomicU64::new(0),
 };
 
+/// Set once [`prometheus`] installed the recorder.
+static RECORDER_INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// The counter `name`, looked up in the recorder once instead of on every event (a lookup
+/// hashes the name and takes a lock). Before the recorder is installed the handle would be a
+/// no-op for good, so until then each call looks it up afresh.
+fn counter(cell: &'static OnceLock<metrics::Counter>, name: &'static str) -> metrics::Counter {
+    if !RECORDER_INSTALLED.load(Ordering::Acquire) {
+        return metrics::counter!(name);
+    }
+    cell.get_or_init(|| metrics::counter!(name)).clone()
+}
+
 pub fn count_ingested(n: u64) {
+    static C: OnceLock<metrics::Counter> = OnceLock::new();
     COUNTS.ingested.fetch_add(n, Ordering::Relaxed);
-    metrics::counter!(EVENTS_INGESTED).increment(n);
+    counter(&C, EVENTS_INGESTED).increment(n);
+}
+
+pub fn count_queued(n: u64) {
+    static C: OnceLock<metrics::Counter> = OnceLock::new();
+    counter(&C, DELIVERIES_QUEUED).increment(n);
 }
 
 pub fn count_final(succeeded: bool) {
+    static OK: OnceLock<metrics::Counter> = OnceLock::new();
+    static FAILED: OnceLock<metrics::Counter> = OnceLock::new();
     if succeeded {
         COUNTS.delivered.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(DELIVERIES_SUCCEEDED).increment(1);
+        counter(&OK, DELIVERIES_SUCCEEDED).increment(1);
     } else {
         COUNTS.failed.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(DELIVERIES_FAILED).increment(1);
+        counter(&FAILED, DELIVERIES_FAILED).increment(1);
     }
 }
 
@@ -63,7 +85,7 @@ pub fn init_tracing(format: &str) {
 /// The process-wide Prometheus recorder, installed on first use and shared by every listener of
 /// the process (the api's `/metrics`, a delivery process's health listener, the operator's).
 pub fn prometheus() -> PrometheusHandle {
-    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
@@ -84,6 +106,7 @@ pub fn prometheus() -> PrometheusHandle {
                     upkeep.run_upkeep();
                 })
                 .expect("spawn metrics upkeep");
+            RECORDER_INSTALLED.store(true, Ordering::Release);
             handle
         })
         .clone()

@@ -78,7 +78,7 @@ async fn publish(st: &AppState, p: Publish) -> Result<PublishOutcome, ApiError> 
         let out = queue.publish(p).await;
         if matches!(out, Ok(PublishOutcome::Accepted)) {
             telemetry::count_ingested(1);
-            metrics::counter!(telemetry::DELIVERIES_QUEUED).increment(matched);
+            telemetry::count_queued(matched);
         }
         out
     })
