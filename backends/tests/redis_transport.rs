@@ -456,6 +456,95 @@ async fn idempotency_keys_answer_like_the_first_publish() {
     assert_eq!(exists, 0);
 }
 
+/// Concurrent publishes share script runs (see `publisher`): each event still gets the answer
+/// it would get alone, in the order the batch applies them.
+#[tokio::test]
+async fn concurrent_publishes_are_batched_and_each_answered_on_its_own() {
+    let url = redis_or_skip!();
+    let (p, _) = parts(&url).await;
+    let t = &p.transport;
+    let shared_key = IdempotencyKey::new("sub_a", "shared", None, b"{}");
+    let mut calls = Vec::new();
+    for i in 0..300 {
+        let mut pb = publish(&format!("msg_c{i:03}"), &["sub_a"], b"{}");
+        match i % 10 {
+            // Many copies of one request under one key: one is stored.
+            0 => pb.idempotency = Some(shared_key.clone()),
+            // The same key with another body: refused, or stored if it came first.
+            5 => {
+                pb.event.payload = b"{\"other\":1}".to_vec().into();
+                pb.idempotency = Some(IdempotencyKey::new(
+                    "sub_a",
+                    "shared",
+                    None,
+                    b"{\"other\":1}",
+                ));
+            }
+            _ => {}
+        }
+        calls.push(pb);
+    }
+    // A webhook id used twice: one of the two is refused.
+    calls.push(publish("msg_c001", &["sub_a"], b"{}"));
+    let outcomes = futures::future::join_all(calls.iter().map(|pb| t.publish(pb))).await;
+    let mut accepted = Vec::new();
+    let mut keyed_first = None;
+    let mut conflicts = 0;
+    for (pb, out) in calls.iter().zip(&outcomes) {
+        match out {
+            Ok(PublishOutcome::Accepted) => {
+                if pb.idempotency.is_some() {
+                    assert!(keyed_first.is_none(), "two events stored under one key");
+                    keyed_first = Some(pb.event.webhook_id.clone());
+                }
+                accepted.push(pb.event.webhook_id.clone());
+            }
+            Ok(PublishOutcome::Duplicate { .. } | PublishOutcome::KeyReused { .. }) => {
+                assert!(
+                    pb.idempotency.is_some(),
+                    "{out:?} for an event without a key"
+                )
+            }
+            Err(StoreError::Conflict(_)) => conflicts += 1,
+            Err(e) => panic!("publish failed: {e}"),
+        }
+    }
+    let first = keyed_first.expect("one event under the shared key is stored");
+    let first_is_other = calls
+        .iter()
+        .any(|c| c.event.webhook_id == first && &c.event.payload[..] != b"{}");
+    for (pb, out) in calls.iter().zip(&outcomes) {
+        let Some(k) = &pb.idempotency else { continue };
+        if pb.event.webhook_id == first {
+            continue;
+        }
+        let same_request = k.fingerprint
+            == if first_is_other {
+                IdempotencyKey::new("sub_a", "shared", None, b"{\"other\":1}").fingerprint
+            } else {
+                shared_key.fingerprint
+            };
+        let want = if same_request {
+            PublishOutcome::Duplicate {
+                webhook_id: first.clone(),
+                matched: 1,
+            }
+        } else {
+            PublishOutcome::KeyReused {
+                webhook_id: first.clone(),
+            }
+        };
+        assert_eq!(out.as_ref().unwrap(), &want);
+    }
+    assert_eq!(conflicts, 1, "the reused webhook id is refused once");
+    // 240 without a key (one of the two msg_c001 refused) and one under the shared key.
+    assert_eq!(accepted.len(), 241);
+    let mut leased = lease_all(t).await;
+    leased.sort();
+    accepted.sort();
+    assert_eq!(leased, accepted, "exactly the accepted events are queued");
+}
+
 #[tokio::test]
 async fn requeue_replays_settled_deliveries_once() {
     let url = redis_or_skip!();

@@ -30,9 +30,10 @@
 //! without reading past a backlog, and make a delayed retry nothing but a later score.
 //!
 //! ## Scripts and their invariants
-//! - `publish`: checks and records the idempotency key, stores the event and one delivery per
-//!   subscription, due now, and publishes a wake-up; all in one step, nothing written unless
-//!   every check passed. A key seen with the same fingerprint answers `Duplicate`, with another
+//! - `publish`: for each event of a batch (see `publisher`), checks and records the
+//!   idempotency key, stores the event and one delivery per subscription, due now; then
+//!   publishes one wake-up. Each event in one step, nothing of it written unless its checks
+//!   passed. A key seen with the same fingerprint answers `Duplicate`, with another
 //!   `KeyReused`; with no subscriptions only the key is stored.
 //! - `lease`: first returns leases that ended to their queues (due now, redelivered), then
 //!   leases due deliveries as [`herald_core::backend::Queue::claim`] describes, each under a
@@ -80,6 +81,7 @@
 
 mod changes;
 mod keys;
+mod publisher;
 mod scripts;
 mod transport;
 

@@ -15,6 +15,7 @@ use herald_core::StoreError;
 
 use super::changes::wake_up;
 use super::keys::{parse_receipt, receipt};
+use super::publisher::Publisher;
 use super::scripts::SCRIPTS;
 use super::{call, Shared};
 
@@ -30,11 +31,16 @@ const MAX_BUDGET: usize = 1 << 53;
 /// The queue's transport on Redis.
 pub struct RedisTransport {
     shared: Arc<Shared>,
+    publisher: Publisher,
 }
 
 impl RedisTransport {
+    /// Starts the publisher's batching task: call on a tokio runtime.
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+        Self {
+            publisher: Publisher::start(shared.clone()),
+            shared,
+        }
     }
 
     fn prefix(&self) -> &str {
@@ -62,14 +68,6 @@ fn from_ms(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
 fn subscription_ids(json: &str) -> Result<Vec<String>> {
     serde_json::from_str(json).map_err(|e| {
         StoreError::backend_by("an event's subscription ids in Redis are not valid", e)
@@ -79,60 +77,11 @@ fn subscription_ids(json: &str) -> Result<Vec<String>> {
 #[async_trait]
 impl Transport for RedisTransport {
     async fn publish(&self, p: &Publish) -> Result<PublishOutcome> {
-        let e = &p.event;
-        let (idem, fingerprint) = match &p.idempotency {
-            Some(k) => (
-                self.shared.keys.idempotency(&k.scope, &k.key),
-                hex(&k.fingerprint),
-            ),
-            None => (String::new(), String::new()),
-        };
-        let mut inv = SCRIPTS.publish.prepare_invoke();
-        inv.arg(self.prefix())
-            .arg(&e.webhook_id)
-            .arg(u8::from(e.event_type.is_some()))
-            .arg(e.event_type.as_deref().unwrap_or(""))
-            .arg(e.received_at.timestamp_millis())
-            .arg(&e.payload[..])
-            .arg(idem)
-            .arg(fingerprint)
-            .arg(IDEMPOTENCY_WINDOW.as_millis() as u64);
-        for sid in &p.subscription_ids {
-            inv.arg(sid);
+        let out = self.publisher.publish(p.clone()).await?;
+        if out == PublishOutcome::Accepted && !p.subscription_ids.is_empty() {
+            wake_up(&self.shared.wake);
         }
-        let mut conn = self.shared.conn();
-        let (kind, webhook_id, matched): (String, Option<String>, Option<usize>) = {
-            let v: Vec<redis::Value> =
-                call("publishing an event", inv.invoke_async(&mut conn)).await?;
-            let mut it = v.into_iter();
-            let mut next = || it.next().unwrap_or(redis::Value::Nil);
-            let parse = |what| StoreError::backend(format!("unexpected answer of publish: {what}"));
-            (
-                redis::from_redis_value(next()).map_err(|_| parse("kind"))?,
-                redis::from_redis_value(next()).map_err(|_| parse("webhook id"))?,
-                redis::from_redis_value(next()).map_err(|_| parse("matched"))?,
-            )
-        };
-        match (kind.as_str(), webhook_id) {
-            ("accepted", _) => {
-                if !p.subscription_ids.is_empty() {
-                    wake_up(&self.shared.wake);
-                }
-                Ok(PublishOutcome::Accepted)
-            }
-            ("duplicate", Some(webhook_id)) => Ok(PublishOutcome::Duplicate {
-                webhook_id,
-                matched: matched.unwrap_or(0),
-            }),
-            ("reused", Some(webhook_id)) => Ok(PublishOutcome::KeyReused { webhook_id }),
-            ("exists", _) => Err(StoreError::Conflict(format!(
-                "webhook {} is stored already",
-                e.webhook_id
-            ))),
-            (other, _) => Err(StoreError::backend(format!(
-                "unexpected answer of publish: {other}"
-            ))),
-        }
+        Ok(out)
     }
 
     async fn lease(&self, req: &ClaimRequest) -> Result<Leased> {
