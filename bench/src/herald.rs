@@ -92,6 +92,15 @@ pub fn delivery_beside(herald: &Path) -> PathBuf {
 }
 
 impl Herald {
+    /// redis-mongo: the pids of the delivery processes (empty in standalone mode).
+    pub fn delivery_pids(&self) -> Vec<u32> {
+        self.procs
+            .iter()
+            .filter(|p| p.name.starts_with("delivery-"))
+            .map(|p| p.pid)
+            .collect()
+    }
+
     /// Uses an already-running Herald.
     pub async fn external(url: &str, pid: Option<u32>) -> Result<Self> {
         let base = Base::parse(url).await?;

@@ -233,6 +233,12 @@ pub struct IngestOpts {
 #[serde(default)]
 pub struct IngestResult {
     pub closed: Vec<LoadResult>,
+    /// redis-mongo: the same closed-loop runs with the delivery processes stopped (SIGSTOP)
+    /// while the load runs and continued (SIGCONT) for the drain, so that the api has the
+    /// machine to itself, as the floor does (it delivers nothing). On two cores the `closed`
+    /// runs share them with two delivery processes and FerretDB; in a deployment the api pods
+    /// run beside neither. Empty in standalone mode (one process does both).
+    pub api_alone: Vec<LoadResult>,
     pub open: Option<LoadResult>,
     pub accepted: u64,
     pub delivered: u64,
@@ -263,6 +269,26 @@ pub async fn ingest(ctx: &Ctx, o: &IngestOpts) -> Result<IngestResult> {
         r.print();
         out.closed.push(r);
     }
+    let delivery = herald.delivery_pids();
+    if !delivery.is_empty() {
+        for &c in &o.connections {
+            let spec = Spec {
+                label: "ingest closed loop, api alone (delivery processes stopped)".into(),
+                connections: c,
+                duration: o.duration,
+                max_requests: o.max_requests,
+                rate: None,
+            };
+            let stopped = Stopped::new(&delivery)?;
+            let r = load::run_measured(&spec, &op, ctx.epoch, &herald.procs).await;
+            drop(stopped);
+            let mut r = r?;
+            out.accepted += r.ok;
+            drain(&mut r, &receiver, out.accepted, o.drain_timeout).await;
+            r.print();
+            out.api_alone.push(r);
+        }
+    }
     if o.rate > 0.0 {
         let spec = Spec {
             label: "ingest open loop".into(),
@@ -279,6 +305,40 @@ pub async fn ingest(ctx: &Ctx, o: &IngestOpts) -> Result<IngestResult> {
     }
     out.delivered = receiver.delivered();
     Ok(out)
+}
+
+/// Processes stopped with SIGSTOP until this is dropped (SIGCONT), also when the phase fails.
+/// A stop of a few seconds stays well inside the delivery processes' heartbeat bound, so no
+/// process takes the other for dead.
+struct Stopped(Vec<u32>);
+
+impl Stopped {
+    fn new(pids: &[u32]) -> Result<Self> {
+        let mut stopped = Self(Vec::with_capacity(pids.len()));
+        for &pid in pids {
+            signal(pid, libc::SIGSTOP).with_context(|| format!("SIGSTOP {pid}"))?;
+            stopped.0.push(pid);
+        }
+        Ok(stopped)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            let _ = signal(pid, libc::SIGCONT);
+        }
+    }
+}
+
+fn signal(pid: u32, sig: libc::c_int) -> std::io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(std::io::Error::other)?;
+    // SAFETY: kill(2) has no memory-safety preconditions; the pid is a child the harness started.
+    if unsafe { libc::kill(pid, sig) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
