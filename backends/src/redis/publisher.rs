@@ -37,8 +37,10 @@ pub const MAX_BATCH: usize = 64;
 /// A batch stops growing once its payloads reach this many bytes (one large event still goes
 /// alone).
 pub const MAX_BATCH_BYTES: usize = 1 << 20;
-/// How many batches may wait for Redis at once.
-pub const MAX_IN_FLIGHT: usize = 2;
+/// How many batches may wait for Redis at once. With one, the api idles while Redis runs a
+/// batch; measured on the api alone at 32 connections, 4 ingested ~10 % more than 1 and a few
+/// % more than 2 or 16.
+pub const MAX_IN_FLIGHT: usize = 4;
 /// Events waiting for a batch; callers beyond it wait to hand theirs over.
 const QUEUE: usize = 4096;
 
