@@ -255,38 +255,39 @@ pub async fn ingest(ctx: &Ctx, o: &IngestOpts) -> Result<IngestResult> {
         herald.base.url()
     );
     let mut out = IngestResult::default();
-    for &c in &o.connections {
-        let spec = Spec {
-            label: "ingest closed loop".into(),
-            connections: c,
-            duration: o.duration,
-            max_requests: o.max_requests,
-            rate: None,
-        };
-        let mut r = load::run_measured(&spec, &op, ctx.epoch, &herald.procs).await?;
-        out.accepted += r.ok;
-        drain(&mut r, &receiver, out.accepted, o.drain_timeout).await;
-        r.print();
-        out.closed.push(r);
-    }
     let delivery = herald.delivery_pids();
-    if !delivery.is_empty() {
+    // redis-mongo: a second pass with the api alone (see `IngestResult::api_alone`).
+    let passes: &[bool] = if delivery.is_empty() {
+        &[false]
+    } else {
+        &[false, true]
+    };
+    for &alone in passes {
         for &c in &o.connections {
             let spec = Spec {
-                label: "ingest closed loop, api alone (delivery processes stopped)".into(),
+                label: if alone {
+                    "ingest closed loop, api alone (delivery processes stopped)"
+                } else {
+                    "ingest closed loop"
+                }
+                .into(),
                 connections: c,
                 duration: o.duration,
                 max_requests: o.max_requests,
                 rate: None,
             };
-            let stopped = Stopped::new(&delivery)?;
+            let stopped = alone.then(|| Stopped::new(&delivery)).transpose()?;
             let r = load::run_measured(&spec, &op, ctx.epoch, &herald.procs).await;
             drop(stopped);
             let mut r = r?;
             out.accepted += r.ok;
             drain(&mut r, &receiver, out.accepted, o.drain_timeout).await;
             r.print();
-            out.api_alone.push(r);
+            if alone {
+                out.api_alone.push(r);
+            } else {
+                out.closed.push(r);
+            }
         }
     }
     if o.rate > 0.0 {
