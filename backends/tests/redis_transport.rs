@@ -69,7 +69,7 @@ async fn stale_settlements_after_a_lease_ran_out_change_nothing() {
     let url = redis_or_skip!();
     let (p, _) = parts(&url).await;
     let t = &p.transport;
-    t.publish(&publish("msg_f", &["sub_a"], b"{}"))
+    t.publish(publish("msg_f", &["sub_a"], b"{}"))
         .await
         .unwrap();
     let old = lease(t, &claim_request("w1", 1, Duration::from_millis(150)))
@@ -133,12 +133,12 @@ async fn reaping_frees_only_silent_workers_and_marks_redelivery() {
     let url = redis_or_skip!();
     let (p, _) = parts(&url).await;
     let t = &p.transport;
-    t.publish(&publish("msg_dead", &["sub_a", "sub_b"], b"{}"))
+    t.publish(publish("msg_dead", &["sub_a", "sub_b"], b"{}"))
         .await
         .unwrap();
     let dead = lease(t, &claim_request("w_dead", 10, LEASE)).await.jobs;
     assert_eq!(dead.len(), 2);
-    t.publish(&publish("msg_live", &["sub_c"], b"{}"))
+    t.publish(publish("msg_live", &["sub_c"], b"{}"))
         .await
         .unwrap();
     let live = lease(t, &claim_request("w_live", 10, LEASE)).await.jobs;
@@ -179,7 +179,7 @@ async fn the_redelivered_mark_survives_a_deferral_and_ends_with_a_retry() {
     let url = redis_or_skip!();
     let (p, _) = parts(&url).await;
     let t = &p.transport;
-    t.publish(&publish("msg_m", &["sub_a"], b"{}"))
+    t.publish(publish("msg_m", &["sub_a"], b"{}"))
         .await
         .unwrap();
     lease(t, &claim_request("w_gone", 1, LEASE)).await;
@@ -217,7 +217,7 @@ async fn heartbeats_renew_and_unrenewed_leases_end() {
     let url = redis_or_skip!();
     let (p, _) = parts(&url).await;
     let t = &p.transport;
-    t.publish(&publish("msg_hb", &["sub_a", "sub_b"], b"{}"))
+    t.publish(publish("msg_hb", &["sub_a", "sub_b"], b"{}"))
         .await
         .unwrap();
     let short = Duration::from_millis(300);
@@ -248,16 +248,16 @@ async fn claims_honour_caps_and_serve_subscriptions_in_turn() {
     let (p, _) = parts(&url).await;
     let t = &p.transport;
     for i in 0..10 {
-        t.publish(&publish(&format!("msg_a{i:02}"), &["sub_a"], b"{}"))
+        t.publish(publish(&format!("msg_a{i:02}"), &["sub_a"], b"{}"))
             .await
             .unwrap();
     }
     for i in 0..3 {
-        t.publish(&publish(&format!("msg_b{i}"), &["sub_b"], b"{}"))
+        t.publish(publish(&format!("msg_b{i}"), &["sub_b"], b"{}"))
             .await
             .unwrap();
     }
-    t.publish(&publish("msg_c", &["sub_c"], b"{}"))
+    t.publish(publish("msg_c", &["sub_c"], b"{}"))
         .await
         .unwrap();
     let mut req = claim_request("w", 100, LEASE);
@@ -292,12 +292,12 @@ async fn claims_honour_caps_and_serve_subscriptions_in_turn() {
     let (p, _) = parts(&url).await;
     let t = &p.transport;
     for i in 0..50 {
-        t.publish(&publish(&format!("msg_big{i}"), &["sub_a_big"], b"{}"))
+        t.publish(publish(&format!("msg_big{i}"), &["sub_a_big"], b"{}"))
             .await
             .unwrap();
     }
     for s in ["sub_b_small", "sub_c_small"] {
-        t.publish(&publish(&format!("msg_{s}"), &[s], b"{}"))
+        t.publish(publish(&format!("msg_{s}"), &[s], b"{}"))
             .await
             .unwrap();
     }
@@ -322,7 +322,7 @@ async fn the_byte_budget_counts_distinct_payloads_and_jobs_share_one_buffer() {
     let t = &p.transport;
     let kib = vec![b'y'; 1000];
     for i in 0..3 {
-        t.publish(&publish(&format!("msg_k{i}"), &[&format!("sub_{i}")], &kib))
+        t.publish(publish(&format!("msg_k{i}"), &[&format!("sub_{i}")], &kib))
             .await
             .unwrap();
     }
@@ -341,7 +341,7 @@ async fn the_byte_budget_counts_distinct_payloads_and_jobs_share_one_buffer() {
     let subs: Vec<String> = (0..20).map(|i| format!("sub_f{i:02}")).collect();
     let refs: Vec<&str> = subs.iter().map(String::as_str).collect();
     let payload = vec![b'x'; 64 * 1024];
-    t.publish(&publish("msg_fan", &refs, &payload))
+    t.publish(publish("msg_fan", &refs, &payload))
         .await
         .unwrap();
     req.byte_budget = 64 * 1024;
@@ -378,7 +378,7 @@ async fn payloads_and_types_are_kept_exactly() {
     let payload: Vec<u8> = (0..=255u8).chain(*b"{\"a\": \"\xc3\xa9\"}").collect();
     let mut pb = publish("msg_bin", &["sub_a"], &payload);
     pb.event.event_type = None;
-    t.publish(&pb).await.unwrap();
+    t.publish(pb.clone()).await.unwrap();
     let got = lease(t, &claim_request("w", 1, LEASE)).await;
     assert_eq!(&got.jobs[0].payload[..], &payload[..]);
     assert_eq!(got.jobs[0].event_type, None);
@@ -397,11 +397,11 @@ async fn idempotency_keys_answer_like_the_first_publish() {
     let key = IdempotencyKey::new("sub_a", "k:1", None, b"{}");
     let mut pb = publish("msg_i1", &["sub_a", "sub_b"], b"{}");
     pb.idempotency = Some(key.clone());
-    assert_eq!(t.publish(&pb).await.unwrap(), PublishOutcome::Accepted);
+    assert_eq!(t.publish(pb).await.unwrap(), PublishOutcome::Accepted);
     let mut again = publish("msg_i2", &["sub_a"], b"{}");
     again.idempotency = Some(key.clone());
     assert_eq!(
-        t.publish(&again).await.unwrap(),
+        t.publish(again).await.unwrap(),
         PublishOutcome::Duplicate {
             webhook_id: "msg_i1".into(),
             matched: 2
@@ -411,7 +411,7 @@ async fn idempotency_keys_answer_like_the_first_publish() {
     let mut other = publish("msg_i3", &["sub_a"], b"{\"a\":1}");
     other.idempotency = Some(IdempotencyKey::new("sub_a", "k:1", None, b"{\"a\":1}"));
     assert_eq!(
-        t.publish(&other).await.unwrap(),
+        t.publish(other).await.unwrap(),
         PublishOutcome::KeyReused {
             webhook_id: "msg_i1".into()
         }
@@ -420,12 +420,15 @@ async fn idempotency_keys_answer_like_the_first_publish() {
     // Another scope is another key; no subscriptions stores the key alone.
     let mut none = publish("msg_i4", &[], b"{}");
     none.idempotency = Some(IdempotencyKey::new("events", "k:1", None, b"{}"));
-    assert_eq!(t.publish(&none).await.unwrap(), PublishOutcome::Accepted);
+    assert_eq!(
+        t.publish(none.clone()).await.unwrap(),
+        PublishOutcome::Accepted
+    );
     assert!(t.live("msg_i4").await.unwrap().is_none());
     let mut none2 = publish("msg_i5", &[], b"{}");
     none2.idempotency = none.idempotency.clone();
     assert_eq!(
-        t.publish(&none2).await.unwrap(),
+        t.publish(none2).await.unwrap(),
         PublishOutcome::Duplicate {
             webhook_id: "msg_i4".into(),
             matched: 0
@@ -444,10 +447,7 @@ async fn idempotency_keys_answer_like_the_first_publish() {
     // A webhook id that is taken is refused without recording its key.
     let mut dup = publish("msg_i1", &["sub_c"], b"{}");
     dup.idempotency = Some(IdempotencyKey::new("sub_c", "k-2", None, b"{}"));
-    assert!(matches!(
-        t.publish(&dup).await,
-        Err(StoreError::Conflict(_))
-    ));
+    assert!(matches!(t.publish(dup).await, Err(StoreError::Conflict(_))));
     let exists: i64 = redis::cmd("EXISTS")
         .arg(format!("{prefix}:idem:sub_c:k-2"))
         .query_async(&mut conn)
@@ -486,7 +486,7 @@ async fn concurrent_publishes_are_batched_and_each_answered_on_its_own() {
     }
     // A webhook id used twice: one of the two is refused.
     calls.push(publish("msg_c001", &["sub_a"], b"{}"));
-    let outcomes = futures::future::join_all(calls.iter().map(|pb| t.publish(pb))).await;
+    let outcomes = futures::future::join_all(calls.iter().map(|pb| t.publish(pb.clone()))).await;
     let mut accepted = Vec::new();
     let mut keyed_first = None;
     let mut conflicts = 0;
@@ -551,7 +551,7 @@ async fn requeue_replays_settled_deliveries_once() {
     let (p, _) = parts(&url).await;
     let t = &p.transport;
     let pb = publish("msg_r", &["sub_a", "sub_b"], b"{\"r\":1}");
-    t.publish(&pb).await.unwrap();
+    t.publish(pb.clone()).await.unwrap();
     let jobs = lease(t, &claim_request("w", 10, LEASE)).await.jobs;
     let mut failed: Vec<_> = jobs
         .iter()
@@ -605,7 +605,7 @@ async fn expedite_makes_waiting_deliveries_due_and_stats_count_them() {
     let (p, _) = parts(&url).await;
     let t = &p.transport;
     for i in 0..3 {
-        t.publish(&publish(&format!("msg_e{i}"), &["sub_a", "sub_b"], b"{}"))
+        t.publish(publish(&format!("msg_e{i}"), &["sub_a", "sub_b"], b"{}"))
             .await
             .unwrap();
     }
@@ -669,10 +669,10 @@ async fn a_queue_entry_without_its_event_is_dropped() {
     let url = redis_or_skip!();
     let (p, prefix) = parts(&url).await;
     let t = &p.transport;
-    t.publish(&publish("msg_lost", &["sub_a"], b"{}"))
+    t.publish(publish("msg_lost", &["sub_a"], b"{}"))
         .await
         .unwrap();
-    t.publish(&publish("msg_kept", &["sub_a"], b"{}"))
+    t.publish(publish("msg_kept", &["sub_a"], b"{}"))
         .await
         .unwrap();
     let mut conn = raw(&url).await;
@@ -727,7 +727,7 @@ async fn wait_for_work_wakes_on_a_publish_from_another_process() {
     let sent = Instant::now();
     publisher
         .transport
-        .publish(&publish("msg_wake", &["sub_a"], b"{}"))
+        .publish(publish("msg_wake", &["sub_a"], b"{}"))
         .await
         .unwrap();
     let waited = wait.await.unwrap();
@@ -758,19 +758,19 @@ async fn a_publish_wakes_workers_only_when_its_subscription_becomes_due_sooner()
         n
     };
     // The first event of a subscription wakes; more for the same, already due, do not.
-    t.publish(&publish("msg_w1", &["sub_a"], b"{}"))
+    t.publish(publish("msg_w1", &["sub_a"], b"{}"))
         .await
         .unwrap();
-    t.publish(&publish("msg_w2", &["sub_a"], b"{}"))
+    t.publish(publish("msg_w2", &["sub_a"], b"{}"))
         .await
         .unwrap();
-    t.publish(&publish("msg_w3", &["sub_a"], b"{}"))
+    t.publish(publish("msg_w3", &["sub_a"], b"{}"))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(count(&mut messages), 1);
     // Another subscription's first event does.
-    t.publish(&publish("msg_w4", &["sub_b"], b"{}"))
+    t.publish(publish("msg_w4", &["sub_b"], b"{}"))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -778,7 +778,7 @@ async fn a_publish_wakes_workers_only_when_its_subscription_becomes_due_sooner()
     // Once a claim emptied the queue, the next event wakes again.
     let leased = lease(&t, &claim_request("wrk_w", 10, LEASE)).await;
     assert_eq!(leased.jobs.len(), 4);
-    t.publish(&publish("msg_w5", &["sub_a"], b"{}"))
+    t.publish(publish("msg_w5", &["sub_a"], b"{}"))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1063,7 +1063,7 @@ async fn outage_then_recovery(t: &Arc<dyn Transport>, redis: &mut OwnRedis, stop
     for _ in 0..3 {
         let started = Instant::now();
         let err = t
-            .publish(&publish("msg_during", &["sub_a"], b"{}"))
+            .publish(publish("msg_during", &["sub_a"], b"{}"))
             .await
             .unwrap_err();
         assert!(started.elapsed() < bound, "{:?}", started.elapsed());
@@ -1126,7 +1126,7 @@ async fn publish_many(t: &Arc<dyn Transport>, n: usize) -> Vec<String> {
         let subs = [format!("sub_{}", i % 3)];
         let subs: Vec<&str> = subs.iter().map(String::as_str).collect();
         assert_eq!(
-            t.publish(&publish(&id, &subs, b"{}")).await.unwrap(),
+            t.publish(publish(&id, &subs, b"{}")).await.unwrap(),
             PublishOutcome::Accepted
         );
         ids.push(id);
@@ -1222,7 +1222,7 @@ async fn a_redis_that_stops_answering_fails_calls_in_time() {
     for _ in 0..2 {
         let started = Instant::now();
         let err = t
-            .publish(&publish("msg_stopped", &["sub_a"], b"{}"))
+            .publish(publish("msg_stopped", &["sub_a"], b"{}"))
             .await
             .unwrap_err();
         assert!(started.elapsed() < bound, "{:?}", started.elapsed());

@@ -103,7 +103,7 @@ struct FlakyTransport {
 
 #[async_trait]
 impl Transport for FlakyTransport {
-    async fn publish(&self, publish: &Publish) -> Result<PublishOutcome> {
+    async fn publish(&self, publish: Publish) -> Result<PublishOutcome> {
         self.inner.publish(publish).await
     }
     async fn lease(&self, req: &ClaimRequest) -> Result<Leased> {

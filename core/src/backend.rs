@@ -215,7 +215,7 @@ pub trait Transport: Send + Sync {
     /// queues one delivery per subscription, due now. Returns once the store has the write (how
     /// durable that is depends on the store's fsync policy). The key and the event are written
     /// together so that a key can never stand for an event that was not stored.
-    async fn publish(&self, publish: &Publish) -> Result<PublishOutcome>;
+    async fn publish(&self, publish: Publish) -> Result<PublishOutcome>;
 
     /// Leases due deliveries as [`Queue::claim`] describes.
     async fn lease(&self, req: &ClaimRequest) -> Result<Leased>;

@@ -247,7 +247,7 @@ fn is_end(d: &Disposition) -> Option<DeliveryState> {
 #[async_trait]
 impl Queue for SplitQueue {
     async fn publish(&self, publish: Publish) -> Result<PublishOutcome> {
-        self.transport.publish(&publish).await
+        self.transport.publish(publish).await
     }
 
     async fn claim(&self, req: &ClaimRequest) -> Result<Claimed> {

@@ -76,9 +76,10 @@ fn subscription_ids(json: &str) -> Result<Vec<String>> {
 
 #[async_trait]
 impl Transport for RedisTransport {
-    async fn publish(&self, p: &Publish) -> Result<PublishOutcome> {
-        let out = self.publisher.publish(p.clone()).await?;
-        if out == PublishOutcome::Accepted && !p.subscription_ids.is_empty() {
+    async fn publish(&self, p: Publish) -> Result<PublishOutcome> {
+        let queues = !p.subscription_ids.is_empty();
+        let out = self.publisher.publish(p).await?;
+        if out == PublishOutcome::Accepted && queues {
             wake_up(&self.shared.wake);
         }
         Ok(out)
