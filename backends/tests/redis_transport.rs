@@ -546,6 +546,55 @@ async fn concurrent_publishes_are_batched_and_each_answered_on_its_own() {
 }
 
 #[tokio::test]
+async fn a_batch_to_a_subscription_waiting_for_a_retry_is_due_at_once_and_wakes_once() {
+    let url = redis_or_skip!();
+    let _serial = PUBSUB.lock().await;
+    let (parts, prefix) = parts(&url).await;
+    let t = parts.transport;
+    // sub_a's only delivery waits for a retry an hour away: its score in the due set is then.
+    t.publish(publish("msg_later", &["sub_a"], b"{}"))
+        .await
+        .unwrap();
+    let job = lease(&t, &claim_request("wrk_b", 10, LEASE)).await.jobs;
+    assert_eq!(job.len(), 1);
+    let later = Disposition::RetryAt(Utc::now() + chrono::Duration::hours(1));
+    t.settle(&[settle(&job[0], later)]).await.unwrap();
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut sub = client.get_async_pubsub().await.unwrap();
+    sub.subscribe(format!("{prefix}:wake")).await.unwrap();
+    let mut messages = sub.into_on_message();
+
+    // Published together, so that they share script runs: the first lowers the score, the
+    // others find it lowered.
+    let ids: Vec<String> = (0..50).map(|i| format!("msg_now{i:02}")).collect();
+    let outcomes = futures::future::join_all(
+        ids.iter()
+            .map(|id| t.publish(publish(id, &["sub_a"], b"{}"))),
+    )
+    .await;
+    assert!(outcomes
+        .iter()
+        .all(|o| matches!(o, Ok(PublishOutcome::Accepted))));
+    let mut leased = lease_all(&t).await;
+    leased.sort();
+    assert_eq!(
+        leased, ids,
+        "every new delivery is due now, the retry is not"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut wakes = 0;
+    while let Some(Some(_)) =
+        futures::FutureExt::now_or_never(futures::StreamExt::next(&mut messages))
+    {
+        wakes += 1;
+    }
+    assert_eq!(
+        wakes, 1,
+        "one wake: only the first run made sub_a due sooner"
+    );
+}
+
+#[tokio::test]
 async fn requeue_replays_settled_deliveries_once() {
     let url = redis_or_skip!();
     let (p, _) = parts(&url).await;

@@ -12,7 +12,7 @@
 //! | key | type | holds |
 //! |-----|------|-------|
 //! | `{p}:e:{wid}` | hash | an event while any of its deliveries is open: `payload` (the exact bytes), `type` (absent for none), `at` (received, ms), `subs` (JSON array of the subscription ids), `open` (open deliveries; the hash goes with the last), `archived` (`1` once the archive holds the event) |
-//! | `{p}:d:{wid}:{sid}` | hash | one open delivery: `state` (`queued` or `delivering`), `attempts`, `due` (ms), `last_error`, `final_attempt` (set by a replay), `token` (of the current lease), `worker` (holder), `redelivered` (`1` after its lease ran out or its worker was reaped) |
+//! | `{p}:d:{wid}:{sid}` | hash | one open delivery: `state` (`queued` or `delivering`), `attempts` (absent until the first lease: 0), `due` (ms), `last_error`, `final_attempt` (set by a replay), `token` (of the current lease), `worker` (holder), `redelivered` (`1` after its lease ran out or its worker was reaped) |
 //! | `{p}:q:{sid}` | sorted set | the queued deliveries of one subscription: webhook ids scored by due time (ms) |
 //! | `{p}:due` | sorted set | subscriptions with queued deliveries, scored by the earliest due time in their queue |
 //! | `{p}:leases` | sorted set | leased deliveries (`{wid}\|{sid}`) scored by the end of their lease |

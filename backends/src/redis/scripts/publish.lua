@@ -10,8 +10,13 @@
 -- Returns one reply per event: {'accepted'} | {'duplicate', first webhook id, matched}
 --       | {'reused', first webhook id} | {'exists'} (the webhook id is taken; nothing written).
 local expiry = ARGV[2]
-local now = now_ms()
+-- Formatted once: a number argument is formatted by Redis at every call that gets it.
+local now = string.format('%d', now_ms())
 local sooner = false
+-- Every delivery of the batch is due at the same `now`: once a subscription's score in DUE is
+-- at most `now`, a delivery added to its queue cannot lower it, so DUE is touched once per
+-- subscription and batch.
+local in_due = {}
 
 local function publish_one(wid, has_type, etype, at, payload, idem, fp, first_sub, last_sub)
   local n = last_sub - first_sub + 1
@@ -44,9 +49,15 @@ local function publish_one(wid, has_type, etype, at, payload, idem, fp, first_su
     if not seen_sub[sid] then
       seen_sub[sid] = true
       subs[#subs + 1] = sid
-      redis.call('HSET', dkey(wid, sid), 'state', 'queued', 'attempts', '0', 'due', now, 'token', '0')
-      if enqueue(wid, sid, now) then
-        sooner = true
+      -- attempts and token are absent until the first lease (readers take them as 0).
+      redis.call('HSET', dkey(wid, sid), 'state', 'queued', 'due', now)
+      if in_due[sid] then
+        redis.call('ZADD', qkey(sid), now, wid)
+      else
+        in_due[sid] = true
+        if enqueue(wid, sid, now) then
+          sooner = true
+        end
       end
       open = open + 1
     end
