@@ -1,8 +1,8 @@
 //! `herald-delivery`: delivery workers and the retention sweep without the api, for deployments
 //! that scale delivery apart from ingest; `cleanup` runs one retention sweep (the CronJob).
 
-// The ingest and delivery paths allocate per request; mimalloc spends about a third of the
-// time glibc malloc does on them (measured with herald-bench on the api alone).
+// The ingest and delivery paths allocate per request: under herald-bench's ingest, the api's
+// time in the allocator fell from ~20 % of its CPU with glibc malloc to ~9 % with mimalloc.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
