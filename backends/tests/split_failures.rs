@@ -4,7 +4,7 @@
 //! checks what is left behind and that the next claim recovers it without losing the delivery,
 //! logging an attempt twice or sending a delivery that had already ended.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,11 +43,19 @@ struct FlakyArchive {
     inner: Arc<dyn Archive>,
     store_events: Switch,
     record_settled: Switch,
+    /// Calls of `store_events` begun, and the events they carried.
+    stores: AtomicUsize,
+    stored_events: AtomicUsize,
+    /// Held (written) by a test to keep `store_events` calls waiting.
+    store_gate: tokio::sync::RwLock<()>,
 }
 
 #[async_trait]
 impl Archive for FlakyArchive {
     async fn store_events(&self, events: &[ArchivedEvent]) -> Result<()> {
+        self.stores.fetch_add(1, Ordering::SeqCst);
+        self.stored_events.fetch_add(events.len(), Ordering::SeqCst);
+        let _open = self.store_gate.read().await;
         self.store_events.check("store_events")?;
         self.inner.store_events(events).await
     }
@@ -169,6 +177,9 @@ async fn rig() -> Option<Rig> {
         inner: mongo.archive,
         store_events: Switch::default(),
         record_settled: Switch::default(),
+        stores: AtomicUsize::new(0),
+        stored_events: AtomicUsize::new(0),
+        store_gate: tokio::sync::RwLock::new(()),
     });
     let log = Arc::new(FlakyLog {
         inner: mongo.attempts,
@@ -304,6 +315,56 @@ async fn an_event_stored_in_the_background_is_not_stored_again_at_settle() {
         .await
         .unwrap();
     assert_eq!(r.log.by_webhook("msg_bg").await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn events_leased_while_an_archive_write_runs_are_stored_together_by_the_next() {
+    let Some(r) = rig().await else { return };
+    let held = r.archive.store_gate.write().await;
+    let mut jobs = Vec::new();
+    for (i, wid) in ["msg_gc1", "msg_gc2", "msg_gc3"].into_iter().enumerate() {
+        r.queue
+            .publish(testkit::publish(wid, &["sub_a"], b"{}"))
+            .await
+            .unwrap();
+        jobs.extend(claim(&r.queue, "wrk_1").await.unwrap());
+        if i == 0 {
+            // The first claim's write has begun (and waits at the gate).
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while r.archive.stores.load(Ordering::SeqCst) == 0 {
+                assert!(std::time::Instant::now() < deadline, "no background write");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+    assert_eq!(jobs.len(), 3);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        r.archive.stores.load(Ordering::SeqCst),
+        1,
+        "the later claims wait for the running write"
+    );
+    drop(held);
+    // Their settle waits for the writes: both events of the second write are stored by then.
+    let done: Vec<Settlement> = jobs
+        .iter()
+        .map(|j| settlement(j, Outcome::Success, Disposition::Delivered))
+        .collect();
+    assert_eq!(r.queue.settle(done).await.unwrap(), 0);
+    for wid in ["msg_gc1", "msg_gc2", "msg_gc3"] {
+        assert!(r.archive.event(wid).await.unwrap().is_some(), "{wid}");
+        assert_eq!(r.log.by_webhook(wid).await.unwrap().len(), 1, "{wid}");
+    }
+    assert_eq!(
+        r.archive.stores.load(Ordering::SeqCst),
+        2,
+        "one write per generation"
+    );
+    assert_eq!(
+        r.archive.stored_events.load(Ordering::SeqCst),
+        3,
+        "none stored twice"
+    );
 }
 
 #[tokio::test]

@@ -8,7 +8,9 @@
 //!   is on the ingest path.
 //! - **Claim**: lease in the transport, and return the jobs at once. The events the archive
 //!   lacks are stored in the background (then noted as archived in the transport): a claim is
-//!   one transport round trip, so a worker is never held up by the archive's latency.
+//!   one transport round trip, so a worker is never held up by the archive's latency. One
+//!   background write runs at a time; the events of the claims made meanwhile go together in
+//!   the next.
 //! - **Settle**: check the leases → wait until the archive holds the events of these attempts
 //!   (storing them again if the background write failed) → log the attempts → record the
 //!   deliveries that ended → acknowledge or reschedule in the transport (fenced by the receipt
@@ -62,6 +64,85 @@ pub struct SplitQueue {
     /// the event (to store it again if that write fails) and the write's outcome (`Some(true)`
     /// once stored). An entry goes when its write succeeds, or when a settle stored it again.
     archiving: Arc<Mutex<HashMap<String, Archiving>>>,
+    /// The events waiting for the next background write, and whether a writer runs.
+    writes: Arc<Mutex<Writes>>,
+}
+
+#[derive(Default)]
+struct Writes {
+    next: Option<Generation>,
+    writing: bool,
+}
+
+/// Events stored by one background write, and the outcome their settles wait for.
+struct Generation {
+    events: Vec<ArchivedEvent>,
+    stored: tokio::sync::watch::Sender<Option<bool>>,
+}
+
+impl Generation {
+    fn new() -> Self {
+        Self {
+            events: Vec::new(),
+            stored: tokio::sync::watch::Sender::new(None),
+        }
+    }
+}
+
+/// The background writer: stores one generation after the other until none waits. Its
+/// `writing` flag is cleared under the same lock that hands it the next generation, so an
+/// event added meanwhile is either taken by this writer or starts a new one.
+async fn write_generations(
+    archive: Arc<dyn Archive>,
+    transport: Arc<dyn Transport>,
+    archiving: Arc<Mutex<HashMap<String, Archiving>>>,
+    writes: Arc<Mutex<Writes>>,
+) {
+    /// Should a write panic, the next claim starts a new writer for what waits.
+    struct Unwinding(Arc<Mutex<Writes>>);
+    impl Drop for Unwinding {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                self.0.lock().unwrap_or_else(|e| e.into_inner()).writing = false;
+            }
+        }
+    }
+    let _unwinding = Unwinding(writes.clone());
+    loop {
+        let Some(generation) = ({
+            let mut w = writes.lock().unwrap();
+            let next = w.next.take();
+            if next.is_none() {
+                w.writing = false;
+            }
+            next
+        }) else {
+            return;
+        };
+        let ids: Vec<String> = generation
+            .events
+            .iter()
+            .map(|e| e.event.webhook_id.clone())
+            .collect();
+        let stored = match archive.store_events(&generation.events).await {
+            Ok(()) => {
+                // Not fatal: the next lease lists them again and storing is idempotent.
+                if let Err(e) = transport.archived(&ids).await {
+                    tracing::warn!(error = %e.chain(), "noting archived events failed");
+                }
+                let mut map = archiving.lock().unwrap();
+                for id in &ids {
+                    map.remove(id);
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.chain(), events = ids.len(), "archiving leased events failed; their settles store them again");
+                false
+            }
+        };
+        generation.stored.send_replace(Some(stored));
+    }
 }
 
 #[derive(Clone)]
@@ -81,51 +162,46 @@ impl SplitQueue {
             archive,
             attempts,
             archiving: Arc::default(),
+            writes: Arc::default(),
         }
     }
 
     /// Stores `events` in the archive in the background, then notes them as archived in the
     /// transport. Settles of their attempts wait for it (see [`Self::ensure_archived`]).
+    ///
+    /// Group commit: the events of every claim made while a write runs wait for the next
+    /// write, which takes them all. A claim is bounded by the subscriptions' free concurrency
+    /// (a few dozen jobs), so one write per claim would make many small archive writes whose
+    /// fixed cost bounds the delivery rate; one write at a time makes as few as the archive's
+    /// latency allows.
     fn archive_in_background(&self, events: Vec<ArchivedEvent>) {
-        let (tx, rx) = tokio::sync::watch::channel(None);
-        let ids: Vec<String> = events.iter().map(|e| e.event.webhook_id.clone()).collect();
-        {
-            let mut map = self.archiving.lock().unwrap();
-            for e in &events {
-                map.insert(
-                    e.event.webhook_id.clone(),
-                    Archiving {
-                        event: e.clone(),
-                        stored: rx.clone(),
-                    },
-                );
+        let start = {
+            let mut w = self.writes.lock().unwrap();
+            let next = w.next.get_or_insert_with(Generation::new);
+            let stored = next.stored.subscribe();
+            {
+                let mut map = self.archiving.lock().unwrap();
+                for e in &events {
+                    map.insert(
+                        e.event.webhook_id.clone(),
+                        Archiving {
+                            event: e.clone(),
+                            stored: stored.clone(),
+                        },
+                    );
+                }
             }
+            next.events.extend(events);
+            !std::mem::replace(&mut w.writing, true)
+        };
+        if start {
+            tokio::spawn(write_generations(
+                self.archive.clone(),
+                self.transport.clone(),
+                self.archiving.clone(),
+                self.writes.clone(),
+            ));
         }
-        let (archive, transport, map) = (
-            self.archive.clone(),
-            self.transport.clone(),
-            self.archiving.clone(),
-        );
-        tokio::spawn(async move {
-            let stored = match archive.store_events(&events).await {
-                Ok(()) => {
-                    // Not fatal: the next lease lists them again and storing is idempotent.
-                    if let Err(e) = transport.archived(&ids).await {
-                        tracing::warn!(error = %e.chain(), "noting archived events failed");
-                    }
-                    let mut map = map.lock().unwrap();
-                    for id in &ids {
-                        map.remove(id);
-                    }
-                    true
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e.chain(), events = ids.len(), "archiving leased events failed; their settles store them again");
-                    false
-                }
-            };
-            let _ = tx.send(Some(stored));
-        });
     }
 
     /// Waits until the archive holds the events of `settlements` that this process is still
