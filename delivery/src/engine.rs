@@ -238,6 +238,9 @@ impl Engine {
                 continue;
             }
             let want = permits.available_permits();
+            // Read before the claim's snapshot of what is in flight: a slot given back after
+            // it is one this claim could not take.
+            let freed_at_claim = self.in_flight.slots_freed();
             let req = ClaimRequest {
                 max: want,
                 lease: self.config.lease,
@@ -294,15 +297,38 @@ impl Engine {
                     _ = self.in_flight.released(), if busy => {},
                     _ = shutdown.cancelled() => break,
                 }
-                let linger = self.backend.queue.claim_linger();
-                if !linger.is_zero() {
-                    tokio::select! {
-                        _ = tokio::time::sleep(linger) => {},
-                        _ = shutdown.cancelled() => break,
-                    }
+                if !self.linger(busy, freed_at_claim, &shutdown).await {
+                    break;
                 }
             }
         }
+    }
+
+    /// Lets work gather before the next claim, for the backend's claim linger at most (see
+    /// [`herald_core::backend::Queue::claim_linger`]). It ends early once a claim is worth
+    /// making at once: a whole subscription's concurrency has been given back since the last
+    /// claim, or every job that was in flight when the wait began has finished. Otherwise a
+    /// busy subscription's jobs, which tend to finish together, would leave its slots idle
+    /// for the whole linger at every round, and the linger alone would bound its delivery
+    /// rate. Returns false on shutdown.
+    async fn linger(&self, busy: bool, freed_at_claim: u64, shutdown: &CancellationToken) -> bool {
+        let linger = self.backend.queue.claim_linger();
+        if linger.is_zero() {
+            return true;
+        }
+        let until = tokio::time::Instant::now() + linger;
+        let enough = || {
+            self.in_flight.slots_freed() - freed_at_claim >= self.config.per_subscription as u64
+                || (busy && self.in_flight.is_empty())
+        };
+        while !enough() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return true,
+                _ = self.in_flight.released(), if busy => {},
+                _ = shutdown.cancelled() => return false,
+            }
+        }
+        true
     }
 
     async fn run_job(self: Arc<Self>, running: Running) {

@@ -3,6 +3,7 @@
 //! leak a slot and wedge its subscription, nor leak budget and starve the worker.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -18,6 +19,9 @@ struct State {
 pub struct InFlight {
     state: Mutex<State>,
     released: Notify,
+    /// Slots given back since the start: the dispatcher compares two readings to know how
+    /// much a claim could take now.
+    freed: AtomicU64,
 }
 
 impl InFlight {
@@ -62,6 +66,11 @@ impl InFlight {
         }
     }
 
+    /// How many slots have been given back since the start.
+    pub fn slots_freed(&self) -> u64 {
+        self.freed.load(Ordering::Acquire)
+    }
+
     /// Resolves once a slot or a charge has been given back since the last call.
     pub async fn released(&self) {
         self.released.notified().await
@@ -85,6 +94,7 @@ impl Drop for Slot {
                 }
             }
         }
+        self.owner.freed.fetch_add(1, Ordering::AcqRel);
         self.owner.released.notify_one();
     }
 }
@@ -122,7 +132,9 @@ mod tests {
         drop((a1, b, c));
         assert_eq!(f.per_subscription(), HashMap::from([("sub_a".into(), 1)]));
         assert_eq!(f.bytes(), 1000, "still shared by another job");
+        assert_eq!(f.slots_freed(), 2, "charges are not slots");
         drop((a2, shared));
+        assert_eq!(f.slots_freed(), 3);
         assert!(f.is_empty());
         assert_eq!(f.bytes(), 0);
     }
