@@ -512,3 +512,96 @@ async fn a_failure_to_record_the_end_keeps_the_delivery_open_until_a_settle_succ
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].attempt, 2);
 }
+
+#[tokio::test]
+async fn an_end_told_by_its_terminal_attempt_writes_no_record_of_its_own() {
+    let Some(r) = rig().await else { return };
+    for wid in ["msg_told_ok", "msg_told_failed"] {
+        r.queue
+            .publish(testkit::publish(wid, &["sub_a"], b"{}"))
+            .await
+            .unwrap();
+    }
+    let jobs = claim(&r.queue, "wrk_1").await.unwrap();
+    assert_eq!(jobs.len(), 2);
+    let done: Vec<Settlement> = jobs
+        .iter()
+        .map(|j| {
+            if j.webhook_id == "msg_told_ok" {
+                settlement(j, Outcome::Success, Disposition::Delivered)
+            } else {
+                let mut s = settlement(j, Outcome::Failure, Disposition::Failed);
+                if let Some(a) = s.attempt.as_mut() {
+                    a.error = s.last_error.clone();
+                }
+                s
+            }
+        })
+        .collect();
+    assert_eq!(r.queue.settle(done).await.unwrap(), 0);
+    for (wid, state) in [
+        ("msg_told_ok", DeliveryState::Succeeded),
+        ("msg_told_failed", DeliveryState::Failed),
+    ] {
+        assert!(
+            r.archive.settled(wid).await.unwrap().is_empty(),
+            "{wid}: the attempt log alone tells the end"
+        );
+        let rec = r.queue.webhook(wid).await.unwrap().unwrap();
+        assert_eq!(rec.status(), state, "{wid}");
+        assert_eq!(rec.deliveries[0].attempts, 1, "{wid}");
+    }
+    let failed = r.queue.webhook("msg_told_failed").await.unwrap().unwrap();
+    assert_eq!(failed.deliveries[0].last_error.as_deref(), Some("HTTP 500"));
+    // The end read from the log is replayable like a recorded one.
+    assert_eq!(r.queue.replay("msg_told_failed").await.unwrap(), 1);
+    assert_eq!(r.queue.replay("msg_told_ok").await.unwrap(), 0);
+    let again = claim(&r.queue, "wrk_1").await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (again[0].webhook_id.as_str(), again[0].attempt),
+        ("msg_told_failed", 2)
+    );
+    assert_eq!(
+        r.queue
+            .settle(vec![settlement(
+                &again[0],
+                Outcome::Success,
+                Disposition::Delivered
+            )])
+            .await
+            .unwrap(),
+        0
+    );
+    let rec = r.queue.webhook("msg_told_failed").await.unwrap().unwrap();
+    assert_eq!(rec.status(), DeliveryState::Succeeded, "the later end wins");
+    assert_eq!(rec.deliveries[0].attempts, 2);
+}
+
+#[tokio::test]
+async fn a_replayed_delivery_whose_worker_died_is_sent_again_not_taken_for_its_old_end() {
+    let Some(r) = rig().await else { return };
+    r.queue
+        .publish(testkit::publish("msg_replayed", &["sub_a"], b"{}"))
+        .await
+        .unwrap();
+    let job = claim(&r.queue, "wrk_1").await.unwrap().remove(0);
+    let mut failed = settlement(&job, Outcome::Failure, Disposition::Failed);
+    if let Some(a) = failed.attempt.as_mut() {
+        a.error = failed.last_error.clone();
+    }
+    assert_eq!(r.queue.settle(vec![failed]).await.unwrap(), 0);
+    assert_eq!(r.queue.replay("msg_replayed").await.unwrap(), 1);
+    // The replay's attempt is leased by a worker that dies without settling it.
+    let replayed = claim(&r.queue, "wrk_dead").await.unwrap();
+    assert_eq!(replayed.len(), 1);
+    assert_eq!(replayed[0].attempt, 2);
+    reap_dead_worker(&r, "wrk_live").await;
+    let again = claim(&r.queue, "wrk_live").await.unwrap();
+    assert_eq!(
+        again.len(),
+        1,
+        "the end of attempt 1 does not end the replay's attempt 2"
+    );
+    assert_eq!(again[0].attempt, 2);
+}

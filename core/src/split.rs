@@ -13,8 +13,16 @@
 //!   the next.
 //! - **Settle**: check the leases → wait until the archive holds the events of these attempts
 //!   (storing them again if the background write failed) → log the attempts → record the
-//!   deliveries that ended → acknowledge or reschedule in the transport (fenced by the receipt
-//!   once more). So every logged attempt names a stored event.
+//!   deliveries that ended, where their attempt does not tell it → acknowledge or reschedule in
+//!   the transport (fenced by the receipt once more). So every logged attempt names a stored
+//!   event.
+//!
+//! ## Where an end is kept
+//! A delivery that ends with a terminal attempt (`Success`, or `Failure` with the same error)
+//! is ended by that attempt's log record alone: the usual end costs no archive write of its
+//! own. The archive records the other ends: ends without an attempt, and those of redelivered
+//! jobs, whose attempt number may be logged already with another outcome (the log keeps the
+//! first record). Reads merge the two: per subscription, the end with the most attempts.
 //!
 //! ## Failure points
 //! | crash or failure after…            | what is left                          | what happens then |
@@ -23,9 +31,9 @@
 //! | the lease                          | a leased delivery nobody works on     | the reaper (dead worker) or the lease's end queues it again |
 //! | storing events fails               | attempts made, their event not archived | the settle stores it again first and fails (to be retried) while the archive does not answer; nothing is logged before the event is stored |
 //! | the attempt, before its settle (crash) | an event perhaps unarchived, the lease held | redelivered after the reaper; the lease lists the event as unarchived again |
-//! | logging the attempts               | an attempt logged, the lease held     | redelivered later under the same number; the log keeps the first record |
-//! | recording the settled delivery     | archive says settled, transport leased| the redelivery is noticed at the next claim and acknowledged without sending |
-//! | acknowledging                      | the same as the previous row          | the same |
+//! | logging the attempts               | an attempt logged, the lease held     | redelivered later under the same number; the log keeps the first record. A terminal one is the delivery's end: the redelivery is acknowledged without sending |
+//! | recording the settled delivery (an end its attempt does not tell) | archive says settled, transport leased | the redelivery is noticed at the next claim and acknowledged without sending |
+//! | acknowledging                      | the same as the previous two rows     | the same |
 //! | the transport, at any write        | nothing new is lost: the transport's own persistence holds leased and queued deliveries | deliveries resume when it is back |
 //!
 //! A settlement whose lease was lost after the check and before the acknowledgement has logged
@@ -43,8 +51,8 @@ use crate::backend::{
     Archive, ArchivedEvent, AttemptLog, Leased, Queue, Result, SettledDelivery, Transport,
 };
 use crate::model::{
-    ClaimRequest, Claimed, DeliveryState, Disposition, Job, Publish, PublishOutcome, QueueStats,
-    Settlement, WebhookRecord,
+    Attempt, ClaimRequest, Claimed, DeliveryState, DeliveryStatus, Disposition, Job, Outcome,
+    Publish, PublishOutcome, QueueStats, Settlement, WebhookRecord,
 };
 
 /// How long deliveries leased by a claim that could not reach the archive wait before they are
@@ -66,6 +74,10 @@ pub struct SplitQueue {
     archiving: Arc<Mutex<HashMap<String, Archiving>>>,
     /// The events waiting for the next background write, and whether a writer runs.
     writes: Arc<Mutex<Writes>>,
+    /// Receipts of the jobs this process leased as redelivered, until they are settled or
+    /// handed back: the attempt log may hold an earlier record under their attempt number, so
+    /// their end is recorded in the archive even when their attempt is terminal.
+    redelivered: Mutex<HashSet<String>>,
 }
 
 #[derive(Default)]
@@ -163,6 +175,7 @@ impl SplitQueue {
             attempts,
             archiving: Arc::default(),
             writes: Arc::default(),
+            redelivered: Mutex::default(),
         }
     }
 
@@ -248,6 +261,12 @@ impl SplitQueue {
     /// Gives leased jobs back unattempted, due at `at`. Best effort: if the transport fails
     /// too, the leases run out or the reaper frees them.
     async fn hand_back(&self, jobs: &[Job], at: DateTime<Utc>) {
+        {
+            let mut redelivered = self.redelivered.lock().unwrap();
+            for j in jobs {
+                redelivered.remove(&j.receipt);
+            }
+        }
         let back: Vec<Settlement> = jobs
             .iter()
             .map(|j| Settlement {
@@ -265,26 +284,49 @@ impl SplitQueue {
         }
     }
 
-    /// Drops redelivered jobs that the archive shows settled (their holder died between
-    /// recording the end and acknowledging it), acknowledging them in the transport.
+    /// The ended deliveries of `webhook_id`: the archive's records and the terminal attempts of
+    /// the attempt log, the later end (more attempts) of each subscription winning.
+    async fn ended(&self, webhook_id: &str) -> Result<Vec<DeliveryStatus>> {
+        let recorded = self.archive.settled(webhook_id).await?;
+        let attempts = self.attempts.by_webhook(webhook_id).await?;
+        Ok(merge_ends(recorded, &attempts))
+    }
+
+    /// Drops redelivered jobs that have ended already (their holder died between logging the
+    /// end and acknowledging it), acknowledging them in the transport. Only an end that covers
+    /// the job's attempt counts: an older one was replayed since.
     async fn drop_settled(&self, jobs: &mut Vec<Job>, redelivered: &[usize]) -> Result<()> {
         let pairs: Vec<(String, String)> = redelivered
             .iter()
             .filter_map(|&i| jobs.get(i))
             .map(|j| (j.webhook_id.clone(), j.subscription_id.clone()))
             .collect();
-        let settled = self.archive.settled_among(&pairs).await?;
-        if settled.is_empty() {
-            return Ok(());
+        let mut records = self.archive.settled_among(&pairs).await?;
+        let mut ends: Vec<(String, DeliveryStatus)> = Vec::new();
+        let mut seen = HashSet::new();
+        for (wid, _) in &pairs {
+            if !seen.insert(wid.as_str()) {
+                continue;
+            }
+            let recorded = records
+                .extract_if(.., |r| r.webhook_id == *wid)
+                .map(|r| r.status)
+                .collect();
+            let attempts = self.attempts.by_webhook(wid).await?;
+            for end in merge_ends(recorded, &attempts) {
+                ends.push((wid.clone(), end));
+            }
         }
-        let ended: HashSet<(&str, &str)> = settled
-            .iter()
-            .map(|s| (s.webhook_id.as_str(), s.status.subscription_id.as_str()))
-            .collect();
+        let redelivered: HashSet<usize> = redelivered.iter().copied().collect();
         let mut acks = Vec::new();
-        for s in &settled {
-            let Some(job) = jobs.iter().find(|j| {
-                j.webhook_id == s.webhook_id && j.subscription_id == s.status.subscription_id
+        for (i, job) in jobs.iter().enumerate() {
+            if !redelivered.contains(&i) {
+                continue;
+            }
+            let Some((_, end)) = ends.iter().find(|(w, e)| {
+                *w == job.webhook_id
+                    && e.subscription_id == job.subscription_id
+                    && e.attempts >= job.attempt
             }) else {
                 continue;
             };
@@ -293,23 +335,71 @@ impl SplitQueue {
                 webhook_id: job.webhook_id.clone(),
                 subscription_id: job.subscription_id.clone(),
                 receipt: job.receipt.clone(),
-                attempts: s.status.attempts,
-                disposition: if s.status.status == DeliveryState::Succeeded {
+                attempts: end.attempts,
+                disposition: if end.status == DeliveryState::Succeeded {
                     Disposition::Delivered
                 } else {
                     Disposition::Failed
                 },
-                last_error: s.status.last_error.clone(),
+                last_error: end.last_error.clone(),
             });
+        }
+        if acks.is_empty() {
+            return Ok(());
         }
         self.transport.settle(&acks).await?;
         tracing::info!(
             deliveries = acks.len(),
             "acknowledged redelivered deliveries that had settled before their worker died"
         );
-        jobs.retain(|j| !ended.contains(&(j.webhook_id.as_str(), j.subscription_id.as_str())));
+        let acked: HashSet<&str> = acks.iter().map(|a| a.receipt.as_str()).collect();
+        jobs.retain(|j| !acked.contains(j.receipt.as_str()));
         Ok(())
     }
+}
+
+/// Whether the attempt log alone tells how this settlement ends the delivery: its attempt is
+/// terminal with the same outcome and error, and its number was not logged before (the job
+/// was not redelivered; the log keeps the first record of a number).
+fn end_implied_by_attempt(s: &Settlement, redelivered: bool) -> bool {
+    let Some(a) = &s.attempt else { return false };
+    let same_outcome = matches!(
+        (a.outcome, &s.disposition),
+        (Outcome::Success, Disposition::Delivered) | (Outcome::Failure, Disposition::Failed)
+    );
+    same_outcome && !redelivered && a.attempt == s.attempts && a.error == s.last_error
+}
+
+/// The ends of one webhook's deliveries: `recorded` (the archive's records) and the terminal
+/// attempts among `attempts`; per subscription the end with the most attempts, a record
+/// before an attempt of the same number.
+fn merge_ends(recorded: Vec<DeliveryStatus>, attempts: &[Attempt]) -> Vec<DeliveryStatus> {
+    let mut ends: Vec<DeliveryStatus> = Vec::new();
+    let terminal = attempts.iter().filter_map(|a| {
+        let status = match a.outcome {
+            Outcome::Success => DeliveryState::Succeeded,
+            Outcome::Failure => DeliveryState::Failed,
+            Outcome::FailedAttempt => return None,
+        };
+        Some(DeliveryStatus {
+            subscription_id: a.subscription_id.clone(),
+            status,
+            attempts: a.attempt,
+            next_attempt_at: None,
+            last_error: a.error.clone(),
+        })
+    });
+    for end in recorded.into_iter().chain(terminal) {
+        match ends
+            .iter_mut()
+            .find(|e| e.subscription_id == end.subscription_id)
+        {
+            Some(e) if end.attempts > e.attempts => *e = end,
+            Some(_) => {}
+            None => ends.push(end),
+        }
+    }
+    ends
 }
 
 fn is_end(d: &Disposition) -> Option<DeliveryState> {
@@ -337,6 +427,12 @@ impl Queue for SplitQueue {
             self.archive_in_background(unarchived);
         }
         if !redelivered.is_empty() {
+            {
+                let mut set = self.redelivered.lock().unwrap();
+                for j in redelivered.iter().filter_map(|&i| jobs.get(i)) {
+                    set.insert(j.receipt.clone());
+                }
+            }
             if let Err(e) = self.drop_settled(&mut jobs, &redelivered).await {
                 self.hand_back(&jobs, Utc::now() + HAND_BACK_DELAY).await;
                 return Err(e);
@@ -365,9 +461,17 @@ impl Queue for SplitQueue {
         if !attempts.is_empty() {
             self.attempts.record(attempts).await?;
         }
+        let redelivered: HashSet<String> = {
+            let set = self.redelivered.lock().unwrap();
+            live.iter()
+                .filter(|s| set.contains(&s.receipt))
+                .map(|s| s.receipt.clone())
+                .collect()
+        };
         let now = Utc::now();
         let ended: Vec<SettledDelivery> = live
             .iter()
+            .filter(|s| !end_implied_by_attempt(s, redelivered.contains(&s.receipt)))
             .filter_map(|s| {
                 is_end(&s.disposition).map(|status| SettledDelivery {
                     webhook_id: s.webhook_id.clone(),
@@ -385,7 +489,12 @@ impl Queue for SplitQueue {
         if !ended.is_empty() {
             self.archive.record_settled(&ended).await?;
         }
-        Ok(stale + self.transport.settle(&live).await?)
+        let acked = self.transport.settle(&live).await?;
+        let mut set = self.redelivered.lock().unwrap();
+        for r in &receipts {
+            set.remove(r);
+        }
+        Ok(stale + acked)
     }
 
     async fn heartbeat(&self, worker: &str, lease: Duration) -> Result<u64> {
@@ -408,7 +517,7 @@ impl Queue for SplitQueue {
     /// between the two reads is in the archive by then, which is written before the ack.
     async fn webhook(&self, webhook_id: &str) -> Result<Option<WebhookRecord>> {
         let live = self.transport.live(webhook_id).await?;
-        let settled = self.archive.settled(webhook_id).await?;
+        let settled = self.ended(webhook_id).await?;
         let (event_type, received_at, subscription_ids, open) = match live {
             Some(l) => (l.event_type, l.received_at, l.subscription_ids, l.open),
             None => match self.archive.event(webhook_id).await? {
@@ -440,8 +549,7 @@ impl Queue for SplitQueue {
 
     async fn replay(&self, webhook_id: &str) -> Result<usize> {
         let failed: Vec<_> = self
-            .archive
-            .settled(webhook_id)
+            .ended(webhook_id)
             .await?
             .into_iter()
             .filter(|d| d.status == DeliveryState::Failed)
@@ -472,5 +580,122 @@ impl Queue for SplitQueue {
     /// service for that.
     async fn ping(&self) -> Result<()> {
         self.transport.ping().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(sid: &str, n: u32, outcome: Outcome, error: Option<&str>) -> Attempt {
+        Attempt {
+            webhook_id: "msg_1".into(),
+            subscription_id: sid.into(),
+            event_type: None,
+            target_url: "http://127.0.0.1:9/hook".into(),
+            attempted_at: Utc::now(),
+            attempt: n,
+            outcome,
+            http_status: None,
+            error: error.map(Into::into),
+            duration_ms: 1,
+            response_excerpt: None,
+        }
+    }
+
+    fn settlement(a: Option<Attempt>, disposition: Disposition, error: Option<&str>) -> Settlement {
+        Settlement {
+            attempts: a.as_ref().map_or(0, |a| a.attempt),
+            attempt: a,
+            webhook_id: "msg_1".into(),
+            subscription_id: "sub_a".into(),
+            receipt: "r".into(),
+            disposition,
+            last_error: error.map(Into::into),
+        }
+    }
+
+    fn end(sid: &str, status: DeliveryState, attempts: u32, error: Option<&str>) -> DeliveryStatus {
+        DeliveryStatus {
+            subscription_id: sid.into(),
+            status,
+            attempts,
+            next_attempt_at: None,
+            last_error: error.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn only_a_terminal_attempt_with_the_same_outcome_and_error_tells_the_end() {
+        let ok = || Some(attempt("sub_a", 1, Outcome::Success, None));
+        let failure = || Some(attempt("sub_a", 1, Outcome::Failure, Some("HTTP 500")));
+        assert!(end_implied_by_attempt(
+            &settlement(ok(), Disposition::Delivered, None),
+            false
+        ));
+        assert!(end_implied_by_attempt(
+            &settlement(failure(), Disposition::Failed, Some("HTTP 500")),
+            false
+        ));
+        // A redelivered job's number may be logged already with another outcome.
+        assert!(!end_implied_by_attempt(
+            &settlement(ok(), Disposition::Delivered, None),
+            true
+        ));
+        assert!(!end_implied_by_attempt(
+            &settlement(None, Disposition::Failed, Some("gone")),
+            false
+        ));
+        assert!(!end_implied_by_attempt(
+            &settlement(failure(), Disposition::Failed, Some("disabled")),
+            false
+        ));
+        assert!(!end_implied_by_attempt(
+            &settlement(failure(), Disposition::Delivered, Some("HTTP 500")),
+            false
+        ));
+        assert!(!end_implied_by_attempt(
+            &settlement(ok(), Disposition::Failed, None),
+            false
+        ));
+        let retried = Some(attempt("sub_a", 1, Outcome::FailedAttempt, None));
+        assert!(!end_implied_by_attempt(
+            &settlement(retried, Disposition::Delivered, None),
+            false
+        ));
+        let mut other_count = settlement(ok(), Disposition::Delivered, None);
+        other_count.attempts = 2;
+        assert!(!end_implied_by_attempt(&other_count, false));
+    }
+
+    #[test]
+    fn ends_merge_per_subscription_with_the_most_attempts_winning() {
+        let attempts = [
+            attempt("sub_a", 1, Outcome::FailedAttempt, Some("HTTP 500")),
+            attempt("sub_a", 2, Outcome::Failure, Some("HTTP 500")),
+            attempt("sub_b", 1, Outcome::Success, None),
+            attempt("sub_c", 1, Outcome::FailedAttempt, Some("timeout")),
+            attempt("sub_d", 1, Outcome::Success, None),
+        ];
+        let recorded = vec![
+            // Replayed and ended again by a later attempt: the log's end is newer.
+            end("sub_b", DeliveryState::Failed, 0, Some("gone")),
+            // Same number as the log's: the record wins (it is written when the log's record
+            // of that number may be another outcome's).
+            end("sub_d", DeliveryState::Failed, 1, Some("disabled")),
+            end("sub_e", DeliveryState::Failed, 3, Some("deleted")),
+        ];
+        let mut got = merge_ends(recorded, &attempts);
+        got.sort_by(|a, b| a.subscription_id.cmp(&b.subscription_id));
+        assert_eq!(
+            got,
+            vec![
+                end("sub_a", DeliveryState::Failed, 2, Some("HTTP 500")),
+                end("sub_b", DeliveryState::Succeeded, 1, None),
+                end("sub_d", DeliveryState::Failed, 1, Some("disabled")),
+                end("sub_e", DeliveryState::Failed, 3, Some("deleted")),
+            ],
+            "sub_c has no end yet"
+        );
     }
 }
