@@ -28,7 +28,7 @@
 //! |---|---|---|
 //! | `subscriptions` | `owner_namespace_name`: `owner.namespace`, `owner.name` | the operator finds the subscription of a `WebhookSubscription` by its namespace and name (`find_by_owner`). Not unique: unowned subscriptions all have a null owner and partial indexes are out; one subscription per owner is kept by the operator, whose leader reconciles each resource one at a time and looks up before it inserts |
 //! | `attempts` | `subscription_newest`: `subscription_id`, `attempted_at` -1, `attempt` -1 | a subscription's recent attempts, newest first, read from the index with no sort in memory |
-//! | `attempts` | `webhook_oldest`: `webhook_id`, `attempted_at`, `attempt` | every attempt of one webhook, oldest first |
+//! | `attempts` | `webhook_oldest`: `webhook_id`, `attempted_at`, `attempt` | every attempt of one webhook, oldest first; its terminal attempts are the usual ends of its deliveries (`GET /webhooks/{id}`, replay, redelivered jobs) |
 //! | `attempts` | `attempted_at` | the retention sweep deletes attempts older than the cutoff without a collection scan |
 //! | `events` | `received_at` | the retention sweep deletes events received before the cutoff |
 //! | `deliveries` | `settled_at` | the retention sweep deletes deliveries settled before the cutoff |
