@@ -238,6 +238,15 @@ fn settlement(job: &Job, outcome: Outcome, disposition: Disposition) -> Settleme
     }
 }
 
+/// A last attempt that failed, its error the delivery's: the attempt alone tells the end.
+fn terminal_failure(job: &Job) -> Settlement {
+    let mut s = settlement(job, Outcome::Failure, Disposition::Failed);
+    if let Some(a) = s.attempt.as_mut() {
+        a.error = s.last_error.clone();
+    }
+    s
+}
+
 /// A worker that died holding its jobs: its deliveries are reaped back to the queue.
 async fn reap_dead_worker(r: &Rig, worker_alive: &str) {
     tokio::time::sleep(Duration::from_millis(250)).await;
@@ -530,11 +539,7 @@ async fn an_end_told_by_its_terminal_attempt_writes_no_record_of_its_own() {
             if j.webhook_id == "msg_told_ok" {
                 settlement(j, Outcome::Success, Disposition::Delivered)
             } else {
-                let mut s = settlement(j, Outcome::Failure, Disposition::Failed);
-                if let Some(a) = s.attempt.as_mut() {
-                    a.error = s.last_error.clone();
-                }
-                s
+                terminal_failure(j)
             }
         })
         .collect();
@@ -586,11 +591,10 @@ async fn a_replayed_delivery_whose_worker_died_is_sent_again_not_taken_for_its_o
         .await
         .unwrap();
     let job = claim(&r.queue, "wrk_1").await.unwrap().remove(0);
-    let mut failed = settlement(&job, Outcome::Failure, Disposition::Failed);
-    if let Some(a) = failed.attempt.as_mut() {
-        a.error = failed.last_error.clone();
-    }
-    assert_eq!(r.queue.settle(vec![failed]).await.unwrap(), 0);
+    assert_eq!(
+        r.queue.settle(vec![terminal_failure(&job)]).await.unwrap(),
+        0
+    );
     assert_eq!(r.queue.replay("msg_replayed").await.unwrap(), 1);
     // The replay's attempt is leased by a worker that dies without settling it.
     let replayed = claim(&r.queue, "wrk_dead").await.unwrap();

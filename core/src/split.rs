@@ -353,6 +353,12 @@ impl SplitQueue {
             "acknowledged redelivered deliveries that had settled before their worker died"
         );
         let acked: HashSet<&str> = acks.iter().map(|a| a.receipt.as_str()).collect();
+        {
+            let mut set = self.redelivered.lock().unwrap();
+            for r in &acked {
+                set.remove(*r);
+            }
+        }
         jobs.retain(|j| !acked.contains(j.receipt.as_str()));
         Ok(())
     }
