@@ -484,7 +484,8 @@ async fn concurrent_publishes_are_batched_and_each_answered_on_its_own() {
         }
         calls.push(pb);
     }
-    // A webhook id used twice: one of the two is refused.
+    // A webhook id used twice without a key: both go to the intake unchecked, and the fan-out
+    // stores the first and drops the second (see `publisher`).
     calls.push(publish("msg_c001", &["sub_a"], b"{}"));
     let outcomes = futures::future::join_all(calls.iter().map(|pb| t.publish(pb.clone()))).await;
     let mut accepted = Vec::new();
@@ -536,13 +537,20 @@ async fn concurrent_publishes_are_batched_and_each_answered_on_its_own() {
         };
         assert_eq!(out.as_ref().unwrap(), &want);
     }
-    assert_eq!(conflicts, 1, "the reused webhook id is refused once");
-    // 240 without a key (one of the two msg_c001 refused) and one under the shared key.
-    assert_eq!(accepted.len(), 241);
+    assert_eq!(
+        conflicts, 0,
+        "ids are not checked on the way into the intake"
+    );
+    // 241 without a key (msg_c001 twice) and one under the shared key.
+    assert_eq!(accepted.len(), 242);
     let mut leased = lease_all(t).await;
     leased.sort();
     accepted.sort();
-    assert_eq!(leased, accepted, "exactly the accepted events are queued");
+    accepted.dedup();
+    assert_eq!(
+        leased, accepted,
+        "exactly the accepted events are queued, a reused id once"
+    );
 }
 
 #[tokio::test]
@@ -724,6 +732,8 @@ async fn a_queue_entry_without_its_event_is_dropped() {
     t.publish(publish("msg_kept", &["sub_a"], b"{}"))
         .await
         .unwrap();
+    // A read fans the intake out: the events and their queue entries exist from here on.
+    assert!(t.live("msg_kept").await.unwrap().is_some());
     let mut conn = raw(&url).await;
     let _: i64 = redis::cmd("DEL")
         .arg(format!("{prefix}:e:msg_lost"))
@@ -788,50 +798,243 @@ async fn wait_for_work_wakes_on_a_publish_from_another_process() {
     );
 }
 
+async fn intake_len(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> usize {
+    redis::cmd("LLEN")
+        .arg(format!("{prefix}:intake"))
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+/// The hot path: an event without an idempotency key is one intake record until a step fans it
+/// out; its payload may hold the record's separator and any byte, its type is kept, and a
+/// subscription listed twice gets one delivery.
 #[tokio::test]
-async fn a_publish_wakes_workers_only_when_its_subscription_becomes_due_sooner() {
+async fn an_event_without_a_key_waits_in_the_intake_until_a_lease_fans_it_out() {
+    let url = redis_or_skip!();
+    let (p, prefix) = parts(&url).await;
+    let t = &p.transport;
+    let mut conn = raw(&url).await;
+    let payload: &[u8] = b"{\"a\":\"line\nbreak\"}\n\x00\xff\n\n";
+    let mut untyped = publish("msg_plain", &["sub_b"], b"[]");
+    untyped.event.event_type = None;
+    for p in [
+        publish("msg_in", &["sub_a", "sub_b", "sub_a"], payload),
+        untyped,
+    ] {
+        assert_eq!(t.publish(p).await.unwrap(), PublishOutcome::Accepted);
+    }
+    assert_eq!(intake_len(&mut conn, &prefix).await, 2);
+    let stored: i64 = redis::cmd("EXISTS")
+        .arg(format!("{prefix}:e:msg_in"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0, "nothing but the record before the fan-out");
+
+    let mut jobs = lease(t, &claim_request("w", 10, LEASE)).await.jobs;
+    jobs.sort_by(|a, b| {
+        (&a.webhook_id, &a.subscription_id).cmp(&(&b.webhook_id, &b.subscription_id))
+    });
+    let got: Vec<_> = jobs
+        .iter()
+        .map(|j| {
+            (
+                j.webhook_id.as_str(),
+                j.subscription_id.as_str(),
+                j.event_type.as_deref(),
+                &j.payload[..],
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("msg_in", "sub_a", Some("order.created"), payload),
+            ("msg_in", "sub_b", Some("order.created"), payload),
+            ("msg_plain", "sub_b", None, &b"[]"[..]),
+        ]
+    );
+    assert_eq!(intake_len(&mut conn, &prefix).await, 0);
+}
+
+/// Read your own write: right after its publish, with no worker running, an event behind more
+/// records than one script run fans out reads as queued; an unknown id reads as absent once
+/// the intake is empty.
+#[tokio::test]
+async fn a_read_right_after_publish_finds_the_event_behind_a_long_intake() {
+    let url = redis_or_skip!();
+    let (p, prefix) = parts(&url).await;
+    let t = &p.transport;
+    let mut conn = raw(&url).await;
+    let ids: Vec<String> = (0..3000).map(|i| format!("msg_r{i:04}")).collect();
+    for chunk in ids.chunks(500) {
+        let outs = futures::future::join_all(
+            chunk
+                .iter()
+                .map(|id| t.publish(publish(id, &["sub_a"], b"{}"))),
+        )
+        .await;
+        assert!(outs
+            .iter()
+            .all(|o| matches!(o, Ok(PublishOutcome::Accepted))));
+    }
+    assert_eq!(intake_len(&mut conn, &prefix).await, 3000);
+    let last = t.live("msg_r2999").await.unwrap().expect("the last event");
+    assert_eq!(last.subscription_ids, ["sub_a"]);
+    assert_eq!(last.open.len(), 1);
+    assert_eq!(last.open[0].status, DeliveryState::Queued);
+    assert!(t.live("msg_unknown").await.unwrap().is_none());
+    assert_eq!(intake_len(&mut conn, &prefix).await, 0);
+    assert_eq!(
+        t.stats().await.unwrap(),
+        QueueStats {
+            ready: 3000,
+            scheduled: 0,
+            in_flight: 0
+        }
+    );
+}
+
+/// An intake record whose webhook id a live event holds is dropped when fanned out: the live
+/// event is left as it was.
+#[tokio::test]
+async fn an_intake_record_whose_webhook_id_is_taken_is_dropped_at_fan_out() {
+    let url = redis_or_skip!();
+    let (p, prefix) = parts(&url).await;
+    let t = &p.transport;
+    let mut first = publish("msg_taken", &["sub_a"], b"\"first\"");
+    first.idempotency = Some(IdempotencyKey::new("sub_a", "k", None, b"\"first\""));
+    assert_eq!(t.publish(first).await.unwrap(), PublishOutcome::Accepted);
+    let again = publish("msg_taken", &["sub_a", "sub_b"], b"\"second\"");
+    assert_eq!(t.publish(again).await.unwrap(), PublishOutcome::Accepted);
+    let jobs = lease(t, &claim_request("w", 10, LEASE)).await.jobs;
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(
+        (jobs[0].subscription_id.as_str(), &jobs[0].payload[..]),
+        ("sub_a", &b"\"first\""[..])
+    );
+    assert_eq!(intake_len(&mut raw(&url).await, &prefix).await, 0);
+}
+
+/// A lease fans out one batch of the intake; while records are left it answers "due now", so
+/// that its caller comes back for them at once instead of waiting for a wake-up.
+#[tokio::test]
+async fn a_lease_that_leaves_records_in_the_intake_asks_to_be_called_again_at_once() {
+    let url = redis_or_skip!();
+    let (p, prefix) = parts(&url).await;
+    let t = &p.transport;
+    let mut conn = raw(&url).await;
+    let ids: Vec<String> = (0..300).map(|i| format!("msg_l{i:03}")).collect();
+    futures::future::join_all(
+        ids.iter()
+            .map(|id| t.publish(publish(id, &["sub_a"], b"{}"))),
+    )
+    .await;
+    assert_eq!(intake_len(&mut conn, &prefix).await, 300);
+    let before = Utc::now();
+    let got = lease(t, &claim_request("w", 1, LEASE)).await;
+    assert_eq!(got.jobs.len(), 1);
+    assert_eq!(got.jobs[0].webhook_id, "msg_l000", "oldest first");
+    let left = intake_len(&mut conn, &prefix).await;
+    assert!(left > 0 && left < 300, "one batch fanned out: {left} left");
+    let due = got
+        .next_due
+        .expect("due now while the intake holds records");
+    assert!(
+        (due - before).num_milliseconds().abs() < 1000,
+        "{due} vs {before}"
+    );
+    // Leasing on drains the intake, oldest first, and every event is leased once.
+    let mut leased = vec![got.jobs[0].webhook_id.clone()];
+    while intake_len(&mut conn, &prefix).await > 0 {
+        let jobs = lease(t, &claim_request("w", 1, LEASE)).await.jobs;
+        leased.extend(jobs.into_iter().map(|j| j.webhook_id));
+    }
+    leased.extend(lease_all(t).await);
+    leased.sort();
+    assert_eq!(leased, ids);
+}
+
+/// Counts the messages that arrived on `stream` so far.
+fn arrived(stream: &mut (dyn futures::Stream<Item = redis::Msg> + Unpin + Send)) -> usize {
+    let mut n = 0;
+    while let Some(Some(_)) = futures::FutureExt::now_or_never(futures::StreamExt::next(stream)) {
+        n += 1;
+    }
+    n
+}
+
+async fn wake_messages(
+    url: &str,
+    prefix: &str,
+) -> impl futures::Stream<Item = redis::Msg> + Unpin + Send {
+    let client = redis::Client::open(url).unwrap();
+    let mut sub = client.get_async_pubsub().await.unwrap();
+    sub.subscribe(format!("{prefix}:wake")).await.unwrap();
+    sub.into_on_message()
+}
+
+#[tokio::test]
+async fn a_publish_wakes_workers_only_when_it_finds_the_intake_empty() {
     let url = redis_or_skip!();
     let _serial = PUBSUB.lock().await;
     let (parts, prefix) = parts(&url).await;
     let t = parts.transport;
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut sub = client.get_async_pubsub().await.unwrap();
-    sub.subscribe(format!("{prefix}:wake")).await.unwrap();
-    let mut messages = sub.into_on_message();
-    let count = |stream: &mut (dyn futures::Stream<Item = redis::Msg> + Unpin + Send)| {
-        let mut n = 0;
-        while let Some(Some(_)) = futures::FutureExt::now_or_never(futures::StreamExt::next(stream))
-        {
-            n += 1;
-        }
-        n
-    };
-    // The first event of a subscription wakes; more for the same, already due, do not.
-    t.publish(publish("msg_w1", &["sub_a"], b"{}"))
-        .await
-        .unwrap();
-    t.publish(publish("msg_w2", &["sub_a"], b"{}"))
-        .await
-        .unwrap();
-    t.publish(publish("msg_w3", &["sub_a"], b"{}"))
-        .await
-        .unwrap();
+    let mut messages = wake_messages(&url, &prefix).await;
+    // The first event into an empty intake wakes; more while it holds events do not, for any
+    // subscription: the workers told of the first fan out all of them.
+    for (id, sub) in [
+        ("msg_w1", "sub_a"),
+        ("msg_w2", "sub_a"),
+        ("msg_w3", "sub_a"),
+        ("msg_w4", "sub_b"),
+    ] {
+        t.publish(publish(id, &[sub], b"{}")).await.unwrap();
+    }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(count(&mut messages), 1);
-    // Another subscription's first event does.
-    t.publish(publish("msg_w4", &["sub_b"], b"{}"))
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(count(&mut messages), 1);
-    // Once a claim emptied the queue, the next event wakes again.
+    assert_eq!(arrived(&mut messages), 1);
+    // A claim fans the intake out (it wakes nobody: its caller takes the work).
     let leased = lease(&t, &claim_request("wrk_w", 10, LEASE)).await;
     assert_eq!(leased.jobs.len(), 4);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(arrived(&mut messages), 0);
+    // The intake is empty again: the next event wakes.
     t.publish(publish("msg_w5", &["sub_a"], b"{}"))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(count(&mut messages), 1);
+    assert_eq!(arrived(&mut messages), 1);
+}
+
+#[tokio::test]
+async fn a_keyed_publish_wakes_workers_only_when_its_subscription_becomes_due_sooner() {
+    let url = redis_or_skip!();
+    let _serial = PUBSUB.lock().await;
+    let (parts, prefix) = parts(&url).await;
+    let t = parts.transport;
+    let mut messages = wake_messages(&url, &prefix).await;
+    let keyed = |id: &str, sub: &str| {
+        let mut p = publish(id, &[sub], b"{}");
+        p.idempotency = Some(IdempotencyKey::new(sub, id, None, b"{}"));
+        p
+    };
+    // The first event of a subscription wakes; more for the same, already due, do not.
+    for id in ["msg_k1", "msg_k2", "msg_k3"] {
+        t.publish(keyed(id, "sub_a")).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(arrived(&mut messages), 1);
+    // Another subscription's first event does.
+    t.publish(keyed("msg_k4", "sub_b")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(arrived(&mut messages), 1);
+    // Once a claim emptied the queue, the next event wakes again.
+    let leased = lease(&t, &claim_request("wrk_w", 10, LEASE)).await;
+    assert_eq!(leased.jobs.len(), 4);
+    t.publish(keyed("msg_k5", "sub_a")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(arrived(&mut messages), 1);
 }
 
 #[tokio::test]
@@ -1183,13 +1386,18 @@ async fn publish_many(t: &Arc<dyn Transport>, n: usize) -> Vec<String> {
     ids
 }
 
+/// Leases everything due, however long the intake (a lease fans out one batch of it).
 async fn lease_all(t: &Arc<dyn Transport>) -> Vec<String> {
-    let mut got: Vec<String> = lease(t, &claim_request("w_after", 10_000, LEASE))
-        .await
-        .jobs
-        .into_iter()
-        .map(|j| j.webhook_id)
-        .collect();
+    let mut got = Vec::new();
+    loop {
+        let jobs = lease(t, &claim_request("w_after", 10_000, LEASE))
+            .await
+            .jobs;
+        if jobs.is_empty() {
+            break;
+        }
+        got.extend(jobs.into_iter().map(|j| j.webhook_id));
+    }
     got.sort();
     got
 }

@@ -212,9 +212,15 @@ pub struct Leased {
 #[async_trait]
 pub trait Transport: Send + Sync {
     /// In one atomic step: checks and records the idempotency key (24 h), stores the event and
-    /// queues one delivery per subscription, due now. Returns once the store has the write (how
-    /// durable that is depends on the store's fsync policy). The key and the event are written
-    /// together so that a key can never stand for an event that was not stored.
+    /// queues one delivery per subscription. Returns once the store has the write (how durable
+    /// that is depends on the store's fsync policy). The key and the event are written together
+    /// so that a key can never stand for an event that was not stored.
+    ///
+    /// A transport may hold an event without a key in an intake and make its deliveries (due
+    /// then) at its next `lease`, `live` or `stats`, which must see it: Redis does, so that the
+    /// ingest's write is one append. Webhook ids are unique (Herald mints them): an event whose
+    /// id a live event holds is refused with `Conflict` when the transport checks at once, and
+    /// dropped when its intake is fanned out otherwise.
     async fn publish(&self, publish: Publish) -> Result<PublishOutcome>;
 
     /// Leases due deliveries as [`Queue::claim`] describes.

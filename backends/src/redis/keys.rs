@@ -29,6 +29,11 @@ impl Keys {
         format!("{}:idem:{scope}:{key}", self.prefix)
     }
 
+    /// The list of accepted events waiting to be fanned out into their deliveries.
+    pub fn intake(&self) -> String {
+        format!("{}:intake", self.prefix)
+    }
+
     /// The channel that tells waiting workers that something became due.
     pub fn wake(&self) -> String {
         format!("{}:wake", self.prefix)

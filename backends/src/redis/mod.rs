@@ -11,6 +11,7 @@
 //!
 //! | key | type | holds |
 //! |-----|------|-------|
+//! | `{p}:intake` | list | accepted events without an idempotency key that no step has fanned out yet, oldest first: one record each (`{wid}\n{0\|1}{type}\n{at ms}\n{subs JSON}\n{payload}`, see `publisher`) |
 //! | `{p}:e:{wid}` | hash | an event while any of its deliveries is open: `payload` (the exact bytes), `type` (absent for none), `at` (received, ms), `subs` (JSON array of the subscription ids), `open` (open deliveries; the hash goes with the last), `archived` (`1` once the archive holds the event) |
 //! | `{p}:d:{wid}:{sid}` | hash | one open delivery: `state` (`queued` or `delivering`), `attempts` (absent until the first lease: 0), `due` (ms), `last_error`, `final_attempt` (set by a replay), `token` (of the current lease), `worker` (holder), `redelivered` (`1` after its lease ran out or its worker was reaped) |
 //! | `{p}:q:{sid}` | sorted set | the queued deliveries of one subscription: webhook ids scored by due time (ms) |
@@ -30,12 +31,18 @@
 //! without reading past a backlog, and make a delayed retry nothing but a later score.
 //!
 //! ## Scripts and their invariants
-//! - `publish`: for each event of a batch (see `publisher`), checks and records the
-//!   idempotency key, stores the event and one delivery per subscription, due now; then
-//!   publishes one wake-up. Each event in one step, nothing of it written unless its checks
-//!   passed. A key seen with the same fingerprint answers `Duplicate`, with another
-//!   `KeyReused`; with no subscriptions only the key is stored.
-//! - `lease`: first returns leases that ended to their queues (due now, redelivered), then
+//! - The intake (see `publisher`): an event without an idempotency key is appended as one
+//!   record (`RPUSH`, one per batch of events) and answered; the append that found the intake
+//!   empty publishes one wake-up. `fan_out` (in `common.lua`) pops up to 256 records and stores
+//!   each event with one delivery per subscription, due now, inside the script that pops them:
+//!   a record is never both gone and not stored. `lease`, `live` and `stats` fan out first.
+//! - `publish`: for each event of a batch that carries an idempotency key, checks and records
+//!   the key, stores the event and one delivery per subscription, due now; then publishes one
+//!   wake-up if a subscription became due sooner. Each event in one step, nothing of it written
+//!   unless its checks passed. A key seen with the same fingerprint answers `Duplicate`, with
+//!   another `KeyReused`; with no subscriptions only the key is stored.
+//! - `lease`: fans out one batch of the intake (and answers "due now" while records are left),
+//!   returns leases that ended to their queues (due now, redelivered), then
 //!   leases due deliveries as [`herald_core::backend::Queue::claim`] describes, each under a
 //!   fresh token, recording the worker and the lease end; every distinct payload is returned
 //!   once. A queue entry whose delivery or event is missing is dropped (and logged here).
@@ -50,7 +57,7 @@
 //! on one Redis node (no Redis Cluster).
 //!
 //! ## Durability of an acknowledged publish
-//! `publish` answers once Redis has applied the script; what survives then depends on the
+//! `publish` answers once Redis has applied the `RPUSH` or the script; what survives then depends on the
 //! server's persistence (the test server and the compose file use AOF):
 //! - `appendonly yes` + `appendfsync always`: the script's writes are fsynced before the reply,
 //!   so an acknowledged event survives a crash of Redis and of the machine.

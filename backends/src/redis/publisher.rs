@@ -1,22 +1,47 @@
-//! Publishing in batches: concurrent publishes share one run of `scripts/publish.lua`
-//! (group commit), so the cost of a script call (its round trip, argument parsing, setting up
-//! the Lua helpers, the AOF's MULTI/EXEC) is paid once per batch instead of once per event.
+//! Publishing in batches (group commit): concurrent publishes share one Redis round trip, so
+//! its cost is paid once per batch instead of once per event.
+//!
+//! ## Two ways in
+//! - **The intake** (`{p}:intake`, a list): an event without an idempotency key is one record
+//!   appended by one `RPUSH` for the whole batch. That is the api's hot path, and it costs Redis
+//!   about as much as one `XADD`. Its deliveries are made later by the next step that fans the
+//!   intake out (`fan_out` in `scripts/common.lua`: each `lease`, and a `live` read that missed),
+//!   oldest record first, due at that moment.
+//! - **`scripts/publish.lua`**: an event with an idempotency key, whose key must be checked and
+//!   recorded in the same step as the event. It stores the event and its deliveries at once.
+//!
+//! A record is `{webhook id}\n{0|1}{event type}\n{received_at ms}\n{subscription ids as a JSON
+//! array}\n{payload}`: the payload comes last and may hold any byte. An event whose id or type
+//! holds a newline (never one Herald made: ids are ULIDs, header values cannot hold one) goes
+//! through the script instead, so a record always parses.
 //!
 //! ## Protocol
 //! Callers hand their event to one batching task over a bounded channel and wait for their
 //! own answer. The task takes what is waiting (at most [`MAX_BATCH`] events or about
-//! [`MAX_BATCH_BYTES`] of payload), runs the script once for all of them and answers each
-//! caller. At most [`MAX_IN_FLIGHT`] batches run at once; while they do, new events gather for
-//! the next one. A lone event is sent at once: batching adds no wait, only load makes batches.
+//! [`MAX_BATCH_BYTES`] of payload), sends the intake's records and the script's events (one
+//! call each, concurrently) and answers each caller. At most [`MAX_IN_FLIGHT`] batches run at
+//! once; while they do, new events gather for the next one. A lone event is sent at once:
+//! batching adds no wait, only load makes batches.
 //!
 //! ## Invariants and failure points
-//! - The script applies the events one after the other, each with its own checks (see its
+//! - A caller is answered 'accepted' only after Redis applied the write that stored its event:
+//!   the `RPUSH` of its record (one command, so all of a batch's records or none) or the script.
+//! - A record leaves the intake only inside the script that stores its event and deliveries, so
+//!   no crash point loses one or stores it twice.
+//! - The script applies its events one after the other, each with its own checks (see its
 //!   header): one event's answer (a duplicate, a reused key) does not touch another's.
-//! - A caller is answered 'accepted' only after Redis ran the script that stored its event.
-//! - The call fails as a whole (Redis down, timeout): every caller of the batch gets the error
-//!   and none is told its event was accepted. As with a single call, the script may still have
-//!   run if Redis received it (a lost answer); a producer's retry with its idempotency key
-//!   then answers `Duplicate`.
+//! - A call fails as a whole (Redis down, timeout): each of its callers gets the error and none
+//!   is told its event was accepted; the other call of the batch answers its own callers. As
+//!   with a single call, the write may still have happened if Redis received it (a lost
+//!   answer); a producer's retry with its idempotency key then answers `Duplicate`.
+//! - Wake-ups: an `RPUSH` that found the intake empty publishes one wake-up afterwards (a
+//!   command of its own, not awaited by the callers). A record added to a non-empty intake
+//!   needs none: the one that made it non-empty woke the workers, and a lease that leaves
+//!   records behind answers "due now". If the api dies between the `RPUSH` and the wake-up,
+//!   workers find the records at their next poll.
+//! - Webhook ids: the script refuses an id that a live event holds (`exists`); an intake record
+//!   is not checked when appended, and is dropped (and logged by Redis) at fan-out if its id is
+//!   taken. Herald mints a fresh id for every event, so only a caller reusing one sees this.
 //! - A caller that stops waiting (its future dropped) does not stop the batch: its event is
 //!   stored or not as if it had waited.
 //! - The task ends when the transport (every sender) is dropped, after its batches finish.
@@ -101,31 +126,134 @@ async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Pending>) {
         let shared = shared.clone();
         tokio::spawn(async move {
             let outcomes = store(&shared, &batch).await;
-            match outcomes {
-                Ok(outcomes) => {
-                    for (p, out) in batch.into_iter().zip(outcomes) {
-                        let _ = p.answer.send(out);
-                    }
-                }
-                Err(e) => {
-                    let e = Arc::new(e);
-                    for p in batch {
-                        let _ = p.answer.send(Err(same_kind(&e)));
-                    }
-                }
+            for (p, out) in batch.into_iter().zip(outcomes) {
+                let _ = p.answer.send(out);
             }
             drop(permit);
         });
     }
 }
 
-/// One script run for `batch`: an outcome per event, in order, or the error of the call.
-async fn store(shared: &Shared, batch: &[Pending]) -> Result<Vec<Result<PublishOutcome>>> {
+/// Whether an event goes through the intake (see the module docs).
+fn via_intake(p: &Publish) -> bool {
+    p.idempotency.is_none()
+        && !p.event.webhook_id.contains('\n')
+        && !p.event.event_type.as_deref().unwrap_or("").contains('\n')
+}
+
+/// Stores a batch: an outcome per event, in order.
+async fn store(shared: &Shared, batch: &[Pending]) -> Vec<Result<PublishOutcome>> {
+    let (plain, keyed): (Vec<usize>, Vec<usize>) =
+        (0..batch.len()).partition(|&i| via_intake(&batch[i].publish));
+    let (appended, scripted) = tokio::join!(
+        append(shared, plain.iter().map(|&i| &batch[i].publish)),
+        run_script(shared, keyed.iter().map(|&i| &batch[i].publish)),
+    );
+    let mut out: Vec<Option<Result<PublishOutcome>>> = (0..batch.len()).map(|_| None).collect();
+    spread(&mut out, &plain, appended);
+    spread(&mut out, &keyed, scripted);
+    out.into_iter()
+        .map(|o| o.unwrap_or_else(|| Err(StoreError::backend("publish left an event unanswered"))))
+        .collect()
+}
+
+/// Puts the answers of one call at the places of its events; a failed call answers each of
+/// them with its error.
+fn spread(
+    out: &mut [Option<Result<PublishOutcome>>],
+    places: &[usize],
+    answers: Result<Vec<Result<PublishOutcome>>>,
+) {
+    match answers {
+        Ok(answers) => {
+            for (&i, a) in places.iter().zip(answers) {
+                out[i] = Some(a);
+            }
+        }
+        Err(e) => {
+            let e = Arc::new(e);
+            for &i in places {
+                out[i] = Some(Err(same_kind(&e)));
+            }
+        }
+    }
+}
+
+/// Appends the records of `events` to the intake with one `RPUSH` (see the module docs).
+async fn append<'a>(
+    shared: &Shared,
+    events: impl Iterator<Item = &'a Publish>,
+) -> Result<Vec<Result<PublishOutcome>>> {
+    let mut cmd = redis::cmd("RPUSH");
+    cmd.arg(shared.keys.intake());
+    let (mut records, mut answers) = (0, Vec::new());
+    for p in events {
+        if !p.subscription_ids.is_empty() {
+            cmd.arg(record(p)?);
+            records += 1;
+        }
+        // An event for no subscription (a fan-out that matched none) has nothing to store.
+        answers.push(Ok(PublishOutcome::Accepted));
+    }
+    if records == 0 {
+        return Ok(answers);
+    }
+    let mut conn = shared.conn();
+    let len: usize = call("publishing events", cmd.query_async(&mut conn)).await?;
+    if len == records {
+        let mut conn = shared.conn();
+        let wake = shared.keys.wake();
+        tokio::spawn(async move {
+            let mut publish = redis::cmd("PUBLISH");
+            publish.arg(wake).arg("1");
+            if let Err(e) = call("waking workers", publish.query_async::<i64>(&mut conn)).await {
+                tracing::debug!(error = %e, "no wake-up for new events; workers find them at their next poll");
+            }
+        });
+    }
+    Ok(answers)
+}
+
+/// One intake record (layout in the module docs); subscription ids once each, in order.
+fn record(p: &Publish) -> Result<Vec<u8>> {
+    let e = &p.event;
+    let mut seen = std::collections::HashSet::with_capacity(p.subscription_ids.len());
+    let sids: Vec<&str> = p
+        .subscription_ids
+        .iter()
+        .map(String::as_str)
+        .filter(|s| seen.insert(*s))
+        .collect();
+    let subs = serde_json::to_vec(&sids)
+        .map_err(|err| StoreError::backend_by("encoding subscription ids", err))?;
+    let event_type = e.event_type.as_deref().unwrap_or("");
+    let mut r = Vec::with_capacity(
+        e.webhook_id.len() + event_type.len() + subs.len() + 32 + e.payload.len(),
+    );
+    r.extend_from_slice(e.webhook_id.as_bytes());
+    r.push(b'\n');
+    r.push(if e.event_type.is_some() { b'1' } else { b'0' });
+    r.extend_from_slice(event_type.as_bytes());
+    r.push(b'\n');
+    r.extend_from_slice(e.received_at.timestamp_millis().to_string().as_bytes());
+    r.push(b'\n');
+    r.extend_from_slice(&subs);
+    r.push(b'\n');
+    r.extend_from_slice(&e.payload);
+    Ok(r)
+}
+
+/// One script run for `events`: an outcome per event, in order, or the error of the call.
+async fn run_script<'a>(
+    shared: &Shared,
+    events: impl Iterator<Item = &'a Publish>,
+) -> Result<Vec<Result<PublishOutcome>>> {
     let mut inv = SCRIPTS.publish.prepare_invoke();
     inv.arg(shared.keys.prefix())
         .arg(IDEMPOTENCY_WINDOW.as_millis() as u64);
-    for p in batch {
-        let (e, idem) = (&p.publish.event, &p.publish.idempotency);
+    let mut ids = Vec::new();
+    for p in events {
+        let (e, idem) = (&p.event, &p.idempotency);
         inv.arg(&e.webhook_id)
             .arg(u8::from(e.event_type.is_some()))
             .arg(e.event_type.as_deref().unwrap_or(""))
@@ -137,25 +265,29 @@ async fn store(shared: &Shared, batch: &[Pending]) -> Result<Vec<Result<PublishO
                 .arg(hex(&k.fingerprint)),
             None => inv.arg("").arg(""),
         };
-        inv.arg(p.publish.subscription_ids.len());
-        for sid in &p.publish.subscription_ids {
+        inv.arg(p.subscription_ids.len());
+        for sid in &p.subscription_ids {
             inv.arg(sid);
         }
+        ids.push(e.webhook_id.as_str());
+    }
+    if ids.is_empty() {
+        return Ok(Vec::new());
     }
     let mut conn = shared.conn();
     let replies: Vec<Vec<redis::Value>> =
         call("publishing events", inv.invoke_async(&mut conn)).await?;
-    if replies.len() != batch.len() {
+    if replies.len() != ids.len() {
         return Err(StoreError::backend(format!(
             "publish answered {} replies for {} events",
             replies.len(),
-            batch.len()
+            ids.len()
         )));
     }
     Ok(replies
         .into_iter()
-        .zip(batch)
-        .map(|(r, p)| outcome(r, &p.publish.event.webhook_id))
+        .zip(ids)
+        .map(|(r, id)| outcome(r, id))
         .collect())
 }
 

@@ -25,6 +25,10 @@ pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// How many deliveries one `expedite` script moves; it runs again while batches are full.
 const EXPEDITE_BATCH: usize = 1000;
 
+/// How many `live` script runs one read may take while the event may still be in the intake
+/// (each fans out up to 1,024 records).
+const LIVE_ROUNDS: usize = 1000;
+
 /// Redis caps a claim's byte budget here: Lua numbers are doubles, exact up to 2^53.
 const MAX_BUDGET: usize = 1 << 53;
 
@@ -270,17 +274,35 @@ impl Transport for RedisTransport {
     }
 
     async fn live(&self, webhook_id: &str) -> Result<Option<LiveWebhook>> {
-        let mut conn = self.shared.conn();
-        let reply: LiveReply = call(
-            "reading an event",
-            SCRIPTS
-                .live
-                .prepare_invoke()
-                .arg(self.prefix())
-                .arg(webhook_id)
-                .invoke_async(&mut conn),
-        )
-        .await?;
+        // Each 'pending' answer fanned out at least one intake record, so this ends; the bound
+        // keeps a read from chasing an intake that producers fill as fast as it drains.
+        let mut reply = None;
+        for _ in 0..LIVE_ROUNDS {
+            let mut conn = self.shared.conn();
+            let value: redis::Value = call(
+                "reading an event",
+                SCRIPTS
+                    .live
+                    .prepare_invoke()
+                    .arg(self.prefix())
+                    .arg(webhook_id)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+            if matches!(&value, redis::Value::BulkString(b) if b == b"pending") {
+                continue;
+            }
+            reply =
+                Some(redis::from_redis_value::<LiveReply>(value).map_err(|e| {
+                    StoreError::backend_by("unexpected answer of the live script", e)
+                })?);
+            break;
+        }
+        let Some(reply) = reply else {
+            return Err(StoreError::unavailable(format!(
+                "webhook {webhook_id}: events are still waiting to be fanned out; try again"
+            )));
+        };
         let Some((event_type, received_at, subs, open)) = reply else {
             return Ok(None);
         };

@@ -7,6 +7,7 @@ local DUE = P .. ':due'
 local LEASES = P .. ':leases'
 local WORKERS = P .. ':workers'
 local WAKE = P .. ':wake'
+local INTAKE = P .. ':intake'
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -51,4 +52,70 @@ local function back_to_queue(wid, sid, now)
   redis.call('HSET', d, 'state', 'queued', 'due', now, 'redelivered', 1)
   redis.call('HDEL', d, 'worker')
   enqueue(wid, sid, now)
+end
+
+-- Stores an event and queues one delivery per subscription, all due at `at_due` (a string:
+-- Redis would format a number at every call). `sids` are distinct; `subs` is their JSON array,
+-- kept as the event's `subs`. `in_due` holds the subscriptions whose score in DUE is known to
+-- be at most `at_due` already (one run stores many events for the same subscription at the
+-- same time): a delivery added to their queue cannot lower it, so DUE is touched once per
+-- subscription and run. Returns whether a subscription became due sooner (see `enqueue`).
+local function store_event(wid, has_type, etype, at, payload, sids, subs, at_due, in_due)
+  local sooner = false
+  for _, sid in ipairs(sids) do
+    -- attempts and token are absent until the first lease (readers take them as 0).
+    redis.call('HSET', dkey(wid, sid), 'state', 'queued', 'due', at_due)
+    if in_due[sid] then
+      redis.call('ZADD', qkey(sid), at_due, wid)
+    else
+      in_due[sid] = true
+      if enqueue(wid, sid, at_due) then
+        sooner = true
+      end
+    end
+  end
+  if has_type == '1' then
+    redis.call('HSET', ekey(wid), 'payload', payload, 'at', at, 'subs', subs, 'open', #sids,
+      'type', etype)
+  else
+    redis.call('HSET', ekey(wid), 'payload', payload, 'at', at, 'subs', subs, 'open', #sids)
+  end
+  return sooner
+end
+
+-- How many intake records one step fans out: ~15 µs of Redis time each, so a step holds
+-- Redis for a few milliseconds at most.
+local FAN_OUT_BATCH = 256
+
+-- Fans out up to `limit` events from the intake, oldest first: each record becomes its event
+-- and its deliveries, due `now` (see `publisher.rs` for the record's layout). Popping and
+-- storing happen in the calling script, so a record is never both gone and not stored. A
+-- record whose webhook id is taken by a live event is dropped and logged: Herald mints webhook
+-- ids (ULIDs), so this only happens to a caller that reuses one. Returns how many records it
+-- took, how many are left, and whether a subscription became due sooner.
+local function fan_out(limit, now)
+  local records = redis.call('LPOP', INTAKE, limit)
+  if not records then
+    return 0, 0, false
+  end
+  local sooner = false
+  local at_due = string.format('%d', now)
+  local in_due = {}
+  for _, r in ipairs(records) do
+    local a = string.find(r, '\n', 1, true)
+    local b = string.find(r, '\n', a + 1, true)
+    local c = string.find(r, '\n', b + 1, true)
+    local d = string.find(r, '\n', c + 1, true)
+    local wid = string.sub(r, 1, a - 1)
+    if redis.call('EXISTS', ekey(wid)) == 1 then
+      redis.log(redis.LOG_WARNING, 'herald: intake record dropped, webhook id ' .. wid ..
+        ' is taken by a live event')
+    else
+      local subs = string.sub(r, c + 1, d - 1)
+      sooner = store_event(wid, string.sub(r, a + 1, a + 1), string.sub(r, a + 2, b - 1),
+        string.sub(r, b + 1, c - 1), string.sub(r, d + 1), cjson.decode(subs), subs, at_due,
+        in_due) or sooner
+    end
+  end
+  return #records, redis.call('LLEN', INTAKE), sooner
 end

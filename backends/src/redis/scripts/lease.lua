@@ -1,6 +1,8 @@
 -- lease: ARGV = prefix, worker, lease ms, max, per subscription, byte budget,
 -- then pairs (subscription id, deliveries this worker has in flight for it).
 --
+-- 0. Events waiting in the intake are fanned out into their deliveries, due now (up to
+--    FAN_OUT_BATCH records; see `fan_out`).
 -- 1. Leases that ended (score < now in LEASES) go back to their queues, due now, redelivered.
 -- 2. Subscriptions with due work (score <= now in DUE) are served in id order, starting after
 --    the cursor (`{p}:cursor`) and wrapping around, each up to its free concurrency, at most
@@ -8,7 +10,8 @@
 --    at least one job). Each lease gets a fresh token (INCR `{p}:token`).
 -- 3. next_due: the earliest due time in the future (DUE) or lease end (LEASES); none when the
 --    byte budget stopped the claim (the caller asks again once payloads are released). A
---    subscription capped by its concurrency is no work to wake up for.
+--    subscription capped by its concurrency is no work to wake up for. Now while records are
+--    left in the intake, so that the caller comes back for them at once.
 -- Returns {next_due or false, payloads, jobs, dropped}:
 --   payloads: {payload, type or false, received_at, subscription ids (JSON), archived 0/1}
 --   jobs: {webhook id, subscription id, attempts, final_attempt or false, token,
@@ -25,6 +28,7 @@ for i = 7, #ARGV, 2 do
 end
 local now = now_ms()
 redis.call('ZADD', WORKERS, now, worker)
+local _, intake_left = fan_out(FAN_OUT_BATCH, now)
 
 local expired = redis.call('ZRANGEBYSCORE', LEASES, '-inf', '(' .. now, 'LIMIT', 0, 1000)
 for _, m in ipairs(expired) do
@@ -127,6 +131,9 @@ if not spent then
   local lease_end = redis.call('ZRANGE', LEASES, 0, 0, 'WITHSCORES')
   if #lease_end > 0 and (not next_due or tonumber(lease_end[2]) < next_due) then
     next_due = tonumber(lease_end[2])
+  end
+  if intake_left > 0 then
+    next_due = now
   end
 end
 return {next_due, payloads, jobs, dropped}

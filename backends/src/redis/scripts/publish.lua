@@ -1,4 +1,5 @@
--- publish: a batch of events, each checked and stored on its own (see `publisher.rs`).
+-- publish: a batch of events, each checked and stored on its own (see `publisher.rs`): the
+-- events with an idempotency key (the others go through the intake and `fan_out`).
 -- ARGV = prefix, idempotency key expiry ms, then per event: webhook id, has type (0/1),
 -- type, received_at ms, payload, idempotency key name ('' for none), fingerprint (64 hex),
 -- subscription count n, n subscription ids.
@@ -13,9 +14,7 @@ local expiry = ARGV[2]
 -- Formatted once: a number argument is formatted by Redis at every call that gets it.
 local now = string.format('%d', now_ms())
 local sooner = false
--- Every delivery of the batch is due at the same `now`: once a subscription's score in DUE is
--- at most `now`, a delivery added to its queue cannot lower it, so DUE is touched once per
--- subscription and batch.
+-- Every delivery of the batch is due at the same `now` (see `store_event`).
 local in_due = {}
 
 local function publish_one(wid, has_type, etype, at, payload, idem, fp, first_sub, last_sub)
@@ -43,30 +42,16 @@ local function publish_one(wid, has_type, etype, at, payload, idem, fp, first_su
   if n == 0 then
     return {'accepted'}
   end
-  local subs, seen_sub, open = {}, {}, 0
+  local subs, seen_sub = {}, {}
   for i = first_sub, last_sub do
     local sid = ARGV[i]
     if not seen_sub[sid] then
       seen_sub[sid] = true
       subs[#subs + 1] = sid
-      -- attempts and token are absent until the first lease (readers take them as 0).
-      redis.call('HSET', dkey(wid, sid), 'state', 'queued', 'due', now)
-      if in_due[sid] then
-        redis.call('ZADD', qkey(sid), now, wid)
-      else
-        in_due[sid] = true
-        if enqueue(wid, sid, now) then
-          sooner = true
-        end
-      end
-      open = open + 1
     end
   end
-  if has_type == '1' then
-    redis.call('HSET', e, 'payload', payload, 'at', at, 'subs', cjson.encode(subs), 'open', open,
-      'type', etype)
-  else
-    redis.call('HSET', e, 'payload', payload, 'at', at, 'subs', cjson.encode(subs), 'open', open)
+  if store_event(wid, has_type, etype, at, payload, subs, cjson.encode(subs), now, in_due) then
+    sooner = true
   end
   return {'accepted'}
 end

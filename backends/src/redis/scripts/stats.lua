@@ -1,7 +1,13 @@
 -- stats: ARGV = prefix. Returns {ready, scheduled, in flight}: per subscription with queued
--- deliveries (DUE) one ZCARD and one ZCOUNT, never a scan of the deliveries.
+-- deliveries (DUE) one ZCARD and one ZCOUNT, never a scan of the deliveries. The intake is
+-- fanned out first (one batch), so its events count per delivery; beyond that batch, an event
+-- still in the intake counts as one ready delivery, whatever its number of subscriptions.
 local now = now_ms()
-local ready, scheduled = 0, 0
+local _, left, sooner = fan_out(FAN_OUT_BATCH, now)
+if sooner then
+  redis.call('PUBLISH', WAKE, '1')
+end
+local ready, scheduled = left, 0
 for _, sid in ipairs(redis.call('ZRANGE', DUE, 0, -1)) do
   local q = qkey(sid)
   local all = redis.call('ZCARD', q)
