@@ -917,6 +917,35 @@ async fn an_intake_record_whose_webhook_id_is_taken_is_dropped_at_fan_out() {
     assert_eq!(intake_len(&mut raw(&url).await, &prefix).await, 0);
 }
 
+/// A fan-out step stops after about a mebibyte of records, so that a backlog of large events
+/// does not make one script copy hundreds of megabytes; reads and leases still reach them all.
+#[tokio::test]
+async fn a_fan_out_step_takes_about_a_mebibyte_of_large_records() {
+    let url = redis_or_skip!();
+    let (p, prefix) = parts(&url).await;
+    let t = &p.transport;
+    let mut conn = raw(&url).await;
+    let big = vec![b'x'; 200 * 1024];
+    let ids: Vec<String> = (0..40).map(|i| format!("msg_big{i:02}")).collect();
+    for id in &ids {
+        t.publish(publish(id, &["sub_a"], &big)).await.unwrap();
+    }
+    assert_eq!(intake_len(&mut conn, &prefix).await, 40);
+    t.stats().await.unwrap();
+    let left = intake_len(&mut conn, &prefix).await;
+    // Chunks of 8 records until 1 MiB is reached: 8 records of 200 KiB (1.6 MiB) here.
+    assert_eq!(left, 32, "one step took one chunk of large records");
+    let last = t
+        .live("msg_big39")
+        .await
+        .unwrap()
+        .expect("found behind them");
+    assert_eq!(last.open.len(), 1);
+    let mut leased = lease_all(t).await;
+    leased.sort();
+    assert_eq!(leased, ids);
+}
+
 /// A lease fans out one batch of the intake; while records are left it answers "due now", so
 /// that its caller comes back for them at once instead of waiting for a wake-up.
 #[tokio::test]

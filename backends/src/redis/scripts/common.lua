@@ -84,8 +84,12 @@ local function store_event(wid, has_type, etype, at, payload, sids, subs, at_due
 end
 
 -- How many intake records one step fans out: ~15 µs of Redis time each, so a step holds
--- Redis for a few milliseconds at most.
+-- Redis for a few milliseconds at most. A step also stops once it took FAN_OUT_BYTES of
+-- records (taken a few at a time), so that large payloads (up to the api's limit, 1 MiB by
+-- default) do not make one script copy hundreds of megabytes.
 local FAN_OUT_BATCH = 256
+local FAN_OUT_BYTES = 1024 * 1024
+local FAN_OUT_CHUNK = 8
 
 -- Fans out up to `limit` events from the intake, oldest first: each record becomes its event
 -- and its deliveries, due `now` (see `publisher.rs` for the record's layout). Popping and
@@ -94,28 +98,35 @@ local FAN_OUT_BATCH = 256
 -- ids (ULIDs), so this only happens to a caller that reuses one. Returns how many records it
 -- took, how many are left, and whether a subscription became due sooner.
 local function fan_out(limit, now)
-  local records = redis.call('LPOP', INTAKE, limit)
-  if not records then
-    return 0, 0, false
-  end
-  local sooner = false
+  local taken, bytes, sooner = 0, 0, false
   local at_due = string.format('%d', now)
   local in_due = {}
-  for _, r in ipairs(records) do
-    local a = string.find(r, '\n', 1, true)
-    local b = string.find(r, '\n', a + 1, true)
-    local c = string.find(r, '\n', b + 1, true)
-    local d = string.find(r, '\n', c + 1, true)
-    local wid = string.sub(r, 1, a - 1)
-    if redis.call('EXISTS', ekey(wid)) == 1 then
-      redis.log(redis.LOG_WARNING, 'herald: intake record dropped, webhook id ' .. wid ..
-        ' is taken by a live event')
-    else
-      local subs = string.sub(r, c + 1, d - 1)
-      sooner = store_event(wid, string.sub(r, a + 1, a + 1), string.sub(r, a + 2, b - 1),
-        string.sub(r, b + 1, c - 1), string.sub(r, d + 1), cjson.decode(subs), subs, at_due,
-        in_due) or sooner
+  while taken < limit and bytes < FAN_OUT_BYTES do
+    local records = redis.call('LPOP', INTAKE, math.min(FAN_OUT_CHUNK, limit - taken))
+    if not records then
+      break
+    end
+    taken = taken + #records
+    for _, r in ipairs(records) do
+      bytes = bytes + #r
+      local a = string.find(r, '\n', 1, true)
+      local b = string.find(r, '\n', a + 1, true)
+      local c = string.find(r, '\n', b + 1, true)
+      local d = string.find(r, '\n', c + 1, true)
+      local wid = string.sub(r, 1, a - 1)
+      if redis.call('EXISTS', ekey(wid)) == 1 then
+        redis.log(redis.LOG_WARNING, 'herald: intake record dropped, webhook id ' .. wid ..
+          ' is taken by a live event')
+      else
+        local subs = string.sub(r, c + 1, d - 1)
+        sooner = store_event(wid, string.sub(r, a + 1, a + 1), string.sub(r, a + 2, b - 1),
+          string.sub(r, b + 1, c - 1), string.sub(r, d + 1), cjson.decode(subs), subs, at_due,
+          in_due) or sooner
+      end
     end
   end
-  return #records, redis.call('LLEN', INTAKE), sooner
+  if taken == 0 then
+    return 0, 0, false
+  end
+  return taken, redis.call('LLEN', INTAKE), sooner
 end
