@@ -33,7 +33,7 @@
 //! ## Scripts and their invariants
 //! - The intake (see `publisher`): an event without an idempotency key is appended as one
 //!   record (`RPUSH`, one per batch of events) and answered; the append that found the intake
-//!   empty publishes one wake-up. `fan_out` (in `common.lua`) pops up to 256 records and stores
+//!   empty publishes one wake-up. `fan_out` (in `common.lua`) pops up to 256 records (or about 1 MiB of them) and stores
 //!   each event with one delivery per subscription, due now, inside the script that pops them:
 //!   a record is never both gone and not stored. `lease`, `live` and `stats` fan out first.
 //! - `publish`: for each event of a batch that carries an idempotency key, checks and records
