@@ -917,6 +917,36 @@ async fn an_intake_record_whose_webhook_id_is_taken_is_dropped_at_fan_out() {
     assert_eq!(intake_len(&mut raw(&url).await, &prefix).await, 0);
 }
 
+/// A record Herald did not write (no layout, bad subscription ids) is dropped when fanned out,
+/// and the records around it are stored as usual.
+#[tokio::test]
+async fn a_malformed_intake_record_is_dropped_and_the_others_are_kept() {
+    let url = redis_or_skip!();
+    let (p, prefix) = parts(&url).await;
+    let t = &p.transport;
+    let mut conn = raw(&url).await;
+    t.publish(publish("msg_before", &["sub_a"], b"{}"))
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("RPUSH")
+        .arg(format!("{prefix}:intake"))
+        .arg("no newline at all")
+        .arg("msg_x\n0\n1\nnot json\n{}")
+        .arg("msg_y\n0\n1\n[1]\n{}")
+        .arg("msg_z\n0\n1\n[]\n{}")
+        .arg("\n0\n1\n[\"sub_a\"]\n{}")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    t.publish(publish("msg_after", &["sub_a"], b"{}"))
+        .await
+        .unwrap();
+    assert_eq!(intake_len(&mut conn, &prefix).await, 7);
+    let leased = lease_all(t).await;
+    assert_eq!(leased, ["msg_after", "msg_before"]);
+    assert_eq!(intake_len(&mut conn, &prefix).await, 0);
+}
+
 /// A fan-out step stops after about a mebibyte of records, so that a backlog of large events
 /// does not make one script copy hundreds of megabytes; reads and leases still reach them all.
 #[tokio::test]

@@ -13,7 +13,9 @@
 //! A record is `{webhook id}\n{0|1}{event type}\n{received_at ms}\n{subscription ids as a JSON
 //! array}\n{payload}`: the payload comes last and may hold any byte. An event whose id or type
 //! holds a newline (never one Herald made: ids are ULIDs, header values cannot hold one) goes
-//! through the script instead, so a record always parses.
+//! through the script instead, so a record always parses. A record that does not (written to
+//! the key by something else) is dropped at fan-out and logged by Redis, never an error that
+//! would end the fan-out's script half-way.
 //!
 //! ## Protocol
 //! Callers hand their event to one batching task over a bounded channel and wait for their

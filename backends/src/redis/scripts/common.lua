@@ -91,6 +91,31 @@ local FAN_OUT_BATCH = 256
 local FAN_OUT_BYTES = 1024 * 1024
 local FAN_OUT_CHUNK = 8
 
+-- The parts of an intake record (layout in `publisher.rs`): webhook id, has type ('0'/'1'),
+-- type, received_at, subscription ids (JSON and decoded), payload; nothing for a record that
+-- does not have that layout.
+local function parse_record(r)
+  local a = string.find(r, '\n', 1, true)
+  local b = a and string.find(r, '\n', a + 1, true)
+  local c = b and string.find(r, '\n', b + 1, true)
+  local d = c and string.find(r, '\n', c + 1, true)
+  if not d or a == 1 then
+    return nil
+  end
+  local subs = string.sub(r, c + 1, d - 1)
+  local ok, sids = pcall(cjson.decode, subs)
+  if not ok or type(sids) ~= 'table' or #sids == 0 then
+    return nil
+  end
+  for _, sid in ipairs(sids) do
+    if type(sid) ~= 'string' then
+      return nil
+    end
+  end
+  return string.sub(r, 1, a - 1), string.sub(r, a + 1, a + 1), string.sub(r, a + 2, b - 1),
+    string.sub(r, b + 1, c - 1), subs, string.sub(r, d + 1), sids
+end
+
 -- Fans out up to `limit` events from the intake, oldest first: each record becomes its event
 -- and its deliveries, due `now` (see `publisher.rs` for the record's layout). Popping and
 -- storing happen in the calling script, so a record is never both gone and not stored. A
@@ -109,19 +134,18 @@ local function fan_out(limit, now)
     taken = taken + #records
     for _, r in ipairs(records) do
       bytes = bytes + #r
-      local a = string.find(r, '\n', 1, true)
-      local b = string.find(r, '\n', a + 1, true)
-      local c = string.find(r, '\n', b + 1, true)
-      local d = string.find(r, '\n', c + 1, true)
-      local wid = string.sub(r, 1, a - 1)
-      if redis.call('EXISTS', ekey(wid)) == 1 then
+      local wid, has_type, etype, at, subs, payload, sids = parse_record(r)
+      if not wid then
+        -- Never one Herald wrote: an error here would end the script after the pop, and Redis
+        -- keeps a script's writes up to an error, so the records after it would be lost.
+        redis.log(redis.LOG_WARNING, 'herald: malformed intake record dropped: ' ..
+          string.gsub(string.sub(r, 1, 64), '%c', '?'))
+      elseif redis.call('EXISTS', ekey(wid)) == 1 then
         redis.log(redis.LOG_WARNING, 'herald: intake record dropped, webhook id ' .. wid ..
           ' is taken by a live event')
       else
-        local subs = string.sub(r, c + 1, d - 1)
-        sooner = store_event(wid, string.sub(r, a + 1, a + 1), string.sub(r, a + 2, b - 1),
-          string.sub(r, b + 1, c - 1), string.sub(r, d + 1), cjson.decode(subs), subs, at_due,
-          in_due) or sooner
+        sooner = store_event(wid, has_type, etype, at, payload, sids, subs, at_due, in_due)
+          or sooner
       end
     end
   end
