@@ -216,30 +216,37 @@ async fn append<'a>(
     Ok(answers)
 }
 
-/// One intake record (layout in the module docs); subscription ids once each, in order.
+/// One intake record (layout in the module docs); subscription ids once each, in order. Written
+/// straight into one buffer: this runs for every ingested event.
 fn record(p: &Publish) -> Result<Vec<u8>> {
+    use std::io::Write;
     let e = &p.event;
-    let mut seen = std::collections::HashSet::with_capacity(p.subscription_ids.len());
-    let sids: Vec<&str> = p
-        .subscription_ids
-        .iter()
-        .map(String::as_str)
-        .filter(|s| seen.insert(*s))
-        .collect();
-    let subs = serde_json::to_vec(&sids)
-        .map_err(|err| StoreError::backend_by("encoding subscription ids", err))?;
     let event_type = e.event_type.as_deref().unwrap_or("");
-    let mut r = Vec::with_capacity(
-        e.webhook_id.len() + event_type.len() + subs.len() + 32 + e.payload.len(),
-    );
+    let ids: usize = p.subscription_ids.iter().map(|s| s.len() + 3).sum();
+    let mut r =
+        Vec::with_capacity(e.webhook_id.len() + event_type.len() + ids + 32 + e.payload.len());
     r.extend_from_slice(e.webhook_id.as_bytes());
     r.push(b'\n');
     r.push(if e.event_type.is_some() { b'1' } else { b'0' });
     r.extend_from_slice(event_type.as_bytes());
-    r.push(b'\n');
-    r.extend_from_slice(e.received_at.timestamp_millis().to_string().as_bytes());
-    r.push(b'\n');
-    r.extend_from_slice(&subs);
+    // Writing to a Vec cannot fail; the error type is io's.
+    let encoded = write!(r, "\n{}\n", e.received_at.timestamp_millis()).and_then(|()| {
+        // An ingest names one subscription; only a fan-out's list can repeat one.
+        if p.subscription_ids.len() <= 1 {
+            serde_json::to_writer(&mut r, &p.subscription_ids)
+        } else {
+            let mut seen = std::collections::HashSet::with_capacity(p.subscription_ids.len());
+            let distinct: Vec<&str> = p
+                .subscription_ids
+                .iter()
+                .map(String::as_str)
+                .filter(|s| seen.insert(*s))
+                .collect();
+            serde_json::to_writer(&mut r, &distinct)
+        }
+        .map_err(std::io::Error::from)
+    });
+    encoded.map_err(|err| StoreError::backend_by("encoding an intake record", err))?;
     r.push(b'\n');
     r.extend_from_slice(&e.payload);
     Ok(r)

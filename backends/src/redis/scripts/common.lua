@@ -120,9 +120,10 @@ end
 -- and its deliveries, due `now` (see `publisher.rs` for the record's layout). Popping and
 -- storing happen in the calling script, so a record is never both gone and not stored. A
 -- record whose webhook id is taken by a live event is dropped and logged: Herald mints webhook
--- ids (ULIDs), so this only happens to a caller that reuses one. Returns how many records it
--- took, how many are left, and whether a subscription became due sooner.
-local function fan_out(limit, now)
+-- ids (ULIDs), so this only happens to a caller that reuses one. With `wake`, publishes a
+-- wake-up when a subscription became due sooner (a reader fanning out tells the workers; a
+-- lease takes the work itself). Returns how many records it took and how many are left.
+local function fan_out(limit, now, wake)
   local taken, bytes, sooner = 0, 0, false
   local at_due = string.format('%d', now)
   local in_due = {}
@@ -150,7 +151,10 @@ local function fan_out(limit, now)
     end
   end
   if taken == 0 then
-    return 0, 0, false
+    return 0, 0
   end
-  return taken, redis.call('LLEN', INTAKE), sooner
+  if wake and sooner then
+    redis.call('PUBLISH', WAKE, '1')
+  end
+  return taken, redis.call('LLEN', INTAKE)
 end

@@ -28,7 +28,7 @@ for i = 7, #ARGV, 2 do
 end
 local now = now_ms()
 redis.call('ZADD', WORKERS, now, worker)
-local _, intake_left = fan_out(FAN_OUT_BATCH, now)
+local _, intake_left = fan_out(FAN_OUT_BATCH, now, false)
 
 local expired = redis.call('ZRANGEBYSCORE', LEASES, '-inf', '(' .. now, 'LIMIT', 0, 1000)
 for _, m in ipairs(expired) do

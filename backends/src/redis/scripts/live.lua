@@ -19,11 +19,8 @@ if not e[2] then
     if left == 0 then
       return false
     end
-    local took, sooner
-    took, left, sooner = fan_out(FAN_OUT_BATCH, now)
-    if sooner then
-      redis.call('PUBLISH', WAKE, '1')
-    end
+    local took
+    took, left = fan_out(FAN_OUT_BATCH, now, true)
     e = read()
     if e[2] or took == 0 then
       break

@@ -3,10 +3,7 @@
 -- fanned out first (one batch), so its events count per delivery; beyond that batch, an event
 -- still in the intake counts as one ready delivery, whatever its number of subscriptions.
 local now = now_ms()
-local _, left, sooner = fan_out(FAN_OUT_BATCH, now)
-if sooner then
-  redis.call('PUBLISH', WAKE, '1')
-end
+local _, left = fan_out(FAN_OUT_BATCH, now, true)
 local ready, scheduled = left, 0
 for _, sid in ipairs(redis.call('ZRANGE', DUE, 0, -1)) do
   local q = qkey(sid)
