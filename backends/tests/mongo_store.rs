@@ -296,6 +296,17 @@ async fn attempts_order_keep_the_first_record_and_expire() {
             ..third
         }
     );
+    // Absent values are left out of the document, not stored as null.
+    let raw = db
+        .collection::<Document>("attempts")
+        .find_one(doc! { "webhook_id": "msg_1", "attempt": 3_i64 })
+        .await
+        .unwrap()
+        .unwrap();
+    for absent in ["http_status", "response_excerpt", "event_type"] {
+        assert!(!raw.contains_key(absent), "{absent} in {raw:?}");
+    }
+    assert_eq!(raw.get_str("error"), Ok("connection refused"));
     assert_eq!(log.by_subscription("sub_a", 2).await.unwrap().len(), 2);
     assert!(log.by_subscription("sub_a", 0).await.unwrap().is_empty());
 

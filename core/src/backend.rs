@@ -96,6 +96,15 @@ pub trait Queue: Send + Sync {
         Duration::ZERO
     }
 
+    /// How long a worker lets finished jobs gather before it settles them. Zero where a settle
+    /// is cheap; a few milliseconds where each settle costs fixed work on more than one server
+    /// (round trips, a transaction, a script call), so that settles come in fewer, larger
+    /// batches. The jobs' slots are free meanwhile: only the lease (renewed by heartbeats) and
+    /// the moment reads show the end wait for it.
+    fn settle_linger(&self) -> Duration {
+        Duration::ZERO
+    }
+
     /// The event and the state of each of its deliveries.
     async fn webhook(&self, webhook_id: &str) -> Result<Option<WebhookRecord>>;
 

@@ -489,7 +489,19 @@ impl Engine {
 /// deliveries and they are made again (at least once).
 async fn record(backend: Backend, mut rx: mpsc::Receiver<Done>) {
     let mut batch = Vec::with_capacity(SETTLE_BATCH);
+    let linger = backend.queue.settle_linger();
     while rx.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
+        if !linger.is_zero() {
+            let until = tokio::time::Instant::now() + linger;
+            while batch.len() < SETTLE_BATCH {
+                let room = SETTLE_BATCH - batch.len();
+                match tokio::time::timeout_at(until, rx.recv_many(&mut batch, room)).await {
+                    Ok(n) if n > 0 => {}
+                    // Closed (shutdown) or the linger is over.
+                    _ => break,
+                }
+            }
+        }
         let mut settlements = Vec::with_capacity(batch.len());
         for d in batch.drain(..) {
             if let Some(succeeded) = d.final_outcome {

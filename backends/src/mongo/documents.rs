@@ -302,19 +302,30 @@ fn outcome_name(o: Outcome) -> &'static str {
 }
 
 pub fn attempt_doc(a: &Attempt) -> Document {
-    doc! {
+    let mut d = doc! {
         "_id": attempt_id(&a.webhook_id, &a.subscription_id, a.attempt),
         "webhook_id": &a.webhook_id,
         "subscription_id": &a.subscription_id,
         "attempt": int(a.attempt.into()),
-        "event_type": opt_str(&a.event_type),
         "target_url": &a.target_url,
         "attempted_at": date(a.attempted_at),
         "outcome": outcome_name(a.outcome),
-        "http_status": a.http_status.map_or(Bson::Null, |s| Bson::Int32(s.into())),
-        "error": opt_str(&a.error),
         "duration_ms": int(a.duration_ms),
-        "response_excerpt": opt_str(&a.response_excerpt),
+    };
+    // Absent values are left out rather than stored as null: this is the one document written
+    // per attempt, and every field costs the server work on each insert.
+    put_some_str(&mut d, "event_type", &a.event_type);
+    if let Some(s) = a.http_status {
+        d.insert("http_status", Bson::Int32(s.into()));
+    }
+    put_some_str(&mut d, "error", &a.error);
+    put_some_str(&mut d, "response_excerpt", &a.response_excerpt);
+    d
+}
+
+fn put_some_str(d: &mut Document, key: &str, s: &Option<String>) {
+    if let Some(s) = s {
+        d.insert(key, s.as_str());
     }
 }
 
@@ -342,13 +353,14 @@ pub fn attempt_from(d: &Document) -> Decoded<Attempt> {
 }
 
 pub fn event_doc(e: &ArchivedEvent) -> Document {
-    doc! {
+    let mut d = doc! {
         "_id": &e.event.webhook_id,
         "payload": Binary { subtype: BinarySubtype::Generic, bytes: e.event.payload.to_vec() },
-        "event_type": opt_str(&e.event.event_type),
         "received_at": date(e.event.received_at),
         "subscription_ids": &e.subscription_ids,
-    }
+    };
+    put_some_str(&mut d, "event_type", &e.event.event_type);
+    d
 }
 
 pub fn event_from(d: &Document) -> Decoded<ArchivedEvent> {
