@@ -101,6 +101,14 @@ struct Args {
     settings: Settings,
 }
 
+/// Serves `app` on a free loopback port; returns the URL of its `/hook`.
+async fn serve(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
 /// Counts the POSTs it gets and answers 200 at once.
 async fn receiver() -> (String, Arc<AtomicUsize>) {
     let count = Arc::new(AtomicUsize::new(0));
@@ -115,10 +123,7 @@ async fn receiver() -> (String, Arc<AtomicUsize>) {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, count)
+    (serve(app).await, count)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,10 +189,7 @@ async fn staggered_receiver(step: Duration) -> (String, Arc<Mutex<Vec<Instant>>>
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, arrivals)
+    (serve(app).await, arrivals)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
