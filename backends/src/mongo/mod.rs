@@ -19,8 +19,9 @@
 //! written. Absent optional values are stored as null, except in `events` and `attempts`, the
 //! documents written for every event and attempt, which leave them out (every field costs the
 //! server work on each insert); reads take a missing field and a null alike. The `_id`s of
-//! deliveries and attempts are derived from what identifies them, so inserting one twice hits the `_id` index instead of
-//! making a copy (the webhook id is length-prefixed, so no pair of ids can make the same key).
+//! deliveries and attempts are derived from what identifies them, so inserting one twice hits
+//! the `_id` index instead of making a copy (the webhook id is length-prefixed, so no pair of
+//! ids can make the same key).
 //!
 //! ## Indexes
 //!
