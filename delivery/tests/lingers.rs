@@ -101,6 +101,14 @@ struct Args {
     settings: Settings,
 }
 
+/// The engine's configuration for these flags, loopback targets allowed.
+fn engine_config(flags: &[&str]) -> EngineConfig {
+    let args = ["herald-delivery", "--allow-targets=127.0.0.0/8"]
+        .into_iter()
+        .chain(flags.iter().copied());
+    EngineConfig::from_settings(&Args::try_parse_from(args).unwrap().settings).unwrap()
+}
+
 /// Serves `app` on a free loopback port; returns the URL of its `/hook`.
 async fn serve(app: axum::Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -145,14 +153,7 @@ async fn a_busy_subscription_claims_again_as_soon_as_its_slots_are_free() {
             PublishOutcome::Accepted
         );
     }
-    let settings = Args::try_parse_from([
-        "herald-delivery",
-        "--allow-targets=127.0.0.0/8",
-        &format!("--subscription-concurrency={PER_SUBSCRIPTION}"),
-    ])
-    .unwrap()
-    .settings;
-    let config = EngineConfig::from_settings(&settings).unwrap();
+    let config = engine_config(&[&format!("--subscription-concurrency={PER_SUBSCRIPTION}")]);
     let cache = Arc::new(SubscriptionCache::for_backend(&backend));
     let stop = CancellationToken::new();
     let started = Instant::now();
@@ -215,15 +216,10 @@ async fn the_settle_linger_gathers_jobs_that_finish_apart_and_holds_no_slot() {
         );
         backend.queue.publish(publish).await.unwrap();
     }
-    let settings = Args::try_parse_from([
-        "herald-delivery",
-        "--allow-targets=127.0.0.0/8",
+    let config = engine_config(&[
         &format!("--subscription-concurrency={FIRST}"),
         &format!("--delivery-concurrency={FIRST}"),
-    ])
-    .unwrap()
-    .settings;
-    let config = EngineConfig::from_settings(&settings).unwrap();
+    ]);
     let cache = Arc::new(SubscriptionCache::for_backend(&backend));
     let stop = CancellationToken::new();
     let started = Instant::now();
