@@ -217,9 +217,11 @@ install_check_jsonschema() {
   exec 7>&-
 }
 
+# Redis, and Debian's faketime (libfaketime), which the clock-skew tests run a worker under.
 ensure_redis() {
-  command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 && return 0
-  log "installing Debian's redis-server package"
+  command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 &&
+    command -v faketime >/dev/null 2>&1 && return 0
+  log "installing Debian's redis-server and faketime packages"
   local sudo=()
   [[ $(id -u) -eq 0 ]] || sudo=(sudo -n)
   # Keep the package's own service from starting (we start our own instance).
@@ -231,13 +233,13 @@ ensure_redis() {
   fi
   local ok=
   export DEBIAN_FRONTEND=noninteractive
-  if "${sudo[@]}" apt-get install -y -q --no-install-recommends redis-server >&2 ||
+  if "${sudo[@]}" apt-get install -y -q --no-install-recommends redis-server faketime >&2 ||
     { "${sudo[@]}" apt-get update -q >&2 &&
-      "${sudo[@]}" apt-get install -y -q --no-install-recommends redis-server >&2; }; then
+      "${sudo[@]}" apt-get install -y -q --no-install-recommends redis-server faketime >&2; }; then
     ok=1
   fi
   [[ -z $made_policy ]] || "${sudo[@]}" rm -f "$policy"
-  [[ -n $ok ]] || die "could not install redis-server with apt-get"
+  [[ -n $ok ]] || die "could not install redis-server and faketime with apt-get"
 }
 
 # ---------------------------------------------------------------------------

@@ -550,8 +550,24 @@ async fn wait_port(port: u16) {
     }
 }
 
-/// The private Redis asks for a password, as the compose file's does.
-const PRIVATE_REDIS_PASSWORD: &str = "s3cret-test";
+/// The private Redis asks for a password, as the compose file's does; this one holds every
+/// character that ends a URL's userinfo, so `REDIS_ADDR` + `REDIS_PASSWORD` must encode it.
+const PRIVATE_REDIS_PASSWORD: &str = "p/a#s?s%w@rd";
+
+/// The URL of the private Redis on `addr`, its password percent-encoded.
+fn private_redis_url(addr: &str) -> String {
+    let encoded: String = PRIVATE_REDIS_PASSWORD
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    format!("redis://:{encoded}@{addr}/")
+}
 
 fn private_redis(dir: &Path, port: u16) -> Server {
     let dir = dir.to_path_buf();
@@ -626,7 +642,7 @@ async fn with_redis_down_ingest_answers_503_and_every_acknowledged_event_arrives
         assert!(!err.contains("wrong"), "the password is not printed: {err}");
     }
     // The original project's REDIS_ADDR + REDIS_PASSWORD, not a URL.
-    let mut inst = Installation::on(mongo, format!("redis://:{PRIVATE_REDIS_PASSWORD}@{addr}/"));
+    let mut inst = Installation::on(mongo, private_redis_url(&addr));
     inst.redis_by_addr = Some((addr.clone(), PRIVATE_REDIS_PASSWORD.into()));
     let rx = Receiver::start().await;
     let (_api_proc, api) = inst.api().await;
@@ -806,5 +822,242 @@ async fn clients_that_disconnect_mid_request_leave_nothing_stored_and_undelivere
             "queue {q}, stored {ingested}, delivered {delivered}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs `redis-cli` against the private Redis on `port` and answers its output, trimmed.
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "--no-auth-warning",
+        ])
+        .args(["-a", PRIVATE_REDIS_PASSWORD])
+        .args(args)
+        .output()
+        .expect("redis-cli (on PATH under scripts/testenv.sh)");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Debian's libfaketime (package `libfaketime`, installed by `scripts/testenv.sh`).
+fn libfaketime() -> PathBuf {
+    let found = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.exists());
+    found.expect("libfaketime.so.1 under /usr/lib/*/faketime (apt-get install libfaketime)")
+}
+
+/// The calls of scripts Redis has run since it started (`INFO commandstats`).
+fn script_calls(port: u16) -> u64 {
+    redis_cli(port, &["info", "commandstats"])
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| l.split("calls=").nth(1))
+        .filter_map(|v| v.split(',').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_longer_than_the_silence_limit_makes_no_worker_reap_a_live_one() {
+    let Some(mongo) = herald_testenv::mongo_uri() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut redis = private_redis(dir.path(), port);
+    wait_port(port).await;
+    let url = private_redis_url(&format!("127.0.0.1:{port}"));
+    // Heartbeats every 1 s, silent after 3 s (the installation's settings); the outage lasts
+    // 5 s, longer than the limit, while every delivery is held by the receiver for 7 s.
+    let inst = Installation::on(mongo, url.clone())
+        .with("HERALD_DELIVERY_TIMEOUT", "30s")
+        .with("HERALD_SUBSCRIPTION_CONCURRENCY", "16");
+    let rx = Receiver::start().await;
+    rx.on("/held", Behaviour::Delay(Duration::from_secs(7)));
+    let (_api_proc, api) = inst.api().await;
+    let sub = api.subscribe(&rx.url("/held")).await;
+    let _a = inst.delivery();
+    let _b = inst.delivery();
+    let mut accepted = HashSet::new();
+    for i in 0..24 {
+        accepted.insert(api.ingest_ok(&sub, &format!("{{\"i\":{i}}}")).await);
+    }
+    // Every delivery leased: at most 16 per process, so both hold some.
+    let leases = format!("{}:leases", inst.scratch.prefix);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis_cli(port, &["zcard", &leases]) != "24" {
+        assert!(
+            Instant::now() < deadline,
+            "the 24 deliveries were never all leased"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    redis.stop();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    redis.restart();
+    wait_port(port).await;
+
+    // Each request is answered (and logged by the receiver) 7 s after it arrived, so all were
+    // still in flight when Redis came back: a worker that reaped the other then would have
+    // sent some again at once, and those are answered 7 s later.
+    wait_received(&rx, "/held", &accepted, Duration::from_secs(40)).await;
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    assert_eq!(
+        duplicates(&rx, "/held"),
+        0,
+        "no delivery is sent twice because of an outage both workers lived through"
+    );
+    assert_eq!(rx.received("/held").len(), 24);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_process_whose_clock_is_five_minutes_behind_retries_and_defers_on_schedule() {
+    let Some(mongo) = herald_testenv::mongo_uri() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _redis = private_redis(dir.path(), port);
+    wait_port(port).await;
+    let url = private_redis_url(&format!("127.0.0.1:{port}"));
+    let inst = Installation::on(mongo, url.clone())
+        .with("HERALD_RETRY_SCHEDULE", "2s")
+        .with("HERALD_MAX_ATTEMPTS", "4");
+    let rx = Receiver::start().await;
+    rx.on("/fail", Behaviour::Status(500));
+    let (_api_proc, api) = inst.api().await;
+    let failing = api.subscribe(&rx.url("/fail")).await;
+    let paused = api
+        .create_id(json!({"target_url": rx.url("/paused"), "paused": true}))
+        .await;
+    api.ingest_ok(&paused, "{\"held\":true}").await;
+    // Debian's libfaketime (preloaded directly: the `faketime` command forks, and its child
+    // would outlive the test): this process's wall clock runs 300 s behind Redis's.
+    let mut cmd = inst.command(&delivery_bin());
+    cmd.env("LD_PRELOAD", libfaketime())
+        .env("FAKETIME", "-300s")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    let _skewed = Proc {
+        child: cmd.spawn().expect("herald-delivery starts"),
+    };
+    // The paused subscription's delivery is claimed and deferred for a minute: on Redis's
+    // clock, not due again at once (which would claim it in a loop).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = script_calls(port);
+    api.ingest_ok(&failing, "{\"order\":1}").await;
+    let got = rx.wait_for("/fail", 4, Duration::from_secs(30)).await;
+    let calls = script_calls(port) - before;
+    let gaps: Vec<Duration> = got.windows(2).map(|w| w[1].at - w[0].at).collect();
+    for gap in &gaps {
+        assert!(
+            *gap >= Duration::from_millis(1800),
+            "retries 2 s apart by Redis's clock, whatever the worker's: {gaps:?}"
+        );
+    }
+    // ~6 s of work: heartbeats, reaps, polls and 4 attempts, tens of script calls; a deferral
+    // due at once would make it thousands.
+    assert!(
+        calls < 300,
+        "{calls} script calls in {:?}",
+        gaps.iter().sum::<Duration>()
+    );
+    assert!(rx.received("/paused").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_may_evict_keys_is_refused_at_start_and_while_running() {
+    let Some(mongo) = herald_testenv::mongo_uri() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _redis = private_redis(dir.path(), port);
+    wait_port(port).await;
+    let url = private_redis_url(&format!("127.0.0.1:{port}"));
+    let set_policy = |p: &str| {
+        assert_eq!(
+            redis_cli(port, &["config", "set", "maxmemory-policy", p]),
+            "OK"
+        )
+    };
+    // At start: one error line that names the setting and the fix; nothing starts.
+    set_policy("allkeys-lru");
+    for bin in [herald_bin(), delivery_bin()] {
+        let (status, err) = run_to_exit(
+            &bin,
+            &[("MONGO_URI", mongo.as_str()), ("REDIS_URL", url.as_str())],
+        );
+        assert_eq!(status.code(), Some(1), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(
+            err.contains("maxmemory-policy is allkeys-lru") && err.contains("noeviction"),
+            "{err}"
+        );
+    }
+    // While running: a policy changed to one that evicts (a managed default such as
+    // volatile-lru) makes ingest refuse with 503 and the api not ready, within seconds.
+    set_policy("noeviction");
+    let inst = Installation::on(mongo, url.clone());
+    let (_api_proc, api) = inst.api().await;
+    let sub = api.subscribe("http://127.0.0.1:9/never").await;
+    api.ingest_ok(&sub, "{\"before\":1}").await;
+    set_policy("volatile-lru");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = api.ingest(&sub, "order.created", "{\"during\":1}").await;
+        match r.status().as_u16() {
+            202 => {}
+            503 => {
+                let body: Value = r.json().await.unwrap();
+                assert!(
+                    body.to_string().contains("maxmemory-policy"),
+                    "the refusal says why: {body}"
+                );
+                break;
+            }
+            other => panic!("ingest answered {other} while Redis may evict"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ingest still accepted 10 s after Redis began to evict"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (ready, _) = api.get("/readyz").await;
+    assert_eq!(ready, 503, "not ready while Redis may evict");
+    set_policy("noeviction");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while api
+        .ingest(&sub, "order.created", "{\"after\":1}")
+        .await
+        .status()
+        != 202
+    {
+        assert!(Instant::now() < deadline, "ingest never resumed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(api.get("/readyz").await.0, 200);
+}
+
+#[test]
+fn help_never_shows_connection_strings_or_passwords() {
+    for bin in [herald_bin(), delivery_bin()] {
+        let out = Command::new(&bin)
+            .arg("--help")
+            .env("MONGO_URI", "mongodb://herald:hunter2-mongo@db.internal/")
+            .env("REDIS_URL", "redis://:hunter2-redis@cache.internal/")
+            .env("REDIS_PASSWORD", "hunter2-password")
+            .output()
+            .expect("--help runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("MONGO_URI"), "{text}");
+        assert!(!text.contains("hunter2"), "{}: {text}", bin.display());
     }
 }

@@ -1574,3 +1574,84 @@ async fn a_redis_that_stops_answering_fails_calls_in_time() {
         assert!(got.iter().any(|g| g == id), "{id} in {got:?}");
     }
 }
+
+/// The incremental AOF file of a Redis 7 (multi-part AOF) in `dir`.
+fn incremental_aof(dir: &std::path::Path) -> PathBuf {
+    let aof_dir = dir.join("appendonlydir");
+    std::fs::read_dir(&aof_dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", aof_dir.display()))
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".incr.aof"))
+        .expect("an incremental AOF file")
+}
+
+#[tokio::test]
+async fn lease_tokens_keep_rising_after_a_restart_that_lost_the_aofs_tail() {
+    let Some(mut redis) = OwnRedis::start(Some("always")) else {
+        return;
+    };
+    let (p, _) = parts(&redis.url).await;
+    let t = p.transport.clone();
+    t.publish(publish("msg_fenced", &["sub_a"], b"{}"))
+        .await
+        .unwrap();
+    // Everything up to here is in the AOF (fsync always); what the lease writes is the tail
+    // that a crash with `appendfsync everysec` may lose.
+    let aof = incremental_aof(redis._dir.path());
+    let before_lease = std::fs::metadata(&aof).unwrap().len();
+    let first = lease(&t, &claim_request("w_old", 1, LEASE)).await.jobs;
+    assert_eq!(first.len(), 1);
+    assert!(std::fs::metadata(&aof).unwrap().len() > before_lease);
+    redis.kill();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&aof)
+        .unwrap()
+        .set_len(before_lease)
+        .unwrap();
+    redis.run();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while t.ping().await.is_err() {
+        assert!(Instant::now() < deadline, "the transport did not reconnect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The lease is gone with the tail, so the delivery is leased again: under a new token, never
+    // the one the old holder (still sending, as far as it knows) has.
+    let second = lease(&t, &claim_request("w_new", 1, LEASE)).await.jobs;
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].webhook_id, "msg_fenced");
+    let token = |j: &Job| {
+        j.receipt
+            .rsplit('|')
+            .next()
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+    };
+    assert!(
+        token(&second[0]) > token(&first[0]),
+        "{} after {}",
+        second[0].receipt,
+        first[0].receipt
+    );
+    // The old holder's settle is stale and changes nothing; the new holder's counts.
+    assert_eq!(
+        t.settle(&[settle(&first[0], Disposition::Delivered)])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        t.held(std::slice::from_ref(&second[0].receipt))
+            .await
+            .unwrap(),
+        vec![true]
+    );
+    assert_eq!(
+        t.settle(&[settle(&second[0], Disposition::Delivered)])
+            .await
+            .unwrap(),
+        0
+    );
+}

@@ -24,12 +24,13 @@ pub struct Settings {
     #[arg(long, env = "HERALD_SQLITE_SYNC", default_value = "full", value_parser = ["full", "normal"])]
     pub sqlite_sync: String,
 
-    /// MongoDB connection string (production mode).
-    #[arg(long, env = "MONGO_URI")]
+    /// MongoDB connection string (production mode). It may hold a password: `--help` never
+    /// shows its value.
+    #[arg(long, env = "MONGO_URI", hide_env_values = true)]
     pub mongo_uri: Option<String>,
 
-    /// Redis URL (production mode), e.g. `redis://redis:6379/0`.
-    #[arg(long, env = "REDIS_URL")]
+    /// Redis URL (production mode), e.g. `redis://redis:6379/0`; its value is never shown.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
     /// Redis `host:port`, the original README's form; used when `REDIS_URL` is unset.
@@ -213,7 +214,9 @@ impl Settings {
         TargetGuard::new(self.allow_targets.0.clone())
     }
 
-    /// The Redis URL from `REDIS_URL`, or from `REDIS_ADDR` + `REDIS_PASSWORD`.
+    /// The Redis URL from `REDIS_URL`, or from `REDIS_ADDR` + `REDIS_PASSWORD`. The password
+    /// is percent-encoded: written as it is, a `/`, `#`, `?` or `@` in it would end the
+    /// userinfo and name another host.
     pub fn redis(&self) -> Option<String> {
         if let Some(url) = &self.redis_url {
             return Some(url.clone());
@@ -221,7 +224,13 @@ impl Settings {
         self.redis_addr
             .as_ref()
             .map(|addr| match &self.redis_password {
-                Some(pw) if !pw.is_empty() => format!("redis://:{pw}@{addr}/"),
+                Some(pw) if !pw.is_empty() => {
+                    let pw = percent_encoding::utf8_percent_encode(
+                        pw,
+                        percent_encoding::NON_ALPHANUMERIC,
+                    );
+                    format!("redis://:{pw}@{addr}/")
+                }
                 _ => format!("redis://{addr}/"),
             })
     }
@@ -315,5 +324,29 @@ mod tests {
         assert!(Cli::try_parse_from(["herald", "--retry-schedule", "1x"]).is_err());
         assert!(Cli::try_parse_from(["herald", "--retry-schedule", "300000y"]).is_err());
         assert!(Cli::try_parse_from(["herald", "--allow-targets", "nope"]).is_err());
+    }
+
+    #[test]
+    fn a_redis_password_with_url_metacharacters_stays_the_password() {
+        let password = "p/a#s?s%w@rd:x y";
+        let s = Cli::try_parse_from([
+            "herald",
+            "--redis-addr",
+            "redis.internal:6380",
+            "--redis-password",
+            password,
+        ])
+        .unwrap()
+        .s;
+        let url = url::Url::parse(&s.redis().unwrap()).unwrap();
+        assert_eq!(url.host_str(), Some("redis.internal"));
+        assert_eq!(url.port(), Some(6380));
+        assert_eq!(url.path(), "/");
+        assert_eq!(url.fragment(), None);
+        assert_eq!(url.query(), None);
+        let decoded = percent_encoding::percent_decode_str(url.password().unwrap())
+            .decode_utf8()
+            .unwrap();
+        assert_eq!(decoded, password);
     }
 }

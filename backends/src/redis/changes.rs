@@ -35,6 +35,7 @@ pub(crate) async fn listen(
     keys: Keys,
     wake: Arc<Notify>,
     changes: broadcast::Sender<Change>,
+    eviction: super::eviction::EvictionGuard,
     mut stop: watch::Receiver<()>,
 ) {
     let (wake_channel, change_channel) = (keys.wake(), keys.subscriptions());
@@ -63,6 +64,8 @@ pub(crate) async fn listen(
             }
         };
         backoff = MIN_BACKOFF;
+        // Perhaps a restarted Redis, perhaps with another configuration.
+        eviction.recheck_soon();
         let _ = changes.send(Change::Reset);
         wake_up(&wake);
         let mut ping = tokio::time::interval(PING_EVERY);

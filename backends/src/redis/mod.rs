@@ -4,7 +4,10 @@
 //! Every change of the queue is one Lua script (`scripts/*.lua`, each prefixed with
 //! `scripts/common.lua`), so each [`Transport`] method is one atomic step of Redis. The scripts
 //! read the clock with `TIME`: leases, heartbeats and due times compare against the server's
-//! clock, whichever host the caller runs on.
+//! clock, whichever host the caller runs on. Callers send durations (a lease's length, a
+//! retry's or a deferral's delay) and get durations back (how long until the next due
+//! time), never a time of their own clock, so a worker whose clock is off by minutes retries
+//! on schedule.
 //!
 //! ## Keys
 //! Everything lives under `{p}:` (`HERALD_REDIS_PREFIX`, one per installation):
@@ -19,7 +22,7 @@
 //! | `{p}:leases` | sorted set | leased deliveries (`{wid}\|{sid}`) scored by the end of their lease |
 //! | `{p}:w:{worker}` | set | the deliveries a worker holds (`{wid}\|{sid}`) |
 //! | `{p}:workers` | sorted set | workers scored by their last heartbeat or claim |
-//! | `{p}:token` | string | the lease token counter (`INCR`): every lease gets a fresh one |
+//! | `{p}:token` | string | the lease token counter: every lease gets a fresh one, never below Redis's clock in ms × 1000, so tokens keep rising across a restart that lost the AOF's tail (see `next_token` in `common.lua`) |
 //! | `{p}:cursor` | string | the subscription the last claim stopped at, so claims serve subscriptions in turn |
 //! | `{p}:idem:{scope}:{key}` | string, 24 h expiry | an idempotency key: `{fingerprint hex}:{matched}:{wid}` |
 //! | `{p}:wake` | channel | a message whenever deliveries became due now (publish, requeue, reap, a retry due now) |
@@ -71,6 +74,10 @@
 //! Replication is asynchronous: a failover to a replica can lose acknowledged writes whatever
 //! the fsync policy.
 //!
+//! Redis must not evict: `maxmemory-policy noeviction` is required, checked at start, on every
+//! reconnect and every few seconds; any other policy stops the process from starting, and a
+//! running one refuses to publish (503) and reports not ready until it is fixed (`eviction`).
+//!
 //! ## Failures
 //! Every call is bounded: connecting takes at most [`CONNECT_TIMEOUT`], an answer at most
 //! [`RESPONSE_TIMEOUT`], a whole call at most [`CALL_TIMEOUT`]; a dead Redis makes calls fail
@@ -87,6 +94,7 @@
 //! 2 s, `changes::MAX_BACKOFF`) and is told to forget its cache, since it may have missed some.
 
 mod changes;
+mod eviction;
 mod keys;
 mod publisher;
 mod scripts;
@@ -105,6 +113,7 @@ use tokio::sync::{broadcast, watch, Notify};
 pub use changes::RedisChanges;
 pub use transport::RedisTransport;
 
+use eviction::EvictionGuard;
 use keys::Keys;
 
 /// How long connecting to Redis may take.
@@ -136,7 +145,9 @@ pub(crate) struct Shared {
     /// Woken by the pub/sub listener on every message of `{p}:wake`.
     wake: Arc<Notify>,
     changes: broadcast::Sender<changes::Change>,
-    /// Dropped with the last user: ends the pub/sub listener.
+    /// Whether Redis may evict keys (see `eviction`): publishing is refused while it may.
+    eviction: EvictionGuard,
+    /// Dropped with the last user: ends the pub/sub listener and the eviction watcher.
     _stop: watch::Sender<()>,
 }
 
@@ -163,15 +174,19 @@ impl Shared {
             redis::cmd("PING").query_async::<String>(&mut check),
         )
         .await?;
+        let eviction = EvictionGuard::new();
+        eviction.check(&mut check).await?;
         let keys = Keys::new(prefix);
         let wake = Arc::new(Notify::new());
         let (changes, _) = broadcast::channel(1024);
         let (stop, stopped) = watch::channel(());
+        tokio::spawn(eviction.clone().watch(conn.clone(), stopped.clone()));
         tokio::spawn(changes::listen(
             client,
             keys.clone(),
             wake.clone(),
             changes.clone(),
+            eviction.clone(),
             stopped,
         ));
         Ok(Arc::new(Self {
@@ -179,6 +194,7 @@ impl Shared {
             keys,
             wake,
             changes,
+            eviction,
             _stop: stop,
         }))
     }

@@ -72,6 +72,12 @@ fn from_ms(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
+/// How long from now on this host's clock until `at`, in ms (0 for a time passed). Both
+/// `at` and now come from this host's clock, so its offset from Redis's cancels out.
+fn delay_ms(at: DateTime<Utc>) -> i64 {
+    (at - Utc::now()).num_milliseconds().max(0)
+}
+
 fn subscription_ids(json: &str) -> Result<Vec<String>> {
     serde_json::from_str(json).map_err(|e| {
         StoreError::backend_by("an event's subscription ids in Redis are not valid", e)
@@ -81,6 +87,8 @@ fn subscription_ids(json: &str) -> Result<Vec<String>> {
 #[async_trait]
 impl Transport for RedisTransport {
     async fn publish(&self, p: Publish) -> Result<PublishOutcome> {
+        // Nothing is acknowledged that an evicting Redis may drop.
+        self.shared.eviction.ensure_safe()?;
         let queues = !p.subscription_ids.is_empty();
         let out = self.publisher.publish(p).await?;
         if out == PublishOutcome::Accepted && queues {
@@ -158,7 +166,8 @@ impl Transport for RedisTransport {
         }
         Ok(Leased {
             jobs: out,
-            next_due: next_due.map(from_ms),
+            // The script answers a delay from its clock; on this host's clock that is from now.
+            next_due: next_due.map(|ms| Utc::now() + chrono::Duration::milliseconds(ms.max(0))),
             unarchived,
             redelivered,
         })
@@ -216,17 +225,18 @@ impl Transport for RedisTransport {
                 unparsed += 1;
                 continue;
             };
-            let (kind, at) = match s.disposition {
+            // A delay, not this host's time: Redis adds it to its own clock (see settle.lua).
+            let (kind, delay) = match s.disposition {
                 Disposition::Delivered => ("D", 0),
                 Disposition::Failed => ("F", 0),
-                Disposition::RetryAt(t) => ("R", t.timestamp_millis()),
-                Disposition::Defer(t) => ("W", t.timestamp_millis()),
+                Disposition::RetryAt(t) => ("R", delay_ms(t)),
+                Disposition::Defer(t) => ("W", delay_ms(t)),
             };
             inv.arg(wid)
                 .arg(sid)
                 .arg(token)
                 .arg(kind)
-                .arg(at)
+                .arg(delay)
                 .arg(s.attempts)
                 .arg(u8::from(s.last_error.is_some()))
                 .arg(s.last_error.as_deref().unwrap_or(""));
@@ -403,13 +413,9 @@ impl Transport for RedisTransport {
         })
     }
 
+    /// One round trip that also reads the eviction policy: not ready while Redis may evict.
     async fn ping(&self) -> Result<()> {
         let mut conn = self.shared.conn();
-        call(
-            "pinging Redis",
-            redis::cmd("PING").query_async::<String>(&mut conn),
-        )
-        .await?;
-        Ok(())
+        self.shared.eviction.check(&mut conn).await
     }
 }

@@ -13,6 +13,28 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+-- Lease tokens fence settlements, so a token must never be handed out twice, not even after
+-- Redis restarted from an AOF that lost its last writes (`appendfsync everysec`) or failed
+-- over to a replica that had not received them: `INCR` alone would count again from the
+-- older value. So the counter never stands below this server's clock in ms × 1000: a restart
+-- takes far longer than a millisecond, and a millisecond holds 1000 tokens (one lease
+-- script's worth or more; a burst beyond that only moves the counter ahead of the clock,
+-- which the next restart's floor catches up with). Checked once per script run. The numbers
+-- stay below 2^53 (exact in Lua's doubles) until the year 2255, and are stored with '%d':
+-- Lua would write a number this large as '1.8e+15'. What this cannot cover: a failover to a
+-- node whose clock is behind by more than the failover took.
+local TOKEN = P .. ':token'
+local token_floor_set = false
+local function next_token(now)
+  if not token_floor_set then
+    token_floor_set = true
+    local floor = now * 1000
+    if (tonumber(redis.call('GET', TOKEN)) or 0) < floor then
+      redis.call('SET', TOKEN, string.format('%d', floor))
+    end
+  end
+  return redis.call('INCR', TOKEN)
+end
 local function dkey(wid, sid) return P .. ':d:' .. wid .. ':' .. sid end
 local function ekey(wid) return P .. ':e:' .. wid end
 local function qkey(sid) return P .. ':q:' .. sid end

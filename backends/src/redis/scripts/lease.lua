@@ -7,11 +7,12 @@
 -- 2. Subscriptions with due work (score <= now in DUE) are served in id order, starting after
 --    the cursor (`{p}:cursor`) and wrapping around, each up to its free concurrency, at most
 --    `max` in all, stopping once the distinct payloads would pass the byte budget (but taking
---    at least one job). Each lease gets a fresh token (INCR `{p}:token`).
--- 3. next_due: the earliest due time in the future (DUE) or lease end (LEASES); none when the
---    byte budget stopped the claim (the caller asks again once payloads are released). A
---    subscription capped by its concurrency is no work to wake up for. Now while records are
---    left in the intake, so that the caller comes back for them at once.
+--    at least one job). Each lease gets a fresh token (`next_token`).
+-- 3. next_due: how long (ms from this server's now) until the earliest due time in the
+--    future (DUE) or lease end (LEASES): a delay, so that the caller's clock does not matter.
+--    None when the byte budget stopped the claim (the caller asks again once payloads are
+--    released). A subscription capped by its concurrency is no work to wake up for. Zero while
+--    records are left in the intake, so that the caller comes back for them at once.
 -- Returns {next_due or false, payloads, jobs, dropped}:
 --   payloads: {payload, type or false, received_at, subscription ids (JSON), archived 0/1}
 --   jobs: {webhook id, subscription id, attempts, final_attempt or false, token,
@@ -73,8 +74,9 @@ local function take(sid, wid)
     idx = #payloads
     index[wid] = idx
   end
-  local token = redis.call('INCR', P .. ':token')
-  redis.call('HSET', d, 'state', 'delivering', 'token', token, 'worker', worker)
+  local token = next_token(now)
+  redis.call('HSET', d, 'state', 'delivering', 'token', string.format('%d', token), 'worker',
+    worker)
   redis.call('ZREM', qkey(sid), wid)
   local m = member(wid, sid)
   redis.call('ZADD', LEASES, now + lease_ms, m)
@@ -134,6 +136,9 @@ if not spent then
   end
   if intake_left > 0 then
     next_due = now
+  end
+  if next_due then
+    next_due = math.max(0, next_due - now)
   end
 end
 return {next_due, payloads, jobs, dropped}

@@ -1,10 +1,14 @@
 -- settle: ARGV = prefix, then groups of 8: webhook id, subscription id, token, kind
--- ('D' delivered, 'F' failed, 'R' retry at, 'W' wait: deferred without an attempt), due ms,
--- attempts, has last error (0/1), last error.
+-- ('D' delivered, 'F' failed, 'R' retry, 'W' wait: deferred without an attempt), delay ms
+-- (from now, for R and W), attempts, has last error (0/1), last error.
+--
+-- Clock: the caller sends how long to wait, never a time of its own; the due time is this
+-- server's TIME plus the delay, so a worker whose clock is off cannot make a retry due early
+-- (or late), nor spin on a deferral that is due in the server's past.
 --
 -- Fencing: a settlement applies only while its delivery is 'delivering' under the same token;
 -- any other is stale, counted and changes nothing. Delivered/Failed remove the delivery (and
--- the event with its last open delivery); RetryAt/Defer queue it again at the given time,
+-- the event with its last open delivery); Retry/Defer queue it again after the given delay,
 -- keeping the recorded last error when the settlement has none. A retry clears the
 -- redelivered mark (an attempt was made and its outcome is not an end); a deferral keeps it.
 -- Returns the number of stale settlements.
@@ -29,7 +33,7 @@ for i = 2, #ARGV, 8 do
         redis.call('DEL', e)
       end
     else
-      local at = tonumber(ARGV[i + 4])
+      local at = now + math.max(0, tonumber(ARGV[i + 4]) or 0)
       redis.call('HSET', d, 'state', 'queued', 'attempts', ARGV[i + 5], 'due', at)
       redis.call('HDEL', d, 'worker')
       if ARGV[i + 6] == '1' then
