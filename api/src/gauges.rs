@@ -64,6 +64,8 @@ impl QueueGauges {
             metrics::gauge!(telemetry::QUEUE_READY).set(q.ready as f64);
             metrics::gauge!(telemetry::QUEUE_SCHEDULED).set(q.scheduled as f64);
             metrics::gauge!(telemetry::QUEUE_IN_FLIGHT).set(q.in_flight as f64);
+            metrics::gauge!(telemetry::QUEUE_OLDEST_READY_AGE)
+                .set(q.oldest_ready_age_ms as f64 / 1000.0);
             metrics::gauge!(QUEUE_GAUGES_AGE).set(at.elapsed().as_secs_f64());
         }
     }

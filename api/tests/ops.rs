@@ -93,6 +93,15 @@ async fn queue_gauges_are_counted_in_the_background_not_per_scrape() {
         if gauge(&m, "herald_queue_ready") == Some(3.0) {
             let age = gauge(&m, "herald_queue_gauges_age_seconds").unwrap();
             assert!(age < 5.0, "{age}");
+            // Nothing delivers (no workers): the oldest ready delivery's wait grows.
+            let waiting = gauge(&m, "herald_queue_oldest_ready_age_seconds").unwrap();
+            assert!((0.0..60.0).contains(&waiting), "{waiting}");
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let later = gauge(
+                &scrape(&fast).await,
+                "herald_queue_oldest_ready_age_seconds",
+            );
+            assert!(later.unwrap() >= waiting + 0.2, "{later:?} after {waiting}");
             break;
         }
         assert!(Instant::now() < deadline, "the gauges never reached 3: {m}");

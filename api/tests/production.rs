@@ -882,7 +882,8 @@ async fn a_redis_outage_longer_than_the_silence_limit_makes_no_worker_reap_a_liv
     rx.on("/held", Behaviour::Delay(Duration::from_secs(7)));
     let (_api_proc, api) = inst.api().await;
     let sub = api.subscribe(&rx.url("/held")).await;
-    let _a = inst.delivery();
+    let health = free_port();
+    let _a = inst.delivery_with(&[("HERALD_HEALTH_ADDR", &format!("127.0.0.1:{health}"))]);
     let _b = inst.delivery();
     let mut accepted = HashSet::new();
     for i in 0..24 {
@@ -915,6 +916,21 @@ async fn a_redis_outage_longer_than_the_silence_limit_makes_no_worker_reap_a_liv
         "no delivery is sent twice because of an outage both workers lived through"
     );
     assert_eq!(rx.received("/held").len(), 24);
+    // The outage shows in the failure counters a dashboard alerts on.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{health}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let failed_heartbeats = metrics
+        .lines()
+        .find(|l| l.starts_with("herald_store_failures_total{operation=\"heartbeat\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert!(
+        failed_heartbeats.is_some_and(|n| n >= 2.0),
+        "failed heartbeats counted: {metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,6 +52,14 @@ async fn lease(t: &Arc<dyn Transport>, req: &ClaimRequest) -> herald_core::backe
     t.lease(req).await.expect("lease")
 }
 
+/// The counts of a [`QueueStats`], its age left out (it depends on timing).
+fn counts(s: QueueStats) -> QueueStats {
+    QueueStats {
+        oldest_ready_age_ms: 0,
+        ..s
+    }
+}
+
 fn settle(job: &Job, disposition: Disposition) -> Settlement {
     Settlement {
         attempt: None,
@@ -667,11 +675,12 @@ async fn expedite_makes_waiting_deliveries_due_and_stats_count_them() {
             .unwrap();
     }
     assert_eq!(
-        t.stats().await.unwrap(),
+        counts(t.stats().await.unwrap()),
         QueueStats {
             ready: 6,
             scheduled: 0,
-            in_flight: 0
+            in_flight: 0,
+            ..Default::default()
         }
     );
     let mut req = claim_request("w", 10, LEASE);
@@ -679,11 +688,12 @@ async fn expedite_makes_waiting_deliveries_due_and_stats_count_them() {
     let jobs = lease(t, &req).await.jobs;
     assert_eq!(jobs.len(), 3);
     assert_eq!(
-        t.stats().await.unwrap(),
+        counts(t.stats().await.unwrap()),
         QueueStats {
             ready: 3,
             scheduled: 0,
-            in_flight: 3
+            in_flight: 3,
+            ..Default::default()
         }
     );
     let later = Utc::now() + chrono::Duration::hours(1);
@@ -693,11 +703,12 @@ async fn expedite_makes_waiting_deliveries_due_and_stats_count_them() {
         .collect();
     t.settle(&retries).await.unwrap();
     assert_eq!(
-        t.stats().await.unwrap(),
+        counts(t.stats().await.unwrap()),
         QueueStats {
             ready: 3,
             scheduled: 3,
-            in_flight: 0
+            in_flight: 0,
+            ..Default::default()
         }
     );
     let got = lease(t, &req).await;
@@ -707,11 +718,12 @@ async fn expedite_makes_waiting_deliveries_due_and_stats_count_them() {
     t.expedite("sub_a").await.unwrap();
     t.expedite("sub_unknown").await.unwrap();
     assert_eq!(
-        t.stats().await.unwrap(),
+        counts(t.stats().await.unwrap()),
         QueueStats {
             ready: 6,
             scheduled: 0,
-            in_flight: 0
+            in_flight: 0,
+            ..Default::default()
         }
     );
     let got = lease(t, &req).await.jobs;
@@ -744,11 +756,12 @@ async fn a_queue_entry_without_its_event_is_dropped() {
     assert_eq!(got.jobs.len(), 1);
     assert_eq!(got.jobs[0].webhook_id, "msg_kept");
     assert_eq!(
-        t.stats().await.unwrap(),
+        counts(t.stats().await.unwrap()),
         QueueStats {
             ready: 0,
             scheduled: 0,
-            in_flight: 1
+            in_flight: 1,
+            ..Default::default()
         }
     );
 }
@@ -887,11 +900,12 @@ async fn a_read_right_after_publish_finds_the_event_behind_a_long_intake() {
     assert!(t.live("msg_unknown").await.unwrap().is_none());
     assert_eq!(intake_len(&mut conn, &prefix).await, 0);
     assert_eq!(
-        t.stats().await.unwrap(),
+        counts(t.stats().await.unwrap()),
         QueueStats {
             ready: 3000,
             scheduled: 0,
-            in_flight: 0
+            in_flight: 0,
+            ..Default::default()
         }
     );
 }
@@ -1653,5 +1667,102 @@ async fn lease_tokens_keep_rising_after_a_restart_that_lost_the_aofs_tail() {
             .await
             .unwrap(),
         0
+    );
+}
+
+#[tokio::test]
+async fn stats_read_counts_kept_by_the_scripts_not_the_queues() {
+    let url = redis_or_skip!();
+    let (p, prefix) = parts(&url).await;
+    let t = &p.transport;
+    let mut conn = raw(&url).await;
+    for i in 0..4 {
+        t.publish(publish(&format!("msg_k{i}"), &["sub_a", "sub_b"], b"{}"))
+            .await
+            .unwrap();
+    }
+    let jobs = lease(t, &claim_request("w", 3, LEASE)).await.jobs;
+    assert_eq!(jobs.len(), 3);
+    let later = Utc::now() + chrono::Duration::hours(1);
+    t.settle(&[
+        settle(&jobs[0], Disposition::RetryAt(later)),
+        settle(&jobs[1], Disposition::Defer(later)),
+        settle(&jobs[2], Disposition::Delivered),
+    ])
+    .await
+    .unwrap();
+    let expect = QueueStats {
+        ready: 5,
+        scheduled: 2,
+        in_flight: 0,
+        ..Default::default()
+    };
+    assert_eq!(counts(t.stats().await.unwrap()), expect);
+
+    // A queue entry written behind the scripts' back is not seen: stats reads the counts, it
+    // does not walk the queues (one read per scrape, whatever the number of subscriptions).
+    let _: () = redis::cmd("ZADD")
+        .arg(format!("{prefix}:q:sub_c"))
+        .arg(0)
+        .arg("msg_behind")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("ZADD")
+        .arg(format!("{prefix}:due"))
+        .arg(0)
+        .arg("sub_c")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(counts(t.stats().await.unwrap()), expect);
+    // The periodic recount (and the first run after an upgrade) takes the counts from the
+    // queues again.
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{prefix}:counted"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        counts(t.stats().await.unwrap()),
+        QueueStats { ready: 6, ..expect }
+    );
+    // An installation that ran before the counts existed: everything is counted from the
+    // queues once, the deliveries waiting for later included, and kept from then on.
+    for key in ["queued", "later", "counted", "counts-rebuilt"] {
+        let _: () = redis::cmd("DEL")
+            .arg(format!("{prefix}:{key}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        counts(t.stats().await.unwrap()),
+        QueueStats { ready: 6, ..expect }
+    );
+    t.expedite("sub_a").await.unwrap();
+    t.expedite("sub_b").await.unwrap();
+    assert_eq!(
+        counts(t.stats().await.unwrap()),
+        QueueStats {
+            ready: 8,
+            scheduled: 0,
+            ..expect
+        }
+    );
+    let all = lease(t, &claim_request("w", 100, LEASE)).await.jobs;
+    assert_eq!(
+        all.len(),
+        7,
+        "the entry written behind the scripts is dropped"
+    );
+    assert_eq!(
+        counts(t.stats().await.unwrap()),
+        QueueStats {
+            ready: 0,
+            scheduled: 0,
+            in_flight: 7,
+            ..Default::default()
+        }
     );
 }

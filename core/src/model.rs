@@ -614,6 +614,9 @@ pub struct QueueStats {
     pub scheduled: u64,
     /// Deliveries held by a worker.
     pub in_flight: u64,
+    /// How long the longest-waiting due delivery has been due, in milliseconds (0 when none
+    /// is due): deliveries that nobody picks up show here first.
+    pub oldest_ready_age_ms: u64,
 }
 
 #[cfg(test)]

@@ -173,6 +173,7 @@ async fn write_generations(
                 true
             }
             Err(e) => {
+                crate::telemetry::count_store_failure("archive");
                 tracing::warn!(error = %e.chain(), events = ids.len(), "archiving leased events failed; their settles store them again");
                 false
             }

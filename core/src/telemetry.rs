@@ -14,6 +14,20 @@ pub const SUBSCRIPTIONS_DISABLED: &str = "herald_subscriptions_disabled_total";
 pub const RETENTION_DELETED: &str = "herald_retention_deleted_total";
 /// Settlements ignored because the delivery was no longer leased to the settling worker.
 pub const STALE_SETTLEMENTS: &str = "herald_stale_settlements_total";
+/// Failed calls of the delivery side's store operations, labelled `operation`: `claim`,
+/// `settle`, `heartbeat`, `reap`, `archive` (storing leased events in MongoDB). Each is retried;
+/// a rate that stays above zero is an outage the deliveries are waiting on.
+pub const STORE_FAILURES: &str = "herald_store_failures_total";
+/// Deliveries handed back to the queue because their worker went silent (reaped).
+pub const DELIVERIES_RETURNED: &str = "herald_deliveries_returned_total";
+/// How long the longest-waiting delivery that is due has waited (0 when none is due): the
+/// alert for deliveries that are not being picked up.
+pub const QUEUE_OLDEST_READY_AGE: &str = "herald_queue_oldest_ready_age_seconds";
+
+/// Counts one failed call of a store operation (see [`STORE_FAILURES`]).
+pub fn count_store_failure(operation: &'static str) {
+    metrics::counter!(STORE_FAILURES, "operation" => operation).increment(1);
+}
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;

@@ -256,6 +256,10 @@ pub async fn publish_claim_settle(b: Backend) {
     assert_eq!(rec.status(), DeliveryState::Queued);
     assert_eq!(rec.deliveries.len(), 2);
     assert_eq!(q.stats().await.unwrap().ready, 2);
+    // Due and not picked up: the oldest ready delivery's wait shows (the on-call's alert).
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let waited = q.stats().await.unwrap().oldest_ready_age_ms;
+    assert!((150..60_000).contains(&waited), "{waited} ms");
 
     let claimed = claim(q, 10, LEASE).await;
     assert_eq!(claimed.jobs.len(), 2);

@@ -256,6 +256,7 @@ impl Engine {
                 }
                 Err(e) => {
                     failures = (failures + 1).min(6);
+                    telemetry::count_store_failure("claim");
                     tracing::warn!(error = %e, "claiming deliveries failed; retrying");
                     let backoff = Duration::from_millis(100 * 2u64.pow(failures));
                     tokio::select! {
@@ -521,6 +522,7 @@ async fn record(backend: Backend, mut rx: mpsc::Receiver<Done>) {
                     break;
                 }
                 Err(e) => {
+                    telemetry::count_store_failure("settle");
                     tracing::warn!(error = %e, "settling deliveries failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));

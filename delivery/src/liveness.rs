@@ -29,6 +29,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use herald_core::backend::Backend;
+use herald_core::telemetry;
 use tokio_util::sync::CancellationToken;
 
 pub struct Liveness {
@@ -54,6 +55,7 @@ impl Liveness {
                 Ok(_) => reaper.heartbeat_ok(sent),
                 Err(e) => {
                     reaper.heartbeat_failed();
+                    telemetry::count_store_failure("heartbeat");
                     tracing::warn!(error = %e, worker = %self.worker, "heartbeat failed; retrying");
                 }
             }
@@ -62,8 +64,14 @@ impl Liveness {
             }
             match backend.queue.reap(self.stale_after).await {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(deliveries = n, "returned deliveries of stopped workers"),
-                Err(e) => tracing::warn!(error = %e, "reaping stopped workers failed"),
+                Ok(n) => {
+                    metrics::counter!(telemetry::DELIVERIES_RETURNED).increment(n);
+                    tracing::info!(deliveries = n, "returned deliveries of stopped workers");
+                }
+                Err(e) => {
+                    telemetry::count_store_failure("reap");
+                    tracing::warn!(error = %e, "reaping stopped workers failed");
+                }
             }
         }
     }

@@ -25,6 +25,9 @@
 //! | `{p}:token` | string | the lease token counter: every lease gets a fresh one, never below Redis's clock in ms × 1000, so tokens keep rising across a restart that lost the AOF's tail (see `next_token` in `common.lua`) |
 //! | `{p}:cursor` | string | the subscription the last claim stopped at, so claims serve subscriptions in turn |
 //! | `{p}:idem:{scope}:{key}` | string, 24 h expiry | an idempotency key: `{fingerprint hex}:{matched}:{wid}` |
+//! | `{p}:queued` | string | how many deliveries are queued, in all queues (kept by the scripts, see `common.lua`) |
+//! | `{p}:later` | sorted set | queued deliveries (`{wid}\|{sid}`) enqueued for a later time (retries, deferrals), by due time; their hash has `later` = 1 |
+//! | `{p}:counted`, `{p}:counts-rebuilt` | strings | set by `stats` when it recounted from the queues (expires after 5 minutes), and once it built `later` |
 //! | `{p}:wake` | channel | a message whenever deliveries became due now (publish, requeue, reap, a retry due now) |
 //! | `{p}:subscriptions` | channel | the id of every created, updated or deleted subscription |
 //!

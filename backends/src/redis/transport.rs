@@ -397,7 +397,7 @@ impl Transport for RedisTransport {
 
     async fn stats(&self) -> Result<QueueStats> {
         let mut conn = self.shared.conn();
-        let (ready, scheduled, in_flight): (u64, u64, u64) = call(
+        let (ready, scheduled, in_flight, oldest_ready_age_ms): (u64, u64, u64, u64) = call(
             "reading queue counts",
             SCRIPTS
                 .stats
@@ -410,6 +410,7 @@ impl Transport for RedisTransport {
             ready,
             scheduled,
             in_flight,
+            oldest_ready_age_ms,
         })
     }
 

@@ -293,7 +293,8 @@ impl Queue for Arc<Sqlite> {
                 "SELECT
                    COALESCE(SUM(state = 0 AND due_at <= ?1), 0),
                    COALESCE(SUM(state = 0 AND due_at > ?1), 0),
-                   COALESCE(SUM(state = 1), 0)
+                   COALESCE(SUM(state = 1), 0),
+                   MIN(CASE WHEN state = 0 AND due_at <= ?1 THEN due_at END)
                  FROM deliveries WHERE state < 2",
             )?
             .query_row([now], |r| {
@@ -301,6 +302,9 @@ impl Queue for Arc<Sqlite> {
                     ready: r.get::<_, i64>(0)? as u64,
                     scheduled: r.get::<_, i64>(1)? as u64,
                     in_flight: r.get::<_, i64>(2)? as u64,
+                    oldest_ready_age_ms: r
+                        .get::<_, Option<i64>>(3)?
+                        .map_or(0, |due| now.saturating_sub(due).max(0) as u64),
                 })
             })?)
         })

@@ -8,6 +8,24 @@ local LEASES = P .. ':leases'
 local WORKERS = P .. ':workers'
 local WAKE = P .. ':wake'
 local INTAKE = P .. ':intake'
+-- Queue counts kept as the queues change, so that `stats` (every api replica, every few
+-- seconds) reads a few keys instead of walking every subscription's queue: QUEUED counts the
+-- queued deliveries of all queues, LATER holds those queued for a time after their enqueueing
+-- (retries and deferrals; first attempts are due at once), scored by due time and marked
+-- `later` in their hash so that only they pay for leaving it. A script adds up its changes in
+-- `queued_delta` and writes them once (`flush_counts`) before it returns. `stats` recounts from
+-- the queues when COUNTED is missing (the first run after an upgrade) and at most every 5
+-- minutes, which bounds any drift (a script that failed halfway).
+local QUEUED = P .. ':queued'
+local LATER = P .. ':later'
+local COUNTED = P .. ':counted'
+local queued_delta = 0
+local function flush_counts()
+  if queued_delta ~= 0 then
+    redis.call('INCRBY', QUEUED, queued_delta)
+    queued_delta = 0
+  end
+end
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -46,13 +64,26 @@ local function split_member(m)
   return string.sub(m, 1, i - 1), string.sub(m, i + 1)
 end
 
--- Queues a delivery at `at`. The score of a subscription in DUE is the earliest due time in
--- its queue: adding can only lower it (LT). Returns whether that score changed (the
--- subscription was absent or its earliest delivery is now sooner): only then can a worker
--- have been waiting for this subscription without knowing of the new delivery.
-local function enqueue(wid, sid, at)
-  redis.call('ZADD', qkey(sid), at, wid)
+-- Queues a delivery at `at` (counted; in LATER when due after `now`). The score of a
+-- subscription in DUE is the earliest due time in its queue: adding can only lower it (LT).
+-- Returns whether that score changed (the subscription was absent or its earliest delivery is
+-- now sooner): only then can a worker have been waiting for this subscription without knowing
+-- of the new delivery.
+local function enqueue(wid, sid, at, now)
+  queued_delta = queued_delta + redis.call('ZADD', qkey(sid), at, wid)
+  if tonumber(at) > now then
+    redis.call('ZADD', LATER, at, member(wid, sid))
+    redis.call('HSET', dkey(wid, sid), 'later', 1)
+  end
   return redis.call('ZADD', DUE, 'LT', 'CH', at, sid) == 1
+end
+
+-- Takes a delivery out of its subscription's queue (and out of LATER when `later` is set).
+local function dequeue(wid, sid, later)
+  queued_delta = queued_delta - redis.call('ZREM', qkey(sid), wid)
+  if later then
+    redis.call('ZREM', LATER, member(wid, sid))
+  end
 end
 
 -- Sets a subscription's score in DUE to its queue's earliest due time after deliveries left
@@ -73,7 +104,7 @@ local function back_to_queue(wid, sid, now)
   local d = dkey(wid, sid)
   redis.call('HSET', d, 'state', 'queued', 'due', now, 'redelivered', 1)
   redis.call('HDEL', d, 'worker')
-  enqueue(wid, sid, now)
+  enqueue(wid, sid, now, now)
 end
 
 -- Stores an event and queues one delivery per subscription, all due at `at_due` (a string:
@@ -88,10 +119,10 @@ local function store_event(wid, has_type, etype, at, payload, sids, subs, at_due
     -- attempts and token are absent until the first lease (readers take them as 0).
     redis.call('HSET', dkey(wid, sid), 'state', 'queued', 'due', at_due)
     if in_due[sid] then
-      redis.call('ZADD', qkey(sid), at_due, wid)
+      queued_delta = queued_delta + redis.call('ZADD', qkey(sid), at_due, wid)
     else
       in_due[sid] = true
-      if enqueue(wid, sid, at_due) then
+      if enqueue(wid, sid, at_due, tonumber(at_due)) then
         sooner = true
       end
     end
@@ -175,6 +206,7 @@ local function fan_out(limit, now, wake)
   if taken == 0 then
     return 0, 0
   end
+  flush_counts()
   if wake and sooner then
     redis.call('PUBLISH', WAKE, '1')
   end

@@ -8,6 +8,8 @@ local later = redis.call('ZRANGEBYSCORE', q, '(' .. now, '+inf', 'LIMIT', 0, ton
 for _, wid in ipairs(later) do
   redis.call('ZADD', q, now, wid)
   redis.call('HSET', dkey(wid, sid), 'due', now)
+  redis.call('HDEL', dkey(wid, sid), 'later')
+  redis.call('ZREM', LATER, member(wid, sid))
 end
 if #later > 0 then
   redis.call('ZADD', DUE, 'LT', now, sid)

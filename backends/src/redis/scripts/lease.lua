@@ -51,9 +51,9 @@ local spent = false
 -- Leases one queued delivery; returns false once the byte budget is spent.
 local function take(sid, wid)
   local d = dkey(wid, sid)
-  local st = redis.call('HMGET', d, 'state', 'attempts', 'final_attempt', 'redelivered')
+  local st = redis.call('HMGET', d, 'state', 'attempts', 'final_attempt', 'redelivered', 'later')
   if st[1] ~= 'queued' then
-    redis.call('ZREM', qkey(sid), wid)
+    dequeue(wid, sid, true)
     dropped[#dropped + 1] = member(wid, sid)
     return true
   end
@@ -61,7 +61,7 @@ local function take(sid, wid)
   if not idx then
     local e = redis.call('HMGET', ekey(wid), 'payload', 'type', 'at', 'subs', 'archived')
     if not e[1] then
-      redis.call('ZREM', qkey(sid), wid)
+      dequeue(wid, sid, true)
       redis.call('DEL', d)
       dropped[#dropped + 1] = member(wid, sid)
       return true
@@ -77,7 +77,10 @@ local function take(sid, wid)
   local token = next_token(now)
   redis.call('HSET', d, 'state', 'delivering', 'token', string.format('%d', token), 'worker',
     worker)
-  redis.call('ZREM', qkey(sid), wid)
+  dequeue(wid, sid, st[5])
+  if st[5] then
+    redis.call('HDEL', d, 'later')
+  end
   local m = member(wid, sid)
   redis.call('ZADD', LEASES, now + lease_ms, m)
   redis.call('SADD', wkey(worker), m)
@@ -141,4 +144,5 @@ if not spent then
     next_due = math.max(0, next_due - now)
   end
 end
+flush_counts()
 return {next_due, payloads, jobs, dropped}

@@ -70,4 +70,5 @@ end
 if sooner then
   redis.call('PUBLISH', WAKE, '1')
 end
+flush_counts()
 return replies

@@ -20,6 +20,7 @@ for _, worker in ipairs(dead) do
   redis.call('DEL', w)
   redis.call('ZREM', WORKERS, worker)
 end
+flush_counts()
 if n > 0 then
   redis.call('PUBLISH', WAKE, '1')
 end

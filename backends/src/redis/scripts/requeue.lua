@@ -19,7 +19,7 @@ for i = 8, #ARGV, 4 do
     if ARGV[i + 2] == '1' then
       redis.call('HSET', d, 'last_error', ARGV[i + 3])
     end
-    enqueue(wid, sid, now)
+    enqueue(wid, sid, now, now)
     n = n + 1
   end
 end
@@ -36,4 +36,5 @@ if n > 0 then
   end
   redis.call('PUBLISH', WAKE, '1')
 end
+flush_counts()
 return n

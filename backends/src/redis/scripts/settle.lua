@@ -42,13 +42,14 @@ for i = 2, #ARGV, 8 do
       if kind == 'R' then
         redis.call('HDEL', d, 'redelivered')
       end
-      enqueue(wid, sid, at)
+      enqueue(wid, sid, at, now)
       if at <= now then
         wake = true
       end
     end
   end
 end
+flush_counts()
 if wake then
   redis.call('PUBLISH', WAKE, '1')
 end
