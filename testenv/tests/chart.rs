@@ -208,6 +208,13 @@ fn processes_get_their_commands_probes_and_settings() {
             c["ports"][0]["containerPort"], port,
             "{set}: probed port listens"
         );
+        // Liveness is the engine's own /healthz (which reports a stalled worker), not a TCP
+        // check of the port.
+        assert_eq!(
+            c["livenessProbe"]["httpGet"],
+            serde_json::json!({"path": "/healthz", "port": "health"}),
+            "{set}"
+        );
 
         let cron = find(&objects, "CronJob", "-retention");
         let config = find(&objects, "ConfigMap", "herald").expect("ConfigMap");
