@@ -811,3 +811,50 @@ fn the_transition_time_changes_only_with_the_condition_status() {
     assert_eq!(flipped.observed_generation, Some(3));
     assert_eq!(flipped.conditions[0].observed_generation, Some(3));
 }
+
+/// The Secret watch asks the API server for opted-in Secrets' metadata only, so the operator
+/// never lists, receives or caches other Secrets (nor any Secret's data): a cluster full of
+/// Helm release Secrets costs it nothing.
+#[tokio::test]
+async fn the_secret_watch_asks_for_opted_in_metadata_only() {
+    let Fixture {
+        ctx,
+        mut server,
+        backend: _backend,
+        _dir,
+    } = fixture();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let scopes = controller::scopes(&ctx.client, &["default".to_string()]);
+    let run = tokio::spawn(controller::run(scopes, ctx, stop.clone(), || {}));
+    // The controller's first requests: the resources' list and the Secrets' list, in any order.
+    let mut secrets = None;
+    for _ in 0..2 {
+        let (req, send) = tokio::time::timeout(Duration::from_secs(5), server.next_request())
+            .await
+            .expect("a request")
+            .expect("the client is alive");
+        let accept = req
+            .headers()
+            .get(http::header::ACCEPT)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        if req.uri().path() == SECRETS {
+            secrets = Some((req.uri().to_string(), accept));
+        } else {
+            assert_eq!(req.uri().path(), BASE, "{}", req.uri());
+        }
+        // Unanswered: the watchers back off; what they asked is what this test checks.
+        drop(send);
+    }
+    let (uri, accept) = secrets.expect("a list of the namespace's Secrets");
+    assert!(
+        uri.contains("labelSelector=herald.dev%2Fwebhook-secret%3Dtrue"),
+        "only opted-in Secrets: {uri}"
+    );
+    assert!(
+        accept.contains("as=PartialObjectMetadataList"),
+        "metadata only: {accept}"
+    );
+    stop.cancel();
+    run.abort();
+}
