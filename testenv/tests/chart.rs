@@ -556,6 +556,49 @@ fn network_policies_admit_only_what_each_component_serves() {
     }
 }
 
+/// A Redis memory size in bytes (`1kb` = 1024, `1k` = 1000, as Redis reads them).
+fn redis_bytes(v: &str) -> u64 {
+    let v = v.to_ascii_lowercase();
+    let (n, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
+    let n: u64 = n.parse().unwrap();
+    n * match unit {
+        "" | "b" => 1,
+        "k" => 1000,
+        "kb" => 1 << 10,
+        "m" => 1_000_000,
+        "mb" => 1 << 20,
+        "g" => 1_000_000_000,
+        "gb" => 1 << 30,
+        u => panic!("unit {u}"),
+    }
+}
+
+/// A Kubernetes memory quantity in bytes (`Mi`, `Gi`, `M`, `G`).
+fn kube_bytes(v: &str) -> u64 {
+    let (n, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
+    let n: u64 = n.parse().unwrap();
+    n * match unit {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "k" => 1000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        u => panic!("unit {u}"),
+    }
+}
+
+fn decode_secret(secret: &Value, key: &str) -> String {
+    use base64::Engine as _;
+    String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(secret["data"][key].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap()
+}
+
 #[test]
 fn the_bundled_redis_refuses_eviction_and_keeps_its_password_off_the_command_line() {
     let Some(helm) = herald_testenv::helm() else {
@@ -579,23 +622,8 @@ fn the_bundled_redis_refuses_eviction_and_keeps_its_password_off_the_command_lin
     assert_eq!(after("--maxmemory-policy"), "noeviction");
     assert_eq!(after("--appendonly"), "yes");
     // maxmemory below the container's memory limit.
-    let bytes = |v: &str| -> u64 {
-        let v = v.to_ascii_lowercase();
-        let (n, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
-        let n: u64 = n.parse().unwrap();
-        n * match unit {
-            "" | "b" => 1,
-            "kb" => 1000,
-            "k" | "ki" => 1024,
-            "mb" => 1_000_000,
-            "m" | "mi" => 1 << 20,
-            "gb" => 1_000_000_000,
-            "g" | "gi" => 1 << 30,
-            u => panic!("unit {u}"),
-        }
-    };
-    let max = bytes(after("--maxmemory"));
-    let limit = bytes(c["resources"]["limits"]["memory"].as_str().unwrap());
+    let max = redis_bytes(after("--maxmemory"));
+    let limit = kube_bytes(c["resources"]["limits"]["memory"].as_str().unwrap());
     assert!(
         max > 0 && max < limit,
         "maxmemory {max} under the limit {limit}"
@@ -620,20 +648,132 @@ fn the_bundled_redis_refuses_eviction_and_keeps_its_password_off_the_command_lin
         serde_json::json!([{"key": "redis-auth.conf", "path": "redis-auth.conf"}])
     );
     let secret = find(&objects, "Secret", "herald").unwrap();
-    let decode = |k: &str| {
-        use base64::Engine as _;
-        String::from_utf8(
-            base64::engine::general_purpose::STANDARD
-                .decode(secret["data"][k].as_str().unwrap())
-                .unwrap(),
-        )
-        .unwrap()
-    };
-    let password = decode("REDIS_PASSWORD");
+    let password = decode_secret(secret, "REDIS_PASSWORD");
     assert_eq!(
-        decode("redis-auth.conf"),
+        decode_secret(secret, "redis-auth.conf"),
         format!("requirepass \"{password}\"\n")
     );
+}
+
+/// The rendered Redis arguments and password file, run by a real `redis-server` on the
+/// loopback: it starts, wants the password (one with quotes, a space, a backslash and a `#`),
+/// refuses eviction under the rendered maxmemory, and its command line holds no password.
+#[test]
+fn a_real_redis_runs_the_rendered_configuration() {
+    let Some(helm) = herald_testenv::helm() else {
+        return;
+    };
+    // The test environment's Redis is what says redis-server is installed here.
+    if herald_testenv::redis_url().is_none() {
+        return;
+    }
+    let password = r#"p"a s\w#rd'x"#;
+    // A values file (JSON is YAML): `--set` would read the backslash as an escape.
+    let dir = std::env::temp_dir().join(herald_testenv::unique_name("chart-redis"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let values = dir.join("values.json");
+    std::fs::write(
+        &values,
+        serde_json::json!({"redis": {"bundled": {"password": password}}}).to_string(),
+    )
+    .unwrap();
+    let rendered = run(helm_cmd(&helm)
+        .args([
+            "template",
+            "herald",
+            ".",
+            "--values",
+            "ci/all-on-values.yaml",
+            "--values",
+        ])
+        .arg(&values));
+    let objects = objects(&rendered);
+    let redis = find(&objects, "StatefulSet", "-redis").unwrap();
+    let c = &redis["spec"]["template"]["spec"]["containers"][0];
+    let mut args: Vec<String> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    let secret = find(&objects, "Secret", "herald").unwrap();
+    assert_eq!(decode_secret(secret, "REDIS_PASSWORD"), password);
+    let conf = dir.join("redis-auth.conf");
+    std::fs::write(&conf, decode_secret(secret, "redis-auth.conf")).unwrap();
+    // The mounted file's path and the data volume, here; a loopback port of its own.
+    args[0] = conf.to_str().unwrap().to_string();
+    let at = args.iter().position(|a| a == "--dir").unwrap();
+    args[at + 1] = dir.to_str().unwrap().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("redis-server")
+        .args(&args)
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server runs");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let pid = child.id();
+    let _stop = Kill(child);
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+    let started = std::time::Instant::now();
+    let mut conn = loop {
+        match client.get_connection() {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(
+                    started.elapsed().as_secs() < 10,
+                    "redis-server did not start: {e}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+    };
+    let unauthenticated: redis::RedisResult<String> = redis::cmd("PING").query(&mut conn);
+    assert!(
+        unauthenticated.unwrap_err().to_string().contains("NOAUTH"),
+        "the password is required"
+    );
+    let _: () = redis::cmd("AUTH").arg(password).query(&mut conn).unwrap();
+    let get = |conn: &mut redis::Connection, key: &str| -> String {
+        let v: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg(key)
+            .query(conn)
+            .unwrap();
+        v[1].clone()
+    };
+    assert_eq!(get(&mut conn, "maxmemory-policy"), "noeviction");
+    assert_eq!(get(&mut conn, "appendonly"), "yes");
+    let max: u64 = get(&mut conn, "maxmemory").parse().unwrap();
+    let limit = kube_bytes(c["resources"]["limits"]["memory"].as_str().unwrap());
+    assert!(
+        max > 0 && max < limit,
+        "maxmemory {max} under the limit {limit}"
+    );
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    assert!(
+        !cmdline.contains(password) && !cmdline.contains("requirepass"),
+        "{cmdline}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
