@@ -132,6 +132,18 @@ impl Operator {
         identity: &str,
         policy: EventTypePolicy,
     ) -> Self {
+        Self::watching(client, backend, ns, &[ns], identity, policy).await
+    }
+
+    /// An operator whose Lease is in `ns`, reconciling the resources of `watched`.
+    async fn watching(
+        client: &Client,
+        backend: &Backend,
+        ns: &str,
+        watched: &[&str],
+        identity: &str,
+        policy: EventTypePolicy,
+    ) -> Self {
         let stop = CancellationToken::new();
         let opts = Options {
             addr: "127.0.0.1:0".parse().unwrap(),
@@ -140,7 +152,7 @@ impl Operator {
                 namespace: ns.into(),
                 identity: identity.into(),
             }),
-            watch_namespaces: vec![ns.into()],
+            watch_namespaces: watched.iter().map(|w| w.to_string()).collect(),
             policy,
             reporter: Reporter {
                 controller: "herald-operator".into(),
@@ -564,6 +576,68 @@ async fn a_secret_is_used_only_once_it_opts_in_and_the_status_reveals_nothing_be
         },
     )
     .await;
+    op.stop().await;
+}
+
+/// An operator watching a list of namespaces (the chart's `watchNamespaces`) reconciles the
+/// resources of each, and leaves those of other namespaces alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_watching_two_namespaces_reconciles_both_and_no_other() {
+    let Some(client) = client().await else { return };
+    let Some(backend) = store().await else { return };
+    install_crd(&client).await;
+    let (a, b, other) = (
+        namespace(&client).await,
+        namespace(&client).await,
+        namespace(&client).await,
+    );
+    let op = Operator::watching(
+        &client,
+        &backend,
+        &a,
+        &[&a, &b],
+        "replica-a",
+        EventTypePolicy::default(),
+    )
+    .await;
+    let (secret, whs) = example();
+    for ns in [&a, &b, &other] {
+        apply(&Api::<Secret>::namespaced(client.clone(), ns), &secret).await;
+        apply(
+            &Api::<WebhookSubscription>::namespaced(client.clone(), ns),
+            &whs,
+        )
+        .await;
+    }
+    for ns in [&a, &b] {
+        let api: Api<WebhookSubscription> = Api::namespaced(client.clone(), ns);
+        eventually(
+            &format!("{ns}/orders Ready"),
+            Duration::from_secs(20),
+            || async { (ready(&api.get("orders").await.ok()?)?.0 == "True").then_some(()) },
+        )
+        .await;
+        assert!(stored(&backend, ns, "orders").await.is_some());
+    }
+    let api: Api<WebhookSubscription> = Api::namespaced(client.clone(), &other);
+    let w = api.get("orders").await.unwrap();
+    assert!(w.status.is_none() && w.finalizers().is_empty(), "{w:?}");
+    assert!(stored(&backend, &other, "orders").await.is_none());
+    for ns in [&a, &b, &other] {
+        let api: Api<WebhookSubscription> = Api::namespaced(client.clone(), ns);
+        api.delete("orders", &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    for ns in [&a, &b] {
+        let api: Api<WebhookSubscription> = Api::namespaced(client.clone(), ns);
+        eventually(
+            "the resource to disappear",
+            Duration::from_secs(20),
+            || async { api.get_opt("orders").await.unwrap().is_none().then_some(()) },
+        )
+        .await;
+    }
     op.stop().await;
 }
 
