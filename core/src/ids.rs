@@ -31,6 +31,22 @@ pub fn subscription_id() -> String {
     format!("{SUBSCRIPTION_PREFIX}{}", next())
 }
 
+/// The id of a subscription an owner manages, derived from the owner's unique key (the
+/// operator passes the resource's UID) and its creation time: every process that applies the
+/// same owner computes the same id, so two of them racing to create it insert one record (the
+/// store's unique id refuses the second) instead of two. The time keeps ids roughly in
+/// creation order; the key's SHA-256 fills the ULID's 80 random bits.
+pub fn owned_subscription_id(created_ms: u64, key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(key.as_bytes());
+    let mut random = [0u8; 16];
+    random[6..].copy_from_slice(&digest[..10]);
+    // A ULID's time is 48 bits; later times are clamped (year 10889).
+    let ms = created_ms.min((1u64 << 48) - 1);
+    let ulid = Ulid::from_parts(ms, u128::from_be_bytes(random));
+    format!("{SUBSCRIPTION_PREFIX}{ulid}")
+}
+
 pub fn webhook_id() -> String {
     format!("{WEBHOOK_PREFIX}{}", next())
 }
@@ -85,6 +101,26 @@ mod tests {
             "monotonic within a millisecond"
         );
         assert!(webhook_id().starts_with("msg_"));
+    }
+
+    #[test]
+    fn owned_ids_depend_on_the_key_and_time_only_and_parse() {
+        let a = owned_subscription_id(1_700_000_000_000, "kubernetes/uid-1");
+        assert_eq!(
+            a,
+            owned_subscription_id(1_700_000_000_000, "kubernetes/uid-1")
+        );
+        assert_ne!(
+            a,
+            owned_subscription_id(1_700_000_000_000, "kubernetes/uid-2")
+        );
+        assert_ne!(
+            a,
+            owned_subscription_id(1_700_000_000_001, "kubernetes/uid-1")
+        );
+        let ulid = parse_subscription_id(&a).expect("a canonical id");
+        assert_eq!(ulid.timestamp_ms(), 1_700_000_000_000);
+        assert!(parse_subscription_id(&owned_subscription_id(u64::MAX, "k")).is_ok());
     }
 
     #[test]

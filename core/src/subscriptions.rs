@@ -203,6 +203,14 @@ impl Subscriptions {
 /// Writes made on behalf of an owner (the Kubernetes operator), which keeps its resources and
 /// their subscriptions one to one. Both are idempotent: a reconcile that is retried or repeated
 /// finds the subscription by its owner, so it never makes a second one.
+///
+/// Two appliers at once (two operator leaders for a moment, each with its own cache) both find
+/// no subscription and both insert. The owner lookup is not unique in every store (MongoDB's
+/// owner index is not), so the insert's id is derived from the owner's unique key
+/// ([`crate::ids::owned_subscription_id`]): both insert the same id, the store's unique id
+/// refuses the second, and that applier updates the first one's record instead.
+/// `delete_owned` removes every record of the owner, so one left by an older version (random
+/// ids) goes too.
 impl Subscriptions {
     /// Makes the owner's subscription match `spec`: creates it when the owner has none, else
     /// replaces its writable fields, keeping its id, creation time and (when `spec` names no
@@ -211,24 +219,24 @@ impl Subscriptions {
     /// after a rotation, so deliveries in flight still verify. A spec equal to what is stored
     /// writes nothing (and so does not re-enable a disabled endpoint); a changed one re-enables
     /// it, as a REST update does.
+    ///
+    /// `new_id` is the id a new subscription gets: the same for every applier of this owner
+    /// (see above), a canonical subscription id.
     pub async fn apply_owned(
         &self,
         owner: &Owner,
+        new_id: &str,
         spec: &SubscriptionSpec,
     ) -> Result<Subscription, Error> {
+        crate::ids::parse_subscription_id(new_id)
+            .map_err(|e| ValidationError::new("id", e.to_string()))?;
         let v = self.validate(spec)?;
         let store = self.cache.store();
         let current = match store.find_by_owner(owner).await? {
             Some(current) => current,
             None => {
                 let now = Utc::now();
-                let sub = build(
-                    crate::ids::subscription_id(),
-                    v.clone(),
-                    Some(owner.clone()),
-                    now,
-                    now,
-                );
+                let sub = build(new_id.to_string(), v.clone(), Some(owner.clone()), now, now);
                 match store.insert(&sub).await {
                     Ok(()) => {
                         self.cache.changed(&sub.id).await;
@@ -276,19 +284,26 @@ impl Subscriptions {
         Ok(sub)
     }
 
-    /// Deletes the owner's subscription, if it has one (`false` when it had none: a repeated
-    /// delete is not an error). Its queued deliveries end as `Failure` promptly.
+    /// Deletes every subscription of the owner (`false` when it had none: a repeated delete is
+    /// not an error). Their queued deliveries end as `Failure` promptly.
     pub async fn delete_owned(&self, owner: &Owner) -> Result<bool, Error> {
+        /// More records for one owner than any race can make: the loop ends even if a store
+        /// kept answering with a record it does not remove.
+        const MAX_RECORDS: usize = 64;
         let store = self.cache.store();
-        let Some(current) = store.find_by_owner(owner).await? else {
-            return Ok(false);
-        };
-        if !store.remove(&current.id).await? {
-            return Ok(false);
+        let mut removed = false;
+        for _ in 0..MAX_RECORDS {
+            let Some(current) = store.find_by_owner(owner).await? else {
+                break;
+            };
+            // `false`: another deleter removed it first; look again either way.
+            if store.remove(&current.id).await? {
+                removed = true;
+            }
+            self.cache.changed(&current.id).await;
+            self.queue.expedite(&current.id).await?;
         }
-        self.cache.changed(&current.id).await;
-        self.queue.expedite(&current.id).await?;
-        Ok(true)
+        Ok(removed)
     }
 }
 

@@ -48,6 +48,11 @@ fn owner(name: &str) -> Owner {
     }
 }
 
+/// The id a new subscription of the resource with this UID gets.
+fn id(uid: &str) -> String {
+    herald_core::ids::owned_subscription_id(1_700_000_000_000, uid)
+}
+
 fn spec(types: &[&str]) -> SubscriptionSpec {
     SubscriptionSpec {
         target_url: "https://receiver.example/hook".into(),
@@ -63,14 +68,14 @@ async fn apply_creates_once_then_updates_in_place() {
     let o = owner("orders");
     let first = f
         .subs
-        .apply_owned(&o, &spec(&["order.created"]))
+        .apply_owned(&o, &id(&o.name), &spec(&["order.created"]))
         .await
         .unwrap();
     assert_eq!(first.owner.as_ref(), Some(&o));
     // A retried reconcile with the same spec: same record, nothing written.
     let again = f
         .subs
-        .apply_owned(&o, &spec(&["order.created"]))
+        .apply_owned(&o, &id(&o.name), &spec(&["order.created"]))
         .await
         .unwrap();
     assert_eq!(again, first);
@@ -81,7 +86,7 @@ async fn apply_creates_once_then_updates_in_place() {
     );
     let changed = f
         .subs
-        .apply_owned(&o, &spec(&["order.created", "order.paid"]))
+        .apply_owned(&o, &id(&o.name), &spec(&["order.created", "order.paid"]))
         .await
         .unwrap();
     assert_eq!(changed.id, first.id);
@@ -94,7 +99,7 @@ async fn apply_creates_once_then_updates_in_place() {
     // Another owner gets its own subscription.
     let other = f
         .subs
-        .apply_owned(&owner("refunds"), &spec(&[]))
+        .apply_owned(&owner("refunds"), &id("refunds"), &spec(&[]))
         .await
         .unwrap();
     assert_ne!(other.id, first.id);
@@ -117,11 +122,12 @@ async fn futures_join(
     o: &Owner,
     s: &SubscriptionSpec,
 ) -> Vec<Result<herald_core::model::Subscription, Error>> {
+    let new_id = id(&o.name);
     let (a, b, c, d) = tokio::join!(
-        subs.apply_owned(o, s),
-        subs.apply_owned(o, s),
-        subs.apply_owned(o, s),
-        subs.apply_owned(o, s)
+        subs.apply_owned(o, &new_id, s),
+        subs.apply_owned(o, &new_id, s),
+        subs.apply_owned(o, &new_id, s),
+        subs.apply_owned(o, &new_id, s)
     );
     vec![a, b, c, d]
 }
@@ -130,15 +136,27 @@ async fn futures_join(
 async fn the_secret_is_kept_unless_given_and_a_new_one_overlaps_the_old() {
     let f = fixture();
     let o = owner("orders");
-    let first = f.subs.apply_owned(&o, &spec(&[])).await.unwrap();
+    let first = f
+        .subs
+        .apply_owned(&o, &id(&o.name), &spec(&[]))
+        .await
+        .unwrap();
     let mut no_secret = spec(&["x"]);
     no_secret.secret = None;
-    let kept = f.subs.apply_owned(&o, &no_secret).await.unwrap();
+    let kept = f
+        .subs
+        .apply_owned(&o, &id(&o.name), &no_secret)
+        .await
+        .unwrap();
     assert_eq!(kept.secret, first.secret);
     assert!(kept.previous_secret.is_none());
     let mut rotated = spec(&["x"]);
     rotated.secret = Some("second-secret-0123456789".into());
-    let after = f.subs.apply_owned(&o, &rotated).await.unwrap();
+    let after = f
+        .subs
+        .apply_owned(&o, &id(&o.name), &rotated)
+        .await
+        .unwrap();
     assert_eq!(after.secret.as_deref(), Some("second-secret-0123456789"));
     assert_eq!(after.previous_secret, first.secret);
     let now = chrono::Utc::now();
@@ -147,7 +165,11 @@ async fn the_secret_is_kept_unless_given_and_a_new_one_overlaps_the_old() {
         vec!["second-secret-0123456789", "first-secret-0123456789"]
     );
     // Reapplying the rotated spec keeps the overlap as it is.
-    let same = f.subs.apply_owned(&o, &rotated).await.unwrap();
+    let same = f
+        .subs
+        .apply_owned(&o, &id(&o.name), &rotated)
+        .await
+        .unwrap();
     assert_eq!(
         same.previous_secret_expires_at,
         after.previous_secret_expires_at
@@ -161,7 +183,7 @@ async fn invalid_specs_are_refused_and_store_nothing() {
     bad.target_url = "ftp://receiver.example/".into();
     let e = f
         .subs
-        .apply_owned(&owner("orders"), &bad)
+        .apply_owned(&owner("orders"), &id("orders"), &bad)
         .await
         .unwrap_err();
     assert!(
@@ -175,7 +197,11 @@ async fn invalid_specs_are_refused_and_store_nothing() {
 async fn delete_owned_removes_once_and_the_api_may_not_touch_owned_ones() {
     let f = fixture();
     let o = owner("orders");
-    let sub = f.subs.apply_owned(&o, &spec(&[])).await.unwrap();
+    let sub = f
+        .subs
+        .apply_owned(&o, &id(&o.name), &spec(&[]))
+        .await
+        .unwrap();
     assert!(matches!(
         f.subs.delete(&sub.id, &Caller::Api).await,
         Err(Error::Conflict(_))
@@ -184,8 +210,12 @@ async fn delete_owned_removes_once_and_the_api_may_not_touch_owned_ones() {
     assert!(f.subs.delete_owned(&o).await.unwrap());
     assert!(f.cache.get(&sub.id).await.unwrap().is_none());
     assert!(!f.subs.delete_owned(&o).await.unwrap());
-    // Applying again after a delete makes a new subscription.
-    let new = f.subs.apply_owned(&o, &spec(&[])).await.unwrap();
+    // A new resource of the same name (a new UID) makes a new subscription.
+    let new = f
+        .subs
+        .apply_owned(&o, &id("orders-recreated"), &spec(&[]))
+        .await
+        .unwrap();
     assert_ne!(new.id, sub.id);
 }
 
@@ -193,10 +223,22 @@ async fn delete_owned_removes_once_and_the_api_may_not_touch_owned_ones() {
 async fn a_changed_spec_re_enables_an_unchanged_one_does_not() {
     let f = fixture();
     let o = owner("orders");
-    let sub = f.subs.apply_owned(&o, &spec(&[])).await.unwrap();
+    let sub = f
+        .subs
+        .apply_owned(&o, &id(&o.name), &spec(&[]))
+        .await
+        .unwrap();
     assert!(f.subs.disable(&sub.id, "410 Gone", "gone").await.unwrap());
-    let same = f.subs.apply_owned(&o, &spec(&[])).await.unwrap();
+    let same = f
+        .subs
+        .apply_owned(&o, &id(&o.name), &spec(&[]))
+        .await
+        .unwrap();
     assert!(same.is_disabled());
-    let changed = f.subs.apply_owned(&o, &spec(&["x"])).await.unwrap();
+    let changed = f
+        .subs
+        .apply_owned(&o, &id(&o.name), &spec(&["x"]))
+        .await
+        .unwrap();
     assert!(!changed.is_disabled());
 }

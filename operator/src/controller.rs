@@ -1,15 +1,26 @@
 //! The reconciler: each `WebhookSubscription` becomes one Herald subscription, owned by the
 //! resource's namespace and name.
 //!
-//! - Apply: read the referenced Secret's key, then `Subscriptions::apply_owned` (idempotent: a
-//!   retried reconcile finds the subscription by its owner), then status by server-side apply.
+//! - Apply: check the namespace's event-type policy, read the referenced Secret's key, then
+//!   `Subscriptions::apply_owned` (idempotent: a retried reconcile finds the subscription by its
+//!   owner; a new one's id is derived from the resource's UID, so two leaders for a moment
+//!   insert one record), then status by server-side apply.
 //! - Delete: kube-runtime's `finalizer` helper runs `delete_owned` before the finalizer goes, so
 //!   a resource never disappears while its subscription still receives events.
-//! - A missing Secret or key, or a spec core refuses, gives `Ready=False` with a reason and a
-//!   Warning Event; the first two are retried with backoff (the Secret may appear), a refused
-//!   spec waits for the next change of the resource.
-//! - Secrets are watched, so a rotated Secret reaches the subscription (and the deliveries, via
-//!   the cache invalidation `apply_owned` does) without waiting for the periodic resync.
+//! - A Secret that is missing, not readable, not opted in (the label [`SECRET_LABEL`]), without
+//!   the key, or whose value core refuses gives `Ready=False`, reason `SecretUnavailable`, with
+//!   one message for all of these: whoever may create a resource learns nothing about Secrets
+//!   they may not read (whether one exists, its keys, its length). The operator's log says
+//!   which it was. Retried with backoff (the Secret may appear or opt in).
+//! - Event types the namespace may not subscribe to (`EventTypePolicy`) give `Ready=False`,
+//!   reason `EventTypesNotAllowed`, and disable a subscription the resource already has.
+//! - A spec core refuses gives `Ready=False`, reason `InvalidSpec`, and waits for the next
+//!   change of the resource.
+//! - Opted-in Secrets are watched (metadata only, by label), so a rotated Secret reaches the
+//!   subscription (and the deliveries, via the cache invalidation `apply_owned` does) without
+//!   waiting for the periodic resync. The operator never lists or caches other Secrets' data:
+//!   it reads the one a resource names, by a list filtered on name and label, so the API server
+//!   returns nothing for a Secret that did not opt in.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,17 +32,30 @@ use herald_core::model::Owner;
 use herald_core::subscriptions::Subscriptions;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ListParams, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use thiserror::Error;
+use tokio_util::sync::CancellationToken;
 
 use crate::crd::{WebhookSubscription, WebhookSubscriptionStatus, OWNER_KIND};
+use crate::policy::EventTypePolicy;
+
+/// The label a Secret must carry, with the value `"true"`, for the operator to use it as a
+/// signing secret. Without the opt-in, anyone allowed to create a `WebhookSubscription` could
+/// point one at any Secret of the namespace and have Herald sign with it (an HMAC oracle).
+pub const SECRET_LABEL: &str = "herald.dev/webhook-secret";
+/// The label selector of opted-in Secrets.
+pub const SECRET_SELECTOR: &str = "herald.dev/webhook-secret=true";
+/// The status reason of every way a referenced Secret can fail.
+pub const SECRET_UNAVAILABLE: &str = "SecretUnavailable";
+/// The status reason of a resource whose event types its namespace may not subscribe to.
+pub const EVENT_TYPES_NOT_ALLOWED: &str = "EventTypesNotAllowed";
 
 /// Removed only after the subscription is deleted from the store.
 pub const FINALIZER: &str = "herald.dev/subscription";
@@ -62,6 +86,8 @@ pub enum Error {
     Finalizer(#[from] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("the resource has no namespace")]
     NoNamespace,
+    #[error("the resource has no uid")]
+    NoUid,
 }
 
 impl Error {
@@ -77,6 +103,7 @@ impl Error {
                 _ => "Finalizer",
             },
             Error::NoNamespace => "NoNamespace",
+            Error::NoUid => "NoUid",
         }
     }
 }
@@ -86,6 +113,8 @@ pub struct Context {
     pub client: Client,
     pub subscriptions: Arc<Subscriptions>,
     pub recorder: Recorder,
+    /// The event types each namespace may subscribe to.
+    pub policy: EventTypePolicy,
     /// Consecutive failures per resource, for the error policy's backoff.
     failures: Mutex<HashMap<ObjectRef<WebhookSubscription>, u32>>,
 }
@@ -96,8 +125,14 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             subscriptions,
+            policy: EventTypePolicy::default(),
             failures: Mutex::default(),
         }
+    }
+
+    pub fn with_policy(mut self, policy: EventTypePolicy) -> Self {
+        self.policy = policy;
+        self
     }
 
     fn failed(&self, obj: &WebhookSubscription) -> u32 {
@@ -127,6 +162,23 @@ pub fn owner_of(obj: &WebhookSubscription) -> Result<Owner, Error> {
         namespace: obj.namespace().ok_or(Error::NoNamespace)?,
         name: obj.name_any(),
     })
+}
+
+/// The id the resource's subscription gets when it is created: derived from the resource's UID
+/// (unique for the cluster's life: a resource deleted and made again under the same name gets
+/// a new one) and creation time, so that every operator replica computes the same id.
+pub fn owned_id(obj: &WebhookSubscription) -> Result<String, Error> {
+    let uid = obj.metadata.uid.as_deref().ok_or(Error::NoUid)?;
+    let created_ms = obj
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| u64::try_from(t.0.as_millisecond()).unwrap_or(0))
+        .unwrap_or(0);
+    Ok(herald_core::ids::owned_subscription_id(
+        created_ms,
+        &format!("{OWNER_KIND}/{uid}"),
+    ))
 }
 
 pub async fn reconcile(obj: Arc<WebhookSubscription>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -166,6 +218,10 @@ pub fn error_policy(obj: Arc<WebhookSubscription>, error: &Error, ctx: Arc<Conte
 
 async fn apply(obj: &WebhookSubscription, ctx: &Context) -> Result<Action, Error> {
     let owner = owner_of(obj)?;
+    let new_id = owned_id(obj)?;
+    if let Err(message) = ctx.policy.check(&owner.namespace, &obj.spec.event_types) {
+        return refuse_event_types(obj, ctx, &owner, &message).await;
+    }
     let secret = match read_secret(obj, ctx).await {
         Ok(secret) => secret,
         Err(Error::NotReady { reason, message }) => {
@@ -175,7 +231,7 @@ async fn apply(obj: &WebhookSubscription, ctx: &Context) -> Result<Action, Error
         Err(e) => return Err(e),
     };
     let spec = obj.spec.to_subscription_spec(secret);
-    match ctx.subscriptions.apply_owned(&owner, &spec).await {
+    match ctx.subscriptions.apply_owned(&owner, &new_id, &spec).await {
         Ok(sub) if sub.is_disabled() => {
             // Herald stopped delivering (410 Gone, or failing for HERALD_DISABLE_AFTER); an
             // unchanged spec leaves it so, a changed one re-enables it.
@@ -219,6 +275,14 @@ async fn apply(obj: &WebhookSubscription, ctx: &Context) -> Result<Action, Error
             }
             Ok(Action::requeue(RESYNC))
         }
+        // The Secret's value (its length): reported like every other Secret failure.
+        Err(CoreError::Invalid(v)) if v.field == "secret" && obj.spec.secret_ref.is_some() => {
+            let e = secret_unavailable(obj, &format!("its value is refused: {}", v.message))?;
+            if let Error::NotReady { reason, message } = &e {
+                not_ready(obj, ctx, reason, message).await?;
+            }
+            Err(e)
+        }
         Err(CoreError::Invalid(v)) => {
             // Waiting helps nothing here: the next change of the resource reconciles again.
             not_ready(obj, ctx, "InvalidSpec", &v.to_string()).await?;
@@ -258,33 +322,87 @@ async fn cleanup(obj: &WebhookSubscription, ctx: &Context) -> Result<Action, Err
     Ok(Action::await_change())
 }
 
-/// The secret `secretRef` names, as text; `NotReady` when the Secret or key is missing or the
-/// value is not UTF-8.
+/// A resource whose event types its namespace may not subscribe to: `Ready=False`, and a
+/// subscription it already has (made before the policy) is disabled, so it stops receiving
+/// events; a changed spec that conforms re-enables it.
+async fn refuse_event_types(
+    obj: &WebhookSubscription,
+    ctx: &Context,
+    owner: &herald_core::model::Owner,
+    message: &str,
+) -> Result<Action, Error> {
+    let store = ctx.subscriptions.cache().store();
+    if let Some(sub) = store
+        .find_by_owner(owner)
+        .await
+        .map_err(|e| Error::Store(e.into()))?
+    {
+        ctx.subscriptions
+            .disable(&sub.id, message, "event_types_not_allowed")
+            .await
+            .map_err(Error::Store)?;
+    }
+    not_ready(obj, ctx, EVENT_TYPES_NOT_ALLOWED, message).await?;
+    // Only a change of the resource (or a restart with another policy) can change the answer.
+    Ok(Action::await_change())
+}
+
+/// The one answer for every way a referenced Secret can fail; `why` goes to the operator's log
+/// only.
+fn secret_unavailable(obj: &WebhookSubscription, why: &str) -> Result<Error, Error> {
+    let ns = obj.namespace().ok_or(Error::NoNamespace)?;
+    let (name, key) = obj
+        .spec
+        .secret_ref
+        .as_ref()
+        .map(|r| (r.name.as_str(), r.key.as_str()))
+        .unwrap_or_default();
+    tracing::info!(
+        resource = %ObjectRef::from_obj(obj),
+        secret = %format!("{ns}/{name}"),
+        key,
+        why,
+        "the referenced Secret is not usable"
+    );
+    Ok(Error::NotReady {
+        reason: SECRET_UNAVAILABLE,
+        message: format!(
+            "Secret {ns}/{name} key {key:?}: not found or not permitted (a signing secret must \
+             carry the label {SECRET_LABEL}: \"true\" and hold 16 to 256 bytes of UTF-8 text \
+             under the key)"
+        ),
+    })
+}
+
+/// The secret `secretRef` names, as text; `NotReady` (`SecretUnavailable`) when the Secret is
+/// missing, not readable, not opted in, has no such key or holds no UTF-8 text there.
+///
+/// The read is a list filtered by name and by the opt-in label, so the API server never sends
+/// the operator the data of a Secret that did not opt in.
 async fn read_secret(obj: &WebhookSubscription, ctx: &Context) -> Result<Option<String>, Error> {
     let Some(r) = &obj.spec.secret_ref else {
         return Ok(None);
     };
     let ns = obj.namespace().ok_or(Error::NoNamespace)?;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let found = match secrets.get_opt(&r.name).await {
-        // RBAC (e.g. a namespaced install watching another namespace): say so in the status
-        // rather than only in the operator's log.
+    let params = ListParams::default()
+        .fields(&format!("metadata.name={}", r.name))
+        .labels(SECRET_SELECTOR);
+    let found = match secrets.list(&params).await {
+        // RBAC (a namespace the operator is not granted): the same answer as a missing Secret.
         Err(kube::Error::Api(s)) if s.code == 403 => {
-            return Err(Error::NotReady {
-                reason: "SecretForbidden",
-                message: format!(
-                    "the operator may not read Secret {ns}/{}: {}",
-                    r.name, s.message
-                ),
-            })
+            return Err(secret_unavailable(
+                obj,
+                &format!("the operator may not read it: {}", s.message),
+            )?)
         }
         other => other?,
     };
-    let Some(secret) = found else {
-        return Err(Error::NotReady {
-            reason: "SecretNotFound",
-            message: format!("Secret {ns}/{} does not exist", r.name),
-        });
+    let Some(secret) = found.items.into_iter().find(|s| s.name_any() == r.name) else {
+        return Err(secret_unavailable(
+            obj,
+            "no Secret of that name carries the opt-in label",
+        )?);
     };
     let value = secret
         .data
@@ -299,20 +417,12 @@ async fn read_secret(obj: &WebhookSubscription, ctx: &Context) -> Result<Option<
                 .map(|s| s.clone().into_bytes())
         });
     let Some(bytes) = value else {
-        return Err(Error::NotReady {
-            reason: "SecretKeyNotFound",
-            message: format!("Secret {ns}/{} has no key {:?}", r.name, r.key),
-        });
+        return Err(secret_unavailable(obj, "the Secret has no such key")?);
     };
-    String::from_utf8(bytes)
-        .map(Some)
-        .map_err(|_| Error::NotReady {
-            reason: "SecretInvalid",
-            message: format!(
-                "key {:?} of Secret {ns}/{} is not UTF-8 text",
-                r.key, r.name
-            ),
-        })
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(Some(text)),
+        Err(_) => Err(secret_unavailable(obj, "the value is not UTF-8 text")?),
+    }
 }
 
 async fn not_ready(
@@ -414,47 +524,88 @@ async fn publish(
     }
 }
 
-/// The controller over `api`'s resources, also woken by changes of the Secrets they
-/// reference. Runs until `shutdown` resolves, then finishes the reconciles in flight.
+/// Where the controllers look: every namespace (`namespaces` empty), or each one listed (one
+/// controller per namespace, so that namespaced Roles suffice).
+pub fn scopes(
+    client: &Client,
+    namespaces: &[String],
+) -> Vec<(Api<WebhookSubscription>, Api<PartialObjectMeta<Secret>>)> {
+    if namespaces.is_empty() {
+        return vec![(Api::all(client.clone()), Api::all(client.clone()))];
+    }
+    namespaces
+        .iter()
+        .map(|ns| {
+            (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            )
+        })
+        .collect()
+}
+
+/// The controllers over `scopes`' resources, each also woken by changes of the opted-in
+/// Secrets its resources reference (watched as metadata only, by label: no Secret data is
+/// listed or cached). Runs until `shutdown` is cancelled, then finishes the reconciles in
+/// flight; `synced` is called once every controller's cache has synced.
 pub async fn run(
-    api: Api<WebhookSubscription>,
-    secrets: Api<Secret>,
+    scopes: Vec<(Api<WebhookSubscription>, Api<PartialObjectMeta<Secret>>)>,
     ctx: Arc<Context>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    shutdown: CancellationToken,
     synced: impl FnOnce() + Send + 'static,
 ) {
-    let controller = Controller::new(api, watcher::Config::default());
-    let store = controller.store();
-    let ready = store.clone();
+    let mut stores = Vec::new();
+    let mut controllers = Vec::new();
+    for (api, secrets) in scopes {
+        let controller = Controller::new(api, watcher::Config::default());
+        let store = controller.store();
+        stores.push(store.clone());
+        let opted_in = watcher(secrets, watcher::Config::default().labels(SECRET_SELECTOR))
+            .default_backoff()
+            .filter_map(|event| async move {
+                match event {
+                    // A Secret that stops opting in leaves the selector: a Delete here.
+                    Ok(
+                        watcher::Event::Apply(s)
+                        | watcher::Event::InitApply(s)
+                        | watcher::Event::Delete(s),
+                    ) => Some(Ok(s)),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                }
+            });
+        let stop = shutdown.clone();
+        controllers.push(
+            controller
+                .watches_stream(opted_in, move |secret: PartialObjectMeta<Secret>| {
+                    let ns = secret.namespace();
+                    let name = secret.name_any();
+                    store
+                        .state()
+                        .into_iter()
+                        .filter(|w| {
+                            w.namespace() == ns
+                                && w.spec.secret_ref.as_ref().is_some_and(|r| r.name == name)
+                        })
+                        .map(|w| ObjectRef::from_obj(&*w))
+                        .collect::<Vec<_>>()
+                })
+                .graceful_shutdown_on(stop.cancelled_owned())
+                .run(reconcile, error_policy, ctx.clone())
+                .for_each(|res| async move {
+                    if let Err(e) = res {
+                        tracing::debug!(error = %e, "controller");
+                    }
+                }),
+        );
+    }
     tokio::spawn(async move {
-        if ready.wait_until_ready().await.is_ok() {
-            synced();
-        }
-    });
-    controller
-        .watches(
-            secrets,
-            watcher::Config::default(),
-            move |secret: Secret| {
-                let ns = secret.namespace();
-                let name = secret.name_any();
-                store
-                    .state()
-                    .into_iter()
-                    .filter(|w| {
-                        w.namespace() == ns
-                            && w.spec.secret_ref.as_ref().is_some_and(|r| r.name == name)
-                    })
-                    .map(|w| ObjectRef::from_obj(&*w))
-                    .collect::<Vec<_>>()
-            },
-        )
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "controller");
+        for store in stores {
+            if store.wait_until_ready().await.is_err() {
+                return;
             }
-        })
-        .await;
+        }
+        synced();
+    });
+    futures::future::join_all(controllers).await;
 }

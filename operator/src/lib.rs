@@ -5,6 +5,7 @@
 pub mod controller;
 pub mod crd;
 pub mod leader;
+pub mod policy;
 pub mod server;
 
 use std::net::SocketAddr;
@@ -15,9 +16,10 @@ use anyhow::Context as _;
 use herald_core::backend::SubscriptionStore;
 use herald_core::subscriptions::Subscriptions;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, PartialObjectMeta};
 use kube::runtime::events::Reporter;
 use kube::Client;
+use policy::EventTypePolicy;
 use tokio_util::sync::CancellationToken;
 
 use crate::crd::WebhookSubscription;
@@ -36,8 +38,11 @@ pub struct Options {
     pub addr: SocketAddr,
     /// Leader election; `None` reconciles at once (one replica).
     pub lease: Option<LeaseOptions>,
-    /// Watch one namespace only; `None`: every namespace.
-    pub watch_namespace: Option<String>,
+    /// Watch these namespaces only (one controller each, so namespaced Roles suffice); empty:
+    /// every namespace.
+    pub watch_namespaces: Vec<String>,
+    /// The event types each namespace's resources may subscribe to.
+    pub policy: EventTypePolicy,
     /// Who the Events name as their reporter.
     pub reporter: Reporter,
 }
@@ -58,17 +63,14 @@ pub async fn start(
     store: Arc<dyn SubscriptionStore>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
-    let (api, secrets): (Api<WebhookSubscription>, Api<Secret>) = match &opts.watch_namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
-    api.list(&ListParams::default().limit(1)).await.context(
-        "listing webhooksubscriptions.herald.dev failed; is the CRD installed? \
-         (`herald-operator crd | kubectl apply -f -`)",
-    )?;
+    let scopes = controller::scopes(&client, &opts.watch_namespaces);
+    for (api, _) in &scopes {
+        api.list(&ListParams::default().limit(1)).await.context(
+            "listing webhooksubscriptions.herald.dev failed; is the CRD installed, and may the \
+             operator list them in every namespace it watches? \
+             (`herald-operator crd | kubectl apply -f -`)",
+        )?;
+    }
     let listener = tokio::net::TcpListener::bind(opts.addr)
         .await
         .with_context(|| format!("binding {}", opts.addr))?;
@@ -84,21 +86,20 @@ pub async fn start(
             .with_graceful_shutdown(http_stop.cancelled_owned())
             .await
     });
-    let ctx = Arc::new(controller::Context::new(
-        client.clone(),
-        subscriptions,
-        opts.reporter.clone(),
-    ));
+    let ctx = Arc::new(
+        controller::Context::new(client.clone(), subscriptions, opts.reporter.clone())
+            .with_policy(opts.policy.clone()),
+    );
     let task = tokio::spawn(async move {
         match opts.lease {
             None => {
                 let h = health.clone();
-                controller::run(api, secrets, ctx, shutdown.cancelled_owned(), move || {
+                controller::run(scopes, ctx, shutdown.clone(), move || {
                     h.ready.store(true, Ordering::Release)
                 })
                 .await;
             }
-            Some(lease) => lead(lease, client, api, secrets, ctx, &health, &shutdown).await?,
+            Some(lease) => lead(lease, client, scopes, ctx, &health, &shutdown).await?,
         }
         http.await??;
         Ok(())
@@ -110,8 +111,7 @@ pub async fn start(
 async fn lead(
     lease: LeaseOptions,
     client: Client,
-    api: Api<WebhookSubscription>,
-    secrets: Api<Secret>,
+    scopes: Vec<(Api<WebhookSubscription>, Api<PartialObjectMeta<Secret>>)>,
     ctx: Arc<controller::Context>,
     health: &server::Health,
     shutdown: &CancellationToken,
@@ -144,14 +144,7 @@ async fn lead(
             let _ = watch.wait_for(|l| !*l).await;
             lost.cancel();
         });
-        controller::run(
-            api.clone(),
-            secrets.clone(),
-            ctx.clone(),
-            stop.cancelled_owned(),
-            || {},
-        )
-        .await;
+        controller::run(scopes.clone(), ctx.clone(), stop.clone(), || {}).await;
         watcher.abort();
         if shutdown.is_cancelled() {
             break;

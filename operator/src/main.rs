@@ -43,9 +43,15 @@ struct RunArgs {
     /// This replica's name in the Lease and in Events (default: the host name and process id).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
-    /// Watch WebhookSubscriptions (and Secrets) in this namespace only.
-    #[arg(long, env = "HERALD_OPERATOR_WATCH_NAMESPACE")]
-    watch_namespace: Option<String>,
+    /// Watch WebhookSubscriptions (and opted-in Secrets) in these namespaces only
+    /// (comma-separated); unset: every namespace.
+    #[arg(long, env = "HERALD_OPERATOR_WATCH_NAMESPACE", value_delimiter = ',')]
+    watch_namespace: Vec<String>,
+    /// The event types each namespace's resources may subscribe to:
+    /// `namespace=pattern,pattern;namespace=pattern` (`order.*` a prefix, `*` every type; the
+    /// namespace `*` rules the ones not named). Unset: no namespace is restricted.
+    #[arg(long, env = "HERALD_OPERATOR_ALLOWED_EVENT_TYPES", default_value = "")]
+    allowed_event_types: herald_operator::policy::EventTypePolicy,
     #[command(flatten)]
     settings: Settings,
 }
@@ -85,7 +91,13 @@ async fn main() -> anyhow::Result<()> {
             namespace: args.lease_namespace.unwrap_or(default_ns),
             identity: identity.clone(),
         }),
-        watch_namespace: args.watch_namespace,
+        watch_namespaces: args
+            .watch_namespace
+            .into_iter()
+            .map(|ns| ns.trim().to_string())
+            .filter(|ns| !ns.is_empty())
+            .collect(),
+        policy: args.allowed_event_types,
         reporter: Reporter {
             controller: "herald-operator".into(),
             instance: Some(identity),

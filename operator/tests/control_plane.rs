@@ -12,6 +12,7 @@ use herald_core::model::{Owner, Subscription};
 use herald_core::ssrf::TargetGuard;
 use herald_core::subscriptions::Subscriptions;
 use herald_operator::crd::WebhookSubscription;
+use herald_operator::policy::EventTypePolicy;
 use herald_operator::{LeaseOptions, Options};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::events::v1::Event as K8sEvent;
@@ -121,6 +122,28 @@ struct Operator {
 
 impl Operator {
     async fn start(client: &Client, backend: &Backend, ns: &str, identity: &str) -> Self {
+        Self::with_policy(client, backend, ns, identity, EventTypePolicy::default()).await
+    }
+
+    async fn with_policy(
+        client: &Client,
+        backend: &Backend,
+        ns: &str,
+        identity: &str,
+        policy: EventTypePolicy,
+    ) -> Self {
+        Self::watching(client, backend, ns, &[ns], identity, policy).await
+    }
+
+    /// An operator whose Lease is in `ns`, reconciling the resources of `watched`.
+    async fn watching(
+        client: &Client,
+        backend: &Backend,
+        ns: &str,
+        watched: &[&str],
+        identity: &str,
+        policy: EventTypePolicy,
+    ) -> Self {
         let stop = CancellationToken::new();
         let opts = Options {
             addr: "127.0.0.1:0".parse().unwrap(),
@@ -129,7 +152,8 @@ impl Operator {
                 namespace: ns.into(),
                 identity: identity.into(),
             }),
-            watch_namespace: Some(ns.into()),
+            watch_namespaces: watched.iter().map(|w| w.to_string()).collect(),
+            policy,
             reporter: Reporter {
                 controller: "herald-operator".into(),
                 instance: Some(identity.into()),
@@ -421,8 +445,20 @@ async fn the_example_is_reconciled_updated_refused_and_deleted() {
     op.stop().await;
 }
 
+fn condition(w: &WebhookSubscription) -> Option<(String, String, String)> {
+    let c = w
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")?;
+    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// A Secret must opt in (the label `herald.dev/webhook-secret: "true"`) to be used; until it
+/// does, the status says the same thing whether it is missing, unlabelled or lacks the key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_secret_is_ready_false_with_an_event_until_it_appears() {
+async fn a_secret_is_used_only_once_it_opts_in_and_the_status_reveals_nothing_before() {
     let Some(client) = client().await else { return };
     let Some(backend) = store().await else { return };
     install_crd(&client).await;
@@ -430,29 +466,42 @@ async fn a_missing_secret_is_ready_false_with_an_event_until_it_appears() {
     let op = Operator::start(&client, &backend, &ns, "replica-a").await;
     let whs_api: Api<WebhookSubscription> = Api::namespaced(client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let (secret, whs) = example();
+    let (labelled, whs) = example();
+    let mut unlabelled = labelled.clone();
+    unlabelled.metadata.labels = None;
+    assert_eq!(
+        labelled
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("herald.dev/webhook-secret"))
+            .map(String::as_str),
+        Some("true"),
+        "the example opts in"
+    );
 
+    // No Secret at all.
     apply(&whs_api, &whs).await;
-    eventually(
-        "Ready=False SecretNotFound",
+    let missing = eventually(
+        "Ready=False SecretUnavailable",
         Duration::from_secs(20),
         || async {
-            let w = whs_api.get("orders").await.ok()?;
-            (ready(&w)? == ("False".into(), "SecretNotFound".into())).then_some(())
+            let (status, reason, message) = condition(&whs_api.get("orders").await.ok()?)?;
+            (status == "False" && reason == "SecretUnavailable").then_some(message)
         },
     )
     .await;
-    assert!(stored(&backend, &ns, "orders").await.is_none());
+    assert!(missing.contains("not found or not permitted"), "{missing}");
     let events: Api<K8sEvent> = Api::namespaced(client.clone(), &ns);
     eventually(
-        "a SecretNotFound Event",
+        "a SecretUnavailable Event",
         Duration::from_secs(20),
         || async {
             let list = events.list(&ListParams::default()).await.ok()?;
             list.items
                 .iter()
                 .any(|e| {
-                    e.reason.as_deref() == Some("SecretNotFound")
+                    e.reason.as_deref() == Some("SecretUnavailable")
                         && e.type_.as_deref() == Some("Warning")
                         && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("orders")
                 })
@@ -461,28 +510,39 @@ async fn a_missing_secret_is_ready_false_with_an_event_until_it_appears() {
     )
     .await;
 
-    // A Secret without the key: still not ready, with the other reason.
-    let mut wrong_key = secret.clone();
-    wrong_key.string_data = Some([("other".to_string(), "x".repeat(20))].into());
-    apply(&secrets, &wrong_key).await;
-    eventually(
-        "Ready=False SecretKeyNotFound",
-        Duration::from_secs(20),
-        || async {
-            let w = whs_api.get("orders").await.ok()?;
-            (ready(&w)? == ("False".into(), "SecretKeyNotFound".into())).then_some(())
-        },
-    )
-    .await;
+    // The Secret exists with the right key but without the label: not used, and the status is
+    // word for word what it was without the Secret. The operator retries with backoff (2 s,
+    // 4 s, ...), so after 8 s it has read the unlabelled Secret at least once.
+    apply(&secrets, &unlabelled).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let w = whs_api.get("orders").await.unwrap();
+    assert_eq!(
+        condition(&w).unwrap(),
+        ("False".into(), "SecretUnavailable".into(), missing.clone())
+    );
+    assert!(stored(&backend, &ns, "orders").await.is_none());
 
-    // The Secret's creation wakes the resource (Secrets are watched): Ready=True.
+    // Labelled but without the key: the same words again.
+    let mut wrong_key = labelled.clone();
+    wrong_key.string_data = Some([("other".to_string(), "x".repeat(20))].into());
     secrets
-        .delete(&secret.name_any(), &DeleteParams::default())
+        .delete(&labelled.name_any(), &DeleteParams::default())
         .await
         .unwrap();
-    apply(&secrets, &secret).await;
+    apply(&secrets, &wrong_key).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let w = whs_api.get("orders").await.unwrap();
+    assert_eq!(condition(&w).unwrap().2, missing);
+    assert!(stored(&backend, &ns, "orders").await.is_none());
+
+    // Opting in (the label's arrival wakes the resource: opted-in Secrets are watched).
+    secrets
+        .delete(&labelled.name_any(), &DeleteParams::default())
+        .await
+        .unwrap();
+    apply(&secrets, &labelled).await;
     eventually(
-        "Ready=True once the Secret exists",
+        "Ready=True once the Secret opts in",
         Duration::from_secs(20),
         || async {
             let w = whs_api.get("orders").await.ok()?;
@@ -490,7 +550,154 @@ async fn a_missing_secret_is_ready_false_with_an_event_until_it_appears() {
         },
     )
     .await;
-    assert!(stored(&backend, &ns, "orders").await.is_some());
+    let sub = stored(&backend, &ns, "orders").await.unwrap();
+    assert_eq!(
+        sub.secret.as_deref(),
+        Some("change-me-to-a-long-random-secret")
+    );
+    // The id is the one derived from the resource's UID.
+    let w = whs_api.get("orders").await.unwrap();
+    assert_eq!(sub.id, herald_operator::controller::owned_id(&w).unwrap());
+
+    whs_api
+        .delete("orders", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the resource to disappear",
+        Duration::from_secs(20),
+        || async {
+            whs_api
+                .get_opt("orders")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    op.stop().await;
+}
+
+/// An operator watching a list of namespaces (the chart's `watchNamespaces`) reconciles the
+/// resources of each, and leaves those of other namespaces alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_watching_two_namespaces_reconciles_both_and_no_other() {
+    let Some(client) = client().await else { return };
+    let Some(backend) = store().await else { return };
+    install_crd(&client).await;
+    let (a, b, other) = (
+        namespace(&client).await,
+        namespace(&client).await,
+        namespace(&client).await,
+    );
+    let op = Operator::watching(
+        &client,
+        &backend,
+        &a,
+        &[&a, &b],
+        "replica-a",
+        EventTypePolicy::default(),
+    )
+    .await;
+    let (secret, whs) = example();
+    for ns in [&a, &b, &other] {
+        apply(&Api::<Secret>::namespaced(client.clone(), ns), &secret).await;
+        apply(
+            &Api::<WebhookSubscription>::namespaced(client.clone(), ns),
+            &whs,
+        )
+        .await;
+    }
+    for ns in [&a, &b] {
+        let api: Api<WebhookSubscription> = Api::namespaced(client.clone(), ns);
+        eventually(
+            &format!("{ns}/orders Ready"),
+            Duration::from_secs(20),
+            || async { (ready(&api.get("orders").await.ok()?)?.0 == "True").then_some(()) },
+        )
+        .await;
+        assert!(stored(&backend, ns, "orders").await.is_some());
+    }
+    let api: Api<WebhookSubscription> = Api::namespaced(client.clone(), &other);
+    let w = api.get("orders").await.unwrap();
+    assert!(w.status.is_none() && w.finalizers().is_empty(), "{w:?}");
+    assert!(stored(&backend, &other, "orders").await.is_none());
+    for ns in [&a, &b, &other] {
+        let api: Api<WebhookSubscription> = Api::namespaced(client.clone(), ns);
+        api.delete("orders", &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    for ns in [&a, &b] {
+        let api: Api<WebhookSubscription> = Api::namespaced(client.clone(), ns);
+        eventually(
+            "the resource to disappear",
+            Duration::from_secs(20),
+            || async { api.get_opt("orders").await.unwrap().is_none().then_some(()) },
+        )
+        .await;
+    }
+    op.stop().await;
+}
+
+/// An operator-level policy limits the event types a namespace's resources may subscribe to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_namespace_policy_refuses_event_types_it_does_not_allow() {
+    let Some(client) = client().await else { return };
+    let Some(backend) = store().await else { return };
+    install_crd(&client).await;
+    let ns = namespace(&client).await;
+    let policy: EventTypePolicy = format!("{ns}=order.*").parse().unwrap();
+    let op = Operator::with_policy(&client, &backend, &ns, "replica-a", policy).await;
+    let whs_api: Api<WebhookSubscription> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let (secret, whs) = example();
+    apply(&secrets, &secret).await;
+
+    // Every event type (no eventTypes) is refused.
+    let mut all = whs.clone();
+    all.spec.event_types = vec![];
+    apply(&whs_api, &all).await;
+    let message = eventually(
+        "Ready=False EventTypesNotAllowed",
+        Duration::from_secs(20),
+        || async {
+            let (status, reason, message) = condition(&whs_api.get("orders").await.ok()?)?;
+            (status == "False" && reason == "EventTypesNotAllowed").then_some(message)
+        },
+    )
+    .await;
+    assert!(message.contains("every event type"), "{message}");
+    assert!(message.contains("order.*"), "{message}");
+    assert!(stored(&backend, &ns, "orders").await.is_none());
+
+    // A type outside the patterns is refused too.
+    let mut other = whs.clone();
+    other.spec.event_types = vec!["order.created".into(), "user.deleted".into()];
+    apply(&whs_api, &other).await;
+    eventually(
+        "the refusal to name user.deleted",
+        Duration::from_secs(20),
+        || async {
+            let (_, reason, message) = condition(&whs_api.get("orders").await.ok()?)?;
+            (reason == "EventTypesNotAllowed" && message.contains("user.deleted")).then_some(())
+        },
+    )
+    .await;
+    assert!(stored(&backend, &ns, "orders").await.is_none());
+
+    // The example's types conform.
+    apply(&whs_api, &whs).await;
+    eventually("orders to be Ready", Duration::from_secs(20), || async {
+        let w = whs_api.get("orders").await.ok()?;
+        (ready(&w)?.0 == "True").then_some(())
+    })
+    .await;
+    assert_eq!(
+        stored(&backend, &ns, "orders").await.unwrap().event_types,
+        vec!["order.created", "order.paid"]
+    );
     whs_api
         .delete("orders", &DeleteParams::default())
         .await

@@ -400,7 +400,7 @@ fn kubectl_to_signed_delivery_and_back() {
 
     // A rotated Secret reaches the deliveries; the old key still signs during the overlap.
     let rotated = format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: orders-webhook}}\nstringData: {{secret: {NEW_SECRET}}}\n"
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: orders-webhook, labels: {{herald.dev/webhook-secret: \"true\"}}}}\nstringData: {{secret: {NEW_SECRET}}}\n"
     );
     kubectl(
         &kubeconfig,

@@ -13,6 +13,7 @@ use herald_core::ssrf::TargetGuard;
 use herald_core::subscriptions::Subscriptions;
 use herald_operator::controller::{self, Context, FINALIZER};
 use herald_operator::crd::{SecretKeyRef, WebhookSubscription, WebhookSubscriptionSpec};
+use herald_operator::policy::EventTypePolicy;
 use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::client::Body;
@@ -137,6 +138,26 @@ async fn expect_event(server: &mut Handle) -> Value {
     ev
 }
 
+/// Answers an Event creation, or the patch of a repeated Event (the recorder counts repeats
+/// of one reason into a series), and returns the body sent.
+async fn expect_event_or_repeat(server: &mut Handle) -> Value {
+    let (req, send) = tokio::time::timeout(Duration::from_secs(5), server.next_request())
+        .await
+        .expect("an Event request")
+        .expect("the client is alive");
+    assert!(
+        req.uri()
+            .path()
+            .starts_with("/apis/events.k8s.io/v1/namespaces/default/events"),
+        "{}",
+        req.uri()
+    );
+    let bytes = req.into_body().collect_bytes().await.unwrap();
+    let ev: Value = serde_json::from_slice(&bytes).unwrap();
+    respond(send, StatusCode::OK, ev.clone());
+    ev
+}
+
 /// Answers a status apply with the resource carrying that status; returns the status sent.
 async fn expect_status(server: &mut Handle, w: &WebhookSubscription) -> Value {
     let path = format!("{BASE}/{}/status", w.name_any());
@@ -189,6 +210,39 @@ async fn a_resource_without_the_finalizer_gets_it_first() {
         .is_none());
 }
 
+const SECRETS: &str = "/api/v1/namespaces/default/secrets";
+
+fn with_secret_ref(w: WebhookSubscription) -> WebhookSubscription {
+    let mut w = w;
+    w.spec.secret_ref = Some(SecretKeyRef {
+        name: "orders-webhook".into(),
+        key: "secret".into(),
+    });
+    w
+}
+
+/// Answers the operator's read of the referenced Secret, which must be a list filtered by its
+/// name and the opt-in label (so the server never returns a Secret that did not opt in).
+async fn answer_secret_read(server: &mut Handle, status: StatusCode, body: Value) {
+    let (uri, _, send) = next(server, Method::GET, SECRETS).await;
+    assert!(
+        uri.contains("fieldSelector=metadata.name%3Dorders-webhook")
+            && uri.contains("labelSelector=herald.dev%2Fwebhook-secret%3Dtrue"),
+        "a list filtered by name and label: {uri}"
+    );
+    respond(send, status, body);
+}
+
+fn secret_list(items: Value) -> Value {
+    json!({"kind": "SecretList", "apiVersion": "v1", "metadata": {}, "items": items})
+}
+
+fn labelled_secret(data: Value) -> Value {
+    json!({"metadata": {"name": "orders-webhook", "namespace": "default",
+                        "labels": {"herald.dev/webhook-secret": "true"}},
+           "data": data})
+}
+
 #[tokio::test]
 async fn a_missing_secret_gives_ready_false_an_event_and_a_backoff() {
     let Fixture {
@@ -197,26 +251,10 @@ async fn a_missing_secret_gives_ready_false_an_event_and_a_backoff() {
         backend,
         _dir,
     } = fixture();
-    let mut w = finalized(resource("orders"));
-    w.spec.secret_ref = Some(SecretKeyRef {
-        name: "orders-webhook".into(),
-        key: "secret".into(),
-    });
+    let w = with_secret_ref(finalized(resource("orders")));
     let sent = w.clone();
     let api = tokio::spawn(async move {
-        let (_, _, send) = next(
-            &mut server,
-            Method::GET,
-            "/api/v1/namespaces/default/secrets/orders-webhook",
-        )
-        .await;
-        respond(
-            send,
-            StatusCode::NOT_FOUND,
-            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                   "message": "secrets \"orders-webhook\" not found",
-                   "reason": "NotFound", "code": 404}),
-        );
+        answer_secret_read(&mut server, StatusCode::OK, secret_list(json!([]))).await;
         let status = expect_status(&mut server, &sent).await;
         let ev = expect_event(&mut server).await;
         (status, ev, server)
@@ -224,18 +262,18 @@ async fn a_missing_secret_gives_ready_false_an_event_and_a_backoff() {
     let err = controller::reconcile(Arc::new(w.clone()), ctx.clone())
         .await
         .unwrap_err();
-    assert_eq!(err.metric_label(), "SecretNotFound");
+    assert_eq!(err.metric_label(), "SecretUnavailable");
     let (status, ev, _server) = api.await.unwrap();
     let cond = &status["conditions"][0];
     assert_eq!(cond["type"], "Ready");
     assert_eq!(cond["status"], "False");
-    assert_eq!(cond["reason"], "SecretNotFound");
+    assert_eq!(cond["reason"], "SecretUnavailable");
     assert!(cond["message"]
         .as_str()
         .unwrap()
-        .contains("default/orders-webhook"));
+        .contains("Secret default/orders-webhook key \"secret\": not found or not permitted"));
     assert_eq!(status["observedGeneration"], 3);
-    assert_eq!(ev["reason"], "SecretNotFound");
+    assert_eq!(ev["reason"], "SecretUnavailable");
     assert_eq!(ev["type"], "Warning");
     assert_eq!(ev["regarding"]["name"], "orders");
     assert!(backend
@@ -259,47 +297,211 @@ async fn a_missing_secret_gives_ready_false_an_event_and_a_backoff() {
     );
 }
 
+/// Whoever may create a WebhookSubscription learns nothing about a Secret they may not read:
+/// forbidden, not opted in (the server's filtered list is empty), opted in without the key,
+/// with a value that is not UTF-8, or with a value too short all read the same.
 #[tokio::test]
-async fn a_forbidden_secret_is_named_in_the_status() {
+async fn every_unusable_secret_reads_the_same_not_found_or_not_permitted() {
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let forbidden = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+        "message": "secrets is forbidden: User cannot list resource secrets",
+        "reason": "Forbidden", "code": 403});
+    let cases = [
+        ("forbidden", StatusCode::FORBIDDEN, forbidden),
+        ("not opted in", StatusCode::OK, secret_list(json!([]))),
+        (
+            "no such key",
+            StatusCode::OK,
+            secret_list(json!([labelled_secret(json!({"other": b64(&[b'x'; 32])}))])),
+        ),
+        (
+            "not UTF-8",
+            StatusCode::OK,
+            secret_list(json!([labelled_secret(
+                json!({"secret": b64(&[0xff; 32])})
+            )])),
+        ),
+        (
+            "too short",
+            StatusCode::OK,
+            secret_list(json!([labelled_secret(json!({"secret": b64(b"short")}))])),
+        ),
+    ];
+    let mut seen = Vec::new();
+    for (what, code, body) in cases {
+        let Fixture {
+            ctx,
+            mut server,
+            backend,
+            _dir,
+        } = fixture();
+        let w = with_secret_ref(finalized(resource("orders")));
+        let sent = w.clone();
+        let api = tokio::spawn(async move {
+            answer_secret_read(&mut server, code, body).await;
+            let status = expect_status(&mut server, &sent).await;
+            let ev = expect_event(&mut server).await;
+            (status, ev)
+        });
+        let err = controller::reconcile(Arc::new(w), ctx).await.unwrap_err();
+        assert_eq!(err.metric_label(), "SecretUnavailable", "{what}");
+        let (status, ev) = api.await.unwrap();
+        let cond = &status["conditions"][0];
+        assert_eq!(cond["reason"], "SecretUnavailable", "{what}");
+        assert!(backend.subscriptions.list_all().await.unwrap().is_empty());
+        seen.push((
+            what,
+            cond["message"].as_str().unwrap().to_string(),
+            ev["note"].as_str().unwrap().to_string(),
+        ));
+    }
+    let (_, message, note) = &seen[0];
+    assert!(message.contains("not found or not permitted"), "{message}");
+    for (what, m, n) in &seen {
+        assert_eq!(m, message, "{what} reads like the others");
+        assert_eq!(n, note, "{what}: the Event too");
+        for leak in [
+            "forbidden",
+            "\"other\"",
+            "short",
+            "403",
+            "no such key",
+            "not UTF-8",
+        ] {
+            assert!(!m.contains(leak), "{what}: {m} reveals {leak:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_opted_in_secret_signs_the_subscription() {
+    use base64::Engine as _;
     let Fixture {
         ctx,
         mut server,
-        backend: _backend,
+        backend,
         _dir,
     } = fixture();
-    let mut w = finalized(resource("orders"));
-    w.spec.secret_ref = Some(SecretKeyRef {
-        name: "orders-webhook".into(),
-        key: "secret".into(),
-    });
+    let w = with_secret_ref(finalized(resource("orders")));
     let sent = w.clone();
+    let value = base64::engine::general_purpose::STANDARD.encode("a-long-enough-secret-0123");
     let api = tokio::spawn(async move {
-        let (_, _, send) = next(
+        answer_secret_read(
             &mut server,
-            Method::GET,
-            "/api/v1/namespaces/default/secrets/orders-webhook",
+            StatusCode::OK,
+            secret_list(json!([labelled_secret(json!({"secret": value}))])),
         )
         .await;
-        respond(
-            send,
-            StatusCode::FORBIDDEN,
-            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                   "message": "secrets \"orders-webhook\" is forbidden",
-                   "reason": "Forbidden", "code": 403}),
-        );
         let status = expect_status(&mut server, &sent).await;
-        let ev = expect_event(&mut server).await;
-        (status, ev)
+        expect_event(&mut server).await;
+        status
     });
-    let err = controller::reconcile(Arc::new(w), ctx).await.unwrap_err();
-    assert_eq!(err.metric_label(), "SecretForbidden");
-    let (status, ev) = api.await.unwrap();
-    assert_eq!(status["conditions"][0]["reason"], "SecretForbidden");
-    assert!(status["conditions"][0]["message"]
-        .as_str()
+    controller::reconcile(Arc::new(w.clone()), ctx)
+        .await
+        .unwrap();
+    let status = api.await.unwrap();
+    assert_eq!(status["conditions"][0]["reason"], "Synced");
+    let sub = backend
+        .subscriptions
+        .find_by_owner(&owner("orders"))
+        .await
         .unwrap()
-        .contains("is forbidden"));
-    assert_eq!(ev["reason"], "SecretForbidden");
+        .unwrap();
+    assert_eq!(sub.secret.as_deref(), Some("a-long-enough-secret-0123"));
+    // The id is the one derived from the resource's UID.
+    assert_eq!(sub.id, controller::owned_id(&w).unwrap());
+}
+
+#[tokio::test]
+async fn event_types_outside_the_namespace_policy_are_refused_and_disable_the_subscription() {
+    let f = fixture();
+    let policy: EventTypePolicy = "default=order.*;*=*".parse().unwrap();
+    let ctx = Arc::new(
+        Context::new(
+            f.ctx.client.clone(),
+            f.ctx.subscriptions.clone(),
+            "herald-operator-test".into(),
+        )
+        .with_policy(policy),
+    );
+    let Fixture {
+        mut server,
+        backend,
+        _dir,
+        ..
+    } = f;
+    // A subscription the resource got before the policy: every event type.
+    let mut w = finalized(resource("orders"));
+    w.spec.event_types = vec![];
+    let before = ctx
+        .subscriptions
+        .apply_owned(
+            &owner("orders"),
+            &controller::owned_id(&w).unwrap(),
+            &w.spec.to_subscription_spec(None),
+        )
+        .await
+        .unwrap();
+    for (types, expect) in [
+        (vec![], "eventTypes is empty, which means every event type"),
+        (
+            vec!["order.paid".to_string(), "user.created".to_string()],
+            "event types user.created are not allowed in namespace default",
+        ),
+    ] {
+        w.spec.event_types = types;
+        let sent = w.clone();
+        let api = tokio::spawn(async move {
+            let status = expect_status(&mut server, &sent).await;
+            let ev = expect_event_or_repeat(&mut server).await;
+            (status, ev, server)
+        });
+        let action = controller::reconcile(Arc::new(w.clone()), ctx.clone())
+            .await
+            .unwrap();
+        assert_eq!(action, Action::await_change());
+        let (status, ev, back) = api.await.unwrap();
+        server = back;
+        let cond = &status["conditions"][0];
+        assert_eq!(cond["status"], "False");
+        assert_eq!(cond["reason"], "EventTypesNotAllowed");
+        let message = cond["message"].as_str().unwrap();
+        assert!(message.contains(expect), "{message}");
+        assert!(
+            message.ends_with("may subscribe only to: order.*"),
+            "{message}"
+        );
+        assert!(ev.to_string().contains("EventTypesNotAllowed"), "{ev}");
+        // Nothing is changed but the old subscription stopped receiving events.
+        let stored = backend
+            .subscriptions
+            .get(&before.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(stored.is_disabled(), "disabled");
+        assert!(stored.event_types.is_empty());
+        assert_eq!(backend.subscriptions.list_all().await.unwrap().len(), 1);
+    }
+    // A conforming spec is applied, and re-enables the subscription.
+    w.spec.event_types = vec!["order.paid".into()];
+    let sent = w.clone();
+    let api = tokio::spawn(async move {
+        let status = expect_status(&mut server, &sent).await;
+        expect_event(&mut server).await;
+        status
+    });
+    controller::reconcile(Arc::new(w), ctx).await.unwrap();
+    assert_eq!(api.await.unwrap()["conditions"][0]["reason"], "Synced");
+    let stored = backend
+        .subscriptions
+        .get(&before.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!stored.is_disabled());
+    assert_eq!(stored.event_types, vec!["order.paid"]);
 }
 
 #[tokio::test]
@@ -375,7 +577,7 @@ async fn a_disabled_endpoint_shows_as_ready_false_until_the_spec_changes() {
     let spec = w.spec.to_subscription_spec(None);
     let sub = ctx
         .subscriptions
-        .apply_owned(&owner("orders"), &spec)
+        .apply_owned(&owner("orders"), &controller::owned_id(&w).unwrap(), &spec)
         .await
         .unwrap();
     assert!(ctx
@@ -416,6 +618,7 @@ async fn deletion_removes_the_record_then_the_finalizer() {
         .subscriptions
         .apply_owned(
             &owner("orders"),
+            &controller::owned_id(&resource("orders")).unwrap(),
             &SubscriptionSpec {
                 target_url: "https://receiver.example/hook".into(),
                 ..Default::default()
@@ -607,4 +810,51 @@ fn the_transition_time_changes_only_with_the_condition_status() {
     );
     assert_eq!(flipped.observed_generation, Some(3));
     assert_eq!(flipped.conditions[0].observed_generation, Some(3));
+}
+
+/// The Secret watch asks the API server for opted-in Secrets' metadata only, so the operator
+/// never lists, receives or caches other Secrets (nor any Secret's data): a cluster full of
+/// Helm release Secrets costs it nothing.
+#[tokio::test]
+async fn the_secret_watch_asks_for_opted_in_metadata_only() {
+    let Fixture {
+        ctx,
+        mut server,
+        backend: _backend,
+        _dir,
+    } = fixture();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let scopes = controller::scopes(&ctx.client, &["default".to_string()]);
+    let run = tokio::spawn(controller::run(scopes, ctx, stop.clone(), || {}));
+    // The controller's first requests: the resources' list and the Secrets' list, in any order.
+    let mut secrets = None;
+    for _ in 0..2 {
+        let (req, send) = tokio::time::timeout(Duration::from_secs(5), server.next_request())
+            .await
+            .expect("a request")
+            .expect("the client is alive");
+        let accept = req
+            .headers()
+            .get(http::header::ACCEPT)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        if req.uri().path() == SECRETS {
+            secrets = Some((req.uri().to_string(), accept));
+        } else {
+            assert_eq!(req.uri().path(), BASE, "{}", req.uri());
+        }
+        // Unanswered: the watchers back off; what they asked is what this test checks.
+        drop(send);
+    }
+    let (uri, accept) = secrets.expect("a list of the namespace's Secrets");
+    assert!(
+        uri.contains("labelSelector=herald.dev%2Fwebhook-secret%3Dtrue"),
+        "only opted-in Secrets: {uri}"
+    );
+    assert!(
+        accept.contains("as=PartialObjectMetadataList"),
+        "metadata only: {accept}"
+    );
+    stop.cancel();
+    run.abort();
 }

@@ -70,12 +70,34 @@ app.kubernetes.io/part-of: herald
 {{- end }}
 
 {{/*
-The environment every Herald container shares: the backends and keys. Secrets are referenced,
-never inlined. When MongoDB or Redis is not configured at all, the variable still points at a key
-the chart's Secret does not have: the pod then fails with "couldn't find key MONGO_URI in Secret"
-rather than starting standalone on SQLite, which would look healthy and lose data.
+The environment of the api: the stores, the API and ingest keys, and extraEnv.
 */}}
 {{- define "herald.env" -}}
+{{ include "herald.storeEnv" . }}
+{{- include "herald.keyEnv" . }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The environment of the delivery, retention and operator pods: the stores and extraEnv, never
+the API or ingest key (they serve neither).
+*/}}
+{{- define "herald.workerEnv" -}}
+{{ include "herald.storeEnv" . }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The stores' addresses and credentials. Secrets are referenced, never inlined. When MongoDB or
+Redis is not configured at all, the variable still points at a key the chart's Secret does not
+have: the pod then fails with "couldn't find key MONGO_URI in Secret" rather than starting
+standalone on SQLite, which would look healthy and lose data.
+*/}}
+{{- define "herald.storeEnv" -}}
 {{- $fullname := include "herald.fullname" . -}}
 - name: MONGO_URI
   valueFrom:
@@ -132,6 +154,11 @@ rather than starting standalone on SQLite, which would look healthy and lose dat
       name: {{ $fullname }}
       key: REDIS_URL
 {{- end }}
+{{- end }}
+
+{{/* The API and ingest keys: the api pods only. */}}
+{{- define "herald.keyEnv" -}}
+{{- $fullname := include "herald.fullname" . -}}
 {{- if .Values.apiKey.existingSecret.name }}
 - name: HERALD_API_KEY
   valueFrom:
@@ -158,9 +185,6 @@ rather than starting standalone on SQLite, which would look healthy and lose dat
       name: {{ $fullname }}
       key: HERALD_INGEST_KEY
 {{- end }}
-{{- with .Values.extraEnv }}
-{{ toYaml . }}
-{{- end }}
 {{- end }}
 
 {{/* envFrom of the shared settings ConfigMap. */}}
@@ -169,9 +193,10 @@ rather than starting standalone on SQLite, which would look healthy and lose dat
     name: {{ include "herald.fullname" . }}
 {{- end }}
 
-{{/* Pod-template annotations that roll the pods when settings change. */}}
+{{/* Pod-template annotations that roll the pods when settings or the chart's Secret change. */}}
 {{- define "herald.checksums" -}}
 checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
+checksum/secret: {{ include (print .Template.BasePath "/secret.yaml") . | sha256sum }}
 {{- end }}
 
 {{/* The read-only root filesystem's one writable place. */}}
@@ -183,4 +208,15 @@ checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha
 {{- define "herald.tmpMount" -}}
 - name: tmp
   mountPath: /tmp
+{{- end }}
+
+{{/* The pods allowed to reach the bundled stores: this release's Herald processes. */}}
+{{- define "herald.clientPods" -}}
+matchLabels:
+  app.kubernetes.io/name: {{ include "herald.name" . }}
+  app.kubernetes.io/instance: {{ .Release.Name }}
+matchExpressions:
+  - key: app.kubernetes.io/component
+    operator: In
+    values: [api, delivery, retention, operator]
 {{- end }}
