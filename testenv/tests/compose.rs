@@ -98,6 +98,7 @@ fn databases_are_mongodb_7_and_redis_7_with_aof_and_a_password() {
     for part in [
         "--appendonly yes",
         "--appendfsync everysec",
+        "--maxmemory-policy noeviction",
         "--requirepass ${REDIS_PASSWORD:-",
     ] {
         assert!(cmd.contains(part), "redis command lacks {part:?}: {cmd}");
