@@ -72,8 +72,12 @@ impl Archive for FlakyArchive {
     async fn settled_among(&self, pairs: &[(String, String)]) -> Result<Vec<SettledDelivery>> {
         self.inner.settled_among(pairs).await
     }
-    async fn purge(&self, cutoff: DateTime<Utc>) -> Result<u64> {
-        self.inner.purge(cutoff).await
+    async fn purge(
+        &self,
+        cutoff: DateTime<Utc>,
+        open: &dyn herald_core::backend::OpenEvents,
+    ) -> Result<u64> {
+        self.inner.purge(cutoff, open).await
     }
     async fn ping(&self) -> Result<()> {
         self.inner.ping().await
@@ -122,6 +126,9 @@ impl Transport for FlakyTransport {
     }
     async fn held(&self, receipts: &[String]) -> Result<Vec<bool>> {
         self.inner.held(receipts).await
+    }
+    async fn open_among(&self, webhook_ids: &[String]) -> Result<Vec<bool>> {
+        self.inner.open_among(webhook_ids).await
     }
     async fn settle(&self, settlements: &[Settlement]) -> Result<u64> {
         self.settle.check("settle")?;

@@ -251,8 +251,19 @@ mod tests {
             self.check()?;
             self.inner.list_all().await
         }
-        async fn replace(&self, sub: &Subscription) -> Result<()> {
-            self.inner.replace(sub).await
+        async fn replace(
+            &self,
+            sub: &Subscription,
+            health: crate::backend::ReplaceHealth,
+        ) -> Result<()> {
+            self.inner.replace(sub, health).await
+        }
+        async fn record_health(
+            &self,
+            id: &str,
+            change: &crate::backend::HealthChange,
+        ) -> Result<bool> {
+            self.inner.record_health(id, change).await
         }
         async fn remove(&self, id: &str) -> Result<bool> {
             self.inner.remove(id).await
@@ -325,7 +336,10 @@ mod tests {
         // The store comes back with a change this process did not hear of.
         store.down.store(false, Ordering::Relaxed);
         sub.target_url = "http://127.0.0.1:9/changed".into();
-        store.replace(&sub).await.unwrap();
+        store
+            .replace(&sub, crate::backend::ReplaceHealth::Write)
+            .await
+            .unwrap();
         // Within the stale interval the old value is still served; after it, the new one.
         assert_ne!(
             cache.get("sub_a").await.unwrap().unwrap().target_url,

@@ -97,8 +97,8 @@ pub struct Settings {
     #[arg(long, env = "HERALD_INGEST_KEY", hide_env_values = true)]
     pub ingest_key: Option<String>,
 
-    /// Largest accepted payload in bytes.
-    #[arg(long, env = "HERALD_MAX_PAYLOAD", default_value_t = 1024 * 1024)]
+    /// Largest accepted payload in bytes (at most 15 MiB: see `MAX_PAYLOAD_LIMIT`).
+    #[arg(long, env = "HERALD_MAX_PAYLOAD", default_value_t = 1024 * 1024, value_parser = parse_max_payload)]
     pub max_payload: usize,
 
     /// Ingest requests per second per subscription before 429 (0: unlimited).
@@ -164,6 +164,25 @@ pub struct Settings {
     /// How long the previous secret stays valid after a rotation, unless the rotation says.
     #[arg(long, env = "HERALD_SECRET_OVERLAP", default_value = "24h", value_parser = parse_overlap)]
     pub secret_overlap: Duration,
+}
+
+/// The largest `HERALD_MAX_PAYLOAD` Herald accepts: 15 MiB. MongoDB refuses documents over
+/// 16 MiB, and an event's document holds its payload plus its type, times and the ids of the
+/// subscriptions it fans out to; the MiB left covers some 20,000 subscription ids. A larger
+/// payload could be acknowledged and then never be stored.
+pub const MAX_PAYLOAD_LIMIT: usize = 15 * 1024 * 1024;
+
+fn parse_max_payload(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of bytes"))?;
+    if n > MAX_PAYLOAD_LIMIT {
+        return Err(format!(
+            "HERALD_MAX_PAYLOAD must be at most {MAX_PAYLOAD_LIMIT} bytes (15 MiB): an event \
+             must fit in one MongoDB document (16 MiB with its other fields)"
+        ));
+    }
+    Ok(n)
 }
 
 fn parse_overlap(s: &str) -> Result<Duration, String> {
@@ -315,5 +334,17 @@ mod tests {
         assert!(Cli::try_parse_from(["herald", "--retry-schedule", "1x"]).is_err());
         assert!(Cli::try_parse_from(["herald", "--retry-schedule", "300000y"]).is_err());
         assert!(Cli::try_parse_from(["herald", "--allow-targets", "nope"]).is_err());
+    }
+
+    #[test]
+    fn the_payload_limit_is_bounded_below_the_document_limit() {
+        let ok = Cli::try_parse_from(["herald", "--max-payload", "15728640"]).unwrap();
+        assert_eq!(ok.s.max_payload, MAX_PAYLOAD_LIMIT);
+        let err = Cli::try_parse_from(["herald", "--max-payload", "17000000"])
+            .err()
+            .expect("17 MB refused")
+            .to_string();
+        assert!(err.contains("at most 15728640 bytes"), "{err}");
+        assert!(Cli::try_parse_from(["herald", "--max-payload", "lots"]).is_err());
     }
 }
