@@ -184,12 +184,25 @@ pub struct Backend {
     pub changes: Option<Arc<dyn ChangeFeed>>,
 }
 
+/// The mark of a health-only announcement (see [`ChangeFeed::announce_health`]); subscription
+/// ids never start with it.
+pub const HEALTH_ONLY: &str = "health:";
+
 /// Announces subscription changes to every process sharing the backend, so their caches drop
 /// the changed entry at once instead of after their TTL.
 #[async_trait]
 pub trait ChangeFeed: Send + Sync {
     /// Tells every follower that `subscription_id` changed (created, updated or deleted).
     async fn announce(&self, subscription_id: &str) -> Result<()>;
+
+    /// Tells every follower that only the health fields of `subscription_id` changed
+    /// (`failing_since`), which fan-out does not look at: followers drop that one entry but
+    /// keep their fan-out snapshot. Sent as the id behind [`HEALTH_ONLY`] on the same channel,
+    /// so a feed carries it unchanged (a follower of an older version drops its snapshot).
+    async fn announce_health(&self, subscription_id: &str) -> Result<()> {
+        self.announce(&format!("{HEALTH_ONLY}{subscription_id}"))
+            .await
+    }
 
     /// Runs until the process ends, calling `on_change(Some(id))` for every announcement and
     /// `on_change(None)` whenever announcements may have been missed (at start and after every

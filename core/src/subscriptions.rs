@@ -469,7 +469,8 @@ impl Subscriptions {
             .record_health(id, &HealthChange::FailingSince(since))
             .await?
         {
-            self.cache.changed(id).await;
+            // Fan-out does not look at `failing_since`: no process reloads its snapshot.
+            self.cache.changed_health(id).await;
         }
         Ok(())
     }
