@@ -216,10 +216,12 @@ impl SubscriptionCache {
         if let Some(all) = self.fresh_snapshot() {
             return Ok(all);
         }
-        let stale = match &*self.all.read().unwrap_or_else(|e| e.into_inner()) {
-            Some((_, all)) => Some(all.clone()),
-            None => None,
-        };
+        let stale = self
+            .all
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(_, all)| all.clone());
         let generation = self.snapshot_generation.load(Ordering::Acquire);
         self.snapshot_loads.fetch_add(1, Ordering::Relaxed);
         let loaded: Arc<Vec<_>> = match self.store.list_all().await {
