@@ -218,7 +218,7 @@ async fn clients_that_disconnect_mid_request_lose_nothing_half_way() {
 #[test]
 fn a_payload_limit_over_the_document_limit_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("HERALD_ADDR", format!("127.0.0.1:{}", free_port()))
@@ -227,8 +227,18 @@ fn a_payload_limit_over_the_document_limit_is_refused_at_start() {
         .env("RUST_LOG", "off")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .output()
+        .spawn()
         .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("herald started with HERALD_MAX_PAYLOAD=17000000 instead of refusing");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -237,5 +247,8 @@ fn a_payload_limit_over_the_document_limit_is_refused_at_start() {
         lines[0].contains("HERALD_MAX_PAYLOAD") && lines[0].contains("15728640"),
         "{err}"
     );
-    assert!(!dir.path().join("h.db").exists(), "refused before opening the store");
+    assert!(
+        !dir.path().join("h.db").exists(),
+        "refused before opening the store"
+    );
 }
