@@ -117,6 +117,7 @@ impl From<StoreError> for ApiError {
             e @ StoreError::Unavailable(..) => ApiError::Unavailable(e.chain()),
             e @ StoreError::Full(..) => ApiError::Unavailable(e.chain()),
             e @ StoreError::Backend(..) => ApiError::Internal(e.chain()),
+            e @ StoreError::Rejected(..) => ApiError::Internal(e.chain()),
         }
     }
 }

@@ -212,6 +212,7 @@ pub struct Herald {
 impl Herald {
     /// Opens the store, binds the listener and starts every task.
     pub async fn start(settings: Settings) -> anyhow::Result<Herald> {
+        settings.check_max_payload().map_err(anyhow::Error::msg)?;
         let backend = open_backend(&settings).await?;
         let listener = tokio::net::TcpListener::bind(settings.addr)
             .await

@@ -212,3 +212,43 @@ async fn clients_that_disconnect_mid_request_lose_nothing_half_way() {
     }
     p.kill();
 }
+
+/// A `HERALD_MAX_PAYLOAD` over the bound (15 MiB: an event must fit in one MongoDB document) is
+/// refused at start-up with one error line and exit status 1.
+#[test]
+fn a_payload_limit_over_the_document_limit_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HERALD_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("HERALD_SQLITE_PATH", dir.path().join("h.db"))
+        .env("HERALD_MAX_PAYLOAD", "17000000")
+        .env("RUST_LOG", "off")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("herald started with HERALD_MAX_PAYLOAD=17000000 instead of refusing");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one error line, got {err:?}");
+    assert!(
+        lines[0].contains("HERALD_MAX_PAYLOAD") && lines[0].contains("15728640"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("h.db").exists(),
+        "refused before opening the store"
+    );
+}

@@ -78,7 +78,7 @@ pub async fn open_production(
     let redis = redis.map_err(OpenError::Redis)?;
     Ok(Backend {
         name: "mongodb+redis",
-        subscriptions: mongo.subscriptions,
+        subscriptions: redis.serialized(mongo.subscriptions),
         queue: Arc::new(SplitQueue::new(
             redis.transport,
             mongo.archive,

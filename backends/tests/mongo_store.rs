@@ -8,7 +8,7 @@ use bytes::Bytes;
 use chrono::{DateTime, TimeZone, Utc};
 use futures::TryStreamExt;
 use herald_backends::mongo::{self, MongoParts, INDEXES};
-use herald_core::backend::{ArchivedEvent, SettledDelivery};
+use herald_core::backend::{ArchivedEvent, OpenEvents, ReplaceHealth, SettledDelivery};
 use herald_core::model::{
     Attempt, DeliveryState, DeliveryStatus, Event, Outcome, Owner, Subscription,
 };
@@ -51,6 +51,7 @@ fn subscription(id: &str) -> Subscription {
         failing_since: None,
         previous_secret: None,
         previous_secret_expires_at: None,
+        version: 0,
     }
 }
 
@@ -87,6 +88,7 @@ fn full_subscription(id: &str) -> Subscription {
         failing_since: Some(at(1_760_000_150, 500_000)),
         previous_secret: Some("whsec_previous_0123456789".into()),
         previous_secret_expires_at: Some(at(1_760_086_400, 42)),
+        version: 0,
     }
 }
 
@@ -115,6 +117,7 @@ fn event(id: &str, payload: &[u8], received_at: DateTime<Utc>) -> ArchivedEvent 
             received_at,
         },
         subscription_ids: vec!["sub_a".into(), "sub_b".into()],
+        payload_omitted: None,
     }
 }
 
@@ -196,15 +199,19 @@ async fn subscriptions_round_trip_every_field() {
     changed.retry_schedule_ms = None;
     changed.paused = false;
     changed.updated_at = at(1_760_000_300, 7);
-    s.replace(&changed).await.unwrap();
+    s.replace(&changed, ReplaceHealth::Write).await.unwrap();
+    changed.version += 1;
     assert_eq!(s.get("sub_full").await.unwrap().unwrap(), changed);
     let mut back = changed.clone();
     back.owner = full.owner.clone();
     back.retry_schedule_ms = Some(vec![]);
-    s.replace(&back).await.unwrap();
+    s.replace(&back, ReplaceHealth::Write).await.unwrap();
+    back.version += 1;
     assert_eq!(s.get("sub_full").await.unwrap().unwrap(), back);
 
-    let gone = s.replace(&subscription("sub_missing")).await;
+    let gone = s
+        .replace(&subscription("sub_missing"), ReplaceHealth::Write)
+        .await;
     assert!(matches!(gone, Err(StoreError::NotFound)), "{gone:?}");
     assert!(s.get("sub_missing").await.unwrap().is_none(), "no upsert");
 
@@ -519,8 +526,13 @@ async fn purge_deletes_only_what_is_older_than_the_cutoff() {
     .await
     .unwrap();
     let cutoff = now - chrono::Duration::days(7);
-    assert_eq!(a.purge(cutoff).await.unwrap(), 2, "one event, one delivery");
-    assert_eq!(a.purge(cutoff).await.unwrap(), 0);
+    let none_open = OpenSet::default();
+    assert_eq!(
+        a.purge(cutoff, &none_open).await.unwrap(),
+        2,
+        "one event, one delivery"
+    );
+    assert_eq!(a.purge(cutoff, &none_open).await.unwrap(), 0);
     assert!(a.event("msg_old").await.unwrap().is_none());
     assert!(a.event("msg_new").await.unwrap().is_some());
     let left = a.settled("msg_old").await.unwrap();
@@ -630,4 +642,56 @@ async fn opening_an_unreachable_server_fails_promptly_as_unavailable() {
     );
     assert!(took < Duration::from_secs(7), "took {took:?}");
     assert!(e.chain().contains("MongoDB"), "{}", e.chain());
+}
+
+/// The open events a test names, and the batches the sweep asked about.
+#[derive(Default)]
+struct OpenSet {
+    open: std::collections::HashSet<String>,
+    asked: std::sync::Mutex<Vec<usize>>,
+}
+
+#[async_trait::async_trait]
+impl OpenEvents for OpenSet {
+    async fn open_among(&self, ids: &[String]) -> herald_core::backend::Result<Vec<bool>> {
+        self.asked.lock().unwrap().push(ids.len());
+        Ok(ids.iter().map(|id| self.open.contains(id)).collect())
+    }
+}
+
+/// The sweep keeps every event the transport names open, asks about the candidates in
+/// batches (never one by one), and pages past the kept ones even when thousands share one
+/// millisecond.
+#[tokio::test]
+async fn purge_keeps_open_events_and_asks_in_batches() {
+    let Some((m, db)) = fresh().await else { return };
+    let a = &m.archive;
+    let old = ms(Utc::now() - chrono::Duration::days(8));
+    let events: Vec<ArchivedEvent> = (0..2_100)
+        .map(|i| {
+            event(
+                &format!("msg_{i:05}"),
+                b"{}",
+                old + chrono::Duration::milliseconds(i / 900),
+            )
+        })
+        .collect();
+    a.store_events(&events).await.unwrap();
+    let open = OpenSet {
+        open: (0..2_100)
+            .filter(|i| i % 3 == 0)
+            .map(|i| format!("msg_{i:05}"))
+            .collect(),
+        ..OpenSet::default()
+    };
+    let cutoff = Utc::now() - chrono::Duration::days(7);
+    assert_eq!(a.purge(cutoff, &open).await.unwrap(), 1_400);
+    assert_eq!(*open.asked.lock().unwrap(), vec![1000, 1000, 100]);
+    for i in [0, 1, 2, 899, 900, 1_799, 1_800, 2_097, 2_098] {
+        let kept = a.event(&format!("msg_{i:05}")).await.unwrap().is_some();
+        assert_eq!(kept, i % 3 == 0, "msg_{i:05}");
+    }
+    // Once they are no longer open, the next sweep takes them.
+    assert_eq!(a.purge(cutoff, &OpenSet::default()).await.unwrap(), 700);
+    db.drop().await.unwrap();
 }

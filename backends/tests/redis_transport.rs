@@ -629,6 +629,7 @@ async fn requeue_replays_settled_deliveries_once() {
     let event = ArchivedEvent {
         event: pb.event.clone(),
         subscription_ids: pb.subscription_ids.clone(),
+        payload_omitted: None,
     };
     let status = |sid: &str, attempts| DeliveryStatus {
         subscription_id: sid.into(),

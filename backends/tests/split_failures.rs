@@ -72,8 +72,12 @@ impl Archive for FlakyArchive {
     async fn settled_among(&self, pairs: &[(String, String)]) -> Result<Vec<SettledDelivery>> {
         self.inner.settled_among(pairs).await
     }
-    async fn purge(&self, cutoff: DateTime<Utc>) -> Result<u64> {
-        self.inner.purge(cutoff).await
+    async fn purge(
+        &self,
+        cutoff: DateTime<Utc>,
+        open: &dyn herald_core::backend::OpenEvents,
+    ) -> Result<u64> {
+        self.inner.purge(cutoff, open).await
     }
     async fn ping(&self) -> Result<()> {
         self.inner.ping().await
@@ -122,6 +126,9 @@ impl Transport for FlakyTransport {
     }
     async fn held(&self, receipts: &[String]) -> Result<Vec<bool>> {
         self.inner.held(receipts).await
+    }
+    async fn open_among(&self, webhook_ids: &[String]) -> Result<Vec<bool>> {
+        self.inner.open_among(webhook_ids).await
     }
     async fn settle(&self, settlements: &[Settlement]) -> Result<u64> {
         self.settle.check("settle")?;
@@ -643,4 +650,67 @@ async fn a_replayed_delivery_whose_worker_died_is_sent_again_not_taken_for_its_o
         "the end of attempt 1 does not end the replay's attempt 2"
     );
     assert_eq!(again[0].attempt, 2);
+}
+
+/// An event whose document MongoDB refuses for good (17 MB, over its 16 MiB limit: accepted
+/// before `HERALD_MAX_PAYLOAD` was bounded) settles in one batch with 20 others: the others
+/// are stored and end as usual, and the big one is stored without its payload, the refusal
+/// as the reason, so nothing waits behind it. Before, the whole batch failed for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_the_archive_refuses_for_good_is_kept_without_payload_and_blocks_nothing() {
+    let Some(r) = rig().await else { return };
+    let big = vec![b'x'; 17_000_000];
+    r.queue
+        .publish(testkit::publish("msg_big", &["sub_big"], &big))
+        .await
+        .unwrap();
+    for i in 0..20 {
+        r.queue
+            .publish(testkit::publish(
+                &format!("msg_small{i}"),
+                &["sub_small"],
+                b"{}",
+            ))
+            .await
+            .unwrap();
+    }
+    // A claim fans out about 1 MiB of the intake at a time: claim until all are leased.
+    let mut jobs = Vec::new();
+    for _ in 0..50 {
+        if jobs.len() == 21 {
+            break;
+        }
+        jobs.extend(
+            r.queue
+                .claim(&testkit::claim_request("wrk_big", 100, LEASE))
+                .await
+                .unwrap()
+                .jobs,
+        );
+    }
+    assert_eq!(jobs.len(), 21);
+    let batch: Vec<Settlement> = jobs
+        .iter()
+        .map(|j| settlement(j, Outcome::Success, Disposition::Delivered))
+        .collect();
+    let settled = tokio::time::timeout(Duration::from_secs(60), r.queue.settle(batch))
+        .await
+        .expect("the settle ends");
+    assert_eq!(settled.unwrap(), 0, "every settlement applied");
+    for i in 0..20 {
+        let rec = r
+            .queue
+            .webhook(&format!("msg_small{i}"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rec.status(), DeliveryState::Succeeded);
+    }
+    let rec = r.queue.webhook("msg_big").await.unwrap().unwrap();
+    assert_eq!(rec.status(), DeliveryState::Succeeded);
+    let stored = r.archive.inner.event("msg_big").await.unwrap().unwrap();
+    assert!(stored.event.payload.is_empty());
+    let reason = stored.payload_omitted.expect("the reason is recorded");
+    assert!(reason.contains("17000000 payload bytes"), "{reason}");
+    assert_eq!(r.queue.stats().await.unwrap(), QueueStats::default());
 }

@@ -30,11 +30,44 @@ pub trait SubscriptionStore: Send + Sync {
     async fn list(&self, limit: usize, after: Option<&str>) -> Result<Vec<Subscription>>;
     /// Every subscription: the fan-out snapshot the cache keeps.
     async fn list_all(&self) -> Result<Vec<Subscription>>;
-    /// Replaces a stored subscription; `NotFound` if it is gone.
-    async fn replace(&self, sub: &Subscription) -> Result<()>;
+    /// Replaces a stored subscription in one atomic step, if it is still at the version the
+    /// caller read (`sub.version`), storing it as `sub.version + 1`. `NotFound` if it is gone;
+    /// `Conflict` if another client write changed it since it was read: read it again and
+    /// redo the change (a read-modify-replace without this check would revert the other
+    /// write). The health fields (`failing_since`, `disabled_at`, `disabled_reason`) are
+    /// Herald's own, written by [`Self::record_health`] without a version: `health` says
+    /// whether this replace keeps the stored ones (a rotation) or writes `sub`'s (a PUT or
+    /// PATCH, which re-enables), so a replace never carries health read before over a newer
+    /// health write.
+    async fn replace(&self, sub: &Subscription, health: ReplaceHealth) -> Result<()>;
+    /// Herald's own health write (a delivery worker's): sets only the fields `change` names,
+    /// in one atomic step on the stored record, leaving the rest and the version alone, so it
+    /// never reverts a client's write and never makes one redo its change. Returns whether
+    /// the record changed: `false` when it is gone, or for [`HealthChange::Disable`] when it
+    /// is disabled already (so one disable is counted once however many workers ask).
+    async fn record_health(&self, id: &str, change: &HealthChange) -> Result<bool>;
     /// Removes a subscription; `false` if there was none.
     async fn remove(&self, id: &str) -> Result<bool>;
     async fn ping(&self) -> Result<()>;
+}
+
+/// What a [`SubscriptionStore::replace`] does with the health fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplaceHealth {
+    /// Keep the stored ones, whatever `sub` holds (a secret rotation).
+    Keep,
+    /// Write `sub`'s (a PUT or PATCH: cleared, which re-enables the subscription).
+    Write,
+}
+
+/// A change Herald makes to a subscription's health fields (see
+/// [`SubscriptionStore::record_health`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum HealthChange {
+    /// The start (`Some`) or end (`None`) of a run of failed attempts: `failing_since`.
+    FailingSince(Option<DateTime<Utc>>),
+    /// Stop delivering: `disabled_at` and `disabled_reason`, unless disabled already.
+    Disable { at: DateTime<Utc>, reason: String },
 }
 
 /// The delivery queue: events go in once with their deliveries, workers claim due deliveries
@@ -151,12 +184,25 @@ pub struct Backend {
     pub changes: Option<Arc<dyn ChangeFeed>>,
 }
 
+/// The mark of a health-only announcement (see [`ChangeFeed::announce_health`]); subscription
+/// ids never start with it.
+pub const HEALTH_ONLY: &str = "health:";
+
 /// Announces subscription changes to every process sharing the backend, so their caches drop
 /// the changed entry at once instead of after their TTL.
 #[async_trait]
 pub trait ChangeFeed: Send + Sync {
     /// Tells every follower that `subscription_id` changed (created, updated or deleted).
     async fn announce(&self, subscription_id: &str) -> Result<()>;
+
+    /// Tells every follower that only the health fields of `subscription_id` changed
+    /// (`failing_since`), which fan-out does not look at: followers drop that one entry but
+    /// keep their fan-out snapshot. Sent as the id behind [`HEALTH_ONLY`] on the same channel,
+    /// so a feed carries it unchanged (a follower of an older version drops its snapshot).
+    async fn announce_health(&self, subscription_id: &str) -> Result<()> {
+        self.announce(&format!("{HEALTH_ONLY}{subscription_id}"))
+            .await
+    }
 
     /// Runs until the process ends, calling `on_change(Some(id))` for every announcement and
     /// `on_change(None)` whenever announcements may have been missed (at start and after every
@@ -179,6 +225,10 @@ pub trait ChangeFeed: Send + Sync {
 pub struct ArchivedEvent {
     pub event: Event,
     pub subscription_ids: Vec<String>,
+    /// Set when the archive refused the whole event for good (its document over the store's
+    /// limit): it then holds the event without its payload, and this says why. Its deliveries
+    /// go on from the transport's copy; once they end it cannot be replayed.
+    pub payload_omitted: Option<String>,
 }
 
 /// A delivery that ended (succeeded, or failed for good), as the archive keeps it.
@@ -261,6 +311,11 @@ pub trait Transport: Send + Sync {
 
     async fn expedite(&self, subscription_id: &str) -> Result<()>;
     async fn stats(&self) -> Result<QueueStats>;
+
+    /// For each webhook id (in order), whether the transport holds its event still, i.e. a
+    /// delivery of it is open: see [`OpenEvents`]. One round trip for the whole batch.
+    async fn open_among(&self, webhook_ids: &[String]) -> Result<Vec<bool>>;
+
     async fn ping(&self) -> Result<()>;
 }
 
@@ -278,7 +333,19 @@ pub trait Archive: Send + Sync {
     async fn settled(&self, webhook_id: &str) -> Result<Vec<DeliveryStatus>>;
     /// Of these (webhook, subscription) pairs, the ones that settled, with how they ended.
     async fn settled_among(&self, pairs: &[(String, String)]) -> Result<Vec<SettledDelivery>>;
-    /// Deletes events received and deliveries settled before `cutoff`; returns how many.
-    async fn purge(&self, cutoff: DateTime<Utc>) -> Result<u64>;
+    /// Deletes deliveries settled before `cutoff`, and events received before it unless
+    /// `open` names them as open (a delivery of theirs is still queued or leased: a paused
+    /// subscription, a long retry schedule), so that an event is never deleted while its
+    /// delivery can still be attempted, read or replayed. `open` is asked once per batch of
+    /// candidates, never per event. Returns how many documents went.
+    async fn purge(&self, cutoff: DateTime<Utc>, open: &dyn OpenEvents) -> Result<u64>;
     async fn ping(&self) -> Result<()>;
+}
+
+/// Which events still have open deliveries: what the retention sweep must keep.
+#[async_trait]
+pub trait OpenEvents: Send + Sync {
+    /// For each webhook id (in order), whether its event has a delivery still open. One call
+    /// answers a whole batch (one round trip to the transport).
+    async fn open_among(&self, webhook_ids: &[String]) -> Result<Vec<bool>>;
 }

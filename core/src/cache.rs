@@ -46,8 +46,14 @@ pub struct SubscriptionCache {
     ttl: Duration,
     /// Bumped by every invalidation; a load started before a bump must not be cached.
     generation: AtomicU64,
+    /// The same for the fan-out snapshot, which health-only invalidations leave alone.
+    snapshot_generation: AtomicU64,
     by_id: RwLock<HashMap<String, Entry>>,
     all: RwLock<Option<Snapshot>>,
+    /// Held while the snapshot loads: concurrent fan-outs after a change wait for one load
+    /// and share it (single flight) instead of each reading the whole collection.
+    loading: tokio::sync::Mutex<()>,
+    snapshot_loads: AtomicU64,
     changes: Option<Arc<dyn ChangeFeed>>,
 }
 
@@ -57,8 +63,11 @@ impl SubscriptionCache {
             store,
             ttl,
             generation: AtomicU64::new(0),
+            snapshot_generation: AtomicU64::new(0),
             by_id: RwLock::new(HashMap::new()),
             all: RwLock::new(None),
+            loading: tokio::sync::Mutex::new(()),
+            snapshot_loads: AtomicU64::new(0),
             changes: None,
         }
     }
@@ -90,13 +99,38 @@ impl SubscriptionCache {
             feed.follow(Box::new(move |changed| {
                 if let Some(cache) = cache.upgrade() {
                     match changed {
-                        Some(id) => cache.invalidate(id),
+                        Some(message) => cache.announced(message),
                         None => cache.invalidate_all(),
                     }
                 }
             }))
             .await
         }))
+    }
+
+    /// What a follower does with one announcement: a health-only one drops that entry alone
+    /// (the fan-out snapshot does not depend on it), any other the entry and the snapshot.
+    pub fn announced(&self, message: &str) {
+        match message.strip_prefix(crate::backend::HEALTH_ONLY) {
+            Some(id) => self.invalidate_entry(id),
+            None => self.invalidate(message),
+        }
+    }
+
+    /// Only the health fields of a subscription (`failing_since`) were written by this
+    /// process: drop its entry here and tell the others, keeping every fan-out snapshot.
+    pub async fn changed_health(&self, id: &str) {
+        self.invalidate_entry(id);
+        if let Some(feed) = &self.changes {
+            if let Err(e) = feed.announce_health(id).await {
+                tracing::warn!(subscription = id, error = %e.chain(), "announcing a subscription change failed; other processes see it after the cache TTL");
+            }
+        }
+    }
+
+    /// How many times the fan-out snapshot was loaded from the store.
+    pub fn snapshot_loads(&self) -> u64 {
+        self.snapshot_loads.load(Ordering::Relaxed)
     }
 
     /// A subscription was written by this process: drop it here and tell the others. A failed
@@ -163,19 +197,39 @@ impl SubscriptionCache {
             .collect())
     }
 
+    fn fresh_snapshot(&self) -> Option<Arc<Vec<Arc<Subscription>>>> {
+        match &*self.all.read().unwrap_or_else(|e| e.into_inner()) {
+            Some((at, all)) if at.elapsed() < self.ttl => Some(all.clone()),
+            _ => None,
+        }
+    }
+
+    /// The fan-out snapshot, loaded at most once at a time: callers that find it missing
+    /// while a load runs wait for that load and take its result, so a burst of fan-outs
+    /// after a burst of changes costs one read of the collection (once the changes have
+    /// stopped arriving: a change during the load discards it, and the next caller loads).
     async fn all(&self) -> Result<Arc<Vec<Arc<Subscription>>>> {
-        let stale = match &*self.all.read().unwrap() {
-            Some((at, all)) if at.elapsed() < self.ttl => return Ok(all.clone()),
-            Some((_, all)) => Some(all.clone()),
-            None => None,
-        };
-        let generation = self.generation.load(Ordering::Acquire);
+        if let Some(all) = self.fresh_snapshot() {
+            return Ok(all);
+        }
+        let _loading = self.loading.lock().await;
+        if let Some(all) = self.fresh_snapshot() {
+            return Ok(all);
+        }
+        let stale = self
+            .all
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(_, all)| all.clone());
+        let generation = self.snapshot_generation.load(Ordering::Acquire);
+        self.snapshot_loads.fetch_add(1, Ordering::Relaxed);
         let loaded: Arc<Vec<_>> = match self.store.list_all().await {
             Ok(all) => Arc::new(all.into_iter().map(Arc::new).collect()),
             Err(e @ StoreError::Unavailable(..)) => {
                 let Some(all) = stale else { return Err(e) };
                 let mut slot = self.all.write().unwrap();
-                if self.generation.load(Ordering::Acquire) == generation {
+                if self.snapshot_generation.load(Ordering::Acquire) == generation {
                     *slot = Some((self.retried_at(), all.clone()));
                 }
                 tracing::warn!(error = %e.chain(), "subscription store unavailable: fan-out uses the cached subscriptions");
@@ -184,21 +238,33 @@ impl SubscriptionCache {
             Err(e) => return Err(e),
         };
         let mut slot = self.all.write().unwrap();
-        if self.generation.load(Ordering::Acquire) == generation {
+        if self.snapshot_generation.load(Ordering::Acquire) == generation {
             *slot = Some((Instant::now(), loaded.clone()));
         }
         Ok(loaded)
     }
 
+    /// Forgets one subscription's entry, keeping the fan-out snapshot (a change fan-out does
+    /// not see: its health).
+    pub fn invalidate_entry(&self, id: &str) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.by_id
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
     /// Forgets one subscription (and the fan-out snapshot, which may hold it).
     pub fn invalidate(&self, id: &str) {
         self.generation.fetch_add(1, Ordering::AcqRel);
+        self.snapshot_generation.fetch_add(1, Ordering::AcqRel);
         self.by_id.write().unwrap().remove(id);
         *self.all.write().unwrap() = None;
     }
 
     pub fn invalidate_all(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
+        self.snapshot_generation.fetch_add(1, Ordering::AcqRel);
         self.by_id.write().unwrap().clear();
         *self.all.write().unwrap() = None;
     }
@@ -217,6 +283,8 @@ mod tests {
         inner: Arc<dyn SubscriptionStore>,
         down: AtomicBool,
         broken: AtomicBool,
+        /// Reads of the whole collection (fan-out snapshot loads).
+        lists: std::sync::atomic::AtomicUsize,
     }
 
     impl Flaky {
@@ -249,10 +317,24 @@ mod tests {
         }
         async fn list_all(&self) -> Result<Vec<Subscription>> {
             self.check()?;
+            self.lists.fetch_add(1, Ordering::SeqCst);
+            // A read of a real collection takes a moment: concurrent callers overlap it.
+            tokio::time::sleep(Duration::from_millis(20)).await;
             self.inner.list_all().await
         }
-        async fn replace(&self, sub: &Subscription) -> Result<()> {
-            self.inner.replace(sub).await
+        async fn replace(
+            &self,
+            sub: &Subscription,
+            health: crate::backend::ReplaceHealth,
+        ) -> Result<()> {
+            self.inner.replace(sub, health).await
+        }
+        async fn record_health(
+            &self,
+            id: &str,
+            change: &crate::backend::HealthChange,
+        ) -> Result<bool> {
+            self.inner.record_health(id, change).await
         }
         async fn remove(&self, id: &str) -> Result<bool> {
             self.inner.remove(id).await
@@ -269,6 +351,7 @@ mod tests {
             inner: db.backend().subscriptions,
             down: AtomicBool::new(false),
             broken: AtomicBool::new(false),
+            lists: Default::default(),
         });
         (store, dir)
     }
@@ -325,7 +408,10 @@ mod tests {
         // The store comes back with a change this process did not hear of.
         store.down.store(false, Ordering::Relaxed);
         sub.target_url = "http://127.0.0.1:9/changed".into();
-        store.replace(&sub).await.unwrap();
+        store
+            .replace(&sub, crate::backend::ReplaceHealth::Write)
+            .await
+            .unwrap();
         // Within the stale interval the old value is still served; after it, the new one.
         assert_ne!(
             cache.get("sub_a").await.unwrap().unwrap().target_url,
@@ -336,5 +422,70 @@ mod tests {
             cache.get("sub_a").await.unwrap().unwrap().target_url,
             sub.target_url
         );
+    }
+
+    /// A burst of changes followed by a burst of fan-outs reads the collection once; health-only
+    /// announcements (a worker's `failing_since`) make no fan-out read it again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_changes_reloads_the_snapshot_once_and_health_changes_not_at_all() {
+        const CHANGES: usize = 50;
+        const FAN_OUTS: usize = 20;
+        let (store, _dir) = flaky();
+        for i in 0..5 {
+            store
+                .insert(&testkit::subscription(&format!("sub_{i}")))
+                .await
+                .unwrap();
+        }
+        let cache = Arc::new(SubscriptionCache::new(
+            store.clone(),
+            Duration::from_secs(3600),
+        ));
+        assert_eq!(cache.matching(None).await.unwrap().len(), 5);
+        assert_eq!(store.lists.load(Ordering::SeqCst), 1);
+        let fan_outs = |n: usize| {
+            let cache = cache.clone();
+            async move {
+                let all: Vec<_> = (0..n)
+                    .map(|_| {
+                        let cache = cache.clone();
+                        tokio::spawn(async move { cache.matching(Some("t")).await.unwrap().len() })
+                    })
+                    .collect();
+                for f in all {
+                    assert_eq!(f.await.unwrap(), 5);
+                }
+            }
+        };
+        for i in 0..CHANGES {
+            cache.announced(&format!("sub_{}", i % 5));
+        }
+        fan_outs(FAN_OUTS).await;
+        assert_eq!(
+            store.lists.load(Ordering::SeqCst),
+            2,
+            "one load for the burst"
+        );
+        assert_eq!(cache.snapshot_loads(), 2);
+        for i in 0..CHANGES {
+            cache.announced(&format!("{}sub_{}", crate::backend::HEALTH_ONLY, i % 5));
+        }
+        fan_outs(FAN_OUTS).await;
+        assert_eq!(
+            store.lists.load(Ordering::SeqCst),
+            2,
+            "health-only changes keep the snapshot"
+        );
+        // They do drop the entry itself.
+        cache.get("sub_1").await.unwrap();
+        let mut changed = store.get("sub_1").await.unwrap().unwrap();
+        changed.failing_since = Some(chrono::Utc::now());
+        store
+            .replace(&changed, crate::backend::ReplaceHealth::Write)
+            .await
+            .unwrap();
+        cache.announced(&format!("{}sub_1", crate::backend::HEALTH_ONLY));
+        let got = cache.get("sub_1").await.unwrap().unwrap();
+        assert_eq!(got.failing_since, changed.failing_since);
     }
 }

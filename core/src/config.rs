@@ -98,7 +98,7 @@ pub struct Settings {
     #[arg(long, env = "HERALD_INGEST_KEY", hide_env_values = true)]
     pub ingest_key: Option<String>,
 
-    /// Largest accepted payload in bytes.
+    /// Largest accepted payload in bytes (at most 15 MiB: see `MAX_PAYLOAD_LIMIT`).
     #[arg(long, env = "HERALD_MAX_PAYLOAD", default_value_t = 1024 * 1024)]
     pub max_payload: usize,
 
@@ -165,6 +165,27 @@ pub struct Settings {
     /// How long the previous secret stays valid after a rotation, unless the rotation says.
     #[arg(long, env = "HERALD_SECRET_OVERLAP", default_value = "24h", value_parser = parse_overlap)]
     pub secret_overlap: Duration,
+}
+
+/// The largest `HERALD_MAX_PAYLOAD` Herald accepts: 15 MiB. MongoDB refuses documents over
+/// 16 MiB, and an event's document holds its payload plus its type, times and the ids of the
+/// subscriptions it fans out to; the MiB left covers some 20,000 subscription ids. A larger
+/// payload could be acknowledged and then never be stored.
+pub const MAX_PAYLOAD_LIMIT: usize = 15 * 1024 * 1024;
+
+impl Settings {
+    /// Refuses a `HERALD_MAX_PAYLOAD` above [`MAX_PAYLOAD_LIMIT`]; checked when the api starts,
+    /// so the refusal is the process's one error line.
+    pub fn check_max_payload(&self) -> Result<(), String> {
+        if self.max_payload > MAX_PAYLOAD_LIMIT {
+            return Err(format!(
+                "HERALD_MAX_PAYLOAD ({}) must be at most {MAX_PAYLOAD_LIMIT} bytes (15 MiB): an \
+                 event must fit in one MongoDB document (16 MiB with its other fields)",
+                self.max_payload
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn parse_overlap(s: &str) -> Result<Duration, String> {
@@ -348,5 +369,15 @@ mod tests {
             .decode_utf8()
             .unwrap();
         assert_eq!(decoded, password);
+    }
+
+    #[test]
+    fn the_payload_limit_is_bounded_below_the_document_limit() {
+        let ok = Cli::try_parse_from(["herald", "--max-payload", "15728640"]).unwrap();
+        assert_eq!(ok.s.max_payload, MAX_PAYLOAD_LIMIT);
+        assert!(ok.s.check_max_payload().is_ok());
+        let big = Cli::try_parse_from(["herald", "--max-payload", "17000000"]).unwrap();
+        let err = big.s.check_max_payload().expect_err("17 MB refused");
+        assert!(err.contains("at most 15728640 bytes"), "{err}");
     }
 }

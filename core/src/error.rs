@@ -22,6 +22,11 @@ pub enum StoreError {
     Full(String, #[source] Option<Cause>),
     #[error("backend error: {0}")]
     Backend(String, #[source] Option<Cause>),
+    /// The store refused this write for good: the same write fails the same way every time
+    /// (a document over the store's size limit, a value it cannot hold). Retrying it cannot
+    /// help; the writer must set the item aside so that it does not block the others.
+    #[error("refused by the store: {0}")]
+    Rejected(String, #[source] Option<Cause>),
 }
 
 impl StoreError {
@@ -40,6 +45,16 @@ impl StoreError {
     /// `Unavailable`, keeping `cause` as the source.
     pub fn unavailable_by(message: impl Into<String>, cause: impl Into<Cause>) -> Self {
         StoreError::Unavailable(message.into(), Some(cause.into()))
+    }
+
+    /// `Rejected`, keeping `cause` as the source.
+    pub fn rejected_by(message: impl Into<String>, cause: impl Into<Cause>) -> Self {
+        StoreError::Rejected(message.into(), Some(cause.into()))
+    }
+
+    /// Whether repeating the same write can never succeed ([`StoreError::Rejected`]).
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, StoreError::Rejected(..))
     }
 
     /// `Backend`, keeping `cause` as the source.

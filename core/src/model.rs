@@ -57,6 +57,11 @@ pub struct Subscription {
     pub previous_secret: Option<String>,
     #[serde(default)]
     pub previous_secret_expires_at: Option<DateTime<Utc>>,
+    /// Bumped by every write to the stored record. A replace applies only while the record is
+    /// still at the version it was read at (optimistic concurrency), so a write never reverts
+    /// another one made meanwhile (see `SubscriptionStore::replace`). Not shown by the API.
+    #[serde(default)]
+    pub version: u64,
 }
 
 impl Subscription {

@@ -30,11 +30,14 @@
 //! | publish, before it answered        | the event queued, or nothing          | the producer retries; with an idempotency key no second copy |
 //! | the lease                          | a leased delivery nobody works on     | the reaper (dead worker) or the lease's end queues it again |
 //! | storing events fails               | attempts made, their event not archived | the settle stores it again first and fails (to be retried) while the archive does not answer; nothing is logged before the event is stored |
+//! | storing events is refused for good (a document over the store's limit) | the same | the settle stores the events one by one; one refused on its own is stored without its payload, with the reason (`payload_omitted`), and the settle goes on: nothing blocks behind it. Its deliveries go on from the transport's copy; it cannot be replayed once they end |
 //! | the attempt, before its settle (crash) | an event perhaps unarchived, the lease held | redelivered after the reaper; the lease lists the event as unarchived again |
 //! | logging the attempts               | an attempt logged, the lease held     | redelivered later under the same number; the log keeps the first record. A terminal one is the delivery's end: the redelivery is acknowledged without sending |
 //! | recording the settled delivery (an end its attempt does not tell) | archive says settled, transport leased | the redelivery is noticed at the next claim and acknowledged without sending |
 //! | acknowledging                      | the same as the previous two rows     | the same |
 //! | the transport, at any write        | nothing new is lost: the transport's own persistence holds leased and queued deliveries | deliveries resume when it is back |
+//! | retention: an event old enough to go, its delivery still open (paused subscription, long retry schedule) | — | kept: the sweep asks the transport which candidates are open (one call per batch) and deletes only the others; it goes in the first sweep after its last delivery ended |
+//! | retention: a replay of an event older than the retention, between the sweep's check and its delete | the replayed delivery queued, its event deleted from the archive | the delivery is made from the transport's copy; its attempts are logged, but once it ends `GET /webhooks/{id}` finds no event (the same end the sweep would have given it a moment earlier) |
 //!
 //! A settlement whose lease was lost after the check and before the acknowledgement has logged
 //! its attempt (under its number, kept once) and possibly its end; the transport then counts it
@@ -48,7 +51,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::backend::{
-    Archive, ArchivedEvent, AttemptLog, Leased, Queue, Result, SettledDelivery, Transport,
+    Archive, ArchivedEvent, AttemptLog, Leased, OpenEvents, Queue, Result, SettledDelivery,
+    Transport,
 };
 use crate::model::{
     Attempt, ClaimRequest, Claimed, DeliveryState, DeliveryStatus, Disposition, Job, Outcome,
@@ -271,14 +275,51 @@ impl SplitQueue {
         if failed.is_empty() {
             return Ok(());
         }
-        self.archive.store_events(&failed).await?;
         let ids: Vec<String> = failed.iter().map(|e| e.event.webhook_id.clone()).collect();
+        match self.archive.store_events(&failed).await {
+            Ok(()) => {}
+            Err(e) if e.is_permanent() => self.store_apart(failed).await?,
+            Err(e) => return Err(e),
+        }
         if let Err(e) = self.transport.archived(&ids).await {
             tracing::warn!(error = %e.chain(), "noting archived events failed");
         }
         let mut map = self.archiving.lock().unwrap();
         for id in &ids {
             map.remove(id);
+        }
+        Ok(())
+    }
+
+    /// Stores `events` after the archive refused a write of them all for good: one by one, so
+    /// that the others go in; an event refused on its own is stored without its payload, the
+    /// refusal as the reason (see [`ArchivedEvent::payload_omitted`]), so that its attempts can
+    /// be logged and it blocks no settle. Its deliveries go on from the transport's copy. A
+    /// transient error, or a refusal of the event without its payload, goes back to the caller.
+    async fn store_apart(&self, events: Vec<ArchivedEvent>) -> Result<()> {
+        for e in events {
+            match self.archive.store_events(std::slice::from_ref(&e)).await {
+                Ok(()) => {}
+                Err(err) if err.is_permanent() => {
+                    let reason = format!(
+                        "the event ({} payload bytes) could not be stored: {}",
+                        e.event.payload.len(),
+                        err.chain()
+                    );
+                    tracing::error!(webhook_id = %e.event.webhook_id, reason, "storing the event without its payload");
+                    metrics::counter!(crate::telemetry::EVENTS_STORED_WITHOUT_PAYLOAD).increment(1);
+                    let stub = ArchivedEvent {
+                        event: crate::model::Event {
+                            payload: bytes::Bytes::new(),
+                            ..e.event
+                        },
+                        subscription_ids: e.subscription_ids,
+                        payload_omitted: Some(reason),
+                    };
+                    self.archive.store_events(&[stub]).await?;
+                }
+                Err(err) => return Err(err),
+            }
         }
         Ok(())
     }
@@ -441,6 +482,16 @@ fn is_end(d: &Disposition) -> Option<DeliveryState> {
     }
 }
 
+/// The transport answering the retention sweep: an event it still holds has an open delivery.
+struct OpenInTransport<'a>(&'a dyn Transport);
+
+#[async_trait]
+impl OpenEvents for OpenInTransport<'_> {
+    async fn open_among(&self, webhook_ids: &[String]) -> Result<Vec<bool>> {
+        self.0.open_among(webhook_ids).await
+    }
+}
+
 #[async_trait]
 impl Queue for SplitQueue {
     async fn publish(&self, publish: Publish) -> Result<PublishOutcome> {
@@ -595,6 +646,11 @@ impl Queue for SplitQueue {
         let Some(event) = self.archive.event(webhook_id).await? else {
             return Ok(0);
         };
+        if let Some(reason) = &event.payload_omitted {
+            return Err(crate::StoreError::Conflict(format!(
+                "webhook {webhook_id} cannot be replayed: its payload was not kept ({reason})"
+            )));
+        }
         self.transport.requeue(&event, &failed).await
     }
 
@@ -606,8 +662,12 @@ impl Queue for SplitQueue {
         self.transport.stats().await
     }
 
+    /// The archive deletes what is older than `cutoff`, asking the transport in batches which
+    /// of its candidate events are still open (kept).
     async fn purge(&self, cutoff: DateTime<Utc>) -> Result<u64> {
-        self.archive.purge(cutoff).await
+        self.archive
+            .purge(cutoff, &OpenInTransport(self.transport.as_ref()))
+            .await
     }
 
     /// The transport only: it is what ingest needs. With the archive (MongoDB) down, ingest

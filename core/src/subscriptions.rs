@@ -2,16 +2,20 @@
 //! the REST API and the Kubernetes operator alike; and the state changes Herald makes itself
 //! (disabling a failing endpoint, secret rotation).
 //!
-//! Herald's own writes (disable, `failing_since`) read the stored record, change their fields and
-//! write it back. Failure point: a PUT/PATCH landing between that read and write is overwritten
-//! (the window is one store round trip, and these writes happen only on health transitions).
+//! No write reverts another: a client's change (PUT, PATCH, rotation, an owner's apply) is a
+//! read-modify-replace under the version it read, redone on the latest record when another
+//! client write came between (see [`Subscriptions::read_modify_replace`]); Herald's own writes
+//! (disable, `failing_since`) change only their fields, in one atomic store step, and a
+//! replace never writes health fields it read (it keeps the stored ones, or clears them to
+//! re-enable). Failure point: a client write that loses the race [`REPLACE_TRIES`] times in a
+//! row is answered 409 (nothing written).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::backend::Queue;
+use crate::backend::{HealthChange, Queue, ReplaceHealth};
 use crate::cache::SubscriptionCache;
 use crate::error::{Error, ValidationError};
 use crate::model::{Owner, Subscription, SubscriptionPatch, SubscriptionSpec, ValidSpec};
@@ -145,11 +149,51 @@ impl Subscriptions {
         spec: &SubscriptionSpec,
         caller: &Caller,
     ) -> Result<Subscription, Error> {
-        let current = self.get(id).await?;
-        check_owner(&current, caller)?;
+        let sub = self
+            .read_modify_replace(id, ReplaceHealth::Write, |current| {
+                self.updated(current, spec, caller)
+            })
+            .await?;
+        if !sub.paused {
+            // Deliveries deferred while paused go out now.
+            self.queue.expedite(id).await?;
+        }
+        Ok(sub)
+    }
+
+    /// Applies `patch` to the latest stored record: when another write lands between the read
+    /// and the write, the patch is applied again on top of it (what a client sending a partial
+    /// update expects: the fields it names change, the others stay as they are now).
+    pub async fn patch(
+        &self,
+        id: &str,
+        patch: SubscriptionPatch,
+        caller: &Caller,
+    ) -> Result<Subscription, Error> {
+        let sub = self
+            .read_modify_replace(id, ReplaceHealth::Write, |current| {
+                check_owner(current, caller)?;
+                let spec = SubscriptionSpec::of(current).apply(patch.clone());
+                self.updated(current, &spec, caller)
+            })
+            .await?;
+        if !sub.paused {
+            self.queue.expedite(id).await?;
+        }
+        Ok(sub)
+    }
+
+    /// The record a PUT of `spec` makes of `current`.
+    fn updated(
+        &self,
+        current: &Subscription,
+        spec: &SubscriptionSpec,
+        caller: &Caller,
+    ) -> Result<Subscription, Error> {
+        check_owner(current, caller)?;
         let unmasked;
         let spec = if *caller == Caller::Api && masked_names(spec).next().is_some() {
-            unmasked = keep_masked_values(spec, &current)?;
+            unmasked = keep_masked_values(spec, current)?;
             &unmasked
         } else {
             spec
@@ -163,28 +207,10 @@ impl Subscriptions {
             Utc::now(),
         );
         if sub.secret == current.secret {
-            sub.previous_secret = current.previous_secret;
+            sub.previous_secret = current.previous_secret.clone();
             sub.previous_secret_expires_at = current.previous_secret_expires_at;
         }
-        self.cache.store().replace(&sub).await?;
-        self.cache.changed(id).await;
-        if !sub.paused {
-            // Deliveries deferred while paused go out now.
-            self.queue.expedite(id).await?;
-        }
         Ok(sub)
-    }
-
-    pub async fn patch(
-        &self,
-        id: &str,
-        patch: SubscriptionPatch,
-        caller: &Caller,
-    ) -> Result<Subscription, Error> {
-        let current = self.get(id).await?;
-        check_owner(&current, caller)?;
-        let spec = SubscriptionSpec::of(&current).apply(patch);
-        self.update(id, &spec, caller).await
     }
 
     /// Deletes a subscription; its queued deliveries end as `Failure` promptly.
@@ -275,7 +301,11 @@ impl Subscriptions {
                 now + chrono::Duration::from_std(self.secret_overlap).expect("bounded to 7 days"),
             );
         }
-        store.replace(&sub).await?;
+        // Versioned write: a concurrent write makes this one fail with `Conflict`, and the
+        // reconcile that called it runs again on the latest record.
+        sub.version = current.version;
+        store.replace(&sub, ReplaceHealth::Write).await?;
+        sub.version += 1;
         self.cache.changed(&sub.id).await;
         if !sub.paused {
             // Deliveries deferred while paused go out now.
@@ -371,36 +401,42 @@ impl Subscriptions {
         overlap: Option<Duration>,
         caller: &Caller,
     ) -> Result<Rotated, Error> {
-        let current = self.get(id).await?;
-        check_owner(&current, caller)?;
         let overlap = check_overlap(overlap.unwrap_or(self.secret_overlap))
             .map_err(|m| ValidationError::new("overlap", m))?;
+        // Chosen once: a rotation redone after a concurrent write answers the secret it stored.
         let secret = secret.unwrap_or_else(crate::signing::generate_secret);
-        if current.secret.as_deref() == Some(secret.as_str()) {
-            return Err(
-                ValidationError::new("secret", "must differ from the current secret").into(),
-            );
-        }
-        let mut spec = SubscriptionSpec::of(&current);
-        spec.secret = Some(secret.clone());
-        self.validate(&spec)?;
-        let now = Utc::now();
-        let mut sub = current.clone();
-        sub.secret = Some(secret.clone());
-        sub.updated_at = now;
-        match current.secret {
-            Some(old) if !overlap.is_zero() => {
-                sub.previous_secret = Some(old);
-                sub.previous_secret_expires_at =
-                    Some(now + chrono::Duration::from_std(overlap).expect("bounded to 7 days"));
-            }
-            _ => {
-                sub.previous_secret = None;
-                sub.previous_secret_expires_at = None;
-            }
-        }
-        self.cache.store().replace(&sub).await?;
-        self.cache.changed(id).await;
+        let sub = self
+            .read_modify_replace(id, ReplaceHealth::Keep, |current| {
+                check_owner(current, caller)?;
+                if current.secret.as_deref() == Some(secret.as_str()) {
+                    return Err(ValidationError::new(
+                        "secret",
+                        "must differ from the current secret",
+                    )
+                    .into());
+                }
+                let mut spec = SubscriptionSpec::of(current);
+                spec.secret = Some(secret.clone());
+                self.validate(&spec)?;
+                let now = Utc::now();
+                let mut sub = current.clone();
+                sub.secret = Some(secret.clone());
+                sub.updated_at = now;
+                match &current.secret {
+                    Some(old) if !overlap.is_zero() => {
+                        sub.previous_secret = Some(old.clone());
+                        sub.previous_secret_expires_at = Some(
+                            now + chrono::Duration::from_std(overlap).expect("bounded to 7 days"),
+                        );
+                    }
+                    _ => {
+                        sub.previous_secret = None;
+                        sub.previous_secret_expires_at = None;
+                    }
+                }
+                Ok(sub)
+            })
+            .await?;
         Ok(Rotated {
             subscription: sub,
             secret,
@@ -409,17 +445,22 @@ impl Subscriptions {
 
     /// Stops deliveries to a subscription: its queued deliveries are made due now so workers
     /// end them as `Failure` with `reason`. Returns false when it was already disabled (or is
-    /// gone), so one disable event is counted once.
+    /// gone), so one disable event is counted once. A field-level write (see
+    /// [`crate::backend::SubscriptionStore::record_health`]): it never reverts a concurrent
+    /// PUT, PATCH or rotation.
     pub async fn disable(&self, id: &str, reason: &str, kind: &'static str) -> Result<bool, Error> {
-        let Some(mut sub) = self.cache.store().get(id).await? else {
-            return Ok(false);
+        let store = self.cache.store();
+        match store.get(id).await? {
+            Some(sub) if !sub.is_disabled() => {}
+            _ => return Ok(false),
+        }
+        let change = HealthChange::Disable {
+            at: Utc::now(),
+            reason: reason.to_string(),
         };
-        if sub.is_disabled() {
+        if !store.record_health(id, &change).await? {
             return Ok(false);
         }
-        sub.disabled_at = Some(Utc::now());
-        sub.disabled_reason = Some(reason.to_string());
-        self.cache.store().replace(&sub).await?;
         self.cache.changed(id).await;
         metrics::counter!(crate::telemetry::SUBSCRIPTIONS_DISABLED, "reason" => kind).increment(1);
         tracing::warn!(subscription = id, reason, "subscription disabled");
@@ -427,22 +468,70 @@ impl Subscriptions {
         Ok(true)
     }
 
-    /// Records the start (`Some`) or the end (`None`) of a run of failed attempts.
+    /// Records the start (`Some`) or the end (`None`) of a run of failed attempts, as a
+    /// field-level write like [`Self::disable`].
     pub async fn set_failing_since(
         &self,
         id: &str,
         since: Option<DateTime<Utc>>,
     ) -> Result<(), Error> {
-        let Some(mut sub) = self.cache.store().get(id).await? else {
-            return Ok(());
-        };
-        if sub.failing_since == since {
-            return Ok(());
+        let store = self.cache.store();
+        match store.get(id).await? {
+            Some(sub) if sub.failing_since != since => {}
+            _ => return Ok(()),
         }
-        sub.failing_since = since;
-        self.cache.store().replace(&sub).await?;
-        self.cache.changed(id).await;
+        if store
+            .record_health(id, &HealthChange::FailingSince(since))
+            .await?
+        {
+            // Fan-out does not look at `failing_since`: no process reloads its snapshot.
+            self.cache.changed_health(id).await;
+        }
         Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The write path: every change a client asks for (PUT, PATCH, rotation) is a read-modify-replace
+// under the version it read, redone when another client write came between. Herald's own
+// health writes are field-level updates (`record_health`) outside the version: a replace keeps
+// the stored health (a rotation) or writes its own (a PUT or PATCH re-enables), so it never
+// carries health read before over a newer health write, and a stream of health writes from a
+// flapping endpoint never makes a client write lose its race.
+// ---------------------------------------------------------------------------------------------
+
+/// How often a client's change is redone after losing the race to another client write before
+/// the client is answered 409. Each lost round means another write succeeded meanwhile, so only
+/// a record written without pause by other clients gets there.
+const REPLACE_TRIES: usize = 16;
+
+impl Subscriptions {
+    /// Reads the subscription, lets `change` make the new record of it, and replaces it under
+    /// the version read. When another write came between (`Conflict` from the store), reads
+    /// the latest record and runs `change` again. Returns the stored record (its new version).
+    async fn read_modify_replace(
+        &self,
+        id: &str,
+        health: ReplaceHealth,
+        mut change: impl FnMut(&Subscription) -> Result<Subscription, Error>,
+    ) -> Result<Subscription, Error> {
+        for _ in 0..REPLACE_TRIES {
+            let current = self.get(id).await?;
+            let mut sub = change(&current)?;
+            sub.version = current.version;
+            match self.cache.store().replace(&sub, health).await {
+                Ok(()) => {
+                    sub.version += 1;
+                    self.cache.changed(id).await;
+                    return Ok(sub);
+                }
+                Err(crate::StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Conflict(format!(
+            "subscription {id} kept changing while this change was written; try again"
+        )))
     }
 }
 
@@ -482,6 +571,7 @@ fn build(
         failing_since: None,
         previous_secret: None,
         previous_secret_expires_at: None,
+        version: 0,
     }
 }
 

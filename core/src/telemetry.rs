@@ -14,6 +14,10 @@ pub const SUBSCRIPTIONS_DISABLED: &str = "herald_subscriptions_disabled_total";
 pub const RETENTION_DELETED: &str = "herald_retention_deleted_total";
 /// Settlements ignored because the delivery was no longer leased to the settling worker.
 pub const STALE_SETTLEMENTS: &str = "herald_stale_settlements_total";
+/// Events the archive refused for good (their document over its limit), kept without payload.
+pub const EVENTS_STORED_WITHOUT_PAYLOAD: &str = "herald_events_stored_without_payload_total";
+/// Settlements a store refused for good, ended without their record (see the engine).
+pub const SETTLEMENTS_REFUSED: &str = "herald_settlements_refused_total";
 /// Failed calls of the delivery side's store operations, labelled `operation`: `claim`,
 /// `settle`, `heartbeat`, `reap`, `archive` (storing leased events in MongoDB). Each is retried;
 /// a rate that stays above zero is an outage the deliveries are waiting on.

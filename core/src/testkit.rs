@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{Duration as ChronoDuration, Utc};
 
-use crate::backend::Backend;
 use crate::backend::Queue;
+use crate::backend::{Backend, ReplaceHealth};
 use crate::model::{
     Attempt, ClaimRequest, Claimed, DeliveryState, Disposition, Event, IdempotencyKey, Job,
     Outcome, Publish, PublishOutcome, Settlement, Subscription,
@@ -53,6 +53,7 @@ pub fn subscription(id: &str) -> Subscription {
         failing_since: None,
         previous_secret: None,
         previous_secret_expires_at: None,
+        version: 0,
     }
 }
 
@@ -142,6 +143,9 @@ macro_rules! backend_suite {
             replay_and_expedite,
             attempt_log_order_and_retention,
             purge_keeps_open_deliveries,
+            purge_keeps_events_whose_deliveries_are_open,
+            replaces_are_versioned,
+            concurrent_writes_lose_nothing,
         );
     };
     ($make:path; $($check:ident),+ $(,)?) => {
@@ -190,10 +194,12 @@ pub async fn subscriptions_crud(b: Backend) {
     a.target_url = "https://other.example/".into();
     a.event_types = vec!["x.y".into()];
     a.headers.insert("X-Team".into(), "shop".into());
-    s.replace(&a).await.unwrap();
+    s.replace(&a, ReplaceHealth::Write).await.unwrap();
+    a.version += 1;
     assert_eq!(s.get("sub_a").await.unwrap().unwrap(), a);
     assert!(matches!(
-        s.replace(&subscription("sub_missing")).await,
+        s.replace(&subscription("sub_missing"), ReplaceHealth::Write)
+            .await,
         Err(crate::StoreError::NotFound)
     ));
     assert_eq!(s.list_all().await.unwrap().len(), 3);
@@ -230,7 +236,8 @@ pub async fn subscriptions_by_owner(b: Backend) {
         assert!(s.find_by_owner(&miss).await.unwrap().is_none(), "{miss:?}");
     }
     a.event_types = vec!["order.paid".into()];
-    s.replace(&a).await.unwrap();
+    s.replace(&a, ReplaceHealth::Write).await.unwrap();
+    a.version += 1;
     assert_eq!(s.find_by_owner(&shop).await.unwrap().unwrap(), a);
     assert!(s.remove(&a.id).await.unwrap());
     assert!(s.find_by_owner(&shop).await.unwrap().is_none());
@@ -495,6 +502,66 @@ pub async fn purge_keeps_open_deliveries(b: Backend) {
     );
 }
 
+/// An event older than the retention whose delivery is still open (waiting for a retry, then
+/// for a paused subscription) survives every sweep; once the delivery ends, the webhook can
+/// still be read and replayed.
+pub async fn purge_keeps_events_whose_deliveries_are_open(b: Backend) {
+    let q = &b.queue;
+    let payload = b"{\"kept\": true}";
+    q.publish(publish("msg_kept", &["sub_slow"], payload))
+        .await
+        .unwrap();
+    let soon = || Utc::now() + ChronoDuration::milliseconds(200);
+    // Attempt 1 fails; the retry waits (a long retry schedule).
+    let job = claim(q, 1, LEASE).await.jobs.remove(0);
+    let mut retry = settle(&job, Disposition::RetryAt(soon()));
+    retry.attempt = Some(attempt(
+        "msg_kept",
+        "sub_slow",
+        1,
+        Outcome::FailedAttempt,
+        ChronoDuration::zero(),
+    ));
+    retry.attempts = 1;
+    q.settle(vec![retry]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // Everything received until now is past the retention.
+    q.purge(Utc::now()).await.unwrap();
+    assert!(q.webhook("msg_kept").await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // The subscription is paused: the delivery is deferred, unattempted.
+    let job = claim(q, 1, LEASE).await.jobs.remove(0);
+    assert_eq!(job.attempt, 2);
+    q.settle(vec![settle(&job, Disposition::Defer(soon()))])
+        .await
+        .unwrap();
+    q.purge(Utc::now()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // Resumed: attempt 2 fails for good.
+    let job = claim(q, 1, LEASE).await.jobs.remove(0);
+    assert_eq!(&job.payload[..], payload);
+    let mut failed = settle(&job, Disposition::Failed);
+    failed.attempt = Some(attempt(
+        "msg_kept",
+        "sub_slow",
+        2,
+        Outcome::Failure,
+        ChronoDuration::zero(),
+    ));
+    failed.attempts = 2;
+    failed.last_error = Some("HTTP 500".into());
+    q.settle(vec![failed]).await.unwrap();
+    let rec = q
+        .webhook("msg_kept")
+        .await
+        .unwrap()
+        .expect("an event kept while its delivery was open can be read after it ended");
+    assert_eq!(rec.status(), DeliveryState::Failed);
+    assert_eq!(q.replay("msg_kept").await.unwrap(), 1, "and replayed");
+    let again = claim(q, 1, LEASE).await.jobs.remove(0);
+    assert_eq!((again.attempt, &again.payload[..]), (3, &payload[..]));
+}
+
 fn success(job: &Job) -> Settlement {
     let mut s = settle(job, Disposition::Delivered);
     let mut a = attempt(
@@ -740,4 +807,178 @@ pub async fn claims_respect_the_byte_budget(b: Backend) {
         .unwrap();
     req.byte_budget = 1000;
     assert_eq!(q.claim(&req).await.unwrap().jobs.len(), 3);
+}
+
+/// A replace applies only to the version it read. A health write changes only its fields and
+/// leaves the version alone; a later replace keeps the stored health (`Keep`) or writes its
+/// own (`Write`), never the health it read before.
+pub async fn replaces_are_versioned(b: Backend) {
+    use crate::backend::HealthChange;
+    let s = &b.subscriptions;
+    let mut a = subscription("sub_v");
+    s.insert(&a).await.unwrap();
+    let stale = a.clone();
+    a.event_types = vec!["one".into()];
+    s.replace(&a, ReplaceHealth::Write).await.unwrap();
+    let stored = s.get("sub_v").await.unwrap().unwrap();
+    assert_eq!((stored.version, &stored.event_types), (1, &a.event_types));
+    assert!(
+        matches!(
+            s.replace(&stale, ReplaceHealth::Keep).await,
+            Err(crate::StoreError::Conflict(_))
+        ),
+        "a replace based on version 0 after version 1 was written"
+    );
+    let since = chrono::DateTime::from_timestamp(1_800_000_000, 123_456_789).unwrap();
+    assert!(s
+        .record_health("sub_v", &HealthChange::FailingSince(Some(since)))
+        .await
+        .unwrap());
+    let stored = s.get("sub_v").await.unwrap().unwrap();
+    assert_eq!(stored.failing_since, Some(since));
+    assert_eq!(stored.event_types, a.event_types, "only the health fields");
+    assert_eq!(stored.version, 1);
+    // A rotation read before the health write keeps it.
+    let mut rotated = a.clone();
+    rotated.version = 1;
+    rotated.secret = Some("rotated-secret-0123456789".into());
+    rotated.updated_at = chrono::DateTime::from_timestamp(1_800_000_100, 0).unwrap();
+    s.replace(&rotated, ReplaceHealth::Keep).await.unwrap();
+    let stored = s.get("sub_v").await.unwrap().unwrap();
+    assert_eq!(stored.failing_since, Some(since), "health kept");
+    assert_eq!(stored.secret, rotated.secret);
+    assert_eq!(stored.updated_at, rotated.updated_at);
+    assert_eq!(stored.version, 2);
+    let disable = HealthChange::Disable {
+        at: since,
+        reason: "gone".into(),
+    };
+    assert!(s.record_health("sub_v", &disable).await.unwrap());
+    assert!(
+        !s.record_health("sub_v", &disable).await.unwrap(),
+        "disabled once"
+    );
+    let stored = s.get("sub_v").await.unwrap().unwrap();
+    assert_eq!(stored.disabled_reason.as_deref(), Some("gone"));
+    assert_eq!(stored.disabled_at, Some(since));
+    // A PUT writes its own health: cleared, the subscription is enabled again.
+    let mut put = stored.clone();
+    put.failing_since = None;
+    put.disabled_at = None;
+    put.disabled_reason = None;
+    s.replace(&put, ReplaceHealth::Write).await.unwrap();
+    let stored = s.get("sub_v").await.unwrap().unwrap();
+    assert!(!stored.is_disabled() && stored.failing_since.is_none());
+    assert_eq!(stored.version, 3);
+    assert!(!s
+        .record_health("sub_gone", &HealthChange::FailingSince(None))
+        .await
+        .unwrap());
+}
+
+/// Rotations, PATCHes and two delivery workers' health writes race on one subscription through
+/// the subscription service: none is lost. Each rotation finds the secret the previous one set
+/// (else a health write or a PATCH reverted it), each PATCH's change is still there when the
+/// next one starts, and the last of each is in the final record.
+pub async fn concurrent_writes_lose_nothing(b: Backend) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use crate::cache::SubscriptionCache;
+    use crate::model::{SubscriptionPatch, SubscriptionSpec};
+    use crate::subscriptions::{Caller, Subscriptions};
+
+    const ROUNDS: usize = 40;
+    let service = |b: &Backend| {
+        let cache = Arc::new(SubscriptionCache::for_backend(b));
+        Arc::new(Subscriptions::new(
+            cache,
+            b.queue.clone(),
+            crate::ssrf::TargetGuard::new(Vec::new()),
+        ))
+    };
+    let api = service(&b);
+    let mut spec = SubscriptionSpec::of(&subscription("x"));
+    spec.secret = Some("first-secret-0123456789".into());
+    let id = api.create(&spec, None).await.unwrap().id;
+    let done = Arc::new(AtomicBool::new(false));
+    let health_writes = Arc::new(AtomicUsize::new(0));
+    // Two delivery workers of a flapping endpoint, each with its own service (and cache).
+    let workers: Vec<_> = (0..2)
+        .map(|w| {
+            let (svc, id, done, n) = (service(&b), id.clone(), done.clone(), health_writes.clone());
+            tokio::spawn(async move {
+                let mut i = 0i64;
+                while !done.load(Ordering::Relaxed) {
+                    i += 1;
+                    let since = (i % 2 == 0).then(|| {
+                        chrono::DateTime::from_timestamp(1_800_000_000 + i * 2 + w, 0).unwrap()
+                    });
+                    svc.set_failing_since(&id, since).await.unwrap();
+                    n.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let rotator = {
+        let (svc, id) = (api.clone(), id.clone());
+        tokio::spawn(async move {
+            let mut last = "first-secret-0123456789".to_string();
+            let mut lost = 0;
+            for i in 0..ROUNDS {
+                let next = format!("rotated-secret-{i:04}-0123456789");
+                let r = svc
+                    .rotate_secret(&id, Some(next.clone()), None, &Caller::Api)
+                    .await
+                    .unwrap();
+                if r.subscription.previous_secret.as_deref() != Some(last.as_str()) {
+                    lost += 1;
+                }
+                last = next;
+            }
+            (lost, last)
+        })
+    };
+    let patcher = {
+        let (svc, id) = (api.clone(), id.clone());
+        tokio::spawn(async move {
+            let mut lost = 0;
+            let mut last = Vec::new();
+            for i in 0..ROUNDS {
+                if svc.get(&id).await.unwrap().event_types != last {
+                    lost += 1;
+                }
+                last = vec![format!("order.v{i}")];
+                let patch: SubscriptionPatch =
+                    serde_json::from_value(serde_json::json!({ "event_types": last })).unwrap();
+                svc.patch(&id, patch, &Caller::Api).await.unwrap();
+            }
+            (lost, last)
+        })
+    };
+    let (lost_rotations, secret) = rotator.await.unwrap();
+    let (lost_patches, event_types) = patcher.await.unwrap();
+    done.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert!(
+        health_writes.load(Ordering::Relaxed) > ROUNDS,
+        "the health writes raced the others"
+    );
+    assert_eq!(
+        (lost_rotations, lost_patches),
+        (0, 0),
+        "rotations and PATCHes reverted by a concurrent write"
+    );
+    let last = api.get(&id).await.unwrap();
+    assert_eq!(last.secret.as_deref(), Some(secret.as_str()));
+    assert_eq!(last.event_types, event_types);
+    // A health write after the race lands on the latest record and keeps the rest.
+    let since = chrono::DateTime::from_timestamp(1_900_000_000, 0).unwrap();
+    api.set_failing_since(&id, Some(since)).await.unwrap();
+    let after = api.get(&id).await.unwrap();
+    assert_eq!(after.failing_since, Some(since));
+    assert_eq!(after.secret, last.secret);
+    assert_eq!(after.event_types, event_types);
 }

@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,6 +59,9 @@ pub struct EngineConfig {
     pub max_inflight_bytes: usize,
     /// Failing this long disables a subscription (see `health`).
     pub disable_after: Duration,
+    /// The recorder's progress, which the process's liveness check reads (see
+    /// [`RecorderWatch`]); `from_settings` makes one with [`RECORDER_STALL`].
+    pub recorder: Arc<RecorderWatch>,
 }
 
 /// A configuration the engine cannot run safely with.
@@ -113,6 +117,7 @@ impl EngineConfig {
             stale_after: s.worker_stale_after,
             max_inflight_bytes: s.max_inflight_bytes.max(1),
             disable_after: s.disable_after,
+            recorder: RecorderWatch::new(RECORDER_STALL),
         })
     }
 }
@@ -177,7 +182,7 @@ impl Engine {
             }
             .run(backend.clone(), stop_liveness.clone()),
         );
-        let recorder = tokio::spawn(record(backend.clone(), done_rx));
+        let recorder = tokio::spawn(record(backend.clone(), done_rx, config.recorder.clone()));
         let engine = Arc::new(Engine {
             health: Health::new(
                 cache.clone(),
@@ -487,11 +492,13 @@ impl Engine {
 
 /// Settles finished jobs (with their attempt records) in batches. A failed write is retried:
 /// the heartbeats keep the leases meanwhile, and if the process dies the reaper returns the
-/// deliveries and they are made again (at least once).
-async fn record(backend: Backend, mut rx: mpsc::Receiver<Done>) {
+/// deliveries and they are made again (at least once). A write the store refuses for good
+/// (`StoreError::is_permanent`) is not retried: see [`settle_all`].
+async fn record(backend: Backend, mut rx: mpsc::Receiver<Done>, watch: Arc<RecorderWatch>) {
     let mut batch = Vec::with_capacity(SETTLE_BATCH);
     let linger = backend.queue.settle_linger();
     while rx.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
+        watch.busy();
         if !linger.is_zero() {
             let until = tokio::time::Instant::now() + linger;
             while batch.len() < SETTLE_BATCH {
@@ -510,24 +517,170 @@ async fn record(backend: Backend, mut rx: mpsc::Receiver<Done>) {
             }
             settlements.push(d.settlement);
         }
+        settle_all(&backend, settlements, &watch).await;
+        watch.idle();
+    }
+}
+
+/// Settles `settlements`, retrying transient failures with a growing delay. A settle refused
+/// for good is split in halves, and the halves settled on their own, until each refused
+/// settlement stands alone: the others are written, and one refused alone is ended
+/// ([`end_refused`]). So one write that can never succeed holds up nothing but itself.
+///
+/// Failure points: a transient failure that never ends (the store stays down) keeps the batch
+/// here; the watch then reports the recorder stuck after its stall bound, the liveness check
+/// fails and the process is restarted, and the reaper hands its deliveries to the others.
+async fn settle_all(backend: &Backend, settlements: Vec<Settlement>, watch: &RecorderWatch) {
+    let mut parts = vec![settlements];
+    while let Some(mut part) = parts.pop() {
         let mut delay = Duration::from_millis(50);
         loop {
-            match backend.queue.settle(settlements.clone()).await {
-                Ok(0) => break,
+            match backend.queue.settle(part.clone()).await {
                 Ok(stale) => {
-                    // Another worker holds these now (this one was taken for dead, or its
-                    // lease ended): their outcome is that worker's to record.
-                    tracing::warn!(stale, "settlements under lost leases were ignored");
-                    metrics::counter!(telemetry::STALE_SETTLEMENTS).increment(stale);
+                    if stale > 0 {
+                        // Another worker holds these now (this one was taken for dead, or its
+                        // lease ended): their outcome is that worker's to record.
+                        tracing::warn!(stale, "settlements under lost leases were ignored");
+                        metrics::counter!(telemetry::STALE_SETTLEMENTS).increment(stale);
+                    }
+                    watch.progressed();
+                    break;
+                }
+                Err(e) if e.is_permanent() && part.len() > 1 => {
+                    let half = part.split_off(part.len() / 2);
+                    parts.push(half);
+                    parts.push(part);
+                    break;
+                }
+                Err(e) if e.is_permanent() => {
+                    if let Some(s) = part.pop() {
+                        end_refused(backend, s, &e).await;
+                    }
+                    watch.progressed();
                     break;
                 }
                 Err(e) => {
                     telemetry::count_store_failure("settle");
-                    tracing::warn!(error = %e, "settling deliveries failed; retrying");
+                    tracing::warn!(error = %e.chain(), "settling deliveries failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
+        }
+    }
+}
+
+/// How long a settlement whose record the store refused is set aside when even ending it
+/// without the record is refused.
+const PARK_FOR: Duration = Duration::from_secs(3600);
+
+/// Ends a delivery whose settlement the store refused for good: as `Failure`, without the
+/// attempt record that could not be written, the refusal as its error (what
+/// `GET /webhooks/{id}` shows). If that is refused too, the delivery is handed back for an
+/// hour (no attempt counted), so that it holds no lease meanwhile. Transient failures of these
+/// writes are retried a few times; after that the lease is left to the reaper.
+async fn end_refused(backend: &Backend, s: Settlement, refusal: &herald_core::StoreError) {
+    let reason = format!(
+        "the delivery's record was refused by the store: {}",
+        refusal.chain()
+    );
+    tracing::error!(webhook_id = %s.webhook_id, subscription_id = %s.subscription_id, reason, "ending the delivery without its record");
+    metrics::counter!(telemetry::SETTLEMENTS_REFUSED).increment(1);
+    let (webhook_id, subscription_id) = (s.webhook_id.clone(), s.subscription_id.clone());
+    let now = Utc::now();
+    let ended = Settlement {
+        attempt: None,
+        disposition: Disposition::Failed,
+        last_error: Some(reason.clone()),
+        ..s.clone()
+    };
+    let parked = Settlement {
+        attempt: None,
+        attempts: s.attempts.saturating_sub(u32::from(s.attempt.is_some())),
+        disposition: Disposition::Defer(due_after(now, PARK_FOR).unwrap_or(now)),
+        last_error: Some(reason),
+        ..s
+    };
+    for settlement in [ended, parked] {
+        for _ in 0..5 {
+            match backend.queue.settle(vec![settlement.clone()]).await {
+                Ok(_) => return,
+                Err(e) if e.is_permanent() => break,
+                Err(e) => {
+                    tracing::warn!(error = %e.chain(), "ending a refused settlement failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+    tracing::error!(webhook_id, subscription_id, "could not end or hand back a delivery whose record was refused; its lease is left to the reaper");
+}
+
+/// How long the recorder may hold settlements it cannot write before the process counts as
+/// stuck. A settle normally follows every settle linger (25 ms in production mode) while there
+/// is work; two minutes is thousands of lingers, past which only a store that keeps failing
+/// (or a bug) explains the wait, and a restart lets the reaper hand the deliveries to others.
+/// Longer than a short store outage, which the engine rides out without a restart.
+pub const RECORDER_STALL: Duration = Duration::from_secs(120);
+
+/// The recorder's progress, for the process's liveness check (`/healthz` of
+/// `herald-delivery`): stuck when it has held settlements for longer than `stall` without
+/// writing any. Idle (nothing to write) is never stuck.
+#[derive(Debug)]
+pub struct RecorderWatch {
+    started: std::time::Instant,
+    /// When (ms after `started`, plus one) the recorder last made progress while it held
+    /// work; 0 while it holds none.
+    waiting_since: AtomicU64,
+    stall: Duration,
+}
+
+impl RecorderWatch {
+    pub fn new(stall: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            started: std::time::Instant::now(),
+            waiting_since: AtomicU64::new(0),
+            stall,
+        })
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
+    }
+
+    /// The recorder took work: it has held it since now, unless it held some already.
+    fn busy(&self) {
+        let _ =
+            self.waiting_since
+                .compare_exchange(0, self.now(), Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// A settle went through: what is left has waited from now.
+    fn progressed(&self) {
+        self.waiting_since.store(self.now(), Ordering::Release);
+    }
+
+    /// Nothing left to write.
+    fn idle(&self) {
+        self.waiting_since.store(0, Ordering::Release);
+    }
+
+    /// `Err` with the reason while the recorder has held settlements without writing any for
+    /// longer than its stall bound.
+    pub fn check(&self) -> Result<(), String> {
+        let since = self.waiting_since.load(Ordering::Acquire);
+        if since == 0 {
+            return Ok(());
+        }
+        let waited = Duration::from_millis(self.now().saturating_sub(since));
+        if waited > self.stall {
+            Err(format!(
+                "the delivery recorder has not written a settlement for {waited:?} while it \
+                 holds some (the limit is {:?}): the store keeps failing",
+                self.stall
+            ))
+        } else {
+            Ok(())
         }
     }
 }

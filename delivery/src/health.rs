@@ -12,9 +12,14 @@
 //! - A mark is trusted only while the stored record is not newer than it (`updated_at`): a PUT
 //!   or PATCH (which re-enables and clears `failing_since`) wins over what this process wrote.
 //!
+//! Writes are field-level (`SubscriptionStore::record_health`): they change only the health
+//! fields, so they never revert a rotation or an edit made meanwhile, and a client's replace
+//! never writes back health it read before.
+//!
 //! Failure points: a write that fails drops its mark, so the next attempt decides again; two
 //! processes may each write the same transition once (harmless: the same fields); disabling
-//! counts one event because [`Subscriptions::disable`] re-reads the stored record.
+//! counts one event because the store disables only a record that is not disabled yet, in one
+//! step.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

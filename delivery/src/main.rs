@@ -24,6 +24,11 @@ struct Cli {
     /// listener. Unset: no listener.
     #[arg(long, env = "HERALD_HEALTH_ADDR")]
     health_addr: Option<std::net::SocketAddr>,
+    /// `/healthz` answers 503 once the delivery recorder has held settlements it could not
+    /// write for this long (the store keeps failing), so that the process is restarted and its
+    /// deliveries handed to other workers.
+    #[arg(long, env = "HERALD_RECORDER_STALL", default_value = "2m", value_parser = herald_core::retry::parse_duration)]
+    recorder_stall: std::time::Duration,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -84,8 +89,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     shutdown.clone(),
                 ))
             });
+            let mut config = EngineConfig::from_settings(&settings)?;
+            config.recorder = herald_delivery::RecorderWatch::new(cli.recorder_stall);
             if let Some(addr) = cli.health_addr {
-                serve_health(addr, shutdown.clone()).await?;
+                serve_health(addr, shutdown.clone(), config.recorder.clone()).await?;
             }
             let stop = shutdown.clone();
             tokio::spawn(async move {
@@ -94,13 +101,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 stop.cancel();
             });
             tracing::info!("delivery workers running");
-            Engine::run(
-                backend,
-                cache,
-                EngineConfig::from_settings(&settings)?,
-                shutdown,
-            )
-            .await;
+            Engine::run(backend, cache, config, shutdown).await;
             if let Some(s) = sweeper {
                 s.await?;
             }
@@ -114,17 +115,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn serve_health(
     addr: std::net::SocketAddr,
     shutdown: CancellationToken,
+    recorder: Arc<herald_delivery::RecorderWatch>,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on HERALD_HEALTH_ADDR {addr}"))?;
     let metrics = herald_core::telemetry::prometheus();
-    let app = axum::Router::new()
-        .route(
-            "/healthz",
-            axum::routing::get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
-        )
+    let app = herald_delivery::health_routes(recorder)
         // This process's own counters (attempts, deliveries, latency): Prometheus scrapes every
         // delivery pod, the api's /metrics holds only the api's.
         .route(

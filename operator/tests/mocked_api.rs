@@ -688,10 +688,18 @@ impl herald_core::backend::SubscriptionStore for Down {
     async fn replace(
         &self,
         _: &herald_core::model::Subscription,
+        _: herald_core::backend::ReplaceHealth,
     ) -> herald_core::backend::Result<()> {
         Err(herald_core::StoreError::unavailable("down"))
     }
     async fn remove(&self, _: &str) -> herald_core::backend::Result<bool> {
+        Err(herald_core::StoreError::unavailable("down"))
+    }
+    async fn record_health(
+        &self,
+        _: &str,
+        _: &herald_core::backend::HealthChange,
+    ) -> herald_core::backend::Result<bool> {
         Err(herald_core::StoreError::unavailable("down"))
     }
     async fn ping(&self) -> herald_core::backend::Result<()> {

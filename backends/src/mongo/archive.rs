@@ -3,14 +3,17 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use herald_core::backend::{Archive, ArchivedEvent, Result, SettledDelivery};
+use herald_core::backend::{Archive, ArchivedEvent, OpenEvents, Result, SettledDelivery};
 use herald_core::model::DeliveryStatus;
 use herald_core::StoreError;
-use mongodb::bson::{doc, Document};
+use mongodb::bson::{doc, DateTime as BsonDateTime, Document};
 use mongodb::{Collection, Database};
 
 use super::documents::{date, delivery_doc, delivery_from, delivery_id, event_doc, event_from};
 use super::{convert, duplicates_of_insert_many};
+
+/// Old events looked at per page of the retention sweep, and so per question to the transport.
+pub const PURGE_BATCH: usize = 1000;
 
 pub struct MongoArchive {
     db: Database,
@@ -119,19 +122,77 @@ impl Archive for MongoArchive {
         self.find_deliveries(doc! { "_id": { "$in": ids } }).await
     }
 
-    async fn purge(&self, cutoff: DateTime<Utc>) -> Result<u64> {
+    /// Events in pages of [`PURGE_BATCH`], oldest first on the `received_at` index: each page's
+    /// ids go to `open` in one call, and the others are deleted with one `delete_many`. Paging
+    /// goes on from the last page's time (the ids seen at that very millisecond left out), so
+    /// kept events are not read again in this sweep.
+    async fn purge(&self, cutoff: DateTime<Utc>, open: &dyn OpenEvents) -> Result<u64> {
         let before = date(cutoff);
-        let events = self
-            .events
-            .delete_many(doc! { "received_at": { "$lt": before } })
-            .await
-            .map_err(|e| convert("purging old events", e))?;
+        let mut deleted = 0;
+        let mut after: Option<(BsonDateTime, Vec<String>)> = None;
+        loop {
+            let filter = match &after {
+                None => doc! { "received_at": { "$lt": before } },
+                Some((t, seen)) => doc! {
+                    "received_at": { "$lt": before, "$gte": *t },
+                    "_id": { "$nin": seen },
+                },
+            };
+            let page: Vec<Document> = self
+                .events
+                .find(filter)
+                .sort(doc! { "received_at": 1 })
+                .projection(doc! { "_id": 1, "received_at": 1 })
+                .limit(PURGE_BATCH as i64)
+                .await
+                .map_err(|e| convert("listing old events", e))?
+                .try_collect()
+                .await
+                .map_err(|e| convert("listing old events", e))?;
+            let mut ids = Vec::with_capacity(page.len());
+            let mut last = None;
+            for d in &page {
+                let (Ok(id), Ok(t)) = (d.get_str("_id"), d.get_datetime("received_at")) else {
+                    continue;
+                };
+                ids.push(id.to_string());
+                last = Some(*t);
+            }
+            let gone: Vec<&String> = ids
+                .iter()
+                .zip(open.open_among(&ids).await?)
+                .filter(|(_, open)| !open)
+                .map(|(id, _)| id)
+                .collect();
+            if !gone.is_empty() {
+                deleted += self
+                    .events
+                    .delete_many(doc! { "_id": { "$in": gone }, "received_at": { "$lt": before } })
+                    .await
+                    .map_err(|e| convert("purging old events", e))?
+                    .deleted_count;
+            }
+            let (Some(last), true) = (last, page.len() == PURGE_BATCH) else {
+                break;
+            };
+            let mut seen: Vec<String> = page
+                .iter()
+                .filter(|d| d.get_datetime("received_at").ok() == Some(&last))
+                .filter_map(|d| d.get_str("_id").ok().map(str::to_string))
+                .collect();
+            if let Some((t, before_seen)) = after.take() {
+                if t == last {
+                    seen.extend(before_seen);
+                }
+            }
+            after = Some((last, seen));
+        }
         let deliveries = self
             .deliveries
             .delete_many(doc! { "settled_at": { "$lt": before } })
             .await
             .map_err(|e| convert("purging old deliveries", e))?;
-        Ok(events.deleted_count + deliveries.deleted_count)
+        Ok(deleted + deliveries.deleted_count)
     }
 
     async fn ping(&self) -> Result<()> {

@@ -72,6 +72,17 @@ fn put_exact_time(d: &mut Document, key: &str, t: Option<DateTime<Utc>>) {
     }
 }
 
+/// The fields a `$set` writes for a time kept as [`put_exact_time`] keeps it (a null time
+/// leaves a stale `_ns` behind, which reads ignore).
+pub fn exact_time_fields(key: &str, t: Option<DateTime<Utc>>) -> Document {
+    let mut d = Document::new();
+    put_exact_time(&mut d, key, t);
+    if !d.contains_key(format!("{key}_ns")) {
+        d.insert(format!("{key}_ns"), Bson::Int32(0));
+    }
+    d
+}
+
 /// Reads the fields of one stored document, naming it in errors.
 struct Fields<'a> {
     doc: &'a Document,
@@ -217,6 +228,7 @@ pub fn subscription_doc(s: &Subscription) -> Document {
         "owner": owner,
         "disabled_reason": opt_str(&s.disabled_reason),
         "previous_secret": opt_str(&s.previous_secret),
+        "version": int(s.version),
     };
     put_exact_time(&mut d, "created_at", Some(s.created_at));
     put_exact_time(&mut d, "updated_at", Some(s.updated_at));
@@ -227,6 +239,34 @@ pub fn subscription_doc(s: &Subscription) -> Document {
         "previous_secret_expires_at",
         s.previous_secret_expires_at,
     );
+    d
+}
+
+/// The health fields of a subscription document (Herald's own, see
+/// `SubscriptionStore::record_health`), with their `_ns` siblings.
+pub const HEALTH_FIELDS: [&str; 5] = [
+    "failing_since",
+    "failing_since_ns",
+    "disabled_at",
+    "disabled_at_ns",
+    "disabled_reason",
+];
+
+/// A `$set` of every field of [`subscription_doc`] but `_id` and the health fields: what a
+/// replace that keeps the stored health writes. Every time's `_ns` sibling is set (0 when the
+/// time has none), so no stale one is left beside a new time.
+pub fn subscription_set_doc(s: &Subscription) -> Document {
+    let mut d = subscription_doc(s);
+    d.remove("_id");
+    for f in HEALTH_FIELDS {
+        d.remove(f);
+    }
+    for key in ["created_at", "updated_at", "previous_secret_expires_at"] {
+        let ns = format!("{key}_ns");
+        if !d.contains_key(&ns) {
+            d.insert(ns, Bson::Int32(0));
+        }
+    }
     d
 }
 
@@ -290,6 +330,8 @@ pub fn subscription_from(d: &Document) -> Decoded<Subscription> {
         failing_since: f.opt_time("failing_since")?,
         previous_secret: f.opt_string("previous_secret")?,
         previous_secret_expires_at: f.opt_time("previous_secret_expires_at")?,
+        // Records written before versions existed have none: version 0.
+        version: f.opt_unsigned("version")?.unwrap_or(0),
     })
 }
 
@@ -360,6 +402,7 @@ pub fn event_doc(e: &ArchivedEvent) -> Document {
         "subscription_ids": &e.subscription_ids,
     };
     put_some_str(&mut d, "event_type", &e.event.event_type);
+    put_some_str(&mut d, "payload_omitted", &e.payload_omitted);
     d
 }
 
@@ -379,6 +422,7 @@ pub fn event_from(d: &Document) -> Decoded<ArchivedEvent> {
             received_at: f.time("received_at")?,
         },
         subscription_ids: f.strings("subscription_ids")?,
+        payload_omitted: f.opt_string("payload_omitted")?,
     })
 }
 

@@ -9,8 +9,8 @@
 //!
 //! | collection | `_id` | document |
 //! |---|---|---|
-//! | `subscriptions` | the subscription id | `target_url`, `event_types` (array), `secret`, `headers` (array of `{name, value}`, names in their own case), `max_attempts`, `timeout_ms`, `retry_schedule_ms` (array), `paused`, `owner` (`{kind, namespace, name}` or null), `created_at`, `updated_at`, `disabled_at`, `disabled_reason`, `failing_since`, `previous_secret`, `previous_secret_expires_at` |
-//! | `events` | the webhook id | `payload` (BSON binary: the exact bytes received), `event_type`, `received_at`, `subscription_ids` (array) |
+//! | `subscriptions` | the subscription id | `target_url`, `event_types` (array), `secret`, `headers` (array of `{name, value}`, names in their own case), `max_attempts`, `timeout_ms`, `retry_schedule_ms` (array), `paused`, `owner` (`{kind, namespace, name}` or null), `created_at`, `updated_at`, `disabled_at`, `disabled_reason`, `failing_since`, `previous_secret`, `previous_secret_expires_at`, `version` (moved on by every replace; health writes `$set` only their fields) |
+//! | `events` | the webhook id | `payload` (BSON binary: the exact bytes received), `event_type`, `received_at`, `subscription_ids` (array); `payload_omitted` (why) when the whole event was refused for good and is kept without its payload |
 //! | `deliveries` | `<len(webhook_id)>:<webhook_id>/<subscription_id>` | a delivery that ended other than by a terminal attempt (which alone tells the usual end, see `herald_core::split`): `webhook_id`, `subscription_id`, `status` (`succeeded` / `failed`), `attempts`, `last_error`, `settled_at` |
 //! | `attempts` | `<len(webhook_id)>:<webhook_id>/<subscription_id>/<attempt>` | `webhook_id`, `subscription_id`, `attempt` (1 for the first), `event_type`, `target_url`, `attempted_at`, `outcome` (`Success` / `FailedAttempt` / `Failure`), `http_status`, `error`, `duration_ms`, `response_excerpt` |
 //!
@@ -151,6 +151,33 @@ pub(crate) fn is_transient(e: &DriverError) -> bool {
             .is_some_and(is_transient)
 }
 
+/// Server codes of a write refused for what it holds, which the same write gets again every
+/// time: BadValue (2, also FerretDB's answer to a key with `.` or `$`), TypeMismatch (14),
+/// DocumentValidationFailure (121), BSONObjectTooLarge (10334) and the "document too large"
+/// codes of inserts and updates (17419, 17420).
+const REJECTED_CODES: [i32; 6] = [2, 14, 121, 10334, 17419, 17420];
+
+/// Whether the write was refused for good (see [`StoreError::Rejected`]): the driver would not
+/// send it (a document over the server's `maxBsonObjectSize`, which it checks itself, or one
+/// it cannot encode), or the server refused it with one of [`REJECTED_CODES`]. A batch counts
+/// when every document that failed was refused so or was a duplicate, and one was refused.
+pub(crate) fn is_rejected(e: &DriverError) -> bool {
+    match e.kind.as_ref() {
+        ErrorKind::InvalidArgument { .. } | ErrorKind::BsonSerialization(_) => true,
+        ErrorKind::Write(WriteFailure::WriteError(w)) => REJECTED_CODES.contains(&w.code),
+        ErrorKind::Command(c) => REJECTED_CODES.contains(&c.code),
+        ErrorKind::InsertMany(m) => {
+            let errors = m.write_errors.as_deref().unwrap_or_default();
+            m.write_concern_error.is_none()
+                && errors.iter().any(|w| REJECTED_CODES.contains(&w.code))
+                && errors
+                    .iter()
+                    .all(|w| w.code == DUPLICATE_KEY || REJECTED_CODES.contains(&w.code))
+        }
+        _ => false,
+    }
+}
+
 /// Whether a single-document write failed on a duplicate key.
 pub(crate) fn is_duplicate_key(e: &DriverError) -> bool {
     match e.kind.as_ref() {
@@ -161,10 +188,12 @@ pub(crate) fn is_duplicate_key(e: &DriverError) -> bool {
 }
 
 /// Converts a driver error, keeping it as the source: `Unavailable` when a retry may succeed,
-/// `Backend` otherwise. `doing` says what failed ("storing events").
+/// `Rejected` when the same write can never succeed, `Backend` otherwise. `doing` says what failed ("storing events").
 pub(crate) fn convert(doing: &str, e: DriverError) -> StoreError {
     if is_transient(&e) {
         StoreError::unavailable_by(format!("MongoDB is unavailable: {doing}"), e)
+    } else if is_rejected(&e) {
+        StoreError::rejected_by(format!("MongoDB refused the write: {doing}"), e)
     } else if matches!(e.kind.as_ref(), ErrorKind::Authentication { .. }) {
         StoreError::backend_by(
             format!("MongoDB refused the credentials of MONGO_URI: {doing}"),

@@ -2,13 +2,15 @@
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
-use herald_core::backend::{Result, SubscriptionStore};
+use herald_core::backend::{HealthChange, ReplaceHealth, Result, SubscriptionStore};
 use herald_core::model::{Owner, Subscription};
 use herald_core::StoreError;
-use mongodb::bson::{doc, Document};
+use mongodb::bson::{doc, Bson, Document};
 use mongodb::{Collection, Database};
 
-use super::documents::{subscription_doc, subscription_from};
+use super::documents::{
+    exact_time_fields, subscription_doc, subscription_from, subscription_set_doc,
+};
 use super::{convert, is_duplicate_key};
 
 pub struct Subscriptions {
@@ -95,16 +97,70 @@ impl SubscriptionStore for Subscriptions {
         self.find(doc! {}, None).await
     }
 
-    async fn replace(&self, sub: &Subscription) -> Result<()> {
-        let done = self
-            .coll
-            .replace_one(doc! { "_id": &sub.id }, subscription_doc(sub))
-            .await
-            .map_err(|e| convert("replacing a subscription", e))?;
-        if done.matched_count == 0 {
-            return Err(StoreError::NotFound);
+    /// One write filtered on `_id` and the version read, so the check and the write are one
+    /// document-level atomic step: `replace_one` of the whole document when the health is
+    /// written too, else `update_one` with `$set` of every other field (the stored health
+    /// stays). A record written before versions existed has no `version` field: it counts as
+    /// version 0 (`null` matches a missing field).
+    async fn replace(&self, sub: &Subscription, health: ReplaceHealth) -> Result<()> {
+        let expected = i64::try_from(sub.version).unwrap_or(i64::MAX);
+        let filter = if expected == 0 {
+            doc! { "_id": &sub.id, "version": { "$in": [0_i64, Bson::Null] } }
+        } else {
+            doc! { "_id": &sub.id, "version": expected }
+        };
+        let mut next = sub.clone();
+        next.version = sub.version + 1;
+        let matched = match health {
+            ReplaceHealth::Write => {
+                self.coll
+                    .replace_one(filter, subscription_doc(&next))
+                    .await
+                    .map_err(|e| convert("replacing a subscription", e))?
+                    .matched_count
+            }
+            ReplaceHealth::Keep => {
+                self.coll
+                    .update_one(filter, doc! { "$set": subscription_set_doc(&next) })
+                    .await
+                    .map_err(|e| convert("replacing a subscription", e))?
+                    .matched_count
+            }
+        };
+        if matched == 0 {
+            return match self.get(&sub.id).await? {
+                Some(_) => Err(StoreError::Conflict(format!(
+                    "subscription {} changed since it was read (version {})",
+                    sub.id, sub.version
+                ))),
+                None => Err(StoreError::NotFound),
+            };
         }
         Ok(())
+    }
+
+    /// One `update_one` with `$set` on the health fields only: the rest of the record and its
+    /// version are never written, so a concurrent replace is neither reverted nor made to
+    /// redo its change.
+    async fn record_health(&self, id: &str, change: &HealthChange) -> Result<bool> {
+        let (filter, set) = match change {
+            HealthChange::FailingSince(since) => (
+                doc! { "_id": id },
+                exact_time_fields("failing_since", *since),
+            ),
+            HealthChange::Disable { at, reason } => {
+                let mut set = exact_time_fields("disabled_at", Some(*at));
+                set.insert("disabled_reason", reason.as_str());
+                // Only an enabled record: one disable is recorded (and counted) once.
+                (doc! { "_id": id, "disabled_at": Bson::Null }, set)
+            }
+        };
+        let done = self
+            .coll
+            .update_one(filter, doc! { "$set": set })
+            .await
+            .map_err(|e| convert("recording a subscription's health", e))?;
+        Ok(done.matched_count > 0)
     }
 
     async fn remove(&self, id: &str) -> Result<bool> {

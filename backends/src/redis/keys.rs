@@ -18,6 +18,11 @@ impl Keys {
         &self.prefix
     }
 
+    /// The hash of one event while any delivery of it is open.
+    pub fn event(&self, webhook_id: &str) -> String {
+        format!("{}:e:{webhook_id}", self.prefix)
+    }
+
     /// The hash of one delivery.
     pub fn delivery(&self, webhook_id: &str, subscription_id: &str) -> String {
         format!("{}:d:{webhook_id}:{subscription_id}", self.prefix)

@@ -99,6 +99,7 @@
 mod changes;
 mod eviction;
 mod keys;
+mod locks;
 mod publisher;
 mod scripts;
 mod transport;
@@ -130,6 +131,18 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct RedisParts {
     pub transport: Arc<dyn Transport>,
     pub changes: Arc<dyn ChangeFeed>,
+    shared: Arc<Shared>,
+}
+
+impl RedisParts {
+    /// `store` with its replaces and health writes serialized per subscription by a Redis
+    /// lock (see `locks`: FerretDB does not apply a filtered update atomically).
+    pub fn serialized(
+        &self,
+        store: Arc<dyn herald_core::backend::SubscriptionStore>,
+    ) -> Arc<dyn herald_core::backend::SubscriptionStore> {
+        Arc::new(locks::Serialized::new(store, self.shared.clone()))
+    }
 }
 
 /// Connects and checks the server answers (and accepts the password).
@@ -137,7 +150,8 @@ pub async fn open(url: &str, prefix: &str) -> Result<RedisParts> {
     let shared = Shared::connect(url, prefix).await?;
     Ok(RedisParts {
         transport: Arc::new(RedisTransport::new(shared.clone())),
-        changes: Arc::new(RedisChanges::new(shared)),
+        changes: Arc::new(RedisChanges::new(shared.clone())),
+        shared,
     })
 }
 

@@ -335,6 +335,7 @@ fn same_kind(e: &Arc<StoreError>) -> StoreError {
         StoreError::Unavailable(m, _) => StoreError::Unavailable(m.clone(), cause()),
         StoreError::Full(m, _) => StoreError::Full(m.clone(), cause()),
         StoreError::Backend(m, _) => StoreError::Backend(m.clone(), cause()),
+        StoreError::Rejected(m, _) => StoreError::Rejected(m.clone(), cause()),
     }
 }
 

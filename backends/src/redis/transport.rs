@@ -149,6 +149,7 @@ impl Transport for RedisTransport {
                         received_at: from_ms(*received_at),
                     },
                     subscription_ids: subscription_ids(subs)?,
+                    payload_omitted: None,
                 });
             }
             if redel == 1 {
@@ -185,6 +186,20 @@ impl Transport for RedisTransport {
         let mut conn = self.shared.conn();
         call("noting archived events", inv.invoke_async::<i64>(&mut conn)).await?;
         Ok(())
+    }
+
+    /// One pipelined `EXISTS` per event hash, all in one round trip: the event hash lives
+    /// while any delivery of the event is open (see `scripts/common.lua`).
+    async fn open_among(&self, webhook_ids: &[String]) -> Result<Vec<bool>> {
+        if webhook_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in webhook_ids {
+            pipe.exists(self.shared.keys.event(id));
+        }
+        let mut conn = self.shared.conn();
+        call("asking which events are open", pipe.query_async(&mut conn)).await
     }
 
     async fn held(&self, receipts: &[String]) -> Result<Vec<bool>> {

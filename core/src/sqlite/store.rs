@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{from_ms, Sqlite};
-use crate::backend::{AttemptLog, Result, SubscriptionStore};
+use crate::backend::{AttemptLog, HealthChange, ReplaceHealth, Result, SubscriptionStore};
 use crate::error::StoreError;
 use crate::model::{Attempt, Outcome, Owner, Subscription};
 
@@ -106,17 +106,66 @@ impl SubscriptionStore for Arc<Sqlite> {
         .await
     }
 
-    async fn replace(&self, sub: &Subscription) -> Result<()> {
-        let (owner, doc) = encode(sub)?;
+    async fn replace(&self, sub: &Subscription, health: ReplaceHealth) -> Result<()> {
+        let mut next = sub.clone();
+        next.version = sub.version + 1;
+        let expected = sub.version;
         let id = sub.id.clone();
         self.write(move |c| {
-            let n = c
-                .prepare_cached("UPDATE subscriptions SET owner_key = ?2, doc = ?3 WHERE id = ?1")?
-                .execute(params![id, owner, doc])?;
-            if n == 0 {
+            // Read, check and write inside one writer transaction: nothing comes between. A
+            // record written before versions existed has none: it counts as version 0.
+            let Some(doc) = c
+                .prepare_cached("SELECT doc FROM subscriptions WHERE id = ?1")?
+                .query_row([&id], |r| r.get::<_, String>(0))
+                .optional()?
+            else {
                 return Err(StoreError::NotFound);
+            };
+            let stored = decode(doc)?;
+            if stored.version != expected {
+                return Err(StoreError::Conflict(format!(
+                    "subscription {id} changed since it was read (version {expected})"
+                )));
             }
+            if health == ReplaceHealth::Keep {
+                next.failing_since = stored.failing_since;
+                next.disabled_at = stored.disabled_at;
+                next.disabled_reason = stored.disabled_reason;
+            }
+            let (owner, doc) = encode(&next)?;
+            c.prepare_cached("UPDATE subscriptions SET owner_key = ?2, doc = ?3 WHERE id = ?1")?
+                .execute(params![id, owner, doc])?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn record_health(&self, id: &str, change: &HealthChange) -> Result<bool> {
+        let id = id.to_string();
+        let change = change.clone();
+        self.write(move |c| {
+            // Read, change and write back inside one writer transaction: no other write can
+            // come between, so only the health fields change.
+            let Some(doc) = c
+                .prepare_cached("SELECT doc FROM subscriptions WHERE id = ?1")?
+                .query_row([&id], |r| r.get::<_, String>(0))
+                .optional()?
+            else {
+                return Ok(false);
+            };
+            let mut sub = decode(doc)?;
+            match change {
+                HealthChange::FailingSince(since) => sub.failing_since = since,
+                HealthChange::Disable { .. } if sub.is_disabled() => return Ok(false),
+                HealthChange::Disable { at, reason } => {
+                    sub.disabled_at = Some(at);
+                    sub.disabled_reason = Some(reason);
+                }
+            }
+            let (_, doc) = encode(&sub)?;
+            c.prepare_cached("UPDATE subscriptions SET doc = ?2 WHERE id = ?1")?
+                .execute(params![id, doc])?;
+            Ok(true)
         })
         .await
     }
