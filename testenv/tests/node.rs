@@ -210,6 +210,15 @@ impl Drop for PortForward {
     }
 }
 
+/// The test's directory (the image archive, the edited example), removed however the test ends.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// One request the receiver got.
 #[derive(Clone, Debug)]
 struct Received {
@@ -463,6 +472,7 @@ fn the_chart_runs_on_a_real_node() {
     let t0 = Instant::now();
     let dir = std::env::temp_dir().join(herald_testenv::unique_name("herald-node"));
     std::fs::create_dir_all(dir.join("examples")).unwrap();
+    let _remove_dir = RemoveOnDrop(dir.clone());
 
     // The image: this workspace's binaries, laid out as the Dockerfile does. They are the ones
     // `cargo test --workspace` built before running any test (beside this test's executable's
