@@ -34,7 +34,10 @@
 #   HERALD_TESTENV_KEEP=1   keep the run directory (logs, data) after stopping
 #
 # Go tools are built from the consumer modules in tools/testenv/*/ (versions are
-# pinned by their go.mod/go.sum) at low priority (nice 19), once per version.
+# pinned by their go.mod/go.sum) at low priority (nice 19), once per version, into
+# $CACHE/NAME-VERSION/STAMP/ (STAMP: a hash of what the build depends on, so that
+# checkouts with different go.mod files never replace each other's running binaries).
+# With node, the kube binaries (control plane and node) come from one `go build`.
 # check-jsonschema (pinned below) is installed from PyPI into a virtualenv in
 # the cache, once per version; it needs python3 with the venv module.
 set -Eeuo pipefail
