@@ -2,7 +2,9 @@
 # shellcheck disable=SC2317  # functions are also called indirectly (traps, PREPARE, wait_for)
 # Herald's test environment: real Redis, FerretDB (MongoDB wire protocol),
 # etcd + kube-apiserver (a node-less Kubernetes control plane), helm and
-# check-jsonschema (validates docker-compose.yml against the Compose spec).
+# check-jsonschema (validates docker-compose.yml against the Compose spec); on request
+# (`node`) a real single-node cluster around that control plane, where pods run
+# (scripts/testenv-node.sh).
 #
 #   scripts/testenv.sh [--] COMMAND [ARGS...]   build what is missing, start the
 #                                               servers, run COMMAND with their
@@ -17,17 +19,25 @@
 # HERALD_TEST_MONGO_URI, HERALD_TEST_KUBECONFIG (also as KUBECONFIG),
 # HERALD_TEST_HELM, HERALD_TEST_CHECK_JSONSCHEMA, HERALD_TESTENV_DIR,
 # HELM_{CONFIG,CACHE,DATA}_HOME, and PATH with etcd, kube-apiserver, kubectl,
-# ferretdb, helm and check-jsonschema first.
+# ferretdb, helm and check-jsonschema first. With node: HERALD_TEST_NODE_ADDR (the node
+# bridge's gateway address, where kube-apiserver, Redis and FerretDB then listen too, and
+# where pods reach the machine) and HERALD_TEST_NODE_CONTAINERD (the node's containerd
+# socket, for `ctr -n k8s.io images import`).
 #
 # Settings (environment):
 #   HERALD_TESTENV_CACHE    where built tools and Go caches live
 #                           (default: ${XDG_CACHE_HOME:-$HOME/.cache}/herald-testenv)
-#   HERALD_TESTENV_SERVERS  which servers to start (default: "redis mongo kube")
+#   HERALD_TESTENV_SERVERS  which servers to start (default: "redis mongo kube"; add
+#                           "node" for a real node: root, cgroup v1 and overlayfs needed)
+#   HERALD_TESTENV_NODE_NET the node's /24 as its first three octets (default: 10.213.7)
 #   HERALD_TESTENV_GO_P     Go build parallelism (default: 1, or nproc when CI=true)
 #   HERALD_TESTENV_KEEP=1   keep the run directory (logs, data) after stopping
 #
 # Go tools are built from the consumer modules in tools/testenv/*/ (versions are
-# pinned by their go.mod/go.sum) at low priority (nice 19), once per version.
+# pinned by their go.mod/go.sum) at low priority (nice 19), once per version, into
+# $CACHE/NAME-VERSION/STAMP/ (STAMP: a hash of what the build depends on, so that
+# checkouts with different go.mod files never replace each other's running binaries).
+# With node, the kube binaries (control plane and node) come from one `go build`.
 # check-jsonschema (pinned below) is installed from PyPI into a virtualenv in
 # the cache, once per version; it needs python3 with the venv module.
 set -Eeuo pipefail
@@ -37,6 +47,8 @@ MODS=$ROOT/tools/testenv
 HOME=${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}
 CACHE=${HERALD_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/herald-testenv}
 SERVERS=${HERALD_TESTENV_SERVERS:-redis mongo kube}
+# The node is a node of the test control plane.
+[[ " $SERVERS " != *" node "* || " $SERVERS " == *" kube "* ]] || SERVERS+=" kube"
 # Bump when the way tools are built changes, to force a rebuild.
 RECIPE=1
 # Pinned: its vendored Compose schema changes between releases, and with it the verdict.
@@ -44,6 +56,10 @@ CHECK_JSONSCHEMA_VERSION=0.39.0
 CHECK_JSONSCHEMA_VENV=$CACHE/check-jsonschema-$CHECK_JSONSCHEMA_VERSION
 
 log() { printf 'testenv: %s\n' "$*" >&2; }
+# shellcheck source=scripts/lib/oci.sh
+source "$ROOT/scripts/lib/oci.sh"
+# shellcheck source=scripts/testenv-node.sh
+source "$ROOT/scripts/testenv-node.sh"
 trap 'log "unexpected failure (line $LINENO): $BASH_COMMAND"' ERR
 die() {
   log "error: $*"
@@ -83,42 +99,80 @@ ensure_go() {
 # identical build is already there. PREPARE, if given, is a function that gets
 # the output directory and prints the directory to build in instead.
 go_build() {
-  local name=$1 version=$2 mod=$MODS/$3 pkg=$4 ldflags=$5 prepare=${6:-}
-  local dir=$CACHE/$name-$version
-  local bin=$dir/$name stamp
-  stamp=$(
-    {
-      echo "recipe=$RECIPE pkg=$pkg ldflags=$ldflags prepare=$prepare"
-      shopt -s nullglob
-      local f
-      for f in "$mod"/go.mod "$mod"/go.sum "$mod"/*.go "$mod"/*.txt; do cat "$f"; done
-    } | sha256sum | cut -d' ' -f1
-  )
-  if [[ -x $bin && -f $dir/.stamp && $(<"$dir/.stamp") == "$stamp" ]]; then
-    return 0
-  fi
+  go_build_set "$2" "$3" "$5" "${6:-}" "$1=$4"
+}
+
+# build_stamp MODULE_DIR PACKAGE LDFLAGS PREPARE: what a binary's build depends on.
+build_stamp() {
+  local mod=$1
+  {
+    echo "recipe=$RECIPE pkg=$2 ldflags=$3 prepare=$4"
+    shopt -s nullglob
+    local f
+    for f in "$mod"/go.mod "$mod"/go.sum "$mod"/*.go "$mod"/*.txt; do [[ ! -f $f ]] || cat "$f"; done
+  } | sha256sum | cut -d' ' -f1
+}
+
+# Where each built tool is (TOOL[NAME]), set by go_build_set.
+declare -A TOOL=()
+
+# go_build_set VERSION MODULE LDFLAGS PREPARE NAME=PACKAGE...: each PACKAGE of the consumer
+# module tools/testenv/MODULE into $CACHE/NAME-VERSION/STAMP/NAME, unless an identical build is
+# already there; the missing ones in one `go build` (their shared packages compile once).
+# STAMP (a hash of what the build depends on) names the directory, so that a different build
+# (another branch's go.mod) never replaces a binary that a running server was started from.
+# PREPARE, if not empty, is a function that gets the output directory and prints the
+# directory to build in instead.
+go_build_set() {
+  local version=$1 modname=$2 mod=$MODS/$2 ldflags=$3 prepare=$4
+  shift 4
+  local -a names=() pkgs=() stamps=()
+  local spec name pkg stamp dir
+  for spec in "$@"; do
+    name=${spec%%=*} pkg=${spec#*=}
+    stamp=$(build_stamp "$mod" "$pkg" "$ldflags" "$prepare")
+    dir=$CACHE/$name-$version/${stamp:0:16}
+    TOOL[$name]=$dir/$name
+    [[ -x $dir/$name ]] && continue
+    names+=("$name") pkgs+=("$pkg") stamps+=("$stamp")
+  done
+  ((${#names[@]})) || return 0
   ensure_go
-  mkdir -p "$dir" "$CACHE/logs"
+  local label=${names[*]} logname=${names[0]}
+  ((${#names[@]} == 1)) || logname=$modname
+  local out=${TOOL[${names[0]}]%/*}
+  mkdir -p "$out" "$CACHE/logs"
   local p=${HERALD_TESTENV_GO_P:-}
   if [[ -z $p ]]; then
     if [[ ${CI:-} == true ]]; then p=$(nproc); else p=1; fi
   fi
-  log "building $name $version (once per version; log: $CACHE/logs/$name.log)"
-  local start=$SECONDS
+  log "building ${label// /, } $version (once per version; log: $CACHE/logs/$logname.log)"
+  local start=$SECONDS tmp=$out/.build.tmp
+  rm -rf "$tmp"
+  mkdir -p "$tmp"
   # A subshell, so that none of these settings leak into the tested command.
   if ! (
     export GOMODCACHE=$CACHE/go/mod GOCACHE=$CACHE/go/build GOWORK=off CGO_ENABLED=0
     export GOFLAGS="-mod=readonly -trimpath -buildvcs=false -p=$p"
     builddir=$mod
-    if [[ -n $prepare ]]; then builddir=$("$prepare" "$dir" "$mod") || exit 1; fi
-    cd "$builddir" && nice -n 19 go build -ldflags "$ldflags" -o "$bin.tmp" "$pkg"
-  ) >"$CACHE/logs/$name.log" 2>&1; then
-    tail -n 40 "$CACHE/logs/$name.log" >&2
-    die "building $name failed (full log: $CACHE/logs/$name.log)"
+    if [[ -n $prepare ]]; then builddir=$("$prepare" "$out" "$mod") || exit 1; fi
+    # With several packages, -o names a directory and each binary is named after its package.
+    if ((${#pkgs[@]} == 1)); then target=$tmp/${names[0]}; else target=$tmp/; fi
+    cd "$builddir" && nice -n 19 go build -ldflags "$ldflags" -o "$target" "${pkgs[@]}"
+  ) >"$CACHE/logs/$logname.log" 2>&1; then
+    tail -n 40 "$CACHE/logs/$logname.log" >&2
+    die "building $label failed (full log: $CACHE/logs/$logname.log)"
   fi
-  mv -f "$bin.tmp" "$bin"
-  echo "$stamp" >"$dir/.stamp"
-  log "built $name $version in $((SECONDS - start))s"
+  local i
+  for i in "${!names[@]}"; do
+    name=${names[i]} dir=${TOOL[${names[i]}]%/*}
+    mkdir -p "$dir"
+    [[ -x $tmp/$name ]] || die "go build made no $name (log: $CACHE/logs/$logname.log)"
+    mv -f "$tmp/$name" "$dir/$name"
+    echo "${stamps[i]}" >"$dir/.stamp"
+  done
+  rm -rf "$tmp"
+  log "built ${label// /, } $version in $((SECONDS - start))s"
 }
 
 # FerretDB embeds build/version/version.txt, which its release process generates;
@@ -184,9 +238,16 @@ build_all() {
   fi
   if has_server kube; then
     go_build etcd "$ETCD_VERSION" etcd . "-s -w"
-    go_build kube-apiserver "$KUBE_VERSION" kube k8s.io/kubernetes/cmd/kube-apiserver "$(kube_ldflags)"
-    go_build kubectl "$KUBE_VERSION" kube k8s.io/kubernetes/cmd/kubectl "$(kube_ldflags)"
+    # One `go build` for the control plane and, with node, the node's binaries.
+    local -a kube=(kube-apiserver kubectl) specs=()
+    has_server node && read -r -a kube <<<"${kube[*]} $NODE_BINARIES"
+    local b
+    for b in "${kube[@]}"; do specs+=("$b=k8s.io/kubernetes/cmd/$b"); done
+    go_build_set "$KUBE_VERSION" kube "$(kube_ldflags)" "" "${specs[@]}"
     go_build helm "$HELM_VERSION" helm helm.sh/helm/v3/cmd/helm "$(helm_ldflags)"
+  fi
+  if has_server node; then
+    build_pause_image
   fi
   flock -u 8
   exec 8>&-
@@ -248,6 +309,8 @@ ensure_redis() {
 
 RUN=
 CMD_PID=
+NODE_UP=
+BIND_ADDR=127.0.0.1
 DETACH=()
 declare -A USED_PORTS=()
 
@@ -294,27 +357,35 @@ wait_for() {
   done
 }
 
-tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+tcp_open() { (exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null; }
 
 # is_ours PID BINARY: PID is still the process we started (not a reused PID).
 is_ours() {
   kill -0 "$1" 2>/dev/null && [[ $(readlink "/proc/$1/exe" 2>/dev/null) == "$2" ]]
 }
 
-# stop_servers DIR: stop the servers recorded in DIR/servers, newest first.
+# stop_one PID NAME BINARY: SIGTERM, and SIGKILL after 15 s.
+stop_one() {
+  local pid=$1 name=$2 bin=$3 deadline
+  is_ours "$pid" "$bin" || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  deadline=$((SECONDS + 15))
+  while is_ours "$pid" "$bin" && ((SECONDS < deadline)); do sleep 0.1; done
+  if is_ours "$pid" "$bin"; then
+    log "$name did not stop in 15s; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
+}
+
+# stop_servers DIR: stop the servers recorded in DIR/servers, newest first (the node's
+# servers, pods and network first: node_teardown).
 stop_servers() {
-  local dir=$1 pid name bin deadline
+  local dir=$1 pid name bin
   [[ -f $dir/servers ]] || return 0
+  node_teardown "$dir"
   while read -r pid name bin; do
-    is_ours "$pid" "$bin" || continue
-    kill -TERM "$pid" 2>/dev/null || true
-    deadline=$((SECONDS + 15))
-    while is_ours "$pid" "$bin" && ((SECONDS < deadline)); do sleep 0.1; done
-    if is_ours "$pid" "$bin"; then
-      log "$name did not stop in 15s; killing it"
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
+    stop_one "$pid" "$name" "$bin"
   done < <(tac "$dir/servers")
   # A test may have restarted Redis from $HERALD_TEST_REDIS_CONF: stop that too.
   if [[ -f $dir/redis/port ]] && command -v redis-cli >/dev/null 2>&1; then
@@ -377,9 +448,10 @@ start_redis() {
   mkdir -p "$RUN/redis"
   echo "$port" >"$RUN/redis/port"
   cat >"$RUN/redis/redis.conf" <<EOF
-bind 127.0.0.1
+bind 127.0.0.1${NODE_UP:+ $NODE_GW}
 port $port
-protected-mode yes
+# With a node, pods connect from the bridge (a private /24 whose traffic stays on the machine).
+protected-mode $(if [[ -n $NODE_UP ]]; then echo no; else echo yes; fi)
 dir $RUN/redis
 appendonly yes
 appendfsync everysec
@@ -398,9 +470,9 @@ start_mongo() {
   mkdir -p "$RUN/ferretdb/data" "$RUN/ferretdb/state"
   echo "$port" >"$RUN/ferretdb/port"
   start_server ferretdb ferretdb --handler=sqlite --sqlite-url="file:$RUN/ferretdb/data/" \
-    --listen-addr="127.0.0.1:$port" --debug-addr=- --state-dir="$RUN/ferretdb/state" \
+    --listen-addr="$BIND_ADDR:$port" --debug-addr=- --state-dir="$RUN/ferretdb/state" \
     --telemetry=disable --log-level=warn
-  export HERALD_TEST_MONGO_URI=mongodb://127.0.0.1:$port/
+  export HERALD_TEST_MONGO_URI=mongodb://$BIND_ADDR:$port/
 }
 
 # Certificates for the control plane: one CA signing the apiserver's serving
@@ -409,6 +481,10 @@ start_mongo() {
 make_kube_certs() {
   local d=$RUN/kube/pki
   mkdir -p "$d"
+  # With a node, the apiserver listens on the bridge's gateway and pods reach it as the
+  # `kubernetes` Service (the range's first address) by its in-cluster names.
+  local sans="IP:127.0.0.1,DNS:localhost"
+  [[ -z ${NODE_UP:-} ]] || sans+=",IP:$NODE_GW,IP:10.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
   (
     cd "$d"
     openssl ecparam -name prime256v1 -genkey -noout 2>/dev/null | openssl pkcs8 -topk8 -nocrypt -out ca.key
@@ -421,7 +497,7 @@ make_kube_certs() {
     done
     openssl req -new -key server.key -subj "/CN=kube-apiserver" -out server.csr 2>/dev/null
     printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature" \
-      "extendedKeyUsage=serverAuth" "subjectAltName=IP:127.0.0.1,DNS:localhost" >server.ext
+      "extendedKeyUsage=serverAuth" "subjectAltName=$sans" >server.ext
     openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 -sha256 \
       -extfile server.ext -out server.crt 2>/dev/null
     openssl req -new -key admin.key -subj "/O=system:masters/CN=herald-admin" -out admin.csr 2>/dev/null
@@ -452,15 +528,20 @@ start_kube() {
   echo "$token,herald-admin,herald-admin,system:masters" >"$RUN/kube/tokens.csv"
 
   wait_for etcd 60 curl -sf "http://127.0.0.1:$etcd_port/health"
+  # Without a node no controller makes ServiceAccounts, so that admission is off; with one it
+  # is on (pods get tokens), and the apiserver reaches the kubelet by its address, as admin.
+  local -a node_flags=(--disable-admission-plugins=ServiceAccount)
+  [[ -z ${NODE_UP:-} ]] || node_flags=(--kubelet-preferred-address-types=InternalIP
+    --kubelet-client-certificate="$pki/admin.crt" --kubelet-client-key="$pki/admin.key")
   start_server kube-apiserver kube-apiserver \
     --etcd-servers="http://127.0.0.1:$etcd_port" \
-    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" \
+    --bind-address="$BIND_ADDR" --advertise-address="$BIND_ADDR" --secure-port="$api_port" \
     --cert-dir="$RUN/kube/certs" --tls-cert-file="$pki/server.crt" --tls-private-key-file="$pki/server.key" \
     --client-ca-file="$pki/ca.crt" --token-auth-file="$RUN/kube/tokens.csv" \
-    --service-account-issuer="https://127.0.0.1:$api_port" \
+    --service-account-issuer="https://$BIND_ADDR:$api_port" \
     --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
     --service-cluster-ip-range=10.0.0.0/24 --allow-privileged=true \
-    --authorization-mode=RBAC --disable-admission-plugins=ServiceAccount \
+    --authorization-mode=RBAC "${node_flags[@]}" \
     --profiling=false
 
   b64() { base64 -w0 <"$pki/$1"; }
@@ -470,7 +551,7 @@ kind: Config
 clusters:
 - name: herald-testenv
   cluster:
-    server: https://127.0.0.1:$api_port
+    server: https://$BIND_ADDR:$api_port
     certificate-authority-data: $(b64 ca.crt)
 users:
 - name: herald-admin
@@ -497,7 +578,7 @@ EOF
   chmod 600 "$RUN/kube/kubeconfig"
   export HERALD_TEST_KUBECONFIG=$RUN/kube/kubeconfig KUBECONFIG=$RUN/kube/kubeconfig
   KUBE_READY=(curl -sf --cacert "$pki/ca.crt" -H "Authorization: Bearer $token"
-    "https://127.0.0.1:$api_port/readyz")
+    "https://$BIND_ADDR:$api_port/readyz")
 }
 
 start_all() {
@@ -508,19 +589,14 @@ start_all() {
   local name dir
   if has_server kube; then
     for name in etcd kube-apiserver kubectl helm; do
-      case $name in
-        etcd) dir=$CACHE/etcd-$ETCD_VERSION ;;
-        helm) dir=$CACHE/helm-$HELM_VERSION ;;
-        *) dir=$CACHE/$name-$KUBE_VERSION ;;
-      esac
-      ln -s "$dir/$name" "$RUN/bin/$name"
+      ln -s "${TOOL[$name]}" "$RUN/bin/$name"
     done
     export HERALD_TEST_HELM=$RUN/bin/helm
     # Keep helm's repositories, cache and plugins inside the run directory.
     export HELM_CONFIG_HOME=$RUN/helm/config HELM_CACHE_HOME=$RUN/helm/cache HELM_DATA_HOME=$RUN/helm/data
   fi
   if has_server mongo; then
-    ln -s "$CACHE/ferretdb-$FERRETDB_VERSION/ferretdb" "$RUN/bin/ferretdb"
+    ln -s "${TOOL[ferretdb]}" "$RUN/bin/ferretdb"
   fi
   ln -s "$CHECK_JSONSCHEMA_VENV/bin/check-jsonschema" "$RUN/bin/check-jsonschema"
   export HERALD_TEST_CHECK_JSONSCHEMA=$RUN/bin/check-jsonschema
@@ -528,6 +604,13 @@ start_all() {
   export HERALD_TESTENV_DIR=$RUN
 
   local start=$SECONDS
+  BIND_ADDR=127.0.0.1
+  if has_server node; then
+    node_lock
+    node_net_up
+    NODE_UP=1 BIND_ADDR=$NODE_GW
+    for name in $NODE_BINARIES; do ln -s "${TOOL[$name]}" "$RUN/bin/$name"; done
+  fi
   has_server redis && start_redis
   has_server mongo && start_mongo
   has_server kube && start_kube
@@ -535,10 +618,14 @@ start_all() {
     wait_for redis 30 sh -c "redis-cli -h 127.0.0.1 -p $(<"$RUN/redis/port") ping | grep -q PONG"
   fi
   if has_server mongo; then
-    wait_for ferretdb 60 tcp_open "$(<"$RUN/ferretdb/port")"
+    wait_for ferretdb 60 tcp_open "$(<"$RUN/ferretdb/port")" "$BIND_ADDR"
   fi
   if has_server kube; then
     wait_for kube-apiserver 240 "${KUBE_READY[@]}"
+  fi
+  if has_server node; then
+    start_node
+    wait_node
   fi
   log "servers ready in $((SECONDS - start))s (run dir: $RUN)"
 }
@@ -546,7 +633,7 @@ start_all() {
 print_env() {
   local v
   for v in HERALD_TEST_REDIS_URL HERALD_TEST_REDIS_CONF HERALD_TEST_MONGO_URI HERALD_TEST_KUBECONFIG KUBECONFIG \
-    HERALD_TEST_HELM HERALD_TEST_CHECK_JSONSCHEMA HELM_CONFIG_HOME HELM_CACHE_HOME HELM_DATA_HOME HERALD_TESTENV_DIR PATH; do
+    HERALD_TEST_HELM HERALD_TEST_CHECK_JSONSCHEMA HERALD_TEST_NODE_ADDR HERALD_TEST_NODE_CONTAINERD HELM_CONFIG_HOME HELM_CACHE_HOME HELM_DATA_HOME HERALD_TESTENV_DIR PATH; do
     [[ -n ${!v:-} ]] && printf 'export %s=%q\n' "$v" "${!v}"
   done
   return 0
@@ -556,6 +643,7 @@ print_env() {
 # traps that stop this run's servers however it ends.
 prepare_run() {
   has_server redis && ensure_redis
+  has_server node && ensure_node_packages
   build_all
   install_check_jsonschema
   reap_stale_runs
@@ -579,6 +667,7 @@ main() {
       ;;
     --build-only)
       has_server redis && ensure_redis
+      has_server node && ensure_node_packages
       build_all
       install_check_jsonschema
       log "all tools built (cache: $CACHE)"

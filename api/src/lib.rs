@@ -202,6 +202,31 @@ pub async fn open_backend(settings: &Settings) -> anyhow::Result<Backend> {
     Ok(herald_backends::open(settings).await?)
 }
 
+/// What the start-up log names as the store: the stores [`open_backend`] opens for these
+/// settings (the SQLite file, or MongoDB and Redis with their credentials left out).
+pub fn store_summary(settings: &Settings) -> String {
+    match (&settings.mongo_uri, settings.redis()) {
+        (Some(mongo), Some(redis)) => format!(
+            "mongodb {} + redis {}",
+            without_credentials(mongo),
+            without_credentials(&redis)
+        ),
+        _ => format!("sqlite {}", settings.sqlite_path.display()),
+    }
+}
+
+/// A connection string without its user information (`user:password@`) and query (which may
+/// hold passwords too): `mongodb://u:p@h1,h2/db?tls=true` gives `mongodb://h1,h2/db`.
+fn without_credentials(uri: &str) -> String {
+    let uri = uri.split('?').next().unwrap_or_default();
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return "(unparsed address)".into();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let hosts = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    format!("{scheme}://{hosts}{path}")
+}
+
 /// A running Herald: the api, and in standalone mode the delivery engine and retention sweep.
 pub struct Herald {
     pub addr: SocketAddr,
@@ -327,7 +352,7 @@ impl Herald {
             }
             Ok(())
         });
-        tracing::info!(%addr, store = %settings.sqlite_path.display(), workers = settings.workers, "Herald is listening");
+        tracing::info!(%addr, store = %store_summary(&settings), workers = settings.workers, "Herald is listening");
         Ok(Herald {
             addr,
             shutdown,
@@ -347,5 +372,44 @@ impl Herald {
 
     pub async fn wait(self) -> anyhow::Result<()> {
         self.tasks.await.context("Herald tasks")?
+    }
+}
+
+#[cfg(test)]
+mod store_summary_tests {
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        settings: Settings,
+    }
+
+    fn settings(vars: &[(&str, &str)]) -> Settings {
+        let mut args = vec!["herald".to_string()];
+        args.extend(vars.iter().map(|(k, v)| format!("--{k}={v}")));
+        <Cli as clap::Parser>::try_parse_from(args)
+            .unwrap()
+            .settings
+    }
+
+    #[test]
+    fn production_mode_names_mongodb_and_redis_without_credentials() {
+        let s = settings(&[
+            ("mongo-uri", "mongodb://herald:s3cret@mongo-0:27017,mongo-1:27017/herald?authSource=admin&password=x"),
+            ("redis-url", "redis://:hunter2@redis:6379/0"),
+        ]);
+        let summary = store_summary(&s);
+        assert_eq!(
+            summary,
+            "mongodb mongodb://mongo-0:27017,mongo-1:27017/herald + redis redis://redis:6379/0"
+        );
+        assert!(!summary.contains("herald.db"), "{summary}");
+    }
+
+    #[test]
+    fn standalone_names_the_sqlite_file() {
+        let s = settings(&[("sqlite-path", "/data/herald.db")]);
+        assert_eq!(store_summary(&s), "sqlite /data/herald.db");
     }
 }

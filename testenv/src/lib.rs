@@ -41,6 +41,14 @@ pub const HELM_VAR: &str = "HERALD_TEST_HELM";
 /// docker-compose.yml against the Compose specification's schema).
 pub const CHECK_JSONSCHEMA_VAR: &str = "HERALD_TEST_CHECK_JSONSCHEMA";
 
+/// Environment variable holding the test node's address (the gateway of its pods' bridge, where
+/// kube-apiserver, Redis and FerretDB listen too): set when `scripts/testenv.sh` runs with the
+/// `node` server.
+pub const NODE_ADDR_VAR: &str = "HERALD_TEST_NODE_ADDR";
+/// Environment variable holding the socket of the test node's containerd (images are imported
+/// with `ctr --address SOCKET -n k8s.io images import`).
+pub const NODE_CONTAINERD_VAR: &str = "HERALD_TEST_NODE_CONTAINERD";
+
 /// The command that provides the servers, named in skip messages.
 pub const COMMAND: &str = "scripts/testenv.sh";
 
@@ -97,6 +105,19 @@ pub fn mongo_uri() -> Option<String> {
 /// ```
 pub fn kubeconfig() -> Option<PathBuf> {
     required(KUBECONFIG_VAR, "the Kubernetes test control plane").map(PathBuf::from)
+}
+
+/// Address of the test node's bridge gateway (pods reach the machine there).
+pub fn node_addr() -> Option<String> {
+    required(
+        NODE_ADDR_VAR,
+        "the Kubernetes test node (HERALD_TESTENV_SERVERS with `node`)",
+    )
+}
+
+/// Socket of the test node's containerd.
+pub fn node_containerd() -> Option<PathBuf> {
+    required(NODE_CONTAINERD_VAR, "the Kubernetes test node's containerd").map(PathBuf::from)
 }
 
 /// Path of the pinned helm binary.

@@ -188,6 +188,18 @@ fn processes_get_their_commands_probes_and_settings() {
                 "{set} {var}"
             );
         }
+        // Settings and credentials reach the processes as environment variables: a change of
+        // either must roll the pods (the template changes with their checksums).
+        for d in objects.iter().filter(|o| o["kind"] == "Deployment") {
+            let annotations = &d["spec"]["template"]["metadata"]["annotations"];
+            for key in ["checksum/config", "checksum/secret"] {
+                assert!(
+                    annotations[key].is_string(),
+                    "{set} {}: {key}",
+                    d["metadata"]["name"]
+                );
+            }
+        }
         let svc = find(&objects, "Service", "-api").expect("api Service");
         assert_eq!(svc["spec"]["ports"][0]["port"], 8000);
 

@@ -331,3 +331,237 @@ fn the_ignore_matcher_agrees_with_docker_on_these_forms() {
     assert!(ignored(&p(&["**/node_modules"]), "a/b/node_modules/c"));
     assert!(!ignored(&p(&["/docs"]), "docs-not/x"));
 }
+
+/// Seconds or minutes (`10s`, `1m`) as Docker stores a healthcheck's times: nanoseconds.
+fn duration_ns(v: &str) -> u64 {
+    let (n, unit) = v.split_at(v.len() - 1);
+    let n: u64 = n.parse().unwrap_or_else(|_| panic!("a duration: {v}"));
+    n * match unit {
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        _ => panic!("unit of {v}"),
+    }
+}
+
+/// One entry of `tar -tv` output: (path without `./`, mode string, "uid/gid").
+fn tar_listing(archive: &Path) -> Vec<(String, String, String)> {
+    let out = Command::new("tar")
+        .args(["--numeric-owner", "-tvzf"])
+        .arg(archive)
+        .output()
+        .expect("run tar");
+    assert!(out.status.success(), "tar -tvzf {archive:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let path = f[5]
+                .trim_start_matches("./")
+                .trim_end_matches('/')
+                .to_string();
+            (path, f[0].to_string(), f[1].to_string())
+        })
+        .collect()
+}
+
+/// scripts/build-image.sh (Herald's image without Docker) lays the image out as the Dockerfile's
+/// runtime stage does: the archive it writes is unpacked and compared with the Dockerfile's
+/// instructions, so that neither can change alone.
+#[test]
+fn the_image_built_without_docker_matches_the_dockerfile() {
+    let all = dockerfile();
+    let runtime = *stages(&all).last().unwrap();
+    let binaries = arg_default(&all, "BINARIES").expect("ARG BINARIES");
+    let binaries: Vec<&str> = binaries.split_whitespace().collect();
+
+    let dir = std::env::temp_dir().join(herald_testenv::unique_name("herald-image"));
+    let bins = dir.join("bin");
+    std::fs::create_dir_all(&bins).unwrap();
+    // Stand-ins for the binaries: any dynamically linked executable (its libraries come along).
+    let stand_in = ["/bin/true", "/usr/bin/true"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("a `true` executable");
+    for b in &binaries {
+        std::fs::copy(stand_in, bins.join(b)).unwrap();
+    }
+    let archive = dir.join("herald.oci.tar");
+    let out = Command::new(root().join("scripts/build-image.sh"))
+        .arg("--bin-dir")
+        .arg(&bins)
+        .args(["--name", "herald.local/herald:layout-test"])
+        .arg(&archive)
+        .output()
+        .expect("run scripts/build-image.sh");
+    assert!(
+        out.status.success(),
+        "build-image.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let unpacked = dir.join("oci");
+    std::fs::create_dir_all(&unpacked).unwrap();
+    let status = Command::new("tar")
+        .arg("-xf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&unpacked)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let blob = |digest: &str| {
+        unpacked
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    };
+    let json = |p: PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(&p).unwrap_or_else(|e| panic!("{p:?}: {e}"))).unwrap()
+    };
+    let index = json(unpacked.join("index.json"));
+    let manifest_ref = &index["manifests"][0];
+    assert_eq!(
+        manifest_ref["annotations"]["io.containerd.image.name"],
+        "herald.local/herald:layout-test"
+    );
+    let manifest = json(blob(manifest_ref["digest"].as_str().unwrap()));
+    let image = json(blob(manifest["config"]["digest"].as_str().unwrap()));
+    let config = &image["config"];
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 1, "one layer");
+    let listing = tar_listing(&blob(layers[0]["digest"].as_str().unwrap()));
+    let entry = |path: &str| {
+        listing
+            .iter()
+            .find(|(p, _, _)| p == path)
+            .unwrap_or_else(|| panic!("the image has no {path}: {listing:?}"))
+    };
+
+    // USER and WORKDIR.
+    let user = *find(runtime, "USER").last().unwrap();
+    assert_eq!(config["User"], user);
+    let workdir = *find(runtime, "WORKDIR").last().unwrap();
+    assert_eq!(config["WorkingDir"], workdir);
+    // ENV: the Dockerfile's settings, plus only what the distroless base sets (PATH, the CA file).
+    let env: Vec<&str> = find(runtime, "ENV")
+        .iter()
+        .flat_map(|e| e.split_whitespace())
+        .collect();
+    let image_env: Vec<&str> = config["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let from_base: Vec<&str> = image_env
+        .iter()
+        .copied()
+        .filter(|e| !env.contains(e))
+        .collect();
+    for e in &env {
+        assert!(
+            image_env.contains(e),
+            "the image lacks ENV {e}: {image_env:?}"
+        );
+    }
+    for e in &from_base {
+        assert!(
+            e.starts_with("PATH=") || e.starts_with("SSL_CERT_FILE="),
+            "ENV {e} is in neither the Dockerfile nor its base"
+        );
+    }
+    // CMD, no ENTRYPOINT.
+    let cmd: serde_json::Value =
+        serde_json::from_str(find(runtime, "CMD").last().unwrap()).unwrap();
+    assert_eq!(config["Cmd"], cmd);
+    assert!(find(runtime, "ENTRYPOINT").is_empty());
+    assert!(config["Entrypoint"].is_null());
+    // VOLUME and EXPOSE.
+    let volumes: Vec<String> =
+        serde_json::from_str(find(runtime, "VOLUME").last().unwrap()).unwrap();
+    let image_volumes: Vec<&String> = config["Volumes"].as_object().unwrap().keys().collect();
+    assert_eq!(image_volumes, volumes.iter().collect::<Vec<_>>());
+    let ports: Vec<String> = find(runtime, "EXPOSE")
+        .iter()
+        .flat_map(|e| e.split_whitespace())
+        .map(|p| {
+            if p.contains('/') {
+                p.to_string()
+            } else {
+                format!("{p}/tcp")
+            }
+        })
+        .collect();
+    let image_ports: Vec<&String> = config["ExposedPorts"].as_object().unwrap().keys().collect();
+    assert_eq!(image_ports, ports.iter().collect::<Vec<_>>());
+    // HEALTHCHECK: its options and its exec-form command.
+    let health = *find(runtime, "HEALTHCHECK").last().unwrap();
+    let (options, hc_cmd) = health.split_once("CMD ").unwrap();
+    let hc_cmd: Vec<String> = serde_json::from_str(hc_cmd.trim()).unwrap();
+    let mut test = vec!["CMD".to_string()];
+    test.extend(hc_cmd);
+    let hc = &config["Healthcheck"];
+    assert_eq!(hc["Test"], serde_json::json!(test));
+    for option in options.split_whitespace() {
+        let (name, value) = option.trim_start_matches("--").split_once('=').unwrap();
+        let (key, expected) = match name {
+            "interval" => ("Interval", duration_ns(value)),
+            "timeout" => ("Timeout", duration_ns(value)),
+            "start-period" => ("StartPeriod", duration_ns(value)),
+            "retries" => ("Retries", value.parse().unwrap()),
+            other => panic!("HEALTHCHECK option {other} is not compared"),
+        };
+        assert_eq!(hc[key], expected, "HEALTHCHECK --{name}");
+    }
+    // COPY: every binary into /usr/local/bin, root-owned and executable; the data directory
+    // owned as its --chown says.
+    let copies = find(runtime, "COPY");
+    let bin_copy = copies
+        .iter()
+        .find(|c| c.contains("/out/bin/"))
+        .expect("COPY of the binaries");
+    let bin_dest = bin_copy
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .trim_matches('/');
+    for b in &binaries {
+        let (_, mode, owner) = entry(&format!("{bin_dest}/{b}"));
+        assert_eq!(
+            (mode.as_str(), owner.as_str()),
+            ("-rwxr-xr-x", "0/0"),
+            "{b}"
+        );
+    }
+    let data_copy = copies
+        .iter()
+        .find(|c| c.contains("/out/data"))
+        .expect("COPY of the data directory");
+    let chown = data_copy
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("--chown="))
+        .expect("--chown on the data COPY")
+        .replace(':', "/");
+    let data_dest = data_copy
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .trim_matches('/');
+    let (_, mode, owner) = entry(data_dest);
+    assert!(mode.starts_with('d'), "{data_dest} is a directory");
+    assert_eq!(owner, &chown, "{data_dest} is owned as --chown says");
+    // The runtime user exists in the image (as in distroless' `nonroot`), and /tmp is there.
+    let uid = user.split(':').next().unwrap();
+    let passwd = Command::new("tar")
+        .args(["-xzOf"])
+        .arg(blob(layers[0]["digest"].as_str().unwrap()))
+        .arg("./etc/passwd")
+        .output()
+        .unwrap();
+    let passwd = String::from_utf8(passwd.stdout).unwrap();
+    assert!(
+        passwd.lines().any(|l| l.split(':').nth(2) == Some(uid)),
+        "{passwd}"
+    );
+    assert_eq!(entry("tmp").1, "drwxrwxrwt");
+    let _ = std::fs::remove_dir_all(&dir);
+}

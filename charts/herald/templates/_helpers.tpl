@@ -193,7 +193,8 @@ standalone on SQLite, which would look healthy and lose data.
     name: {{ include "herald.fullname" . }}
 {{- end }}
 
-{{/* Pod-template annotations that roll the pods when settings or the chart's Secret change. */}}
+{{/* Pod-template annotations that roll the pods when settings or the chart's Secret (keys,
+connection strings) change: both reach the processes as environment variables. */}}
 {{- define "herald.checksums" -}}
 checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
 checksum/secret: {{ include (print .Template.BasePath "/secret.yaml") . | sha256sum }}
