@@ -185,7 +185,7 @@ async fn bad_input_gets_clear_errors() {
     let (_, stats) = h.get("/stats").await;
     assert_eq!(
         stats["queue"],
-        json!({"ready": 0, "scheduled": 0, "in_flight": 0})
+        json!({"ready": 0, "scheduled": 0, "in_flight": 0, "oldest_ready_age_ms": 0})
     );
     h.stop().await;
 }
@@ -387,7 +387,7 @@ async fn ingest_signatures_are_enforced() {
     let (_, stats) = h.get("/stats").await;
     assert_eq!(
         stats["queue"],
-        json!({"ready": 0, "scheduled": 0, "in_flight": 0}),
+        json!({"ready": 0, "scheduled": 0, "in_flight": 0, "oldest_ready_age_ms": 0}),
         "nothing queued for bad signatures"
     );
     let ok = send(Some(sig)).await.unwrap();
