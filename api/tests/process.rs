@@ -252,3 +252,83 @@ fn a_payload_limit_over_the_document_limit_is_refused_at_start() {
         "refused before opening the store"
     );
 }
+
+/// Every delivery in flight at a SIGKILL is attempted again within 30 s of an immediate restart
+/// on the same file, however long the backlog behind it: 64 deliveries held by the receiver (4
+/// subscriptions at the default per-subscription concurrency of 16), 936 more queued behind
+/// them, and a receiver that answers in 3 s after the restart, so the backlog outlasts the
+/// reap by far. The default heartbeat (5 s) and silence limit (15 s) apply; the 3 minute lease
+/// is not what recovers them. A returned delivery keeps its place at the head of its queue:
+/// due "now" at the reap, these were sent only after the whole backlog, about 45 s after the
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_delivery_in_flight_at_a_sigkill_is_attempted_again_within_30s_of_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("inflight.db");
+    let rx = Receiver::start().await;
+    let paths = ["/h0", "/h1", "/h2", "/h3"];
+    // Held far longer than the test: what the killed process sent is never answered.
+    for path in paths {
+        rx.on(path, Behaviour::Delay(Duration::from_secs(300)));
+    }
+    // An attempt timeout longer than the hold before the kill, so every held attempt is still
+    // running when the process dies.
+    let env = [("HERALD_DELIVERY_TIMEOUT", "120s")];
+    let port = free_port();
+    let mut p = spawn(&db, port, &env);
+    p.api.wait_ready().await;
+    let mut subs = Vec::new();
+    for path in paths {
+        subs.push(p.api.subscribe(&rx.url(path)).await);
+    }
+    for i in 0..1000 {
+        p.api
+            .ingest_ok(&subs[i % subs.len()], &format!("{{\"i\":{i}}}"))
+            .await;
+    }
+    let held = || paths.iter().map(|p| rx.received(p).len()).sum::<usize>();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while held() < 64 {
+        assert!(Instant::now() < deadline, "only {} requests held", held());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+    let in_flight: HashSet<String> = paths.iter().flat_map(|p| unique_ids(&rx, p)).collect();
+    assert_eq!(
+        in_flight.len(),
+        64,
+        "the receiver held 64 deliveries at the kill"
+    );
+
+    for path in paths {
+        rx.on(path, Behaviour::Delay(Duration::from_secs(3)));
+    }
+    let restarted = Instant::now();
+    let p = spawn(&db, port, &env);
+    let bound = Duration::from_secs(30);
+    loop {
+        let again: HashSet<String> = paths
+            .iter()
+            .flat_map(|p| rx.received(p))
+            .filter(|r| r.at >= restarted)
+            .map(|r| r.headers["webhook-id"].to_str().unwrap().to_string())
+            .collect();
+        let missing = in_flight.difference(&again).count();
+        if missing == 0 {
+            println!(
+                "the 64 deliveries in flight at the kill were attempted again within {:?} of \
+                 the restart",
+                restarted.elapsed()
+            );
+            break;
+        }
+        assert!(
+            restarted.elapsed() < bound,
+            "{missing} of the 64 deliveries in flight at the kill not attempted again within \
+             {bound:?} of the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    p.kill();
+}

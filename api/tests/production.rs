@@ -287,12 +287,12 @@ async fn a_killed_delivery_process_hands_its_deliveries_to_the_other() {
     };
     // The default heartbeat (5 s) and silence limit (15 s): the bound stated in the README.
     let inst = inst
-        .with("HERALD_SUBSCRIPTION_CONCURRENCY", "16")
+        .with("HERALD_SUBSCRIPTION_CONCURRENCY", "64")
         .with("HERALD_WORKER_HEARTBEAT", "5s")
         .with("HERALD_WORKER_STALE_AFTER", "15s");
     let rx = Receiver::start().await;
     // Slow answers keep deliveries in flight when the process dies.
-    rx.on("/slow", Behaviour::Delay(Duration::from_millis(50)));
+    rx.on("/slow", Behaviour::Delay(Duration::from_millis(100)));
     let (_api_proc, api) = inst.api().await;
     let sub = api.subscribe(&rx.url("/slow")).await;
 
@@ -323,18 +323,33 @@ async fn a_killed_delivery_process_hands_its_deliveries_to_the_other() {
     a.sigkill();
     let killed_at = Instant::now();
     let before_kill = rx.received("/slow").len();
-    // The survivor takes over what the dead one held once it has been silent for 15 s (the
-    // reaper runs with every 5 s heartbeat): the last of those deliveries arrives about 20 s
-    // after the kill, while the survivor clears the rest of the backlog in a few seconds. 45 s
-    // leaves room for a slow machine; the figure is printed.
+    // The survivor clears the backlog in a few seconds, then idles; it takes over what the
+    // dead one held once that has been silent for 15 s (the reaper runs with every 5 s
+    // heartbeat), so about 20 s after the kill.
     wait_received(&rx, "/slow", &accepted, Duration::from_secs(45)).await;
     let all_delivered = killed_at.elapsed();
-    // A duplicate is a delivery the killed process had sent and seen answered (the receiver
-    // logs a request when it answers) but not yet settled, which the survivor sends again:
-    // never one first answered after the kill, which would be a duplicate without a crash.
+    // Every redelivery has been made once nothing is queued or leased any more (bounded: a
+    // redelivery later than the bound fails below anyway).
+    let deadline = killed_at + Duration::from_secs(120);
+    loop {
+        let (_, stats) = api.get("/stats").await;
+        let q = &stats["queue"];
+        if q["ready"] == 0 && q["scheduled"] == 0 && q["in_flight"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the queue never emptied: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A duplicate is a delivery the killed process had sent but not settled (in flight, or
+    // answered and not yet settled), which the survivor sends again: never one first
+    // answered after the kill, which would be a duplicate without a crash.
     let receipts = rx.received("/slow");
     let mut first: HashMap<String, Instant> = HashMap::new();
     let mut takeover: Option<Duration> = None;
+    let mut last_redelivery: Option<Duration> = None;
     let mut dups = 0;
     for r in &receipts {
         let id = r.headers["webhook-id"].to_str().unwrap().to_string();
@@ -351,13 +366,21 @@ async fn a_killed_delivery_process_hands_its_deliveries_to_the_other() {
                 );
                 let after = r.at.saturating_duration_since(killed_at);
                 takeover = Some(takeover.map_or(after, |t| t.min(after)));
+                last_redelivery = Some(last_redelivery.map_or(after, |t| t.max(after)));
             }
         }
     }
     println!(
         "2000 events, one of two delivery processes SIGKILLed after {before_kill} receipts: \
-         its deliveries taken over {takeover:?} after the kill, all delivered after \
-         {all_delivered:?}, {dups} duplicate deliveries"
+         its deliveries sent again from {takeover:?} to {last_redelivery:?} after the kill \
+         ({dups} duplicate deliveries), all delivered after {all_delivered:?}"
+    );
+    // The killed process had deliveries in flight (100 ms each, 16 at a time), and every one
+    // of them reaches the receiver again within the recovery bound, measured from the kill.
+    let last = last_redelivery.expect("the killed process's deliveries were sent again");
+    assert!(
+        last <= Duration::from_secs(30),
+        "the last delivery the killed process held was sent again {last:?} after the kill"
     );
     assert_eq!(dups, duplicates(&rx, "/slow"));
 }

@@ -168,6 +168,17 @@ pub trait AttemptLog: Send + Sync {
     async fn by_subscription(&self, subscription_id: &str, limit: usize) -> Result<Vec<Attempt>>;
     /// Every attempt for a webhook, oldest first.
     async fn by_webhook(&self, webhook_id: &str) -> Result<Vec<Attempt>>;
+    /// Every attempt for any of these webhooks, each webhook's oldest first. A claim that takes
+    /// over a dead worker's deliveries asks for all their webhooks at once: one read per
+    /// webhook would hold every one of those deliveries back by as many round trips (and, on a
+    /// store that scans for them, as many scans). Stores with a cheap batched read override it.
+    async fn by_webhooks(&self, webhook_ids: &[String]) -> Result<Vec<Attempt>> {
+        let mut all = Vec::new();
+        for id in webhook_ids {
+            all.extend(self.by_webhook(id).await?);
+        }
+        Ok(all)
+    }
     /// Deletes attempts older than `cutoff`; returns how many.
     async fn delete_older_than(&self, cutoff: DateTime<Utc>) -> Result<u64>;
 }

@@ -28,7 +28,7 @@
 //! | crash or failure after…            | what is left                          | what happens then |
 //! |------------------------------------|---------------------------------------|-------------------|
 //! | publish, before it answered        | the event queued, or nothing          | the producer retries; with an idempotency key no second copy |
-//! | the lease                          | a leased delivery nobody works on     | the reaper (dead worker) or the lease's end queues it again |
+//! | the lease                          | a leased delivery nobody works on     | the reaper (dead worker) or the lease's end queues it again, in the place it had (due when it was leased); the claim that takes a dead worker's deliveries over reads the log once for all of them, so they are sent within the recovery bound |
 //! | storing events fails               | attempts made, their event not archived | the settle stores it again first and fails (to be retried) while the archive does not answer; nothing is logged before the event is stored |
 //! | storing events is refused for good (a document over the store's limit) | the same | the settle stores the events one by one; one refused on its own is stored without its payload, with the reason (`payload_omitted`), and the settle goes on: nothing blocks behind it. Its deliveries go on from the transport's copy; it cannot be replayed once they end |
 //! | the attempt, before its settle (crash) | an event perhaps unarchived, the lease held | redelivered after the reaper; the lease lists the event as unarchived again |
@@ -368,18 +368,25 @@ impl SplitQueue {
             .map(|j| (j.webhook_id.clone(), j.subscription_id.clone()))
             .collect();
         let mut records = self.archive.settled_among(&pairs).await?;
-        let mut ends: Vec<(String, DeliveryStatus)> = Vec::new();
         let mut seen = HashSet::new();
-        for (wid, _) in &pairs {
-            if !seen.insert(wid.as_str()) {
-                continue;
-            }
+        let webhooks: Vec<String> = pairs
+            .iter()
+            .filter(|(wid, _)| seen.insert(wid.as_str()))
+            .map(|(wid, _)| wid.clone())
+            .collect();
+        // One read of the log for all of them: the jobs of a reaped worker come back together,
+        // and a read per webhook held them all back (each a collection scan on FerretDB: seconds for
+        // a hundred jobs, a minute with a large log).
+        let mut attempts = self.attempts.by_webhooks(&webhooks).await?;
+        let mut ends: Vec<(String, DeliveryStatus)> = Vec::new();
+        for wid in webhooks {
             let recorded = records
-                .extract_if(.., |r| r.webhook_id == *wid)
+                .extract_if(.., |r| r.webhook_id == wid)
                 .map(|r| r.status)
                 .collect();
-            let attempts = self.attempts.by_webhook(wid).await?;
-            for end in merge_ends(recorded, &attempts) {
+            let of_webhook: Vec<Attempt> =
+                attempts.extract_if(.., |a| a.webhook_id == wid).collect();
+            for end in merge_ends(recorded, &of_webhook) {
                 ends.push((wid.clone(), end));
             }
         }

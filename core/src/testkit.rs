@@ -135,6 +135,7 @@ macro_rules! backend_suite {
             stale_settlements_are_fenced,
             heartbeats_renew_leases,
             reaping_frees_only_dead_workers,
+            reaped_deliveries_keep_their_place,
             claims_honour_per_subscription_caps,
             claims_serve_subscriptions_in_turn,
             fan_out_shares_one_payload,
@@ -694,6 +695,43 @@ pub async fn reaping_frees_only_dead_workers(b: Backend) {
     assert_eq!(q.settle(late).await.unwrap(), 2);
     assert_eq!(q.settle(vec![success(&live[0])]).await.unwrap(), 0);
     assert!(b.attempts.by_webhook("msg_dead").await.unwrap().is_empty());
+}
+
+/// A dead worker's delivery goes back to where it was in its queue, not behind what was
+/// queued while it was held: otherwise a backlog and a slow receiver push its next attempt past
+/// the recovery bound.
+pub async fn reaped_deliveries_keep_their_place(b: Backend) {
+    let q = &b.queue;
+    // Named so that an order by id would put it last.
+    q.publish(publish("msg_z_held", &["sub_a"], b"{}"))
+        .await
+        .unwrap();
+    let held = q
+        .claim(&claim_request("wrk_dead", 1, LEASE))
+        .await
+        .unwrap()
+        .jobs;
+    assert_eq!(held.len(), 1);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for i in 0..3 {
+        q.publish(publish(&format!("msg_a_later{i}"), &["sub_a"], b"{}"))
+            .await
+            .unwrap();
+    }
+    // Queued now, before the reap (a count fans out what a transport holds back until then).
+    assert_eq!(q.stats().await.unwrap().ready, 3);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(q.reap(Duration::from_millis(200)).await.unwrap(), 1);
+    let next = q
+        .claim(&claim_request("wrk_live", 1, LEASE))
+        .await
+        .unwrap()
+        .jobs;
+    assert_eq!(next.len(), 1);
+    assert_eq!(
+        next[0].webhook_id, "msg_z_held",
+        "the returned delivery is first in its queue again"
+    );
 }
 
 pub async fn claims_honour_per_subscription_caps(b: Backend) {

@@ -79,6 +79,19 @@ impl AttemptLog for Attempts {
         .await
     }
 
+    /// One query (`$in`, served by the `webhook_id` index), not one per webhook.
+    async fn by_webhooks(&self, webhook_ids: &[String]) -> Result<Vec<Attempt>> {
+        if webhook_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.find(
+            doc! { "webhook_id": { "$in": webhook_ids } },
+            doc! { "webhook_id": 1, "attempted_at": 1, "attempt": 1 },
+            0,
+        )
+        .await
+    }
+
     async fn delete_older_than(&self, cutoff: DateTime<Utc>) -> Result<u64> {
         let done = self
             .coll

@@ -7,7 +7,10 @@
 //! The queue is the `deliveries` table. `due_at` is when a row may be claimed: the time of its
 //! next attempt while pending, the end of its lease while a worker holds it. Heartbeats of the
 //! holding worker push the lease end forward; once they stop, the reaper (or, as a last resort,
-//! the lease's end) makes the row claimable again (at least once).
+//! the lease's end) makes the row claimable again (at least once). The reaper gives a row back
+//! the due time it had when it was leased (`leased_due`), so it is at the head of its queue
+//! again rather than behind what was queued meanwhile: a backlog and a slow receiver would
+//! otherwise hold its next attempt well past the reap.
 
 mod queue;
 mod schema;

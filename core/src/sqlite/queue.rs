@@ -182,10 +182,14 @@ impl Queue for Arc<Sqlite> {
             .write_relaxed(move |c| {
                 let now = now_ms();
                 let cutoff = now - stale_ms;
+                // A returned row gets back the due time it had when it was leased: it was at
+                // the head of its subscription's queue then, and due `now` would put it behind
+                // every delivery queued since, so a backlog and a slow receiver could push its
+                // next attempt past the recovery bound (tens of seconds after the reap).
                 let n = c
                     .prepare_cached(
-                        "UPDATE deliveries SET state = ?1, due_at = ?2, worker = NULL,
-                                updated_at = ?2
+                        "UPDATE deliveries SET state = ?1, due_at = MIN(COALESCE(leased_due, ?2), ?2),
+                                worker = NULL, updated_at = ?2
                          WHERE state = ?3 AND worker IN
                            (SELECT id FROM workers WHERE heartbeat_at < ?4)",
                     )?
@@ -396,9 +400,12 @@ fn claim_fairly(
     )?;
     let mut event_of =
         c.prepare_cached("SELECT event_type, payload FROM events WHERE webhook_id = ?1")?;
+    // `leased_due` keeps the due time the row had in the queue (for the reaper); a lease taken
+    // over after it ran out keeps the first one.
     let mut lease = c.prepare_cached(
         "UPDATE deliveries SET state = ?2, due_at = ?3, updated_at = ?4, worker = ?5,
-                lease_token = lease_token + 1
+                lease_token = lease_token + 1,
+                leased_due = CASE WHEN state = ?2 THEN COALESCE(leased_due, due_at) ELSE due_at END
          WHERE id = ?1 RETURNING lease_token",
     )?;
 

@@ -28,7 +28,9 @@ CREATE TABLE IF NOT EXISTS events (
 );
 
 -- The queue: one row per (event, subscription). While LEASED, `worker` holds it under
--- `lease_token`, which every claim increments: settlements name the token they were given.
+-- `lease_token`, which every claim increments: settlements name the token they were given;
+-- `due_at` is then the lease's end and `leased_due` the due time the row had when it was
+-- leased, which it gets back if its worker dies (it keeps its place in the queue).
 CREATE TABLE IF NOT EXISTS deliveries (
     id              INTEGER PRIMARY KEY,
     webhook_id      TEXT NOT NULL,
@@ -40,7 +42,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     last_error      TEXT,
     updated_at      INTEGER NOT NULL,
     lease_token     INTEGER NOT NULL DEFAULT 0,
-    worker          TEXT
+    worker          TEXT,
+    leased_due      INTEGER
 );
 CREATE UNIQUE INDEX IF NOT EXISTS deliveries_webhook ON deliveries(webhook_id, subscription_id);
 -- Retention of settled rows.
@@ -142,6 +145,7 @@ pub fn migrate(conn: &Connection) -> Result<()> {
         "INTEGER NOT NULL DEFAULT 0",
     )?;
     add_column_if_missing(conn, "deliveries", "worker", "TEXT")?;
+    add_column_if_missing(conn, "deliveries", "leased_due", "INTEGER")?;
     conn.execute_batch(QUEUE_INDEXES)?;
     Ok(())
 }

@@ -97,14 +97,17 @@ local function refresh_due(sid)
   end
 end
 
--- Puts a leased delivery back in its queue, due now, marked as redelivered: its holder
--- (whose lease ran out or who was reaped) may have settled it in the archive already. The
--- caller has removed the lease entries.
+-- Puts a leased delivery back in its queue, marked as redelivered: its holder (whose lease
+-- ran out or who was reaped) may have settled it in the archive already. It keeps its place:
+-- due when it was leased (a lease leaves 'due' alone), the head of its queue then; due now
+-- would put it behind everything queued since, and a backlog could push its next attempt past
+-- the recovery bound. The caller has removed the lease entries.
 local function back_to_queue(wid, sid, now)
   local d = dkey(wid, sid)
-  redis.call('HSET', d, 'state', 'queued', 'due', now, 'redelivered', 1)
+  local at = math.min(tonumber(redis.call('HGET', d, 'due')) or now, now)
+  redis.call('HSET', d, 'state', 'queued', 'due', at, 'redelivered', 1)
   redis.call('HDEL', d, 'worker')
-  enqueue(wid, sid, now, now)
+  enqueue(wid, sid, at, now)
 end
 
 -- Stores an event and queues one delivery per subscription, all due at `at_due` (a string:
