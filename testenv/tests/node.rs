@@ -575,6 +575,25 @@ fn the_chart_runs_on_a_real_node() {
         "the start-up log names MongoDB and Redis: {listening}"
     );
     assert!(!listening.contains("herald.db"), "{listening}");
+    // The chart's NetworkPolicies (on by default) are applied. This node's CNI (the bridge
+    // plugin) does not enforce them: their selectors are checked against the pods' labels in
+    // chart.rs, not by traffic here.
+    let policies = c.kubectl(&[
+        "get",
+        "networkpolicies",
+        "-l",
+        &format!("app.kubernetes.io/instance={RELEASE}"),
+        "-o",
+        "name",
+    ]);
+    for component in ["api", "delivery", "operator"] {
+        assert!(
+            policies
+                .lines()
+                .any(|l| l.ends_with(&format!("-{component}"))),
+            "a NetworkPolicy for the {component} pods: {policies}"
+        );
+    }
     step(t0, "every pod Ready");
 
     // 2. The README's flow: the example pointed at the receiver, then its commands as printed.
@@ -890,7 +909,7 @@ fn the_chart_runs_on_a_real_node() {
     let left = wait_until(60, "every Herald object gone", || {
         let left = c.kubectl(&[
             "get",
-            "all,configmaps,secrets,serviceaccounts,roles,rolebindings,poddisruptionbudgets,leases,jobs,cronjobs",
+            "all,configmaps,secrets,serviceaccounts,roles,rolebindings,poddisruptionbudgets,leases,jobs,cronjobs,networkpolicies",
             "-l",
             &format!("app.kubernetes.io/instance={RELEASE}"),
             "-o",
