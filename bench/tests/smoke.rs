@@ -61,6 +61,8 @@ fn run(args: &[&str]) -> String {
         .args(args)
         .env_remove("HERALD_BENCH_URL")
         .env_remove("HERALD_TEST_REDIS_URL")
+        // Passed as --mongo-uri where a test means it (the harness reads it as a default).
+        .env_remove("HERALD_TEST_MONGO_URI")
         .output()
         .expect("run herald-bench");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -142,13 +144,20 @@ fn quick_matrix_against_redis_mongo() {
     let bin = herald_bin();
     let delivery = delivery_bin(&bin);
     let dir = scratch("redis-mongo");
-    let stdout = run(&[
-        "--mode",
-        "redis-mongo",
-        "--redis-url",
-        &redis,
-        "--mongo-uri",
-        &mongo,
+    // The harness talks to loopback only. With the test environment's Kubernetes node, its
+    // FerretDB listens on the node's bridge address instead: the harness then starts a FerretDB
+    // of its own on loopback (the test environment puts `ferretdb` on PATH).
+    let mongo_loopback = ["mongodb://127.", "mongodb://localhost", "mongodb://[::1]"]
+        .iter()
+        .any(|p| mongo.starts_with(p));
+    let mongo_args: &[&str] = if mongo_loopback {
+        &["--mongo-uri", &mongo]
+    } else {
+        &[]
+    };
+    let mut args = vec!["--mode", "redis-mongo", "--redis-url", &redis];
+    args.extend_from_slice(mongo_args);
+    args.extend_from_slice(&[
         "--delivery-bin",
         delivery.to_str().unwrap(),
         "matrix",
@@ -166,6 +175,7 @@ fn quick_matrix_against_redis_mongo() {
         "--quiet-wait",
         "0s",
     ]);
+    let stdout = run(&args);
     let v = read_json(&dir.join("today-smoke-redis-mongo.json"));
     assert_eq!(v["mode"], "redis-mongo", "{stdout}");
     assert!(v.get("standalone").is_none_or(Value::is_null), "{v:#}");
