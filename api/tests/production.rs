@@ -848,6 +848,30 @@ async fn clients_that_disconnect_mid_request_leave_nothing_stored_and_undelivere
     }
 }
 
+/// A private Redis (see [`private_redis`]) started on a free port and answering: the server,
+/// its port and its URL (password encoded), and its directory (removed when dropped).
+struct PrivateRedis {
+    server: Server,
+    port: u16,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateRedis {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let server = private_redis(dir.path(), port);
+        wait_port(port).await;
+        Self {
+            server,
+            port,
+            url: private_redis_url(&format!("127.0.0.1:{port}")),
+            _dir: dir,
+        }
+    }
+}
+
 /// Runs `redis-cli` against the private Redis on `port` and answers its output, trimmed.
 fn redis_cli(port: u16, args: &[&str]) -> String {
     let out = Command::new("redis-cli")
@@ -891,11 +915,12 @@ async fn a_redis_outage_longer_than_the_silence_limit_makes_no_worker_reap_a_liv
     let Some(mongo) = herald_testenv::mongo_uri() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut redis = private_redis(dir.path(), port);
-    wait_port(port).await;
-    let url = private_redis_url(&format!("127.0.0.1:{port}"));
+    let PrivateRedis {
+        server: mut redis,
+        port,
+        url,
+        _dir,
+    } = PrivateRedis::start().await;
     // Heartbeats every 1 s, silent after 3 s (the installation's settings); the outage lasts
     // 5 s, longer than the limit, while every delivery is held by the receiver for 7 s.
     let inst = Installation::on(mongo, url.clone())
@@ -961,11 +986,12 @@ async fn a_delivery_process_whose_clock_is_five_minutes_behind_retries_and_defer
     let Some(mongo) = herald_testenv::mongo_uri() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let _redis = private_redis(dir.path(), port);
-    wait_port(port).await;
-    let url = private_redis_url(&format!("127.0.0.1:{port}"));
+    let PrivateRedis {
+        server: _redis,
+        port,
+        url,
+        _dir,
+    } = PrivateRedis::start().await;
     let inst = Installation::on(mongo, url.clone())
         .with("HERALD_RETRY_SCHEDULE", "2s")
         .with("HERALD_MAX_ATTEMPTS", "4");
@@ -1015,11 +1041,12 @@ async fn a_redis_that_may_evict_keys_is_refused_at_start_and_while_running() {
     let Some(mongo) = herald_testenv::mongo_uri() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let _redis = private_redis(dir.path(), port);
-    wait_port(port).await;
-    let url = private_redis_url(&format!("127.0.0.1:{port}"));
+    let PrivateRedis {
+        server: _redis,
+        port,
+        url,
+        _dir,
+    } = PrivateRedis::start().await;
     let set_policy = |p: &str| {
         assert_eq!(
             redis_cli(port, &["config", "set", "maxmemory-policy", p]),

@@ -1671,6 +1671,11 @@ async fn lease_tokens_keep_rising_after_a_restart_that_lost_the_aofs_tail() {
     );
 }
 
+/// Runs one Redis command behind the scripts' back.
+async fn cmd(conn: &mut redis::aio::MultiplexedConnection, name: &str, args: &[&str]) {
+    let _: redis::Value = redis::cmd(name).arg(args).query_async(conn).await.unwrap();
+}
+
 #[tokio::test]
 async fn stats_read_counts_kept_by_the_scripts_not_the_queues() {
     let url = redis_or_skip!();
@@ -1702,28 +1707,17 @@ async fn stats_read_counts_kept_by_the_scripts_not_the_queues() {
 
     // A queue entry written behind the scripts' back is not seen: stats reads the counts, it
     // does not walk the queues (one read per scrape, whatever the number of subscriptions).
-    let _: () = redis::cmd("ZADD")
-        .arg(format!("{prefix}:q:sub_c"))
-        .arg(0)
-        .arg("msg_behind")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("ZADD")
-        .arg(format!("{prefix}:due"))
-        .arg(0)
-        .arg("sub_c")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    cmd(
+        &mut conn,
+        "ZADD",
+        &[&format!("{prefix}:q:sub_c"), "0", "msg_behind"],
+    )
+    .await;
+    cmd(&mut conn, "ZADD", &[&format!("{prefix}:due"), "0", "sub_c"]).await;
     assert_eq!(counts(t.stats().await.unwrap()), expect);
     // The periodic recount (and the first run after an upgrade) takes the counts from the
     // queues again.
-    let _: () = redis::cmd("DEL")
-        .arg(format!("{prefix}:counted"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    cmd(&mut conn, "DEL", &[&format!("{prefix}:counted")]).await;
     assert_eq!(
         counts(t.stats().await.unwrap()),
         QueueStats { ready: 6, ..expect }
@@ -1731,11 +1725,7 @@ async fn stats_read_counts_kept_by_the_scripts_not_the_queues() {
     // An installation that ran before the counts existed: everything is counted from the
     // queues once, the deliveries waiting for later included, and kept from then on.
     for key in ["queued", "later", "counted", "counts-rebuilt"] {
-        let _: () = redis::cmd("DEL")
-            .arg(format!("{prefix}:{key}"))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        cmd(&mut conn, "DEL", &[&format!("{prefix}:{key}")]).await;
     }
     assert_eq!(
         counts(t.stats().await.unwrap()),
