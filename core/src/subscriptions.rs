@@ -503,7 +503,19 @@ impl Subscriptions {
 /// How often a client's change is redone after losing the race to another client write before
 /// the client is answered 409. Each lost round means another write succeeded meanwhile, so only
 /// a record written without pause by other clients gets there.
-const REPLACE_TRIES: usize = 16;
+const REPLACE_TRIES: u32 = 16;
+
+/// The longest random pause before a lost race is redone. Two writers that lost to each other
+/// and retried at once would meet again in the same place (on SQLite, the same group commit);
+/// a random pause of up to 2^round ms (capped here) lets one of them through.
+const REPLACE_BACKOFF_MAX_MS: u64 = 64;
+
+/// A pause of 0 to `min(2^round, REPLACE_BACKOFF_MAX_MS)` ms, random enough to part two writers.
+fn replace_backoff(round: u32) -> std::time::Duration {
+    let cap = (1u64 << round.min(6)).min(REPLACE_BACKOFF_MAX_MS);
+    let noise = u64::from(ulid::Ulid::new().random() as u32);
+    std::time::Duration::from_millis(noise % (cap + 1))
+}
 
 impl Subscriptions {
     /// Reads the subscription, lets `change` make the new record of it, and replaces it under
@@ -515,7 +527,10 @@ impl Subscriptions {
         health: ReplaceHealth,
         mut change: impl FnMut(&Subscription) -> Result<Subscription, Error>,
     ) -> Result<Subscription, Error> {
-        for _ in 0..REPLACE_TRIES {
+        for round in 0..REPLACE_TRIES {
+            if round > 0 {
+                tokio::time::sleep(replace_backoff(round)).await;
+            }
             let current = self.get(id).await?;
             let mut sub = change(&current)?;
             sub.version = current.version;
