@@ -33,6 +33,14 @@ fn decode(doc: String) -> rusqlite::Result<Subscription> {
     })
 }
 
+/// The subscription `id` as stored, on whichever connection (a reader, or the writer inside its
+/// transaction).
+fn load(c: &Connection, id: &str) -> rusqlite::Result<Option<Subscription>> {
+    c.prepare_cached("SELECT doc FROM subscriptions WHERE id = ?1")?
+        .query_row([id], |r| decode(r.get(0)?))
+        .optional()
+}
+
 #[async_trait]
 impl SubscriptionStore for Arc<Sqlite> {
     async fn insert(&self, sub: &Subscription) -> Result<()> {
@@ -63,14 +71,7 @@ impl SubscriptionStore for Arc<Sqlite> {
 
     async fn get(&self, id: &str) -> Result<Option<Subscription>> {
         let id = id.to_string();
-        self.read(move |c| {
-            Ok(
-                c.prepare_cached("SELECT doc FROM subscriptions WHERE id = ?1")?
-                    .query_row([id], |r| decode(r.get(0)?))
-                    .optional()?,
-            )
-        })
-        .await
+        self.read(move |c| Ok(load(c, &id)?)).await
     }
 
     async fn find_by_owner(&self, owner: &Owner) -> Result<Option<Subscription>> {
@@ -114,14 +115,9 @@ impl SubscriptionStore for Arc<Sqlite> {
         self.write(move |c| {
             // Read, check and write inside one writer transaction: nothing comes between. A
             // record written before versions existed has none: it counts as version 0.
-            let Some(doc) = c
-                .prepare_cached("SELECT doc FROM subscriptions WHERE id = ?1")?
-                .query_row([&id], |r| r.get::<_, String>(0))
-                .optional()?
-            else {
+            let Some(stored) = load(c, &id)? else {
                 return Err(StoreError::NotFound);
             };
-            let stored = decode(doc)?;
             if stored.version != expected {
                 return Err(StoreError::Conflict(format!(
                     "subscription {id} changed since it was read (version {expected})"
@@ -146,14 +142,9 @@ impl SubscriptionStore for Arc<Sqlite> {
         self.write(move |c| {
             // Read, change and write back inside one writer transaction: no other write can
             // come between, so only the health fields change.
-            let Some(doc) = c
-                .prepare_cached("SELECT doc FROM subscriptions WHERE id = ?1")?
-                .query_row([&id], |r| r.get::<_, String>(0))
-                .optional()?
-            else {
+            let Some(mut sub) = load(c, &id)? else {
                 return Ok(false);
             };
-            let mut sub = decode(doc)?;
             match change {
                 HealthChange::FailingSince(since) => sub.failing_since = since,
                 HealthChange::Disable { .. } if sub.is_disabled() => return Ok(false),
