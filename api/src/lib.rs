@@ -23,10 +23,9 @@ use axum::routing::{get, post};
 use axum::{middleware, Router};
 use herald_core::backend::Backend;
 use herald_core::cache::SubscriptionCache;
-use herald_core::config::Settings;
 use herald_core::subscriptions::Subscriptions;
-use herald_core::telemetry;
 use herald_delivery::{retention, Engine, EngineConfig};
+use herald_runtime::config::Settings;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -190,16 +189,16 @@ fn build_router(state: AppState, origins: origin::Origins) -> Router {
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
-/// The process-wide Prometheus recorder (see [`telemetry::prometheus`]).
+/// The process-wide Prometheus recorder (see [`herald_runtime::telemetry::prometheus`]).
 pub fn metrics_handle() -> PrometheusHandle {
-    telemetry::prometheus()
+    herald_runtime::telemetry::prometheus()
 }
 
-pub use herald_core::telemetry::init_tracing;
+pub use herald_runtime::telemetry::init_tracing;
 
 /// Opens the backends the settings name (SQLite, or MongoDB + Redis).
 pub async fn open_backend(settings: &Settings) -> anyhow::Result<Backend> {
-    Ok(herald_backends::open(settings).await?)
+    Ok(herald_runtime::store::open(settings).await?)
 }
 
 /// What the start-up log names as the store: the stores [`open_backend`] opens for these

@@ -7,7 +7,7 @@
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand};
-use herald_core::config::Settings;
+use herald_runtime::config::Settings;
 
 #[derive(Parser)]
 #[command(name = "herald", version, about = "Herald webhook delivery service")]
@@ -60,7 +60,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let herald = herald_api::Herald::start(cli.settings).await?;
             let stop = herald.shutdown_token();
             tokio::spawn(async move {
-                herald_core::shutdown::signal().await;
+                herald_runtime::shutdown::signal().await;
                 tracing::info!("shutting down: finishing deliveries in flight");
                 stop.cancel();
             });

@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{Receiver, TestHerald};
+use herald_backends::sqlite::{Sqlite, Sync};
 use herald_core::model::Owner;
-use herald_core::sqlite::{Sqlite, Sync};
 use serde_json::{json, Value};
 
 #[tokio::test]
@@ -549,7 +549,7 @@ async fn target_urls_are_parsed_once_and_judged_at_creation() {
     let dir = tempfile::tempdir().unwrap();
     let h = TestHerald::start_with(
         dir,
-        |s| s.allow_targets = herald_core::config::AllowList(Vec::new()),
+        |s| s.allow_targets = herald_runtime::config::AllowList(Vec::new()),
         &[],
     )
     .await;

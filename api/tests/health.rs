@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::{Behaviour, Receiver, TestHerald};
+use herald_backends::sqlite::{Sqlite, Sync};
 use herald_core::model::Owner;
-use herald_core::sqlite::{Sqlite, Sync};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(10);

@@ -1,17 +1,20 @@
-//! The backends behind core's traits, and [`open`], which picks them from the settings:
-//! SQLite when neither MongoDB nor Redis is configured (standalone), MongoDB + Redis when both
-//! are (production). Their drivers are dependencies of this crate only, so `herald-core` stays
-//! light for the operator.
+//! The backends behind core's traits: SQLite for standalone mode ([`sqlite`], behind the
+//! `sqlite` feature, so a binary that never runs standalone does not bundle it), MongoDB and
+//! Redis for production mode, and [`split::SplitQueue`], which composes Redis (the transport)
+//! and MongoDB (the archive) into one queue. Their drivers are dependencies of this crate only,
+//! so `herald-core` holds the domain alone.
 
 pub mod mongo;
 pub mod redis;
+pub mod split;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
 use std::sync::Arc;
 
 use herald_core::backend::Backend;
-use herald_core::config::Settings;
-use herald_core::split::SplitQueue;
 use herald_core::StoreError;
+use split::SplitQueue;
 use thiserror::Error;
 
 /// Why the configured backends could not be opened.
@@ -31,35 +34,15 @@ pub enum OpenError {
         #[source]
         source: StoreError,
     },
+    #[error(
+        "neither MONGO_URI nor REDIS_URL is set, and this binary is built without standalone \
+         mode (SQLite): set both"
+    )]
+    NoStandalone,
     #[error("connecting to MongoDB (MONGO_URI)")]
     Mongo(#[source] StoreError),
     #[error("connecting to Redis (REDIS_URL / REDIS_ADDR)")]
     Redis(#[source] StoreError),
-}
-
-/// Opens the backends the settings name. Production mode checks both servers before it
-/// answers, so a wrong address or password stops the process at start with one clear error.
-pub async fn open(settings: &Settings) -> Result<Backend, OpenError> {
-    match (&settings.mongo_uri, settings.redis()) {
-        (None, None) => open_sqlite(settings),
-        (Some(_), None) => Err(OpenError::Incomplete {
-            set: "MONGO_URI",
-            missing: "REDIS_URL",
-        }),
-        (None, Some(_)) => Err(OpenError::Incomplete {
-            set: "REDIS_URL",
-            missing: "MONGO_URI",
-        }),
-        (Some(uri), Some(redis_url)) => {
-            open_production(
-                uri,
-                settings.mongo_database.as_deref(),
-                &redis_url,
-                &settings.redis_prefix,
-            )
-            .await
-        }
-    }
 }
 
 /// The production backend on MongoDB (database `database`, else the URI's) and Redis (keys
@@ -89,18 +72,17 @@ pub async fn open_production(
     })
 }
 
-fn open_sqlite(settings: &Settings) -> Result<Backend, OpenError> {
-    use herald_core::sqlite::{Sqlite, Sync};
-    let sync = if settings.sqlite_sync == "normal" {
-        Sync::Normal
-    } else {
-        Sync::Full
-    };
-    let max_size = (settings.sqlite_max_size > 0).then_some(settings.sqlite_max_size);
-    Sqlite::open_with_limit(&settings.sqlite_path, sync, max_size)
+/// The standalone backend: one SQLite file at `path`.
+#[cfg(feature = "sqlite")]
+pub fn open_sqlite(
+    path: &std::path::Path,
+    sync: sqlite::Sync,
+    max_size: Option<u64>,
+) -> Result<Backend, OpenError> {
+    sqlite::Sqlite::open_with_limit(path, sync, max_size)
         .map(|db| db.backend())
         .map_err(|source| OpenError::Sqlite {
-            path: settings.sqlite_path.display().to_string(),
+            path: path.display().to_string(),
             source,
         })
 }

@@ -25,7 +25,7 @@ async fn fresh() -> Option<(Backend, Scratch)> {
     Some((backend, scratch))
 }
 
-herald_core::backend_suite!(fresh);
+herald_testenv::backend_suite!(fresh);
 
 #[tokio::test]
 async fn backend_is_named() {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use herald_backends::split::SplitQueue;
 use herald_core::backend::{
     Archive, ArchivedEvent, AttemptLog, Leased, LiveWebhook, Queue, Result, SettledDelivery,
     Transport,
@@ -18,7 +19,6 @@ use herald_core::model::{
     Attempt, ClaimRequest, DeliveryState, DeliveryStatus, Disposition, Job, Outcome, Publish,
     PublishOutcome, QueueStats, Settlement,
 };
-use herald_core::split::SplitQueue;
 use herald_core::testkit;
 use herald_core::StoreError;
 use herald_testenv::Scratch;
@@ -413,7 +413,7 @@ async fn claims_made_within_the_archive_linger_are_stored_by_one_write() {
     assert_eq!(r.archive.stored_events.load(Ordering::SeqCst), 2);
     // Two publishes and two claims are a few round trips to a loopback Redis: far inside the
     // linger, unless the machine stalled (then two writes are right, and the figures say so).
-    if claimed_in < herald_core::split::ARCHIVE_LINGER {
+    if claimed_in < herald_backends::split::ARCHIVE_LINGER {
         assert_eq!(
             r.archive.stores.load(Ordering::SeqCst),
             1,

@@ -1,5 +1,5 @@
 //! The storage, queue and attempt-log traits. Every backend (SQLite for standalone; MongoDB and
-//! Redis for production) implements them and passes the same behavioural suite (`testkit`).
+//! Redis for production) implements them and passes the same behavioural suite (`herald-testenv`'s `suite`).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -36,8 +36,6 @@ pub fn count_store_failure(operation: &'static str) {
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-
 /// Totals since this process started, for the dashboard's counters (`GET /stats`).
 #[derive(Debug, Default)]
 pub struct Counts {
@@ -52,8 +50,14 @@ pub static COUNTS: Counts = Counts {
     failed: AtomicU64::new(0),
 };
 
-/// Set once [`prometheus`] installed the recorder.
+/// Set once the process installed its metrics recorder (see [`recorder_installed`]).
 static RECORDER_INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// Says that the process's metrics recorder is installed, so the counters below may keep the
+/// handles they look up from now on.
+pub fn recorder_installed() {
+    RECORDER_INSTALLED.store(true, Ordering::Release);
+}
 
 /// The counter `name`, looked up in the recorder once instead of on every event (a lookup
 /// hashes the name and takes a lock). Before the recorder is installed the handle would be a
@@ -86,46 +90,4 @@ pub fn count_final(succeeded: bool) {
         COUNTS.failed.fetch_add(1, Ordering::Relaxed);
         counter(&FAILED, DELIVERIES_FAILED).increment(1);
     }
-}
-
-/// Logs through `tracing`: `RUST_LOG` filters (default `info`), `json` or `text` format.
-pub fn init_tracing(format: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = if format == "json" {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
-}
-
-/// The process-wide Prometheus recorder, installed on first use and shared by every listener of
-/// the process (the api's `/metrics`, a delivery process's health listener, the operator's).
-pub fn prometheus() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let handle = PrometheusBuilder::new()
-                .set_buckets_for_metric(
-                    Matcher::Full(ATTEMPT_DURATION.to_string()),
-                    &[
-                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-                    ],
-                )
-                .expect("bucket list is not empty")
-                .install_recorder()
-                .expect("the metrics recorder installs once");
-            let upkeep = handle.clone();
-            std::thread::Builder::new()
-                .name("herald-metrics-upkeep".into())
-                .spawn(move || loop {
-                    std::thread::sleep(std::time::Duration::from_secs(5));
-                    upkeep.run_upkeep();
-                })
-                .expect("spawn metrics upkeep");
-            RECORDER_INSTALLED.store(true, Ordering::Release);
-            handle
-        })
-        .clone()
 }

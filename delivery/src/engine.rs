@@ -87,7 +87,7 @@ pub enum ConfigError {
 pub const LEASE_MARGIN: Duration = Duration::from_secs(30);
 
 impl EngineConfig {
-    pub fn from_settings(s: &herald_core::config::Settings) -> Result<Self, ConfigError> {
+    pub fn from_settings(s: &herald_runtime::config::Settings) -> Result<Self, ConfigError> {
         // A subscription may ask for up to TIMEOUT_MS_LIMIT, whatever the default is.
         let timeout = s
             .delivery_timeout

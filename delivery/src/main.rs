@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use herald_core::cache::SubscriptionCache;
-use herald_core::config::Settings;
 use herald_delivery::{retention, Engine, EngineConfig};
+use herald_runtime::config::Settings;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -50,7 +50,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    herald_core::telemetry::init_tracing(&cli.settings.log_format);
+    herald_runtime::telemetry::init_tracing(&cli.settings.log_format);
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -62,7 +62,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = cli.settings;
-    let backend = herald_backends::open(&settings).await?;
+    let backend = herald_runtime::store::open(&settings).await?;
     match cli.command.unwrap_or(Command::Run {
         no_retention: false,
     }) {
@@ -77,7 +77,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run { no_retention } => {
             // Installed before the first attempt, so that /metrics counts from the start.
-            herald_core::telemetry::prometheus();
+            herald_runtime::telemetry::prometheus();
             let shutdown = CancellationToken::new();
             let cache = Arc::new(SubscriptionCache::for_backend(&backend));
             let _follower = cache.follow();
@@ -96,7 +96,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let stop = shutdown.clone();
             tokio::spawn(async move {
-                herald_core::shutdown::signal().await;
+                herald_runtime::shutdown::signal().await;
                 tracing::info!("shutting down: finishing deliveries in flight");
                 stop.cancel();
             });
@@ -121,7 +121,7 @@ async fn serve_health(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on HERALD_HEALTH_ADDR {addr}"))?;
-    let metrics = herald_core::telemetry::prometheus();
+    let metrics = herald_runtime::telemetry::prometheus();
     let app = herald_delivery::health_routes(recorder)
         // This process's own counters (attempts, deliveries, latency): Prometheus scrapes every
         // delivery pod, the api's /metrics holds only the api's.

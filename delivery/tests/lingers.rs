@@ -15,16 +15,16 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use clap::Parser;
+use herald_backends::sqlite::{Sqlite, Sync};
 use herald_core::backend::{Queue, Result};
 use herald_core::cache::SubscriptionCache;
-use herald_core::config::Settings;
 use herald_core::model::{
     ClaimRequest, Claimed, DeliveryState, Publish, PublishOutcome, QueueStats, Settlement,
     WebhookRecord,
 };
-use herald_core::sqlite::{Sqlite, Sync};
 use herald_core::testkit;
 use herald_delivery::{Engine, EngineConfig};
+use herald_runtime::config::Settings;
 use tokio_util::sync::CancellationToken;
 
 const LINGER: Duration = Duration::from_secs(10);

@@ -16,13 +16,13 @@ use chrono::{DateTime, Utc};
 use clap::Parser;
 use herald_core::backend::{Backend, Queue, Result};
 use herald_core::cache::SubscriptionCache;
-use herald_core::config::Settings;
 use herald_core::model::{
     ClaimRequest, Claimed, DeliveryState, Publish, PublishOutcome, QueueStats, Settlement,
     WebhookRecord,
 };
 use herald_core::{testkit, StoreError};
 use herald_delivery::{Engine, EngineConfig, RecorderWatch};
+use herald_runtime::config::Settings;
 use herald_testenv::Scratch;
 use tokio_util::sync::CancellationToken;
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::Router;
-use herald_core::sqlite::{Sqlite, Sync};
+use herald_backends::sqlite::{Sqlite, Sync};
 use herald_core::testkit;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

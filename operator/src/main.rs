@@ -6,9 +6,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use herald_core::cache::SubscriptionCache;
-use herald_core::config::Settings;
 use herald_core::subscriptions::Subscriptions;
 use herald_operator::{LeaseOptions, Options};
+use herald_runtime::config::Settings;
 use kube::runtime::events::Reporter;
 use tokio_util::sync::CancellationToken;
 
@@ -64,9 +64,9 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let args = cli.run;
-    herald_core::telemetry::init_tracing(&args.settings.log_format);
+    herald_runtime::telemetry::init_tracing(&args.settings.log_format);
     let settings = &args.settings;
-    let backend = herald_backends::open(settings)
+    let backend = herald_runtime::store::open(settings)
         .await
         .context("opening the subscription store")?;
     let cache = Arc::new(SubscriptionCache::for_backend(&backend));
@@ -115,7 +115,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(addr = %running.addr, store = backend.name, "herald-operator started");
     let mut task = running.task;
     tokio::select! {
-        _ = herald_core::shutdown::signal() => {
+        _ = herald_runtime::shutdown::signal() => {
             tracing::info!("stopping: finishing reconciles in flight");
             shutdown.cancel();
             (&mut task).await??;

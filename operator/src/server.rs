@@ -18,7 +18,7 @@ pub struct Health {
 }
 
 pub fn router(health: Arc<Health>) -> Router {
-    let metrics = herald_core::telemetry::prometheus();
+    let metrics = herald_runtime::telemetry::prometheus();
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use herald_backends::sqlite::{Sqlite, Sync};
 use herald_core::backend::Backend;
 use herald_core::cache::SubscriptionCache;
 use herald_core::model::{Owner, SubscriptionSpec};
-use herald_core::sqlite::{Sqlite, Sync};
 use herald_core::ssrf::TargetGuard;
 use herald_core::subscriptions::Subscriptions;
 use herald_operator::controller::{self, Context, FINALIZER};

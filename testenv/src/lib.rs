@@ -17,6 +17,7 @@
 //! `scripts/testenv.sh` and returns `None`, so that the test can return early.
 
 pub mod scratch;
+pub mod suite;
 
 pub use scratch::Scratch;
 

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use clap::Parser;
-use herald_core::config::Settings;
+use herald_runtime::config::Settings;
 use serde_json::{json, Value};
 
 #[derive(Parser)]

@@ -11,7 +11,7 @@
 //! |---|---|---|
 //! | `subscriptions` | the subscription id | `target_url`, `event_types` (array), `secret`, `headers` (array of `{name, value}`, names in their own case), `max_attempts`, `timeout_ms`, `retry_schedule_ms` (array), `paused`, `owner` (`{kind, namespace, name}` or null), `created_at`, `updated_at`, `disabled_at`, `disabled_reason`, `failing_since`, `previous_secret`, `previous_secret_expires_at`, `version` (moved on by every replace; health writes `$set` only their fields) |
 //! | `events` | the webhook id | `payload` (BSON binary: the exact bytes received), `event_type`, `received_at`, `subscription_ids` (array); `payload_omitted` (why) when the whole event was refused for good and is kept without its payload |
-//! | `deliveries` | `<len(webhook_id)>:<webhook_id>/<subscription_id>` | a delivery that ended other than by a terminal attempt (which alone tells the usual end, see `herald_core::split`): `webhook_id`, `subscription_id`, `status` (`succeeded` / `failed`), `attempts`, `last_error`, `settled_at` |
+//! | `deliveries` | `<len(webhook_id)>:<webhook_id>/<subscription_id>` | a delivery that ended other than by a terminal attempt (which alone tells the usual end, see `herald_backends::split`): `webhook_id`, `subscription_id`, `status` (`succeeded` / `failed`), `attempts`, `last_error`, `settled_at` |
 //! | `attempts` | `<len(webhook_id)>:<webhook_id>/<subscription_id>/<attempt>` | `webhook_id`, `subscription_id`, `attempt` (1 for the first), `event_type`, `target_url`, `attempted_at`, `outcome` (`Success` / `FailedAttempt` / `Failure`), `http_status`, `error`, `duration_ms`, `response_excerpt` |
 //!
 //! Times are BSON dates (milliseconds). A subscription's times also keep their sub-millisecond

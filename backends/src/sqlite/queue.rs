@@ -1,7 +1,6 @@
 //! The delivery queue on SQLite (see the module docs of `sqlite` for the row life cycle).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,8 +11,8 @@ use rusqlite::{params, OptionalExtension};
 use super::schema::{FAILED, LEASED, PENDING, SUCCEEDED};
 use super::store::{delete_in_chunks, insert_attempts};
 use super::{from_ms, now_ms, Sqlite};
-use crate::backend::{Queue, Result};
-use crate::model::{
+use herald_core::backend::{Queue, Result};
+use herald_core::model::{
     ClaimRequest, Claimed, DeliveryState, DeliveryStatus, Disposition, Job, Publish,
     PublishOutcome, QueueStats, Settlement, WebhookRecord,
 };
@@ -22,7 +21,7 @@ use crate::model::{
 pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 3600 * 1000;
 
 #[async_trait]
-impl Queue for Arc<Sqlite> {
+impl Queue for Sqlite {
     async fn publish(&self, p: Publish) -> Result<PublishOutcome> {
         let out = self
             .write(move |c| {
@@ -36,11 +35,13 @@ impl Queue for Arc<Sqlite> {
                         .prepare_cached(
                             "SELECT webhook_id, matched, created_at, fingerprint FROM idempotency
                              WHERE scope = ?1 AND key = ?2",
-                        )?
+                        )
+                        .map_err(super::sql)?
                         .query_row(params![idem.scope, idem.key], |r| {
                             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
                         })
-                        .optional()?;
+                        .optional()
+                        .map_err(super::sql)?;
                     if let Some((webhook_id, matched, at, fingerprint)) = seen {
                         if now - at < IDEMPOTENCY_WINDOW_MS {
                             if fingerprint.is_some_and(|f| f[..] != idem.fingerprint[..]) {
@@ -56,7 +57,8 @@ impl Queue for Arc<Sqlite> {
                         "INSERT OR REPLACE INTO idempotency
                             (scope, key, webhook_id, matched, created_at, fingerprint)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    )?
+                    )
+                    .map_err(super::sql)?
                     .execute(params![
                         idem.scope,
                         idem.key,
@@ -64,7 +66,8 @@ impl Queue for Arc<Sqlite> {
                         p.subscription_ids.len() as i64,
                         now,
                         &idem.fingerprint[..]
-                    ])?;
+                    ])
+                    .map_err(super::sql)?;
                 }
                 if p.subscription_ids.is_empty() {
                     return Ok(PublishOutcome::Accepted);
@@ -73,19 +76,22 @@ impl Queue for Arc<Sqlite> {
                 c.prepare_cached(
                     "INSERT INTO events (webhook_id, event_type, payload, received_at)
                      VALUES (?1, ?2, ?3, ?4)",
-                )?
+                )
+                .map_err(super::sql)?
                 .execute(params![
                     e.webhook_id,
                     e.event_type,
                     &e.payload[..],
                     e.received_at.timestamp_millis()
-                ])?;
+                ])
+                .map_err(super::sql)?;
                 let mut st = c.prepare_cached(
                     "INSERT INTO deliveries (webhook_id, subscription_id, state, due_at, updated_at)
                      VALUES (?1, ?2, ?3, ?4, ?4)",
-                )?;
+                ).map_err(super::sql)?;
                 for sub in &p.subscription_ids {
-                    st.execute(params![e.webhook_id, sub, PENDING, now])?;
+                    st.execute(params![e.webhook_id, sub, PENDING, now])
+                        .map_err(super::sql)?;
                 }
                 Ok(PublishOutcome::Accepted)
             })
@@ -121,7 +127,7 @@ impl Queue for Arc<Sqlite> {
                     "UPDATE deliveries SET state = ?2, attempts = ?3, due_at = ?4, last_error = ?5,
                             updated_at = ?6, worker = NULL
                      WHERE id = ?1 AND state = ?7 AND lease_token = ?8",
-                )?;
+                ).map_err(super::sql)?;
                 let mut stale = 0;
                 let mut attempts = Vec::with_capacity(settlements.len());
                 for s in settlements {
@@ -136,16 +142,18 @@ impl Queue for Arc<Sqlite> {
                             (PENDING, t.timestamp_millis())
                         }
                     };
-                    let changed = st.execute(params![
-                        id,
-                        state,
-                        s.attempts,
-                        due,
-                        s.last_error,
-                        now,
-                        LEASED,
-                        token
-                    ])?;
+                    let changed = st
+                        .execute(params![
+                            id,
+                            state,
+                            s.attempts,
+                            due,
+                            s.last_error,
+                            now,
+                            LEASED,
+                            token
+                        ])
+                        .map_err(super::sql)?;
                     if changed == 0 {
                         stale += 1;
                     } else if let Some(a) = s.attempt {
@@ -170,8 +178,10 @@ impl Queue for Arc<Sqlite> {
             touch_worker(c, &worker, now)?;
             Ok(c.prepare_cached(
                 "UPDATE deliveries SET due_at = ?2 WHERE state = ?3 AND worker = ?1",
-            )?
-            .execute(params![worker, now + lease_ms, LEASED])? as u64)
+            )
+            .map_err(super::sql)?
+            .execute(params![worker, now + lease_ms, LEASED])
+            .map_err(super::sql)? as u64)
         })
         .await
     }
@@ -192,10 +202,10 @@ impl Queue for Arc<Sqlite> {
                                 worker = NULL, updated_at = ?2
                          WHERE state = ?3 AND worker IN
                            (SELECT id FROM workers WHERE heartbeat_at < ?4)",
-                    )?
-                    .execute(params![PENDING, now, LEASED, cutoff])?;
-                c.prepare_cached("DELETE FROM workers WHERE heartbeat_at < ?1")?
-                    .execute([cutoff])?;
+                    ).map_err(super::sql)?
+                    .execute(params![PENDING, now, LEASED, cutoff]).map_err(super::sql)?;
+                c.prepare_cached("DELETE FROM workers WHERE heartbeat_at < ?1").map_err(super::sql)?
+                    .execute([cutoff]).map_err(super::sql)?;
                 Ok(n as u64)
             })
             .await?;
@@ -213,16 +223,20 @@ impl Queue for Arc<Sqlite> {
         let id = webhook_id.to_string();
         self.read(move |c| {
             let event: Option<(Option<String>, i64)> = c
-                .prepare_cached("SELECT event_type, received_at FROM events WHERE webhook_id = ?1")?
+                .prepare_cached("SELECT event_type, received_at FROM events WHERE webhook_id = ?1")
+                .map_err(super::sql)?
                 .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
+                .optional()
+                .map_err(super::sql)?;
             let Some((event_type, received_at)) = event else {
                 return Ok(None);
             };
-            let mut st = c.prepare_cached(
-                "SELECT subscription_id, state, attempts, due_at, last_error FROM deliveries
+            let mut st = c
+                .prepare_cached(
+                    "SELECT subscription_id, state, attempts, due_at, last_error FROM deliveries
                  WHERE webhook_id = ?1 ORDER BY id",
-            )?;
+                )
+                .map_err(super::sql)?;
             let deliveries = st
                 .query_map([&id], |r| {
                     let state: i64 = r.get(1)?;
@@ -241,8 +255,10 @@ impl Queue for Arc<Sqlite> {
                         next_attempt_at: (state == PENDING).then(|| from_ms(due)),
                         last_error: r.get(4)?,
                     })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+                })
+                .map_err(super::sql)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(super::sql)?;
             Ok(Some(WebhookRecord {
                 webhook_id: id,
                 event_type,
@@ -262,8 +278,10 @@ impl Queue for Arc<Sqlite> {
                     "UPDATE deliveries SET state = ?2, due_at = ?3, final_attempt = attempts + 1,
                             updated_at = ?3
                      WHERE webhook_id = ?1 AND state = ?4",
-                )?
-                .execute(params![id, PENDING, now, FAILED])?)
+                )
+                .map_err(super::sql)?
+                .execute(params![id, PENDING, now, FAILED])
+                .map_err(super::sql)?)
             })
             .await?;
         if n > 0 {
@@ -280,8 +298,10 @@ impl Queue for Arc<Sqlite> {
                 Ok(c.prepare_cached(
                     "UPDATE deliveries SET due_at = ?2
                      WHERE subscription_id = ?1 AND state = ?3 AND due_at > ?2",
-                )?
-                .execute(params![id, now, PENDING])?)
+                )
+                .map_err(super::sql)?
+                .execute(params![id, now, PENDING])
+                .map_err(super::sql)?)
             })
             .await?;
         if n > 0 {
@@ -300,7 +320,8 @@ impl Queue for Arc<Sqlite> {
                    COALESCE(SUM(state = 1), 0),
                    MIN(CASE WHEN state = 0 AND due_at <= ?1 THEN due_at END)
                  FROM deliveries WHERE state < 2",
-            )?
+            )
+            .map_err(super::sql)?
             .query_row([now], |r| {
                 Ok(QueueStats {
                     ready: r.get::<_, i64>(0)? as u64,
@@ -310,7 +331,8 @@ impl Queue for Arc<Sqlite> {
                         .get::<_, Option<i64>>(3)?
                         .map_or(0, |due| now.saturating_sub(due).max(0) as u64),
                 })
-            })?)
+            })
+            .map_err(super::sql)?)
         })
         .await
     }
@@ -361,8 +383,10 @@ fn touch_worker(c: &rusqlite::Connection, worker: &str, now: i64) -> Result<()> 
     c.prepare_cached(
         "INSERT INTO workers (id, heartbeat_at) VALUES (?1, ?2)
          ON CONFLICT(id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
-    )?
-    .execute(params![worker, now])?;
+    )
+    .map_err(super::sql)?
+    .execute(params![worker, now])
+    .map_err(super::sql)?;
     Ok(())
 }
 
@@ -388,26 +412,33 @@ fn claim_fairly(
     let now = now_ms();
     let lease_until = now + req.lease.as_millis() as i64;
     touch_worker(c, &req.worker, now)?;
-    let mut next_sub = c.prepare_cached(
-        "SELECT subscription_id FROM deliveries WHERE state < 2 AND subscription_id > ?1
+    let mut next_sub = c
+        .prepare_cached(
+            "SELECT subscription_id FROM deliveries WHERE state < 2 AND subscription_id > ?1
          ORDER BY subscription_id LIMIT 1",
-    )?;
+        )
+        .map_err(super::sql)?;
     // A literal LIMIT: a bound one makes SQLite re-prepare the statement every time. Rows
     // stream in due order, so taking a few reads no more than that.
-    let mut rows_of = c.prepare_cached(
-        "SELECT id, webhook_id, attempts, final_attempt, due_at FROM deliveries
+    let mut rows_of = c
+        .prepare_cached(
+            "SELECT id, webhook_id, attempts, final_attempt, due_at FROM deliveries
          WHERE subscription_id = ?1 AND state < 2 ORDER BY due_at LIMIT 100000",
-    )?;
-    let mut event_of =
-        c.prepare_cached("SELECT event_type, payload FROM events WHERE webhook_id = ?1")?;
+        )
+        .map_err(super::sql)?;
+    let mut event_of = c
+        .prepare_cached("SELECT event_type, payload FROM events WHERE webhook_id = ?1")
+        .map_err(super::sql)?;
     // `leased_due` keeps the due time the row had in the queue (for the reaper); a lease taken
     // over after it ran out keeps the first one.
-    let mut lease = c.prepare_cached(
-        "UPDATE deliveries SET state = ?2, due_at = ?3, updated_at = ?4, worker = ?5,
+    let mut lease = c
+        .prepare_cached(
+            "UPDATE deliveries SET state = ?2, due_at = ?3, updated_at = ?4, worker = ?5,
                 lease_token = lease_token + 1,
                 leased_due = CASE WHEN state = ?2 THEN COALESCE(leased_due, due_at) ELSE due_at END
          WHERE id = ?1 RETURNING lease_token",
-    )?;
+        )
+        .map_err(super::sql)?;
 
     let start = cursor.clone();
     let mut after = start.clone();
@@ -417,7 +448,10 @@ fn claim_fairly(
     let mut jobs = Vec::new();
     let mut next_due: Option<i64> = None;
     'subs: while jobs.len() < req.max {
-        let sub: Option<String> = next_sub.query_row([&after], |r| r.get(0)).optional()?;
+        let sub: Option<String> = next_sub
+            .query_row([&after], |r| r.get(0))
+            .optional()
+            .map_err(super::sql)?;
         let sub = match sub {
             Some(s) if wrapped && s > start => break,
             Some(s) => s,
@@ -443,9 +477,11 @@ fn claim_fairly(
                     final_attempt: r.get(3)?,
                     due_at: r.get(4)?,
                 })
-            })?
+            })
+            .map_err(super::sql)?
             .take(free + 1)
-            .collect::<rusqlite::Result<_>>()?;
+            .collect::<rusqlite::Result<_>>()
+            .map_err(super::sql)?;
         let mut taken = 0;
         for row in rows {
             if row.due_at > now {
@@ -460,7 +496,8 @@ fn claim_fairly(
                     .query_row([&row.webhook_id], |r| {
                         Ok((r.get::<_, Option<String>>(0)?, r.get::<_, Vec<u8>>(1)?))
                     })
-                    .optional()?
+                    .optional()
+                    .map_err(super::sql)?
                 else {
                     continue;
                 };
@@ -477,7 +514,8 @@ fn claim_fairly(
             let token: i64 = lease
                 .query_row(params![row.id, LEASED, lease_until, now, req.worker], |r| {
                     r.get(0)
-                })?;
+                })
+                .map_err(super::sql)?;
             jobs.push(Job {
                 receipt: receipt(row.id, token),
                 webhook_id: row.webhook_id,

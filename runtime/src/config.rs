@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::retry::{parse_duration, parse_schedule, RetryPolicy, DEFAULT_SCHEDULE};
-use crate::ssrf::TargetGuard;
+use herald_core::retry::{parse_duration, parse_schedule, RetryPolicy, DEFAULT_SCHEDULE};
+use herald_core::ssrf::TargetGuard;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Settings {
@@ -189,7 +189,7 @@ impl Settings {
 }
 
 fn parse_overlap(s: &str) -> Result<Duration, String> {
-    crate::subscriptions::check_overlap(parse_duration(s)?)
+    herald_core::subscriptions::check_overlap(parse_duration(s)?)
 }
 
 /// Normalized origins (`scheme://host[:port]`, lower case, no trailing slash).

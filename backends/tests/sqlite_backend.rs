@@ -1,6 +1,6 @@
 //! The SQLite backend against the shared behavioural suite, on real files.
 
-use herald_core::sqlite::{Sqlite, Sync};
+use herald_backends::sqlite::{Sqlite, Sync};
 use herald_core::testkit;
 
 /// A fresh backend on its own file; the directory lives as long as the test.
@@ -12,7 +12,7 @@ async fn fresh() -> (herald_core::backend::Backend, tempfile::TempDir) {
     (backend, dir)
 }
 
-herald_core::backend_suite!(fresh);
+herald_testenv::backend_suite!(fresh);
 
 #[tokio::test]
 async fn sqlite_reopens_with_its_data() {

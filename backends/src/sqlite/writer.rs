@@ -16,8 +16,8 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Sync;
-use crate::backend::Result;
-use crate::error::StoreError;
+use herald_core::backend::Result;
+use herald_core::error::StoreError;
 
 /// Most operations one transaction takes.
 const MAX_BATCH: usize = 4096;
@@ -97,17 +97,17 @@ impl Writer {
 }
 
 fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-    statement(conn, "SAVEPOINT op")?;
+    statement(conn, "SAVEPOINT op").map_err(super::sql)?;
     match f(conn) {
         Ok(v) => {
-            statement(conn, "RELEASE op")?;
+            statement(conn, "RELEASE op").map_err(super::sql)?;
             Ok(v)
         }
         // SQLite already rolled the whole transaction back: nothing is left to undo.
         Err(e) if conn.is_autocommit() => Err(e),
         Err(e) => {
-            statement(conn, "ROLLBACK TO op")?;
-            statement(conn, "RELEASE op")?;
+            statement(conn, "ROLLBACK TO op").map_err(super::sql)?;
+            statement(conn, "RELEASE op").map_err(super::sql)?;
             Err(e)
         }
     }

@@ -3,7 +3,7 @@
 use rusqlite::Connection;
 
 use super::Sync;
-use crate::backend::Result;
+use herald_core::backend::Result;
 
 /// Delivery states stored in `deliveries.state`.
 pub const PENDING: i64 = 0;
@@ -100,21 +100,27 @@ CREATE INDEX IF NOT EXISTS deliveries_leased_by ON deliveries(worker) WHERE stat
 "#;
 
 pub fn configure_writer(conn: &Connection, sync: Sync) -> Result<()> {
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(super::sql)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(super::sql)?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(crate::StoreError::unavailable(format!(
+        return Err(herald_core::StoreError::unavailable(format!(
             "SQLite refused WAL mode (got {mode})"
         )));
     }
     conn.execute_batch(match sync {
         Sync::Full => "PRAGMA synchronous=FULL;",
         Sync::Normal => "PRAGMA synchronous=NORMAL;",
-    })?;
-    conn.execute_batch("PRAGMA temp_store=MEMORY; PRAGMA cache_size=-32000;")?;
+    })
+    .map_err(super::sql)?;
+    conn.execute_batch("PRAGMA temp_store=MEMORY; PRAGMA cache_size=-32000;")
+        .map_err(super::sql)?;
     // Without a limit the WAL file keeps the size of the largest burst it ever held; with one,
     // SQLite truncates it back to this size when a checkpoint resets it.
-    conn.execute_batch(&format!("PRAGMA journal_size_limit={WAL_SIZE_LIMIT};"))?;
+    conn.execute_batch(&format!("PRAGMA journal_size_limit={WAL_SIZE_LIMIT};"))
+        .map_err(super::sql)?;
     Ok(())
 }
 
@@ -123,20 +129,25 @@ pub const WAL_SIZE_LIMIT: u64 = 16 * 1024 * 1024;
 
 /// Caps the database file at `bytes` (rounded up to whole pages, never below what it holds).
 pub fn limit_size(conn: &Connection, bytes: u64) -> Result<()> {
-    let page: u64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    let page: u64 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .map_err(super::sql)?;
     let pages = bytes.div_ceil(page.max(1)).max(1);
-    conn.query_row(&format!("PRAGMA max_page_count={pages}"), [], |_| Ok(()))?;
+    conn.query_row(&format!("PRAGMA max_page_count={pages}"), [], |_| Ok(()))
+        .map_err(super::sql)?;
     Ok(())
 }
 
 pub fn configure_reader(conn: &Connection) -> Result<()> {
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    conn.execute_batch("PRAGMA cache_size=-8000;")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(super::sql)?;
+    conn.execute_batch("PRAGMA cache_size=-8000;")
+        .map_err(super::sql)?;
     Ok(())
 }
 
 pub fn migrate(conn: &Connection) -> Result<()> {
-    conn.execute_batch(SCHEMA)?;
+    conn.execute_batch(SCHEMA).map_err(super::sql)?;
     add_column_if_missing(conn, "idempotency", "fingerprint", "BLOB")?;
     add_column_if_missing(
         conn,
@@ -146,19 +157,22 @@ pub fn migrate(conn: &Connection) -> Result<()> {
     )?;
     add_column_if_missing(conn, "deliveries", "worker", "TEXT")?;
     add_column_if_missing(conn, "deliveries", "leased_due", "INTEGER")?;
-    conn.execute_batch(QUEUE_INDEXES)?;
+    conn.execute_batch(QUEUE_INDEXES).map_err(super::sql)?;
     Ok(())
 }
 
 /// `CREATE TABLE IF NOT EXISTS` leaves a table from an older version as it was.
 fn add_column_if_missing(conn: &Connection, table: &str, column: &str, decl: &str) -> Result<()> {
-    let present: bool = conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
-        [table, column],
-        |r| r.get(0),
-    )?;
+    let present: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
+            [table, column],
+            |r| r.get(0),
+        )
+        .map_err(super::sql)?;
     if !present {
-        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))
+            .map_err(super::sql)?;
     }
     Ok(())
 }

@@ -17,14 +17,17 @@ mod schema;
 mod store;
 mod writer;
 
+#[cfg(test)]
+mod cache_tests;
+
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Notify, Semaphore};
 
-use crate::backend::{Backend, Result};
-use crate::error::StoreError;
+use herald_core::backend::{Backend, Result};
+use herald_core::error::StoreError;
 pub use writer::Writer;
 
 const READERS: usize = 4;
@@ -32,7 +35,7 @@ const READERS: usize = 4;
 /// The shared handle every SQLite trait implementation holds.
 pub struct Sqlite {
     writer: Writer,
-    readers: Mutex<Vec<Connection>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
     reader_permits: Arc<Semaphore>,
     /// Wakes in-process workers when new work is committed.
     work: Notify,
@@ -76,13 +79,14 @@ impl Sqlite {
             let r = Connection::open_with_flags(
                 path,
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )?;
+            )
+            .map_err(sql)?;
             schema::configure_reader(&r)?;
             readers.push(r);
         }
         Ok(Arc::new(Self {
             writer: Writer::start(conn, sync)?,
-            readers: Mutex::new(readers),
+            readers: Arc::new(Mutex::new(readers)),
             reader_permits: Arc::new(Semaphore::new(READERS)),
             work: Notify::new(),
             claim_cursor: Arc::default(),
@@ -93,9 +97,9 @@ impl Sqlite {
     pub fn backend(self: &Arc<Self>) -> Backend {
         Backend {
             name: "sqlite",
-            subscriptions: Arc::new(self.clone()),
-            queue: Arc::new(self.clone()),
-            attempts: Arc::new(self.clone()),
+            subscriptions: self.clone(),
+            queue: self.clone(),
+            attempts: self.clone(),
             changes: None,
         }
     }
@@ -132,7 +136,7 @@ impl Sqlite {
         if let Some(fault) = self.storage_fault() {
             return Err(StoreError::full(fault));
         }
-        self.write_relaxed(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
+        self.write_relaxed(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(())).map_err(sql)?))
             .await
     }
 
@@ -141,7 +145,7 @@ impl Sqlite {
     /// The blocking task owns the permit and the connection and gives the connection back
     /// before the permit goes, so a caller that is cancelled mid-read (a client that hung up)
     /// cannot shrink the pool.
-    async fn read<T, F>(self: &Arc<Self>, f: F) -> Result<T>
+    async fn read<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
@@ -152,19 +156,15 @@ impl Sqlite {
             .acquire_owned()
             .await
             .map_err(|_| StoreError::unavailable("store closed"))?;
-        let this = self.clone();
+        let readers = self.readers.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = this
-                .readers
+            let conn = readers
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .pop()
                 .expect("a permit means a reader");
             let out = f(&conn);
-            this.readers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(conn);
+            readers.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
             drop(permit);
             out
         })
@@ -181,8 +181,9 @@ fn from_ms(ms: i64) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
+/// The store's error for a driver error (`.map_err(sql)`).
+pub(crate) fn sql(e: rusqlite::Error) -> StoreError {
+    {
         match e {
             rusqlite::Error::SqliteFailure(f, _)
                 if matches!(

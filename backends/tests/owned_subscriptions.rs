@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use herald_backends::sqlite::{Sqlite, Sync};
 use herald_core::cache::SubscriptionCache;
 use herald_core::error::Error;
 use herald_core::model::{Owner, SubscriptionSpec};
-use herald_core::sqlite::{Sqlite, Sync};
 use herald_core::ssrf::TargetGuard;
 use herald_core::subscriptions::{Caller, Subscriptions};
 

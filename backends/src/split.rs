@@ -50,11 +50,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::backend::{
+use herald_core::backend::{
     Archive, ArchivedEvent, AttemptLog, Leased, OpenEvents, Queue, Result, SettledDelivery,
     Transport,
 };
-use crate::model::{
+use herald_core::model::{
     Attempt, ClaimRequest, Claimed, DeliveryState, DeliveryStatus, Disposition, Job, Outcome,
     Publish, PublishOutcome, QueueStats, Settlement, WebhookRecord,
 };
@@ -177,7 +177,7 @@ async fn write_generations(
                 true
             }
             Err(e) => {
-                crate::telemetry::count_store_failure("archive");
+                herald_core::telemetry::count_store_failure("archive");
                 tracing::warn!(error = %e.chain(), events = ids.len(), "archiving leased events failed; their settles store them again");
                 false
             }
@@ -307,9 +307,10 @@ impl SplitQueue {
                         err.chain()
                     );
                     tracing::error!(webhook_id = %e.event.webhook_id, reason, "storing the event without its payload");
-                    metrics::counter!(crate::telemetry::EVENTS_STORED_WITHOUT_PAYLOAD).increment(1);
+                    metrics::counter!(herald_core::telemetry::EVENTS_STORED_WITHOUT_PAYLOAD)
+                        .increment(1);
                     let stub = ArchivedEvent {
-                        event: crate::model::Event {
+                        event: herald_core::model::Event {
                             payload: bytes::Bytes::new(),
                             ..e.event
                         },
@@ -564,7 +565,7 @@ impl Queue for SplitQueue {
             .filter_map(|s| {
                 is_end(&s.disposition).map(|status| SettledDelivery {
                     webhook_id: s.webhook_id.clone(),
-                    status: crate::model::DeliveryStatus {
+                    status: herald_core::model::DeliveryStatus {
                         subscription_id: s.subscription_id.clone(),
                         status,
                         attempts: s.attempts,
@@ -654,7 +655,7 @@ impl Queue for SplitQueue {
             return Ok(0);
         };
         if let Some(reason) = &event.payload_omitted {
-            return Err(crate::StoreError::Conflict(format!(
+            return Err(herald_core::StoreError::Conflict(format!(
                 "webhook {webhook_id} cannot be replayed: its payload was not kept ({reason})"
             )));
         }

@@ -1,15 +1,13 @@
 //! Subscriptions and the attempt log on SQLite.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{from_ms, Sqlite};
-use crate::backend::{AttemptLog, HealthChange, ReplaceHealth, Result, SubscriptionStore};
-use crate::error::StoreError;
-use crate::model::{Attempt, Outcome, Owner, Subscription};
+use herald_core::backend::{AttemptLog, HealthChange, ReplaceHealth, Result, SubscriptionStore};
+use herald_core::error::StoreError;
+use herald_core::model::{Attempt, Outcome, Owner, Subscription};
 
 /// Rows deleted per transaction, so retention never holds the writer for long.
 const DELETE_CHUNK: i64 = 5_000;
@@ -42,7 +40,7 @@ fn load(c: &Connection, id: &str) -> rusqlite::Result<Option<Subscription>> {
 }
 
 #[async_trait]
-impl SubscriptionStore for Arc<Sqlite> {
+impl SubscriptionStore for Sqlite {
     async fn insert(&self, sub: &Subscription) -> Result<()> {
         let (owner, doc) = encode(sub)?;
         let id = sub.id.clone();
@@ -56,8 +54,10 @@ impl SubscriptionStore for Arc<Sqlite> {
                      WHERE ?2 IS NULL
                         OR NOT EXISTS (SELECT 1 FROM subscriptions WHERE owner_key = ?2)
                      ON CONFLICT(id) DO NOTHING",
-                )?
-                .execute(params![id, owner, doc])?;
+                )
+                .map_err(super::sql)?
+                .execute(params![id, owner, doc])
+                .map_err(super::sql)?;
             if n == 0 {
                 return Err(StoreError::Conflict(match owner {
                     Some(key) => format!("subscription {id} exists, or {key} has one"),
@@ -71,7 +71,8 @@ impl SubscriptionStore for Arc<Sqlite> {
 
     async fn get(&self, id: &str) -> Result<Option<Subscription>> {
         let id = id.to_string();
-        self.read(move |c| Ok(load(c, &id)?)).await
+        self.read(move |c| Ok(load(c, &id).map_err(super::sql)?))
+            .await
     }
 
     async fn find_by_owner(&self, owner: &Owner) -> Result<Option<Subscription>> {
@@ -79,9 +80,11 @@ impl SubscriptionStore for Arc<Sqlite> {
         self.read(move |c| {
             Ok(c.prepare_cached(
                 "SELECT doc FROM subscriptions WHERE owner_key = ?1 ORDER BY id LIMIT 1",
-            )?
+            )
+            .map_err(super::sql)?
             .query_row([key], |r| decode(r.get(0)?))
-            .optional()?)
+            .optional()
+            .map_err(super::sql)?)
         })
         .await
     }
@@ -89,20 +92,30 @@ impl SubscriptionStore for Arc<Sqlite> {
     async fn list(&self, limit: usize, after: Option<&str>) -> Result<Vec<Subscription>> {
         let after = after.unwrap_or("").to_string();
         self.read(move |c| {
-            let mut st = c.prepare_cached(
-                "SELECT doc FROM subscriptions WHERE id > ?1 ORDER BY id LIMIT ?2",
-            )?;
-            let rows = st.query_map(params![after, limit as i64], |r| decode(r.get(0)?))?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            let mut st = c
+                .prepare_cached("SELECT doc FROM subscriptions WHERE id > ?1 ORDER BY id LIMIT ?2")
+                .map_err(super::sql)?;
+            let rows = st
+                .query_map(params![after, limit as i64], |r| decode(r.get(0)?))
+                .map_err(super::sql)?;
+            Ok(rows
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(super::sql)?)
         })
         .await
     }
 
     async fn list_all(&self) -> Result<Vec<Subscription>> {
         self.read(|c| {
-            let mut st = c.prepare_cached("SELECT doc FROM subscriptions ORDER BY id")?;
-            let rows = st.query_map([], |r| decode(r.get(0)?))?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            let mut st = c
+                .prepare_cached("SELECT doc FROM subscriptions ORDER BY id")
+                .map_err(super::sql)?;
+            let rows = st
+                .query_map([], |r| decode(r.get(0)?))
+                .map_err(super::sql)?;
+            Ok(rows
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(super::sql)?)
         })
         .await
     }
@@ -115,7 +128,7 @@ impl SubscriptionStore for Arc<Sqlite> {
         self.write(move |c| {
             // Read, check and write inside one writer transaction: nothing comes between. A
             // record written before versions existed has none: it counts as version 0.
-            let Some(stored) = load(c, &id)? else {
+            let Some(stored) = load(c, &id).map_err(super::sql)? else {
                 return Err(StoreError::NotFound);
             };
             if stored.version != expected {
@@ -129,8 +142,10 @@ impl SubscriptionStore for Arc<Sqlite> {
                 next.disabled_reason = stored.disabled_reason;
             }
             let (owner, doc) = encode(&next)?;
-            c.prepare_cached("UPDATE subscriptions SET owner_key = ?2, doc = ?3 WHERE id = ?1")?
-                .execute(params![id, owner, doc])?;
+            c.prepare_cached("UPDATE subscriptions SET owner_key = ?2, doc = ?3 WHERE id = ?1")
+                .map_err(super::sql)?
+                .execute(params![id, owner, doc])
+                .map_err(super::sql)?;
             Ok(())
         })
         .await
@@ -142,7 +157,7 @@ impl SubscriptionStore for Arc<Sqlite> {
         self.write(move |c| {
             // Read, change and write back inside one writer transaction: no other write can
             // come between, so only the health fields change.
-            let Some(mut sub) = load(c, &id)? else {
+            let Some(mut sub) = load(c, &id).map_err(super::sql)? else {
                 return Ok(false);
             };
             match change {
@@ -154,8 +169,10 @@ impl SubscriptionStore for Arc<Sqlite> {
                 }
             }
             let (_, doc) = encode(&sub)?;
-            c.prepare_cached("UPDATE subscriptions SET doc = ?2 WHERE id = ?1")?
-                .execute(params![id, doc])?;
+            c.prepare_cached("UPDATE subscriptions SET doc = ?2 WHERE id = ?1")
+                .map_err(super::sql)?
+                .execute(params![id, doc])
+                .map_err(super::sql)?;
             Ok(true)
         })
         .await
@@ -164,16 +181,21 @@ impl SubscriptionStore for Arc<Sqlite> {
     async fn remove(&self, id: &str) -> Result<bool> {
         let id = id.to_string();
         self.write(move |c| {
-            Ok(c.prepare_cached("DELETE FROM subscriptions WHERE id = ?1")?
-                .execute([id])?
+            Ok(c.prepare_cached("DELETE FROM subscriptions WHERE id = ?1")
+                .map_err(super::sql)?
+                .execute([id])
+                .map_err(super::sql)?
                 > 0)
         })
         .await
     }
 
     async fn ping(&self) -> Result<()> {
-        self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
-            .await
+        self.read(|c| {
+            Ok(c.query_row("SELECT 1", [], |_| Ok(()))
+                .map_err(super::sql)?)
+        })
+        .await
     }
 }
 
@@ -213,7 +235,7 @@ const ATTEMPT_COLUMNS: &str = "webhook_id, subscription_id, event_type, target_u
 pub(super) fn insert_attempts(c: &Connection, attempts: &[Attempt]) -> Result<()> {
     let mut st = c.prepare_cached(&format!(
         "INSERT INTO attempts ({ATTEMPT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
-    ))?;
+    )).map_err(super::sql)?;
     for a in attempts {
         st.execute(params![
             a.webhook_id,
@@ -227,7 +249,8 @@ pub(super) fn insert_attempts(c: &Connection, attempts: &[Attempt]) -> Result<()
             a.error,
             a.duration_ms as i64,
             a.response_excerpt,
-        ])?;
+        ])
+        .map_err(super::sql)?;
     }
     Ok(())
 }
@@ -235,7 +258,7 @@ pub(super) fn insert_attempts(c: &Connection, attempts: &[Attempt]) -> Result<()
 /// Deletes rows chosen by `select_ids` (which must take one `?1` cutoff and a `LIMIT ?2`) in
 /// chunks, one writer transaction each.
 pub(super) async fn delete_in_chunks(
-    db: &Arc<Sqlite>,
+    db: &Sqlite,
     table: &'static str,
     select_ids: &'static str,
     cutoff: i64,
@@ -245,8 +268,10 @@ pub(super) async fn delete_in_chunks(
         let n = db
             .write_relaxed(move |c: &Connection| {
                 let sql = format!("DELETE FROM {table} WHERE rowid IN ({select_ids})");
-                Ok(c.prepare_cached(&sql)?
-                    .execute(params![cutoff, DELETE_CHUNK])? as u64)
+                Ok(c.prepare_cached(&sql)
+                    .map_err(super::sql)?
+                    .execute(params![cutoff, DELETE_CHUNK])
+                    .map_err(super::sql)? as u64)
             })
             .await?;
         total += n;
@@ -257,7 +282,7 @@ pub(super) async fn delete_in_chunks(
 }
 
 #[async_trait]
-impl AttemptLog for Arc<Sqlite> {
+impl AttemptLog for Sqlite {
     async fn record(&self, attempts: Vec<Attempt>) -> Result<()> {
         if attempts.is_empty() {
             return Ok(());
@@ -269,12 +294,18 @@ impl AttemptLog for Arc<Sqlite> {
     async fn by_subscription(&self, subscription_id: &str, limit: usize) -> Result<Vec<Attempt>> {
         let id = subscription_id.to_string();
         self.read(move |c| {
-            let mut st = c.prepare_cached(&format!(
-                "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE subscription_id = ?1
+            let mut st = c
+                .prepare_cached(&format!(
+                    "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE subscription_id = ?1
                  ORDER BY attempted_at DESC, id DESC LIMIT ?2"
-            ))?;
-            let rows = st.query_map(params![id, limit as i64], attempt_row)?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+                ))
+                .map_err(super::sql)?;
+            let rows = st
+                .query_map(params![id, limit as i64], attempt_row)
+                .map_err(super::sql)?;
+            Ok(rows
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(super::sql)?)
         })
         .await
     }
@@ -282,12 +313,16 @@ impl AttemptLog for Arc<Sqlite> {
     async fn by_webhook(&self, webhook_id: &str) -> Result<Vec<Attempt>> {
         let id = webhook_id.to_string();
         self.read(move |c| {
-            let mut st = c.prepare_cached(&format!(
-                "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE webhook_id = ?1
+            let mut st = c
+                .prepare_cached(&format!(
+                    "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE webhook_id = ?1
                  ORDER BY attempted_at, id"
-            ))?;
-            let rows = st.query_map([id], attempt_row)?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+                ))
+                .map_err(super::sql)?;
+            let rows = st.query_map([id], attempt_row).map_err(super::sql)?;
+            Ok(rows
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(super::sql)?)
         })
         .await
     }
