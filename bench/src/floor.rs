@@ -86,7 +86,7 @@ impl LocalRedis {
         let dir = data_root.join(format!("herald-bench-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let mut cmd = Command::new(bin);
-        crate::herald::die_with_parent(&mut cmd);
+        crate::procs::die_with_parent(&mut cmd);
         let child = cmd
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args([

@@ -18,6 +18,7 @@ use hyper::Method;
 use serde::{Deserialize, Serialize};
 
 use crate::http::{self, Base};
+use crate::procs::ProcRef;
 use crate::stats::{self, Percentiles};
 
 /// Builds the body of request number `seq`; `t_ns` is its intended send time in nanoseconds
@@ -166,35 +167,6 @@ struct WorkerOut {
 /// dropped.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A process whose CPU time and RSS the harness follows.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ProcRef {
-    /// `herald`, `api`, `delivery-1`, `redis-server`, `ferretdb`, ...
-    pub name: String,
-    pub pid: u32,
-    /// Counted in the "server" figures (Herald's own processes; the Redis of the floor). The
-    /// others (the servers Herald runs on) are reported on their own, never as "other".
-    pub server: bool,
-}
-
-impl ProcRef {
-    pub fn server(name: &str, pid: u32) -> Self {
-        Self {
-            name: name.into(),
-            pid,
-            server: true,
-        }
-    }
-
-    pub fn backing(name: &str, pid: u32) -> Self {
-        Self {
-            name: name.into(),
-            pid,
-            server: false,
-        }
-    }
-}
-
 /// One process's CPU over a phase.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -239,26 +211,26 @@ impl CpuMeter {
             t0: Instant::now(),
             procs: procs
                 .iter()
-                .map(|p| (p.clone(), crate::herald::cpu_seconds(p.pid)))
+                .map(|p| (p.clone(), crate::procs::cpu_seconds(p.pid)))
                 .collect(),
-            h0: crate::herald::cpu_seconds(std::process::id()),
-            m0: crate::herald::machine_busy_seconds(),
-            w0: crate::herald::machine_iowait_seconds(),
+            h0: crate::procs::cpu_seconds(std::process::id()),
+            m0: crate::procs::machine_busy_seconds(),
+            w0: crate::procs::machine_iowait_seconds(),
         }
     }
 
     pub fn finish(&self) -> CpuUse {
         let dt = self.t0.elapsed().as_secs_f64().max(1e-9);
-        let h1 = crate::herald::cpu_seconds(std::process::id());
-        let m1 = crate::herald::machine_busy_seconds();
-        let w1 = crate::herald::machine_iowait_seconds();
+        let h1 = crate::procs::cpu_seconds(std::process::id());
+        let m1 = crate::procs::machine_busy_seconds();
+        let w1 = crate::procs::machine_iowait_seconds();
         let delta = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
         let pct = |d: Option<f64>| d.map(|d| d / dt * 100.0);
         let mut procs = Vec::new();
         let mut server_s: Option<f64> = None;
         let mut followed_s = 0.0;
         for (p, s0) in &self.procs {
-            let Some(s) = delta(*s0, crate::herald::cpu_seconds(p.pid)) else {
+            let Some(s) = delta(*s0, crate::procs::cpu_seconds(p.pid)) else {
                 continue;
             };
             followed_s += s;

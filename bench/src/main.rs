@@ -4,6 +4,7 @@ mod floor;
 mod herald;
 mod http;
 mod load;
+mod procs;
 mod receiver;
 mod report;
 mod scenarios;

@@ -10,9 +10,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::floor::{self, LocalRedis};
-use crate::herald::{self, Herald, Launch};
+use crate::herald::{Herald, Launch};
 use crate::http::{self, Base};
-use crate::load::{self, CpuMeter, CpuUse, LoadResult, Op, ProcCpu, ProcRef, Spec};
+use crate::load::{self, CpuMeter, CpuUse, LoadResult, Op, ProcCpu, Spec};
+use crate::procs::{self, ProcRef};
 use crate::receiver::{self, Receiver};
 use crate::stats::{self, Percentiles};
 
@@ -786,7 +787,7 @@ pub async fn memory(ctx: &Ctx, o: &MemoryOpts) -> Result<MemoryResult> {
         let pids = pids.clone();
         move || -> Vec<u64> {
             pids.iter()
-                .map(|&p| herald::rss_kib(p).map(|(r, _)| r).unwrap_or(0))
+                .map(|&p| procs::rss_kib(p).map(|(r, _)| r).unwrap_or(0))
                 .collect()
         }
     };
@@ -875,7 +876,7 @@ pub async fn memory(ctx: &Ctx, o: &MemoryOpts) -> Result<MemoryResult> {
             end_rss_kib: end_rss[i],
             after_drain_rss_kib: after[i],
             peak_rss_kib: peak[i].max(end_rss[i]).max(after[i]),
-            hwm_kib: herald::rss_kib(p.pid).map(|(_, h)| h).unwrap_or(0),
+            hwm_kib: procs::rss_kib(p.pid).map(|(_, h)| h).unwrap_or(0),
             growth_pct: growth(warm[i], end_rss[i]),
             growth_second_half_pct: growth(mid[i], end_rss[i]),
         })

@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::floor::{self, LocalRedis};
 use crate::http;
-use crate::load::ProcRef;
+use crate::procs::ProcRef;
 
 /// Redis and MongoDB for one run.
 pub struct Servers {
@@ -150,7 +150,7 @@ impl LocalFerret {
         std::fs::create_dir_all(&data)?;
         std::fs::create_dir_all(&state)?;
         let mut cmd = Command::new(&bin);
-        crate::herald::die_with_parent(&mut cmd);
+        crate::procs::die_with_parent(&mut cmd);
         let log = std::fs::File::create(dir.join("ferretdb.log"))?;
         let child = cmd
             .arg("--handler=sqlite")
