@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # shellcheck disable=SC2317  # functions are also called indirectly (traps, PREPARE, wait_for)
-# Herald's test environment: real Redis, FerretDB (MongoDB wire protocol),
+# Herald's test environment: real Redis, on request (`redis-cluster`) a real Redis
+# Cluster of 3 masters and 3 replicas, FerretDB (MongoDB wire protocol),
 # etcd + kube-apiserver (a node-less Kubernetes control plane), helm and
 # check-jsonschema (validates docker-compose.yml against the Compose spec); on request
 # (`node`) a real single-node cluster around that control plane, where pods run
@@ -17,6 +18,7 @@
 #
 # Exported to COMMAND: HERALD_TEST_REDIS_URL, HERALD_TEST_REDIS_CONF,
 # HERALD_TEST_MONGO_URI, HERALD_TEST_KUBECONFIG (also as KUBECONFIG),
+# HERALD_TEST_REDIS_CLUSTER_NODES (with redis-cluster: host:port of every node, comma-separated),
 # HERALD_TEST_HELM, HERALD_TEST_CHECK_JSONSCHEMA, HERALD_TESTENV_DIR,
 # HELM_{CONFIG,CACHE,DATA}_HOME, and PATH with etcd, kube-apiserver, kubectl,
 # ferretdb, helm and check-jsonschema first. With node: HERALD_TEST_NODE_ADDR (the node
@@ -28,7 +30,8 @@
 #   HERALD_TESTENV_CACHE    where built tools and Go caches live
 #                           (default: ${XDG_CACHE_HOME:-$HOME/.cache}/herald-testenv)
 #   HERALD_TESTENV_SERVERS  which servers to start (default: "redis mongo kube"; add
-#                           "node" for a real node: root, cgroup v1 and overlayfs needed)
+#                           "redis-cluster" for a Redis Cluster, "node" for a real node:
+#                           root, cgroup v1 and overlayfs needed)
 #   HERALD_TESTENV_NODE_NET the node's /24 as its first three octets (default: 10.213.7)
 #   HERALD_TESTENV_GO_P     Go build parallelism (default: 1, or nproc when CI=true)
 #   HERALD_TESTENV_KEEP=1   keep the run directory (logs, data) after stopping
@@ -464,6 +467,58 @@ EOF
   export HERALD_TEST_REDIS_CONF=$RUN/redis/redis.conf
 }
 
+# A Redis Cluster of 3 masters with a replica each, from the same redis-server, on
+# loopback: the cluster-mode counterpart of start_redis. Each node's bus port is a free
+# port of its own (cluster-port), not port + 10000, which may be taken or out of range.
+start_redis_cluster() {
+  local i port bus nodes=()
+  mkdir -p "$RUN/redis-cluster"
+  for i in 1 2 3 4 5 6; do
+    port=$(free_port)
+    bus=$(free_port)
+    mkdir -p "$RUN/redis-cluster/$i"
+    echo "$port" >"$RUN/redis-cluster/$i/port"
+    cat >"$RUN/redis-cluster/$i/redis.conf" <<EOF
+bind 127.0.0.1
+port $port
+cluster-enabled yes
+cluster-port $bus
+cluster-config-file nodes.conf
+cluster-node-timeout 2000
+dir $RUN/redis-cluster/$i
+appendonly yes
+appendfsync everysec
+maxmemory-policy noeviction
+save ""
+daemonize no
+logfile ""
+EOF
+    start_server "redis-cluster-$i" redis-server "$RUN/redis-cluster/$i/redis.conf"
+    nodes+=("127.0.0.1:$port")
+  done
+  (
+    IFS=,
+    echo "${nodes[*]}" >"$RUN/redis-cluster/nodes"
+  )
+  export HERALD_TEST_REDIS_CLUSTER_NODES
+  HERALD_TEST_REDIS_CLUSTER_NODES=$(<"$RUN/redis-cluster/nodes")
+}
+
+# Joins the six nodes into one cluster and waits until every slot is served.
+form_redis_cluster() {
+  local i nodes first
+  for i in 1 2 3 4 5 6; do
+    wait_for "redis-cluster-$i" 30 sh -c "redis-cli -h 127.0.0.1 -p $(<"$RUN/redis-cluster/$i/port") ping | grep -q PONG"
+  done
+  nodes=$(tr ',' ' ' <"$RUN/redis-cluster/nodes")
+  first=$(<"$RUN/redis-cluster/1/port")
+  # shellcheck disable=SC2086 # one argument per node
+  redis-cli --cluster create $nodes --cluster-replicas 1 --cluster-yes \
+    >"$RUN/redis-cluster/create.log" 2>&1 ||
+    { tail -n 30 "$RUN/redis-cluster/create.log" >&2; die "redis-cli --cluster create failed"; }
+  wait_for redis-cluster-1 30 sh -c "redis-cli -h 127.0.0.1 -p $first cluster info | grep -q '^cluster_state:ok'"
+}
+
 start_mongo() {
   local port
   port=$(free_port)
@@ -612,10 +667,14 @@ start_all() {
     for name in $NODE_BINARIES; do ln -s "${TOOL[$name]}" "$RUN/bin/$name"; done
   fi
   has_server redis && start_redis
+  has_server redis-cluster && start_redis_cluster
   has_server mongo && start_mongo
   has_server kube && start_kube
   if has_server redis; then
     wait_for redis 30 sh -c "redis-cli -h 127.0.0.1 -p $(<"$RUN/redis/port") ping | grep -q PONG"
+  fi
+  if has_server redis-cluster; then
+    form_redis_cluster
   fi
   if has_server mongo; then
     wait_for ferretdb 60 tcp_open "$(<"$RUN/ferretdb/port")" "$BIND_ADDR"
@@ -632,7 +691,7 @@ start_all() {
 
 print_env() {
   local v
-  for v in HERALD_TEST_REDIS_URL HERALD_TEST_REDIS_CONF HERALD_TEST_MONGO_URI HERALD_TEST_KUBECONFIG KUBECONFIG \
+  for v in HERALD_TEST_REDIS_URL HERALD_TEST_REDIS_CONF HERALD_TEST_REDIS_CLUSTER_NODES HERALD_TEST_MONGO_URI HERALD_TEST_KUBECONFIG KUBECONFIG \
     HERALD_TEST_HELM HERALD_TEST_CHECK_JSONSCHEMA HERALD_TEST_NODE_ADDR HERALD_TEST_NODE_CONTAINERD HELM_CONFIG_HOME HELM_CACHE_HOME HELM_DATA_HOME HERALD_TESTENV_DIR PATH; do
     [[ -n ${!v:-} ]] && printf 'export %s=%q\n' "$v" "${!v}"
   done
@@ -642,7 +701,7 @@ print_env() {
 # Builds what is missing, stops servers of runs that were killed outright, and installs the
 # traps that stop this run's servers however it ends.
 prepare_run() {
-  has_server redis && ensure_redis
+  { has_server redis || has_server redis-cluster; } && ensure_redis
   has_server node && ensure_node_packages
   build_all
   install_check_jsonschema
@@ -666,7 +725,7 @@ main() {
       exit 0
       ;;
     --build-only)
-      has_server redis && ensure_redis
+      { has_server redis || has_server redis-cluster; } && ensure_redis
       has_server node && ensure_node_packages
       build_all
       install_check_jsonschema
