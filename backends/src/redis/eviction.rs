@@ -1,4 +1,4 @@
-//! Refusing a Redis that evicts keys.
+//! Refusing a Redis that evicts keys, or a Redis Cluster node.
 //!
 //! Herald keeps its queue in Redis: an evicted key is an acknowledged event that is never
 //! delivered, or a queue entry that silently goes missing, and with a `volatile-*` policy the
@@ -14,6 +14,12 @@
 //! policy is wrong, publishing is refused (`Unavailable`, so nothing is acknowledged that Redis
 //! may drop) and `ping` fails (readiness false); deliveries already queued go on being
 //! delivered.
+//!
+//! A node of a Redis Cluster (`cluster_enabled:1` in `INFO cluster`) is refused the same way:
+//! Herald's client speaks to one Redis, and its scripts touch keys that a cluster spreads over
+//! several nodes, so a script would stop at the first key another node owns, with its earlier
+//! writes kept: acknowledged events lost. Read at the same moments as the policy (a restart may
+//! turn a node into a cluster node).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,7 +74,12 @@ impl EvictionGuard {
             redis::cmd("INFO").arg("memory").query_async(conn),
         )
         .await?;
-        let verdict = verdict(policy_of(&info));
+        let cluster: String = call(
+            "reading Redis's cluster mode (INFO cluster)",
+            redis::cmd("INFO").arg("cluster").query_async(conn),
+        )
+        .await?;
+        let verdict = cluster_verdict(&cluster).or_else(|| verdict(policy_of(&info)));
         self.refusal.send_if_modified(|old| {
             if *old == verdict {
                 return false;
@@ -104,6 +115,21 @@ fn policy_of(info: &str) -> Option<&str> {
     info.lines()
         .find_map(|l| l.trim().strip_prefix("maxmemory_policy:"))
         .map(str::trim)
+}
+
+/// The refusal for a cluster node (`cluster_enabled:1`), `None` for a single Redis.
+fn cluster_verdict(info: &str) -> Option<String> {
+    let enabled = info
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("cluster_enabled:"))
+        .map(str::trim);
+    (enabled == Some("1")).then(|| {
+        "Redis is a node of a Redis Cluster (cluster_enabled:1), and Herald's Redis client \
+         speaks to a single Redis: its scripts would stop at keys other nodes own, losing \
+         accepted events. Point REDIS_URL at a Redis without cluster mode (a primary, with \
+         replicas if you like); until then Herald refuses to accept events"
+            .to_string()
+    })
 }
 
 /// The refusal for a policy, `None` for `noeviction`.
@@ -146,5 +172,16 @@ mod tests {
             assert!(refusal.contains("noeviction"), "{refusal}");
         }
         assert!(verdict(policy_of("# Memory\r\nused_memory:1\r\n")).is_some());
+    }
+
+    #[test]
+    fn only_a_redis_without_cluster_mode_is_accepted() {
+        let info = |v: &str| format!("# Cluster\r\ncluster_enabled:{v}\r\n");
+        let refusal = cluster_verdict(&info("1")).expect("a cluster node is refused");
+        assert!(refusal.contains("cluster_enabled:1"), "{refusal}");
+        assert!(refusal.contains("REDIS_URL"), "{refusal}");
+        assert_eq!(cluster_verdict(&info("0")), None);
+        // Servers that report no cluster section are not clusters.
+        assert_eq!(cluster_verdict("# Cluster\r\n"), None);
     }
 }

@@ -258,6 +258,14 @@ pub(crate) fn store_error(what: &str, e: RedisError) -> StoreError {
             Some(Box::new(e)),
         );
     }
+    if matches!(code.as_str(), "MOVED" | "ASK" | "CROSSSLOT") {
+        // A cluster's answer (refused at start and while running, see `eviction`): the key is
+        // on another node, or a script's keys span nodes. Nothing was written by this call.
+        return StoreError::Unavailable(
+            format!("{what}: Redis answered as a cluster node ({code})"),
+            Some(Box::new(e)),
+        );
+    }
     if code == "MISCONF" {
         return StoreError::Full(
             format!("{what}: Redis cannot persist its data"),
