@@ -24,7 +24,7 @@ async fn sqlite_reopens_with_its_data() {
             .insert(&testkit::subscription("sub_keep"))
             .await
             .unwrap();
-        db.queue
+        db.intake
             .publish(testkit::publish("msg_keep", &["sub_keep"], b"{\"k\":1}"))
             .await
             .unwrap();
@@ -105,7 +105,7 @@ async fn the_wal_shrinks_after_a_burst() {
     let payload = bytes::Bytes::from(vec![b'7'; 100_000]);
     // A burst of concurrent ingests lands in few large transactions: a WAL of tens of MiB.
     let publish = |i: usize| {
-        let q = db.queue.clone();
+        let q = db.intake.clone();
         let payload = payload.clone();
         tokio::spawn(async move {
             q.publish(Publish {

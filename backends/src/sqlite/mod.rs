@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Notify, Semaphore};
 
-use herald_core::backend::{Backend, Result};
+use herald_core::backend::{Backend, QueueTuning, Result};
 use herald_core::error::StoreError;
 pub use writer::Writer;
 
@@ -98,7 +98,10 @@ impl Sqlite {
         Backend {
             name: "sqlite",
             subscriptions: self.clone(),
+            intake: self.clone(),
             queue: self.clone(),
+            // A claim and a settle are one local transaction each: nothing to gather for.
+            tuning: QueueTuning::default(),
             attempts: self.clone(),
             changes: None,
         }

@@ -11,17 +11,17 @@ use rusqlite::{params, OptionalExtension};
 use super::schema::{FAILED, LEASED, PENDING, SUCCEEDED};
 use super::store::{delete_in_chunks, insert_attempts};
 use super::{from_ms, now_ms, Sqlite};
-use herald_core::backend::{Queue, Result};
+use herald_core::backend::{Intake, Result, WorkQueue, IDEMPOTENCY_WINDOW};
 use herald_core::model::{
     ClaimRequest, Claimed, DeliveryState, DeliveryStatus, Disposition, Job, Publish,
     PublishOutcome, QueueStats, Settlement, WebhookRecord,
 };
 
-/// How long an idempotency key holds.
-pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 3600 * 1000;
+/// [`IDEMPOTENCY_WINDOW`] as the stores' millisecond timestamps count it.
+const IDEMPOTENCY_WINDOW_MS: i64 = IDEMPOTENCY_WINDOW.as_millis() as i64;
 
 #[async_trait]
-impl Queue for Sqlite {
+impl Intake for Sqlite {
     async fn publish(&self, p: Publish) -> Result<PublishOutcome> {
         let out = self
             .write(move |c| {
@@ -100,123 +100,6 @@ impl Queue for Sqlite {
             self.work.notify_one();
         }
         Ok(out)
-    }
-
-    async fn claim(&self, req: &ClaimRequest) -> Result<Claimed> {
-        let req = req.clone();
-        let cursor = self.claim_cursor.clone();
-        self.write_relaxed(move |c| {
-            let mut cursor = cursor.lock().unwrap_or_else(|e| e.into_inner());
-            claim_fairly(c, &req, &mut cursor)
-        })
-        .await
-    }
-
-    async fn settle(&self, settlements: Vec<Settlement>) -> Result<u64> {
-        if settlements.is_empty() {
-            return Ok(0);
-        }
-        let any_due_now = settlements.iter().any(|s| match s.disposition {
-            Disposition::RetryAt(t) | Disposition::Defer(t) => t <= Utc::now(),
-            _ => false,
-        });
-        let stale = self
-            .write_relaxed(move |c| {
-                let now = now_ms();
-                let mut st = c.prepare_cached(
-                    "UPDATE deliveries SET state = ?2, attempts = ?3, due_at = ?4, last_error = ?5,
-                            updated_at = ?6, worker = NULL
-                     WHERE id = ?1 AND state = ?7 AND lease_token = ?8",
-                ).map_err(super::sql)?;
-                let mut stale = 0;
-                let mut attempts = Vec::with_capacity(settlements.len());
-                for s in settlements {
-                    let Some((id, token)) = parse_receipt(&s.receipt) else {
-                        stale += 1;
-                        continue;
-                    };
-                    let (state, due) = match s.disposition {
-                        Disposition::Delivered => (SUCCEEDED, now),
-                        Disposition::Failed => (FAILED, now),
-                        Disposition::RetryAt(t) | Disposition::Defer(t) => {
-                            (PENDING, t.timestamp_millis())
-                        }
-                    };
-                    let changed = st
-                        .execute(params![
-                            id,
-                            state,
-                            s.attempts,
-                            due,
-                            s.last_error,
-                            now,
-                            LEASED,
-                            token
-                        ])
-                        .map_err(super::sql)?;
-                    if changed == 0 {
-                        stale += 1;
-                    } else if let Some(a) = s.attempt {
-                        attempts.push(a);
-                    }
-                }
-                insert_attempts(c, &attempts)?;
-                Ok(stale)
-            })
-            .await?;
-        if any_due_now {
-            self.work.notify_one();
-        }
-        Ok(stale)
-    }
-
-    async fn heartbeat(&self, worker: &str, lease: Duration) -> Result<u64> {
-        let worker = worker.to_string();
-        let lease_ms = lease.as_millis() as i64;
-        self.write_relaxed(move |c| {
-            let now = now_ms();
-            touch_worker(c, &worker, now)?;
-            Ok(c.prepare_cached(
-                "UPDATE deliveries SET due_at = ?2 WHERE state = ?3 AND worker = ?1",
-            )
-            .map_err(super::sql)?
-            .execute(params![worker, now + lease_ms, LEASED])
-            .map_err(super::sql)? as u64)
-        })
-        .await
-    }
-
-    async fn reap(&self, stale_after: Duration) -> Result<u64> {
-        let stale_ms = stale_after.as_millis() as i64;
-        let n = self
-            .write_relaxed(move |c| {
-                let now = now_ms();
-                let cutoff = now - stale_ms;
-                // A returned row gets back the due time it had when it was leased: it was at
-                // the head of its subscription's queue then, and due `now` would put it behind
-                // every delivery queued since, so a backlog and a slow receiver could push its
-                // next attempt past the recovery bound (tens of seconds after the reap).
-                let n = c
-                    .prepare_cached(
-                        "UPDATE deliveries SET state = ?1, due_at = MIN(COALESCE(leased_due, ?2), ?2),
-                                worker = NULL, updated_at = ?2
-                         WHERE state = ?3 AND worker IN
-                           (SELECT id FROM workers WHERE heartbeat_at < ?4)",
-                    ).map_err(super::sql)?
-                    .execute(params![PENDING, now, LEASED, cutoff]).map_err(super::sql)?;
-                c.prepare_cached("DELETE FROM workers WHERE heartbeat_at < ?1").map_err(super::sql)?
-                    .execute([cutoff]).map_err(super::sql)?;
-                Ok(n as u64)
-            })
-            .await?;
-        if n > 0 {
-            self.work.notify_one();
-        }
-        Ok(n)
-    }
-
-    async fn wait_for_work(&self, max_wait: Duration) {
-        let _ = tokio::time::timeout(max_wait, self.work.notified()).await;
     }
 
     async fn webhook(&self, webhook_id: &str) -> Result<Option<WebhookRecord>> {
@@ -337,6 +220,130 @@ impl Queue for Sqlite {
         .await
     }
 
+    async fn ping(&self) -> Result<()> {
+        self.ready().await
+    }
+}
+
+#[async_trait]
+impl WorkQueue for Sqlite {
+    async fn claim(&self, req: &ClaimRequest) -> Result<Claimed> {
+        let req = req.clone();
+        let cursor = self.claim_cursor.clone();
+        self.write_relaxed(move |c| {
+            let mut cursor = cursor.lock().unwrap_or_else(|e| e.into_inner());
+            claim_fairly(c, &req, &mut cursor)
+        })
+        .await
+    }
+
+    async fn settle(&self, settlements: Vec<Settlement>) -> Result<u64> {
+        if settlements.is_empty() {
+            return Ok(0);
+        }
+        let any_due_now = settlements.iter().any(|s| match s.disposition {
+            Disposition::RetryAt(t) | Disposition::Defer(t) => t <= Utc::now(),
+            _ => false,
+        });
+        let stale = self
+            .write_relaxed(move |c| {
+                let now = now_ms();
+                let mut st = c.prepare_cached(
+                    "UPDATE deliveries SET state = ?2, attempts = ?3, due_at = ?4, last_error = ?5,
+                            updated_at = ?6, worker = NULL
+                     WHERE id = ?1 AND state = ?7 AND lease_token = ?8",
+                ).map_err(super::sql)?;
+                let mut stale = 0;
+                let mut attempts = Vec::with_capacity(settlements.len());
+                for s in settlements {
+                    let Some((id, token)) = parse_receipt(&s.receipt) else {
+                        stale += 1;
+                        continue;
+                    };
+                    let (state, due) = match s.disposition {
+                        Disposition::Delivered => (SUCCEEDED, now),
+                        Disposition::Failed => (FAILED, now),
+                        Disposition::RetryAt(t) | Disposition::Defer(t) => {
+                            (PENDING, t.timestamp_millis())
+                        }
+                    };
+                    let changed = st
+                        .execute(params![
+                            id,
+                            state,
+                            s.attempts,
+                            due,
+                            s.last_error,
+                            now,
+                            LEASED,
+                            token
+                        ])
+                        .map_err(super::sql)?;
+                    if changed == 0 {
+                        stale += 1;
+                    } else if let Some(a) = s.attempt {
+                        attempts.push(a);
+                    }
+                }
+                insert_attempts(c, &attempts)?;
+                Ok(stale)
+            })
+            .await?;
+        if any_due_now {
+            self.work.notify_one();
+        }
+        Ok(stale)
+    }
+
+    async fn heartbeat(&self, worker: &str, lease: Duration) -> Result<u64> {
+        let worker = worker.to_string();
+        let lease_ms = lease.as_millis() as i64;
+        self.write_relaxed(move |c| {
+            let now = now_ms();
+            touch_worker(c, &worker, now)?;
+            Ok(c.prepare_cached(
+                "UPDATE deliveries SET due_at = ?2 WHERE state = ?3 AND worker = ?1",
+            )
+            .map_err(super::sql)?
+            .execute(params![worker, now + lease_ms, LEASED])
+            .map_err(super::sql)? as u64)
+        })
+        .await
+    }
+
+    async fn reap(&self, stale_after: Duration) -> Result<u64> {
+        let stale_ms = stale_after.as_millis() as i64;
+        let n = self
+            .write_relaxed(move |c| {
+                let now = now_ms();
+                let cutoff = now - stale_ms;
+                // A returned row gets back the due time it had when it was leased: it was at
+                // the head of its subscription's queue then, and due `now` would put it behind
+                // every delivery queued since, so a backlog and a slow receiver could push its
+                // next attempt past the recovery bound (tens of seconds after the reap).
+                let n = c
+                    .prepare_cached(
+                        "UPDATE deliveries SET state = ?1, due_at = MIN(COALESCE(leased_due, ?2), ?2),
+                                worker = NULL, updated_at = ?2
+                         WHERE state = ?3 AND worker IN
+                           (SELECT id FROM workers WHERE heartbeat_at < ?4)",
+                    ).map_err(super::sql)?
+                    .execute(params![PENDING, now, LEASED, cutoff]).map_err(super::sql)?;
+                c.prepare_cached("DELETE FROM workers WHERE heartbeat_at < ?1").map_err(super::sql)?
+                    .execute([cutoff]).map_err(super::sql)?;
+                Ok(n as u64)
+            })
+            .await?;
+        if n > 0 {
+            self.work.notify_one();
+        }
+        Ok(n)
+    }
+
+    async fn wait_for_work(&self, max_wait: Duration) {
+        let _ = tokio::time::timeout(max_wait, self.work.notified()).await;
+    }
+
     async fn purge(&self, cutoff: DateTime<Utc>) -> Result<u64> {
         let cutoff = cutoff.timestamp_millis();
         let mut n = delete_in_chunks(
@@ -362,10 +369,6 @@ impl Queue for Sqlite {
         )
         .await?;
         Ok(n)
-    }
-
-    async fn ping(&self) -> Result<()> {
-        self.ready().await
     }
 }
 
@@ -399,11 +402,11 @@ struct Candidate {
     due_at: i64,
 }
 
-/// The claim of `Queue::claim`: a loose index scan over the subscriptions with open rows,
-/// starting after `cursor` and wrapping around, taking from each at most its free concurrency
-/// of its earliest due rows. Each subscription costs two index seeks plus the rows taken, so a
-/// large backlog is never read whole. Leasing happens after the reads (no writes under an
-/// open cursor).
+/// The claim of [`WorkQueue::claim`], by the fairness rule written there (the Redis `lease`
+/// script follows the same one): a loose index scan over the subscriptions with open rows,
+/// starting after `cursor` and wrapping around. Each subscription costs two index seeks plus
+/// the rows taken, so a large backlog is never read whole. Leasing happens after the reads (no
+/// writes under an open cursor).
 fn claim_fairly(
     c: &rusqlite::Connection,
     req: &ClaimRequest,
