@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{Duration as ChronoDuration, Utc};
 
 use herald_core::backend::WorkQueue;
-use herald_core::backend::{Backend, ReplaceHealth};
+use herald_core::backend::{Backend, ReplaceHealth, IDEMPOTENCY_WINDOW};
 use herald_core::model::{
     Attempt, Claimed, DeliveryState, Disposition, IdempotencyKey, Job, Outcome, PublishOutcome,
     Settlement,
@@ -71,11 +71,33 @@ impl<G> Fresh for Option<(Backend, G)> {
     }
 }
 
+/// What the checks of a store's own clock need beyond the backend's traits: the factory's guard
+/// moves the store's record of time back (for the checks listed after `@rewound` in
+/// [`backend_suite!`](crate::backend_suite)).
+pub trait Rewind {
+    /// Makes every idempotency key recorded so far `by` older, as the store reckons its age
+    /// (a timestamp moved back, or an expiry brought forward).
+    fn age_idempotency_keys(&self, by: Duration) -> impl std::future::Future<Output = ()> + Send;
+}
+
 /// Expands into one `#[tokio::test]` per check of the suite. `$make` is an async function
-/// returning a [`Fresh`] backend.
+/// returning a [`Fresh`] backend whose guard is a [`Rewind`].
 #[macro_export]
 macro_rules! backend_suite {
+    (@rewound $make:path; $($check:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let Some((backend, guard)) = $crate::suite::Fresh::into_option($make().await)
+                else {
+                    return;
+                };
+                $crate::suite::$check(backend, &guard).await;
+            }
+        )+
+    };
     ($make:path) => {
+        $crate::backend_suite!(@rewound $make; idempotency_keys_expire_with_the_window);
         $crate::backend_suite!($make;
             subscriptions_crud,
             subscriptions_by_owner,
@@ -355,6 +377,53 @@ pub async fn idempotency_keys_dedupe(b: Backend) {
     p.idempotency = Some(IdempotencyKey::new("sub_b", "k-1", None, b"{}"));
     assert_eq!(b.intake.publish(p).await.unwrap(), PublishOutcome::Accepted);
     assert_eq!(claim(q, 10, LEASE).await.jobs.len(), 2);
+}
+
+/// Every store keeps core's [`IDEMPOTENCY_WINDOW`]: a key a minute short of it still answers
+/// the first event, and a minute past it the key is free for a new event (held anew from then).
+pub async fn idempotency_keys_expire_with_the_window(b: Backend, clock: &impl Rewind) {
+    const MINUTE: Duration = Duration::from_secs(60);
+    let key = IdempotencyKey::new("sub_a", "k-window", None, b"{}");
+    let keyed = |id: &str| {
+        let mut p = publish(id, &["sub_a"], b"{}");
+        p.idempotency = Some(key.clone());
+        p
+    };
+    let duplicate_of = |id: &str| PublishOutcome::Duplicate {
+        webhook_id: id.into(),
+        matched: 1,
+    };
+    let q = &b.intake;
+    assert_eq!(
+        q.publish(keyed("msg_w1")).await.unwrap(),
+        PublishOutcome::Accepted
+    );
+    clock
+        .age_idempotency_keys(IDEMPOTENCY_WINDOW - MINUTE)
+        .await;
+    assert_eq!(
+        q.publish(keyed("msg_w2")).await.unwrap(),
+        duplicate_of("msg_w1"),
+        "a key younger than the window holds"
+    );
+    clock.age_idempotency_keys(2 * MINUTE).await;
+    assert_eq!(
+        q.publish(keyed("msg_w3")).await.unwrap(),
+        PublishOutcome::Accepted,
+        "a key older than the window is free again"
+    );
+    assert_eq!(
+        q.publish(keyed("msg_w4")).await.unwrap(),
+        duplicate_of("msg_w3")
+    );
+    let mut queued: Vec<String> = claim(&b.queue, 10, LEASE)
+        .await
+        .jobs
+        .into_iter()
+        .map(|j| j.webhook_id)
+        .collect();
+    queued.sort();
+    assert_eq!(queued, ["msg_w1", "msg_w3"]);
 }
 
 pub async fn replay_and_expedite(b: Backend) {
@@ -772,6 +841,56 @@ pub async fn claims_serve_subscriptions_in_turn(b: Backend) {
         seen.iter().any(|j| j.subscription_id == "sub_b_small"),
         "a backlog does not hold every claim"
     );
+    fair_turns_within_caps(&b).await;
+}
+
+/// The fairness rule of `WorkQueue::claim`, which the SQLite claim and the Redis lease script
+/// each implement: claims of one job take three backlogged subscriptions in turn (none twice
+/// before the others once), and stop at each one's cap of two in flight.
+async fn fair_turns_within_caps(b: &Backend) {
+    const SUBS: [&str; 3] = ["sub_turn_a", "sub_turn_b", "sub_turn_c"];
+    for sub in SUBS {
+        for i in 0..4 {
+            b.intake
+                .publish(publish(&format!("msg_{sub}_{i}"), &[sub], b"{}"))
+                .await
+                .unwrap();
+        }
+    }
+    let mut req = claim_request(WORKER, 1, LEASE);
+    req.per_subscription = 2;
+    // Leftovers of the backlog above take their turns too: they are held here, at the cap.
+    let mut turns = Vec::new();
+    loop {
+        let jobs = b.queue.claim(&req).await.unwrap().jobs;
+        let [job] = &jobs[..] else {
+            assert!(jobs.is_empty(), "{} jobs in a claim of one", jobs.len());
+            break;
+        };
+        *req.in_flight
+            .entry(job.subscription_id.clone())
+            .or_default() += 1;
+        if SUBS.contains(&job.subscription_id.as_str()) {
+            turns.push(job.subscription_id.clone());
+        }
+        assert!(turns.len() <= 6, "claims went past the caps: {turns:?}");
+    }
+    assert_eq!(turns.len(), 6, "two of each, up to the caps: {turns:?}");
+    for (i, window) in turns.windows(3).enumerate() {
+        assert!(
+            window[0] != window[1] && window[1] != window[2] && window[0] != window[2],
+            "claim {i} served a subscription twice before the others once: {turns:?}"
+        );
+    }
+    for sub in SUBS {
+        assert_eq!(req.in_flight[sub], 2, "{sub} is held at its cap: {turns:?}");
+    }
+    // Raising a cap frees exactly that much, for that subscription only.
+    req.max = 10;
+    req.in_flight.insert(SUBS[1].into(), 1);
+    let freed = b.queue.claim(&req).await.unwrap().jobs;
+    let subs: Vec<_> = freed.iter().map(|j| j.subscription_id.as_str()).collect();
+    assert_eq!(subs, [SUBS[1]]);
 }
 
 pub async fn fan_out_shares_one_payload(b: Backend) {
