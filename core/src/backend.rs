@@ -96,8 +96,10 @@ pub trait Intake: Send + Sync {
     /// returns how many were re-queued.
     async fn replay(&self, webhook_id: &str) -> Result<usize>;
 
-    /// Makes a subscription's waiting deliveries due now, so workers settle them promptly
-    /// (used when the subscription is deleted or disabled: they end as `Failure`).
+    /// Makes a subscription's waiting deliveries due now, so workers take them up promptly:
+    /// when it is deleted or disabled (they end as `Failure`) and when it is resumed (what was
+    /// deferred while it was paused goes out). The subscription service calls it, for the api,
+    /// the operator and the delivery workers' health writes alike.
     async fn expedite(&self, subscription_id: &str) -> Result<()>;
 
     async fn stats(&self) -> Result<QueueStats>;
