@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use herald_core::backend::Queue;
+use herald_core::backend::Intake;
 use herald_core::model::QueueStats;
 use herald_core::telemetry;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +25,7 @@ pub struct QueueGauges {
 impl QueueGauges {
     /// Starts the recount task; it ends with `shutdown`.
     pub fn spawn(
-        queue: Arc<dyn Queue>,
+        queue: Arc<dyn Intake>,
         interval: Duration,
         shutdown: CancellationToken,
     ) -> Arc<Self> {

@@ -246,7 +246,7 @@ impl Herald {
         let subscriptions = Arc::new(
             Subscriptions::new(
                 cache.clone(),
-                backend.queue.clone(),
+                backend.intake.clone(),
                 settings.target_guard(),
             )
             .with_secret_overlap(settings.secret_overlap),
@@ -260,7 +260,7 @@ impl Herald {
             });
         }
         let queue_gauges = crate::gauges::QueueGauges::spawn(
-            backend.queue.clone(),
+            backend.intake.clone(),
             settings.metrics_interval,
             shutdown.clone(),
         );

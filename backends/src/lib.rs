@@ -59,14 +59,18 @@ pub async fn open_production(
     );
     let mongo = mongo.map_err(OpenError::Mongo)?;
     let redis = redis.map_err(OpenError::Redis)?;
+    let subscriptions = redis.serialized(mongo.subscriptions);
+    let queue = Arc::new(SplitQueue::new(
+        redis.transport,
+        mongo.archive,
+        mongo.attempts.clone(),
+    ));
     Ok(Backend {
         name: "mongodb+redis",
-        subscriptions: redis.serialized(mongo.subscriptions),
-        queue: Arc::new(SplitQueue::new(
-            redis.transport,
-            mongo.archive,
-            mongo.attempts.clone(),
-        )),
+        subscriptions,
+        intake: queue.clone(),
+        queue,
+        tuning: split::TUNING,
         attempts: mongo.attempts,
         changes: Some(redis.changes),
     })

@@ -1,7 +1,8 @@
 //! The queue of production mode: a [`Transport`] (Redis) for what is queued and leased, an
 //! [`Archive`] (MongoDB) for events and settled deliveries, and the [`AttemptLog`], composed
-//! into one [`Queue`]. Neither store has transactions across the other, so this module fixes
-//! the order of the writes and recovers what a crash between two of them leaves behind.
+//! into the two sides of one queue, [`Intake`] and [`WorkQueue`]. Neither store has
+//! transactions across the other, so this module fixes the order of the writes and recovers
+//! what a crash between two of them leaves behind.
 //!
 //! ## Write order
 //! - **Publish**: one atomic transport write (idempotency key, event, deliveries). Nothing else
@@ -51,8 +52,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use herald_core::backend::{
-    Archive, ArchivedEvent, AttemptLog, Leased, OpenEvents, Queue, Result, SettledDelivery,
-    Transport,
+    Archive, ArchivedEvent, AttemptLog, Intake, Leased, OpenEvents, QueueTuning, Result,
+    SettledDelivery, Transport, WorkQueue,
 };
 use herald_core::model::{
     Attempt, ClaimRequest, Claimed, DeliveryState, DeliveryStatus, Disposition, Job, Outcome,
@@ -76,6 +77,12 @@ pub const CLAIM_LINGER: Duration = Duration::from_millis(5);
 /// FerretDB's CPU at 1,000 deliveries/s. Reads show an end this much later; no slot or due time
 /// waits for it.
 pub const SETTLE_LINGER: Duration = Duration::from_millis(25);
+
+/// The pace this queue asks of delivery workers.
+pub const TUNING: QueueTuning = QueueTuning {
+    claim_linger: CLAIM_LINGER,
+    settle_linger: SETTLE_LINGER,
+};
 
 /// How long the background writer lets leased events gather before it stores them, for the
 /// same trade as [`SETTLE_LINGER`]; the settles of their attempts wait for it. A writer that
@@ -501,11 +508,84 @@ impl OpenEvents for OpenInTransport<'_> {
 }
 
 #[async_trait]
-impl Queue for SplitQueue {
+impl Intake for SplitQueue {
     async fn publish(&self, publish: Publish) -> Result<PublishOutcome> {
         self.transport.publish(publish).await
     }
 
+    /// Reads the transport first, then the archive: a delivery that leaves the transport
+    /// between the two reads is in the archive by then, which is written before the ack.
+    async fn webhook(&self, webhook_id: &str) -> Result<Option<WebhookRecord>> {
+        let live = self.transport.live(webhook_id).await?;
+        let settled = self.ended(webhook_id).await?;
+        let (event_type, received_at, subscription_ids, open) = match live {
+            Some(l) => (l.event_type, l.received_at, l.subscription_ids, l.open),
+            None => match self.archive.event(webhook_id).await? {
+                Some(a) => (
+                    a.event.event_type,
+                    a.event.received_at,
+                    a.subscription_ids,
+                    Vec::new(),
+                ),
+                None => return Ok(None),
+            },
+        };
+        let deliveries = subscription_ids
+            .iter()
+            .filter_map(|sid| {
+                open.iter()
+                    .find(|d| &d.subscription_id == sid)
+                    .or_else(|| settled.iter().find(|d| &d.subscription_id == sid))
+                    .cloned()
+            })
+            .collect();
+        Ok(Some(WebhookRecord {
+            webhook_id: webhook_id.to_string(),
+            event_type,
+            received_at,
+            deliveries,
+        }))
+    }
+
+    async fn replay(&self, webhook_id: &str) -> Result<usize> {
+        let failed: Vec<_> = self
+            .ended(webhook_id)
+            .await?
+            .into_iter()
+            .filter(|d| d.status == DeliveryState::Failed)
+            .collect();
+        if failed.is_empty() {
+            return Ok(0);
+        }
+        let Some(event) = self.archive.event(webhook_id).await? else {
+            return Ok(0);
+        };
+        if let Some(reason) = &event.payload_omitted {
+            return Err(herald_core::StoreError::Conflict(format!(
+                "webhook {webhook_id} cannot be replayed: its payload was not kept ({reason})"
+            )));
+        }
+        self.transport.requeue(&event, &failed).await
+    }
+
+    async fn expedite(&self, subscription_id: &str) -> Result<()> {
+        self.transport.expedite(subscription_id).await
+    }
+
+    async fn stats(&self) -> Result<QueueStats> {
+        self.transport.stats().await
+    }
+
+    /// The transport only: it is what ingest needs. With the archive (MongoDB) down, ingest
+    /// still accepts events and deliveries pause; readiness must not take the api out of
+    /// service for that.
+    async fn ping(&self) -> Result<()> {
+        self.transport.ping().await
+    }
+}
+
+#[async_trait]
+impl WorkQueue for SplitQueue {
     async fn claim(&self, req: &ClaimRequest) -> Result<Claimed> {
         let Leased {
             mut jobs,
@@ -599,90 +679,12 @@ impl Queue for SplitQueue {
         self.transport.wait_for_work(max_wait).await
     }
 
-    fn claim_linger(&self) -> Duration {
-        CLAIM_LINGER
-    }
-
-    fn settle_linger(&self) -> Duration {
-        SETTLE_LINGER
-    }
-
-    /// Reads the transport first, then the archive: a delivery that leaves the transport
-    /// between the two reads is in the archive by then, which is written before the ack.
-    async fn webhook(&self, webhook_id: &str) -> Result<Option<WebhookRecord>> {
-        let live = self.transport.live(webhook_id).await?;
-        let settled = self.ended(webhook_id).await?;
-        let (event_type, received_at, subscription_ids, open) = match live {
-            Some(l) => (l.event_type, l.received_at, l.subscription_ids, l.open),
-            None => match self.archive.event(webhook_id).await? {
-                Some(a) => (
-                    a.event.event_type,
-                    a.event.received_at,
-                    a.subscription_ids,
-                    Vec::new(),
-                ),
-                None => return Ok(None),
-            },
-        };
-        let deliveries = subscription_ids
-            .iter()
-            .filter_map(|sid| {
-                open.iter()
-                    .find(|d| &d.subscription_id == sid)
-                    .or_else(|| settled.iter().find(|d| &d.subscription_id == sid))
-                    .cloned()
-            })
-            .collect();
-        Ok(Some(WebhookRecord {
-            webhook_id: webhook_id.to_string(),
-            event_type,
-            received_at,
-            deliveries,
-        }))
-    }
-
-    async fn replay(&self, webhook_id: &str) -> Result<usize> {
-        let failed: Vec<_> = self
-            .ended(webhook_id)
-            .await?
-            .into_iter()
-            .filter(|d| d.status == DeliveryState::Failed)
-            .collect();
-        if failed.is_empty() {
-            return Ok(0);
-        }
-        let Some(event) = self.archive.event(webhook_id).await? else {
-            return Ok(0);
-        };
-        if let Some(reason) = &event.payload_omitted {
-            return Err(herald_core::StoreError::Conflict(format!(
-                "webhook {webhook_id} cannot be replayed: its payload was not kept ({reason})"
-            )));
-        }
-        self.transport.requeue(&event, &failed).await
-    }
-
-    async fn expedite(&self, subscription_id: &str) -> Result<()> {
-        self.transport.expedite(subscription_id).await
-    }
-
-    async fn stats(&self) -> Result<QueueStats> {
-        self.transport.stats().await
-    }
-
     /// The archive deletes what is older than `cutoff`, asking the transport in batches which
     /// of its candidate events are still open (kept).
     async fn purge(&self, cutoff: DateTime<Utc>) -> Result<u64> {
         self.archive
             .purge(cutoff, &OpenInTransport(self.transport.as_ref()))
             .await
-    }
-
-    /// The transport only: it is what ingest needs. With the archive (MongoDB) down, ingest
-    /// still accepts events and deliveries pause; readiness must not take the api out of
-    /// service for that.
-    async fn ping(&self) -> Result<()> {
-        self.transport.ping().await
     }
 }
 

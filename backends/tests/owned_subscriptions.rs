@@ -29,7 +29,7 @@ fn fixture() -> Fixture {
     ));
     let subs = Subscriptions::new(
         cache.clone(),
-        backend.queue.clone(),
+        backend.intake.clone(),
         TargetGuard::new(vec![]),
     )
     .with_secret_overlap(Duration::from_secs(60));

@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use herald_backends::split::SplitQueue;
 use herald_core::backend::{
-    Archive, ArchivedEvent, AttemptLog, Leased, LiveWebhook, Queue, Result, SettledDelivery,
-    Transport,
+    Archive, ArchivedEvent, AttemptLog, Intake, Leased, LiveWebhook, Result, SettledDelivery,
+    Transport, WorkQueue,
 };
 use herald_core::model::{
     Attempt, ClaimRequest, DeliveryState, DeliveryStatus, Disposition, Job, Outcome, Publish,

@@ -1,15 +1,38 @@
 //! The SQLite backend against the shared behavioural suite, on real files.
 
+use std::time::Duration;
+
 use herald_backends::sqlite::{Sqlite, Sync};
 use herald_core::testkit;
 
-/// A fresh backend on its own file; the directory lives as long as the test.
-async fn fresh() -> (herald_core::backend::Backend, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let backend = Sqlite::open(&dir.path().join("suite.db"), Sync::Full)
-        .unwrap()
-        .backend();
-    (backend, dir)
+/// The directory of a suite check's database, which lives as long as the check.
+struct Files(tempfile::TempDir);
+
+impl Files {
+    fn db(&self) -> std::path::PathBuf {
+        self.0.path().join("suite.db")
+    }
+}
+
+impl herald_testenv::suite::Rewind for Files {
+    /// Moves the keys' recorded time back, through a connection of its own (the store's
+    /// writer waits for it like for any other writer).
+    async fn age_idempotency_keys(&self, by: Duration) {
+        let c = rusqlite::Connection::open(self.db()).unwrap();
+        c.busy_timeout(Duration::from_secs(10)).unwrap();
+        c.execute(
+            "UPDATE idempotency SET created_at = created_at - ?1",
+            [by.as_millis() as i64],
+        )
+        .unwrap();
+    }
+}
+
+/// A fresh backend on its own file.
+async fn fresh() -> (herald_core::backend::Backend, Files) {
+    let files = Files(tempfile::tempdir().unwrap());
+    let backend = Sqlite::open(&files.db(), Sync::Full).unwrap().backend();
+    (backend, files)
 }
 
 herald_testenv::backend_suite!(fresh);
@@ -24,7 +47,7 @@ async fn sqlite_reopens_with_its_data() {
             .insert(&testkit::subscription("sub_keep"))
             .await
             .unwrap();
-        db.queue
+        db.intake
             .publish(testkit::publish("msg_keep", &["sub_keep"], b"{\"k\":1}"))
             .await
             .unwrap();
@@ -105,7 +128,7 @@ async fn the_wal_shrinks_after_a_burst() {
     let payload = bytes::Bytes::from(vec![b'7'; 100_000]);
     // A burst of concurrent ingests lands in few large transactions: a WAL of tens of MiB.
     let publish = |i: usize| {
-        let q = db.queue.clone();
+        let q = db.intake.clone();
         let payload = payload.clone();
         tokio::spawn(async move {
             q.publish(Publish {

@@ -1,5 +1,7 @@
-//! The storage, queue and attempt-log traits. Every backend (SQLite for standalone; MongoDB and
-//! Redis for production) implements them and passes the same behavioural suite (`herald-testenv`'s `suite`).
+//! The storage, queue and attempt-log traits; the queue has one trait per client: [`Intake`]
+//! for the api, [`WorkQueue`] for delivery workers. Every backend (SQLite for standalone;
+//! MongoDB and Redis for production) implements them and passes the same behavioural suite
+//! (`herald-testenv`'s `suite`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,8 +72,43 @@ pub enum HealthChange {
     Disable { at: DateTime<Utc>, reason: String },
 }
 
-/// The delivery queue: events go in once with their deliveries, workers claim due deliveries
-/// under a lease, and settle each one. Delivery is at least once.
+/// How long an idempotency key holds: a publish with the key (in its scope) of one accepted
+/// less than this long ago is not queued again; one accepted longer ago is a new event. Every
+/// backend keeps this one window (SQLite compares the key's age, Redis gives the key this
+/// expiry), and the retention sweep may drop keys once they are this old.
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// The queue as the api sees it: events go in once with their deliveries, and are looked at,
+/// replayed and counted.
+#[async_trait]
+pub trait Intake: Send + Sync {
+    /// Durably stores the event and queues one delivery per listed subscription, all or nothing.
+    /// With an idempotency key seen within [`IDEMPOTENCY_WINDOW`] nothing is queued and the
+    /// first answer comes back as `Duplicate` (or `KeyReused` for another body or event type);
+    /// the key and the event are recorded in one atomic step, so a key never stands for an
+    /// event that was not stored.
+    async fn publish(&self, publish: Publish) -> Result<PublishOutcome>;
+
+    /// The event and the state of each of its deliveries.
+    async fn webhook(&self, webhook_id: &str) -> Result<Option<WebhookRecord>>;
+
+    /// Re-queues the failed deliveries of a webhook for one more attempt now (manual replay);
+    /// returns how many were re-queued.
+    async fn replay(&self, webhook_id: &str) -> Result<usize>;
+
+    /// Makes a subscription's waiting deliveries due now, so workers take them up promptly:
+    /// when it is deleted or disabled (they end as `Failure`) and when it is resumed (what was
+    /// deferred while it was paused goes out). The subscription service calls it, for the api,
+    /// the operator and the delivery workers' health writes alike.
+    async fn expedite(&self, subscription_id: &str) -> Result<()>;
+
+    async fn stats(&self) -> Result<QueueStats>;
+
+    async fn ping(&self) -> Result<()>;
+}
+
+/// The queue as delivery workers see it: they claim due deliveries under a lease, settle each
+/// one, keep their leases alive, and purge what retention lets go. Delivery is at least once.
 ///
 /// Invariants every backend keeps:
 /// - **Fencing.** Each claim gives the delivery a fresh lease, identified by the job's receipt.
@@ -80,24 +117,29 @@ pub enum HealthChange {
 ///   settled already) changes nothing, logs no attempt, and is counted in `settle`'s answer.
 ///   So one attempt number is never logged twice and a settled delivery never goes back.
 /// - **Liveness.** Claims record the worker. A worker renews the leases of everything it holds
-///   with [`Queue::heartbeat`]; [`Queue::reap`] (run by every worker) returns the deliveries of
-///   workers whose heartbeat stopped to the queue, due now. A live worker's leases are never
-///   reaped. The lease remains a hard cap: an unrenewed lease expires and its delivery is
-///   claimable again.
-/// - **Fairness.** A claim takes at most each subscription's free concurrency
-///   (`per_subscription - in_flight`), so one subscription's backlog never fills a worker.
+///   with [`WorkQueue::heartbeat`]; [`WorkQueue::reap`] (run by every worker) returns the
+///   deliveries of workers whose heartbeat stopped to the queue, due now. A live worker's
+///   leases are never reaped. The lease remains a hard cap: an unrenewed lease expires and its
+///   delivery is claimable again.
+/// - **Fairness.** One rule, which the SQLite claim and the Redis `lease` script both follow
+///   (and the behavioural suite pins):
+///   1. The subscriptions with due deliveries are served in id order, starting after the one
+///      where the previous claim stopped (a cursor the backend keeps across claims and
+///      workers) and wrapping around once. So a claim that cannot serve all of them leaves the
+///      rest to the next: with claims of one job, no subscription is served twice before
+///      every other one with due work and free concurrency is served once.
+///   2. Each subscription gives at most its free concurrency (`req.per_subscription` less its
+///      `req.in_flight`) of its earliest due deliveries, so one subscription's backlog never
+///      fills a worker; a subscription with none free is passed over, and its due deliveries
+///      are no work to wake up for (`next_due`).
+///   3. The claim stops at `req.max` jobs, or once the distinct payloads of its jobs would pass
+///      `req.byte_budget` (it takes at least one job; `next_due` is then `None`, as the caller
+///      asks again once payloads are released).
 #[async_trait]
-pub trait Queue: Send + Sync {
-    /// Durably stores the event and queues one delivery per listed subscription, all or nothing.
-    /// With an idempotency key seen in the last 24 h nothing is queued and the first answer
-    /// comes back as `Duplicate`.
-    async fn publish(&self, publish: Publish) -> Result<PublishOutcome>;
-
-    /// Claims due deliveries as `req` allows: at most `req.max`, at most each subscription's
-    /// free concurrency, serving subscriptions in turn (a claim that cannot serve all of them
-    /// starts the next one where it stopped). The jobs of one event share one payload buffer;
-    /// the claim stops adding jobs once their distinct payloads exceed `req.byte_budget`, but
-    /// takes at least one.
+pub trait WorkQueue: Send + Sync {
+    /// Claims due deliveries as `req` allows, by the fairness rule above. The jobs of one event
+    /// share one payload buffer. `next_due` says when the next delivery not yet due becomes
+    /// due (or a lease ends), so the worker knows how long it may wait.
     async fn claim(&self, req: &ClaimRequest) -> Result<Claimed>;
 
     /// Finishes claimed deliveries (acknowledged, rescheduled, handed back or failed for good)
@@ -121,40 +163,26 @@ pub trait Queue: Send + Sync {
     /// next delivery is due (or are told of new ones in-process) return early.
     async fn wait_for_work(&self, max_wait: Duration);
 
+    /// Deletes settled deliveries and events older than `cutoff` (never an event with an open
+    /// delivery), and idempotency records older than [`IDEMPOTENCY_WINDOW`].
+    async fn purge(&self, cutoff: DateTime<Utc>) -> Result<u64>;
+}
+
+/// How a backend's queue wants delivery workers to pace their calls: fixed per backend, handed
+/// out with it (see [`Backend::tuning`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueTuning {
     /// How long a worker lets work gather after a wake-up before it claims. Zero where a claim
     /// is cheap; a few milliseconds where one claim costs several round trips to more than one
     /// server, so that a stream of events becomes a few claims of many jobs instead of one
     /// claim (and one archive write) per event.
-    fn claim_linger(&self) -> Duration {
-        Duration::ZERO
-    }
-
+    pub claim_linger: Duration,
     /// How long a worker lets finished jobs gather before it settles them. Zero where a settle
     /// is cheap; a few milliseconds where each settle costs fixed work on more than one server
     /// (round trips, a transaction, a script call), so that settles come in fewer, larger
     /// batches. The jobs' slots are free meanwhile: only the lease (renewed by heartbeats) and
     /// the moment reads show the end wait for it.
-    fn settle_linger(&self) -> Duration {
-        Duration::ZERO
-    }
-
-    /// The event and the state of each of its deliveries.
-    async fn webhook(&self, webhook_id: &str) -> Result<Option<WebhookRecord>>;
-
-    /// Re-queues the failed deliveries of a webhook for one more attempt now (manual replay);
-    /// returns how many were re-queued.
-    async fn replay(&self, webhook_id: &str) -> Result<usize>;
-
-    /// Makes a subscription's waiting deliveries due now, so workers settle them promptly
-    /// (used when the subscription is deleted: they end as `Failure`).
-    async fn expedite(&self, subscription_id: &str) -> Result<()>;
-
-    async fn stats(&self) -> Result<QueueStats>;
-
-    /// Deletes settled events and idempotency records older than `cutoff`.
-    async fn purge(&self, cutoff: DateTime<Utc>) -> Result<u64>;
-
-    async fn ping(&self) -> Result<()>;
+    pub settle_linger: Duration,
 }
 
 /// The record of every delivery attempt.
@@ -188,7 +216,12 @@ pub trait AttemptLog: Send + Sync {
 pub struct Backend {
     pub name: &'static str,
     pub subscriptions: Arc<dyn SubscriptionStore>,
-    pub queue: Arc<dyn Queue>,
+    /// The queue's api side: publishing, reading, replaying, counting.
+    pub intake: Arc<dyn Intake>,
+    /// The queue's delivery side: claims, settlements, leases, retention.
+    pub queue: Arc<dyn WorkQueue>,
+    /// How delivery workers pace their calls to `queue`.
+    pub tuning: QueueTuning,
     pub attempts: Arc<dyn AttemptLog>,
     /// How subscription changes reach the caches of other processes; `None` when the backend
     /// serves one process only (SQLite), where the cache's TTL covers outside writers.
@@ -227,8 +260,8 @@ pub trait ChangeFeed: Send + Sync {
 // Production mode splits the queue over two stores: a transport (Redis) that holds what is
 // queued and leased, and an archive (MongoDB) that keeps events and settled deliveries for the
 // retention period. Each trait makes only promises its one store can keep in one atomic step;
-// `crate::split::SplitQueue` composes them into a `Queue`, fixing the write order and the
-// recovery from a crash between two writes.
+// `herald-backends`' `split::SplitQueue` composes them into the two sides of the queue, fixing
+// the write order and the recovery from a crash between two writes.
 // ---------------------------------------------------------------------------------------------
 
 /// An event with the subscriptions it was queued for, as the archive keeps it.
@@ -277,14 +310,16 @@ pub struct Leased {
 /// The queue's transport: open deliveries, their due times and leases, and the idempotency
 /// keys of recent publishes (Redis). Every method is one atomic step of the store.
 ///
-/// Fencing, liveness and fairness are those of [`Queue`]: a lease is named by the job's
-/// receipt, and every change to a leased delivery checks that receipt.
+/// Fencing, liveness and fairness are those of [`WorkQueue`], idempotency that of
+/// [`Intake::publish`]: a lease is named by the job's receipt, and every change to a leased
+/// delivery checks that receipt.
 #[async_trait]
 pub trait Transport: Send + Sync {
-    /// In one atomic step: checks and records the idempotency key (24 h), stores the event and
-    /// queues one delivery per subscription. Returns once the store has the write (how durable
-    /// that is depends on the store's fsync policy). The key and the event are written together
-    /// so that a key can never stand for an event that was not stored.
+    /// In one atomic step: checks and records the idempotency key (for
+    /// [`IDEMPOTENCY_WINDOW`]), stores the event and queues one delivery per subscription.
+    /// Returns once the store has the write (how durable that is depends on the store's fsync
+    /// policy). The key and the event are written together so that a key can never stand for
+    /// an event that was not stored.
     ///
     /// A transport may hold an event without a key in an intake and make its deliveries (due
     /// then) at its next `lease`, `live` or `stats`, which must see it: Redis does, so that the
@@ -293,7 +328,7 @@ pub trait Transport: Send + Sync {
     /// dropped when its intake is fanned out otherwise.
     async fn publish(&self, publish: Publish) -> Result<PublishOutcome>;
 
-    /// Leases due deliveries as [`Queue::claim`] describes.
+    /// Leases due deliveries as [`WorkQueue::claim`] describes.
     async fn lease(&self, req: &ClaimRequest) -> Result<Leased>;
 
     /// Notes that the archive holds these events now, so later leases do not list them.

@@ -19,9 +19,10 @@
 //!
 //! # Where each protocol's invariants are written
 //!
-//! - **Queue** (fencing, liveness, fairness, idempotency): the docs of [`backend::Queue`], and
-//!   for production mode of [`backend::Transport`] and [`backend::Archive`]; the write order
-//!   across Redis and MongoDB and its failure points in `herald-backends`' `split` module.
+//! - **Queue** (fencing, liveness, fairness): the docs of [`backend::WorkQueue`]; idempotency:
+//!   [`backend::Intake::publish`] and [`backend::IDEMPOTENCY_WINDOW`]; for production mode
+//!   [`backend::Transport`] and [`backend::Archive`]; the write order across Redis and MongoDB
+//!   and its failure points in `herald-backends`' `split` module.
 //! - **Subscription writes** (versioned replace, health writes that never revert a client's):
 //!   [`backend::SubscriptionStore::replace`] and [`subscriptions`].
 //! - **Cache invalidation**: [`cache`] and [`backend::ChangeFeed`].
@@ -43,6 +44,8 @@ pub mod target;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 
-pub use backend::{Archive, AttemptLog, Backend, ChangeFeed, Queue, SubscriptionStore, Transport};
+pub use backend::{
+    Archive, AttemptLog, Backend, ChangeFeed, Intake, SubscriptionStore, Transport, WorkQueue,
+};
 pub use error::{StoreError, ValidationError};
 pub mod telemetry;

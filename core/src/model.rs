@@ -399,8 +399,9 @@ pub struct Event {
     pub received_at: DateTime<Utc>,
 }
 
-/// Scope and key of an `Idempotency-Key` header: the same pair within 24 h is one ingest, as
-/// long as it comes with the same request. The fingerprint tells a retried request (same event
+/// Scope and key of an `Idempotency-Key` header: the same pair within
+/// [`IDEMPOTENCY_WINDOW`](crate::backend::IDEMPOTENCY_WINDOW) is one ingest, as long as it
+/// comes with the same request. The fingerprint tells a retried request (same event
 /// type, same body: answered with the first answer) from a different request that reuses the key
 /// (refused: dropping it silently would lose an event the producer believes accepted).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::backend::{HealthChange, Queue, ReplaceHealth};
+use crate::backend::{HealthChange, Intake, ReplaceHealth};
 use crate::cache::SubscriptionCache;
 use crate::error::{Error, ValidationError};
 use crate::model::{Owner, Subscription, SubscriptionPatch, SubscriptionSpec, ValidSpec};
@@ -48,7 +48,7 @@ pub const MASKED_HEADER_VALUE: &str = "********";
 
 pub struct Subscriptions {
     cache: Arc<SubscriptionCache>,
-    queue: Arc<dyn Queue>,
+    queue: Arc<dyn Intake>,
     guard: TargetGuard,
     secret_overlap: Duration,
 }
@@ -65,7 +65,7 @@ pub struct Page {
 }
 
 impl Subscriptions {
-    pub fn new(cache: Arc<SubscriptionCache>, queue: Arc<dyn Queue>, guard: TargetGuard) -> Self {
+    pub fn new(cache: Arc<SubscriptionCache>, queue: Arc<dyn Intake>, guard: TargetGuard) -> Self {
         Self {
             cache,
             queue,

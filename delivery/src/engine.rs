@@ -186,7 +186,7 @@ impl Engine {
         let engine = Arc::new(Engine {
             health: Health::new(
                 cache.clone(),
-                backend.queue.clone(),
+                backend.intake.clone(),
                 config.guard.clone(),
                 config.disable_after,
             ),
@@ -311,14 +311,14 @@ impl Engine {
     }
 
     /// Lets work gather before the next claim, for the backend's claim linger at most (see
-    /// [`herald_core::backend::Queue::claim_linger`]). It ends early once a claim is worth
+    /// [`herald_core::backend::QueueTuning::claim_linger`]). It ends early once a claim is worth
     /// making at once: a whole subscription's concurrency has been given back since the last
     /// claim, or every job that was in flight when the wait began has finished. Otherwise a
     /// busy subscription's jobs, which tend to finish together, would leave its slots idle
     /// for the whole linger at every round, and the linger alone would bound its delivery
     /// rate. Returns false on shutdown.
     async fn linger(&self, busy: bool, freed_at_claim: u64, shutdown: &CancellationToken) -> bool {
-        let linger = self.backend.queue.claim_linger();
+        let linger = self.backend.tuning.claim_linger;
         if linger.is_zero() {
             return true;
         }
@@ -496,7 +496,7 @@ impl Engine {
 /// (`StoreError::is_permanent`) is not retried: see [`settle_all`].
 async fn record(backend: Backend, mut rx: mpsc::Receiver<Done>, watch: Arc<RecorderWatch>) {
     let mut batch = Vec::with_capacity(SETTLE_BATCH);
-    let linger = backend.queue.settle_linger();
+    let linger = backend.tuning.settle_linger;
     while rx.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
         watch.busy();
         if !linger.is_zero() {

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use herald_core::backend::Queue;
+use herald_core::backend::Intake;
 use herald_core::cache::SubscriptionCache;
 use herald_core::model::Subscription;
 use herald_core::ssrf::TargetGuard;
@@ -114,7 +114,7 @@ pub struct Health {
 impl Health {
     pub fn new(
         cache: Arc<SubscriptionCache>,
-        queue: Arc<dyn Queue>,
+        queue: Arc<dyn Intake>,
         guard: TargetGuard,
         disable_after: Duration,
     ) -> Self {

@@ -1,7 +1,7 @@
 //! Worker heartbeats and the reaper: how a crashed worker's deliveries are attempted again
 //! within seconds, instead of after the lease, without a live worker losing what it holds.
 //!
-//! Protocol (the queue's side is in `Queue::heartbeat` and `Queue::reap`):
+//! Protocol (the queue's side is in `WorkQueue::heartbeat` and `WorkQueue::reap`):
 //! - Every `interval` this worker renews its heartbeat and every lease it holds, so a lease
 //!   never ends under a live worker however long its job waits or runs.
 //! - On the same tick it reaps: deliveries of workers silent for `stale_after` go back to the

@@ -1,4 +1,4 @@
-//! The engine's lingers, on the SQLite backend with its queue wrapped to ask for them
+//! The engine's lingers, on the SQLite backend with its tuning set to ask for them
 //! (production mode asks for a few milliseconds of each), delivering to receivers on loopback.
 //!
 //! - The claim linger ends early once a claim is worth making: a backend that asks for a long
@@ -16,12 +16,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use clap::Parser;
 use herald_backends::sqlite::{Sqlite, Sync};
-use herald_core::backend::{Queue, Result};
+use herald_core::backend::{Result, WorkQueue};
 use herald_core::cache::SubscriptionCache;
-use herald_core::model::{
-    ClaimRequest, Claimed, DeliveryState, Publish, PublishOutcome, QueueStats, Settlement,
-    WebhookRecord,
-};
+use herald_core::model::{ClaimRequest, Claimed, DeliveryState, PublishOutcome, Settlement};
 use herald_core::testkit;
 use herald_delivery::{Engine, EngineConfig};
 use herald_runtime::config::Settings;
@@ -29,30 +26,14 @@ use tokio_util::sync::CancellationToken;
 
 const LINGER: Duration = Duration::from_secs(10);
 
-/// The SQLite queue, asking for the given lingers, and noting the size of every settle.
-struct Lingering {
-    queue: Arc<dyn Queue>,
-    claim: Duration,
-    settle: Duration,
+/// The SQLite work queue, noting the size of every settle.
+struct Counting {
+    queue: Arc<dyn WorkQueue>,
     settles: Mutex<Vec<usize>>,
 }
 
-impl Lingering {
-    fn new(queue: Arc<dyn Queue>, claim: Duration, settle: Duration) -> Arc<Self> {
-        Arc::new(Self {
-            queue,
-            claim,
-            settle,
-            settles: Mutex::default(),
-        })
-    }
-}
-
 #[async_trait]
-impl Queue for Lingering {
-    async fn publish(&self, publish: Publish) -> Result<PublishOutcome> {
-        self.queue.publish(publish).await
-    }
+impl WorkQueue for Counting {
     async fn claim(&self, req: &ClaimRequest) -> Result<Claimed> {
         self.queue.claim(req).await
     }
@@ -69,29 +50,8 @@ impl Queue for Lingering {
     async fn wait_for_work(&self, max_wait: Duration) {
         self.queue.wait_for_work(max_wait).await
     }
-    fn claim_linger(&self) -> Duration {
-        self.claim
-    }
-    fn settle_linger(&self) -> Duration {
-        self.settle
-    }
-    async fn webhook(&self, webhook_id: &str) -> Result<Option<WebhookRecord>> {
-        self.queue.webhook(webhook_id).await
-    }
-    async fn replay(&self, webhook_id: &str) -> Result<usize> {
-        self.queue.replay(webhook_id).await
-    }
-    async fn expedite(&self, subscription_id: &str) -> Result<()> {
-        self.queue.expedite(subscription_id).await
-    }
-    async fn stats(&self) -> Result<QueueStats> {
-        self.queue.stats().await
-    }
     async fn purge(&self, cutoff: DateTime<Utc>) -> Result<u64> {
         self.queue.purge(cutoff).await
-    }
-    async fn ping(&self) -> Result<()> {
-        self.queue.ping().await
     }
 }
 
@@ -141,7 +101,7 @@ async fn a_busy_subscription_claims_again_as_soon_as_its_slots_are_free() {
     let dir = tempfile::tempdir().unwrap();
     let store = Sqlite::open(&dir.path().join("herald.db"), Sync::Normal).unwrap();
     let mut backend = store.backend();
-    backend.queue = Lingering::new(backend.queue.clone(), LINGER, Duration::ZERO);
+    backend.tuning.claim_linger = LINGER;
     let (url, received) = receiver().await;
     let mut sub = testkit::subscription("sub_linger");
     sub.target_url = url;
@@ -149,7 +109,7 @@ async fn a_busy_subscription_claims_again_as_soon_as_its_slots_are_free() {
     for i in 0..EVENTS {
         let publish = testkit::publish(&format!("msg_linger{i}"), &["sub_linger"], b"{}");
         assert_eq!(
-            backend.queue.publish(publish).await.unwrap(),
+            backend.intake.publish(publish).await.unwrap(),
             PublishOutcome::Accepted
         );
     }
@@ -201,8 +161,12 @@ async fn the_settle_linger_gathers_jobs_that_finish_apart_and_holds_no_slot() {
     let dir = tempfile::tempdir().unwrap();
     let store = Sqlite::open(&dir.path().join("herald.db"), Sync::Normal).unwrap();
     let mut backend = store.backend();
-    let lingering = Lingering::new(backend.queue.clone(), Duration::ZERO, SETTLE_LINGER);
-    backend.queue = lingering.clone();
+    let counting = Arc::new(Counting {
+        queue: backend.queue.clone(),
+        settles: Mutex::default(),
+    });
+    backend.queue = counting.clone();
+    backend.tuning.settle_linger = SETTLE_LINGER;
     let (url, arrivals) = staggered_receiver(STEP).await;
     let mut sub = testkit::subscription("sub_settle");
     sub.target_url = url;
@@ -214,7 +178,7 @@ async fn the_settle_linger_gathers_jobs_that_finish_apart_and_holds_no_slot() {
             &["sub_settle"],
             format!(r#"{{"i":{i}}}"#).as_bytes(),
         );
-        backend.queue.publish(publish).await.unwrap();
+        backend.intake.publish(publish).await.unwrap();
     }
     let config = engine_config(&[
         &format!("--subscription-concurrency={FIRST}"),
@@ -233,13 +197,13 @@ async fn the_settle_linger_gathers_jobs_that_finish_apart_and_holds_no_slot() {
     // every slot taken by the first round, it can only be sent once a slot is free again.
     tokio::time::sleep(STEP * u32::try_from(FIRST).unwrap() + Duration::from_millis(100)).await;
     let publish = testkit::publish("msg_settle_next", &["sub_settle"], br#"{"i":0}"#);
-    backend.queue.publish(publish).await.unwrap();
+    backend.intake.publish(publish).await.unwrap();
     while arrivals.lock().unwrap().len() < FIRST + 1 {
         assert!(Instant::now() < deadline, "the next event was not sent");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let next_sent = started.elapsed();
-    let first_settles: Vec<usize> = lingering.settles.lock().unwrap().clone();
+    let first_settles: Vec<usize> = counting.settles.lock().unwrap().clone();
     // The first round's jobs finished but are still lingering, unsettled: their slots were
     // free all the same.
     assert!(
@@ -250,7 +214,7 @@ async fn the_settle_linger_gathers_jobs_that_finish_apart_and_holds_no_slot() {
     for i in 0..FIRST {
         let id = format!("msg_settle{i}");
         loop {
-            let record = backend.queue.webhook(&id).await.unwrap().unwrap();
+            let record = backend.intake.webhook(&id).await.unwrap().unwrap();
             if record.status() == DeliveryState::Succeeded {
                 break;
             }
@@ -260,7 +224,7 @@ async fn the_settle_linger_gathers_jobs_that_finish_apart_and_holds_no_slot() {
     }
     stop.cancel();
     engine.await.unwrap();
-    let settles = lingering.settles.lock().unwrap().clone();
+    let settles = counting.settles.lock().unwrap().clone();
     assert_eq!(settles.iter().sum::<usize>(), FIRST + 1, "{settles:?}");
     // The next event's job finished inside the same linger, so it may have joined them.
     assert!(

@@ -14,12 +14,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use clap::Parser;
-use herald_core::backend::{Backend, Queue, Result};
+use herald_core::backend::{Backend, Result, WorkQueue};
 use herald_core::cache::SubscriptionCache;
-use herald_core::model::{
-    ClaimRequest, Claimed, DeliveryState, Publish, PublishOutcome, QueueStats, Settlement,
-    WebhookRecord,
-};
+use herald_core::model::{ClaimRequest, Claimed, DeliveryState, QueueStats, Settlement};
 use herald_core::{testkit, StoreError};
 use herald_delivery::{Engine, EngineConfig, RecorderWatch};
 use herald_runtime::config::Settings;
@@ -29,16 +26,13 @@ use tokio_util::sync::CancellationToken;
 /// The production queue, refusing for good any settle that logs an attempt of `poison`, and
 /// failing every settle (as an unreachable store does) while `down` is set.
 struct Refusing {
-    queue: Arc<dyn Queue>,
+    queue: Arc<dyn WorkQueue>,
     poison: String,
     down: AtomicBool,
 }
 
 #[async_trait]
-impl Queue for Refusing {
-    async fn publish(&self, publish: Publish) -> Result<PublishOutcome> {
-        self.queue.publish(publish).await
-    }
+impl WorkQueue for Refusing {
     async fn claim(&self, req: &ClaimRequest) -> Result<Claimed> {
         self.queue.claim(req).await
     }
@@ -66,29 +60,8 @@ impl Queue for Refusing {
     async fn wait_for_work(&self, max_wait: Duration) {
         self.queue.wait_for_work(max_wait).await
     }
-    fn claim_linger(&self) -> Duration {
-        self.queue.claim_linger()
-    }
-    fn settle_linger(&self) -> Duration {
-        self.queue.settle_linger()
-    }
-    async fn webhook(&self, webhook_id: &str) -> Result<Option<WebhookRecord>> {
-        self.queue.webhook(webhook_id).await
-    }
-    async fn replay(&self, webhook_id: &str) -> Result<usize> {
-        self.queue.replay(webhook_id).await
-    }
-    async fn expedite(&self, subscription_id: &str) -> Result<()> {
-        self.queue.expedite(subscription_id).await
-    }
-    async fn stats(&self) -> Result<QueueStats> {
-        self.queue.stats().await
-    }
     async fn purge(&self, cutoff: DateTime<Utc>) -> Result<u64> {
         self.queue.purge(cutoff).await
-    }
-    async fn ping(&self) -> Result<()> {
-        self.queue.ping().await
     }
 }
 
@@ -140,13 +113,13 @@ async fn rig(events: usize) -> Option<(Backend, Arc<Refusing>, Scratch)> {
     backend.subscriptions.insert(&sub).await.unwrap();
     for i in 0..events {
         let p = testkit::publish(&format!("msg_{i}"), &["sub_rec"], b"{}");
-        backend.queue.publish(p).await.unwrap();
+        backend.intake.publish(p).await.unwrap();
     }
     Some((backend, refusing, scratch))
 }
 
 async fn status(backend: &Backend, id: &str) -> Option<(DeliveryState, Option<String>)> {
-    let rec = backend.queue.webhook(id).await.unwrap()?;
+    let rec = backend.intake.webhook(id).await.unwrap()?;
     let d = rec.deliveries.first()?;
     Some((d.status, d.last_error.clone()))
 }
@@ -187,7 +160,7 @@ async fn a_settlement_refused_for_good_ends_alone_and_the_rest_of_its_batch_sett
         error.contains("refused by the store") && error.contains("can never be stored"),
         "{error}"
     );
-    assert_eq!(backend.queue.stats().await.unwrap(), QueueStats::default());
+    assert_eq!(backend.intake.stats().await.unwrap(), QueueStats::default());
     stop.cancel();
     engine.await.unwrap();
 }
@@ -210,7 +183,7 @@ async fn a_recorder_that_cannot_write_flips_healthz_until_it_writes_again() {
     let engine = tokio::spawn(Engine::run(backend.clone(), cache, config, stop.clone()));
     assert_eq!(healthz().await.0, 200, "idle is healthy");
     let p = testkit::publish("msg_stuck", &["sub_rec"], b"{}");
-    backend.queue.publish(p).await.unwrap();
+    backend.intake.publish(p).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let body = loop {
         let (code, body) = healthz().await;

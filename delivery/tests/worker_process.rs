@@ -38,7 +38,7 @@ async fn delivers_what_another_process_queued_and_stops_on_sigterm() {
     sub.target_url = format!("http://127.0.0.1:{port}/hook");
     db.subscriptions.insert(&sub).await.unwrap();
     for i in 0..20 {
-        db.queue
+        db.intake
             .publish(testkit::publish(
                 &format!("msg_w{i}"),
                 &["sub_worker"],
@@ -104,7 +104,7 @@ async fn delivers_what_another_process_queued_and_stops_on_sigterm() {
         .await
         .unwrap()
         .is_empty());
-    assert!(db.queue.webhook("msg_w0").await.unwrap().is_none());
+    assert!(db.intake.webhook("msg_w0").await.unwrap().is_none());
 }
 
 #[test]

@@ -72,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
     let cache = Arc::new(SubscriptionCache::for_backend(&backend));
     let _follower = cache.follow();
     let subscriptions = Arc::new(
-        Subscriptions::new(cache, backend.queue.clone(), settings.target_guard())
+        Subscriptions::new(cache, backend.intake.clone(), settings.target_guard())
             .with_secret_overlap(settings.secret_overlap),
     );
     let config = kube::Config::infer()

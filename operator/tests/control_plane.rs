@@ -53,7 +53,7 @@ fn service(backend: &Backend) -> Arc<Subscriptions> {
     // The example's receiver is on the loopback, which the SSRF guard refuses unless allowed.
     let guard = TargetGuard::new(TargetGuard::parse_allow_list("127.0.0.0/8").unwrap());
     Arc::new(
-        Subscriptions::new(cache, backend.queue.clone(), guard)
+        Subscriptions::new(cache, backend.intake.clone(), guard)
             .with_secret_overlap(Duration::from_secs(60)),
     )
 }

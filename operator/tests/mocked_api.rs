@@ -40,7 +40,7 @@ fn fixture() -> Fixture {
     let cache = Arc::new(SubscriptionCache::for_backend(&backend));
     let subs = Arc::new(Subscriptions::new(
         cache,
-        backend.queue.clone(),
+        backend.intake.clone(),
         TargetGuard::new(vec![]),
     ));
     let (service, server) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
@@ -715,7 +715,7 @@ fn fixture_with_the_store_down() -> Fixture {
     ));
     let subs = Arc::new(Subscriptions::new(
         cache,
-        f.backend.queue.clone(),
+        f.backend.intake.clone(),
         TargetGuard::new(vec![]),
     ));
     let client = f.ctx.client.clone();

@@ -27,7 +27,7 @@ fn replica(backend: &Backend) -> Subscriptions {
         backend.subscriptions.clone(),
         Duration::from_secs(3600),
     ));
-    Subscriptions::new(cache, backend.queue.clone(), TargetGuard::new(vec![]))
+    Subscriptions::new(cache, backend.intake.clone(), TargetGuard::new(vec![]))
 }
 
 fn resource(i: usize) -> WebhookSubscription {

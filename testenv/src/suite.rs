@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use chrono::{Duration as ChronoDuration, Utc};
 
-use herald_core::backend::Queue;
-use herald_core::backend::{Backend, ReplaceHealth};
+use herald_core::backend::WorkQueue;
+use herald_core::backend::{Backend, ReplaceHealth, IDEMPOTENCY_WINDOW};
 use herald_core::model::{
     Attempt, Claimed, DeliveryState, Disposition, IdempotencyKey, Job, Outcome, PublishOutcome,
     Settlement,
@@ -17,7 +17,7 @@ use herald_core::testkit::{claim_request, publish, subscription};
 const LEASE: Duration = Duration::from_secs(60);
 const WORKER: &str = "wrk_suite";
 
-async fn claim(q: &std::sync::Arc<dyn Queue>, max: usize, lease: Duration) -> Claimed {
+async fn claim(q: &std::sync::Arc<dyn WorkQueue>, max: usize, lease: Duration) -> Claimed {
     q.claim(&claim_request(WORKER, max, lease)).await.unwrap()
 }
 
@@ -71,11 +71,33 @@ impl<G> Fresh for Option<(Backend, G)> {
     }
 }
 
+/// What the checks of a store's own clock need beyond the backend's traits: the factory's guard
+/// moves the store's record of time back (for the checks listed after `@rewound` in
+/// [`backend_suite!`](crate::backend_suite)).
+pub trait Rewind {
+    /// Makes every idempotency key recorded so far `by` older, as the store reckons its age
+    /// (a timestamp moved back, or an expiry brought forward).
+    fn age_idempotency_keys(&self, by: Duration) -> impl std::future::Future<Output = ()> + Send;
+}
+
 /// Expands into one `#[tokio::test]` per check of the suite. `$make` is an async function
-/// returning a [`Fresh`] backend.
+/// returning a [`Fresh`] backend whose guard is a [`Rewind`].
 #[macro_export]
 macro_rules! backend_suite {
+    (@rewound $make:path; $($check:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let Some((backend, guard)) = $crate::suite::Fresh::into_option($make().await)
+                else {
+                    return;
+                };
+                $crate::suite::$check(backend, &guard).await;
+            }
+        )+
+    };
     ($make:path) => {
+        $crate::backend_suite!(@rewound $make; idempotency_keys_expire_with_the_window);
         $crate::backend_suite!($make;
             subscriptions_crud,
             subscriptions_by_owner,
@@ -205,28 +227,29 @@ pub async fn subscriptions_by_owner(b: Backend) {
 
 pub async fn publish_claim_settle(b: Backend) {
     let q = &b.queue;
-    q.ping().await.unwrap();
-    let out = q
+    b.intake.ping().await.unwrap();
+    let out = b
+        .intake
         .publish(publish("msg_1", &["sub_a", "sub_b"], b"{\"n\":1}"))
         .await
         .unwrap();
     assert_eq!(out, PublishOutcome::Accepted);
-    let rec = q.webhook("msg_1").await.unwrap().unwrap();
+    let rec = b.intake.webhook("msg_1").await.unwrap().unwrap();
     assert_eq!(rec.status(), DeliveryState::Queued);
     assert_eq!(rec.deliveries.len(), 2);
-    assert_eq!(q.stats().await.unwrap().ready, 2);
+    assert_eq!(b.intake.stats().await.unwrap().ready, 2);
     // Due and not picked up: the oldest ready delivery's wait shows (the on-call's alert).
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let waited = q.stats().await.unwrap().oldest_ready_age_ms;
+    let waited = b.intake.stats().await.unwrap().oldest_ready_age_ms;
     assert!((150..60_000).contains(&waited), "{waited} ms");
 
     let claimed = claim(q, 10, LEASE).await;
     assert_eq!(claimed.jobs.len(), 2);
     assert!(claimed.jobs.iter().all(|j| j.attempt == 1));
     assert_eq!(claim(q, 10, LEASE).await.jobs.len(), 0);
-    assert_eq!(q.stats().await.unwrap().in_flight, 2);
+    assert_eq!(b.intake.stats().await.unwrap().in_flight, 2);
     assert_eq!(
-        q.webhook("msg_1").await.unwrap().unwrap().status(),
+        b.intake.webhook("msg_1").await.unwrap().unwrap().status(),
         DeliveryState::Delivering
     );
 
@@ -252,18 +275,18 @@ pub async fn publish_claim_settle(b: Backend) {
         vec![logged],
         "settling logs the attempt it carries"
     );
-    let rec = q.webhook("msg_1").await.unwrap().unwrap();
+    let rec = b.intake.webhook("msg_1").await.unwrap().unwrap();
     assert_eq!(rec.status(), DeliveryState::Failed);
     let states: Vec<_> = rec.deliveries.iter().map(|d| d.status).collect();
     assert!(states.contains(&DeliveryState::Succeeded) && states.contains(&DeliveryState::Failed));
-    assert_eq!(q.stats().await.unwrap(), Default::default());
-    assert!(q.webhook("msg_unknown").await.unwrap().is_none());
+    assert_eq!(b.intake.stats().await.unwrap(), Default::default());
+    assert!(b.intake.webhook("msg_unknown").await.unwrap().is_none());
 }
 
 pub async fn payload_bytes_are_kept_exactly(b: Backend) {
     // Keys with dots and dollars, odd spacing and unicode: stored and returned byte for byte.
     let payload = "{ \"a.b\": 1, \"$set\": {\"x\" :  \"é\\u00e9\"},\n \"n\": 1.50 }".as_bytes();
-    b.queue
+    b.intake
         .publish(publish("msg_p", &["sub_a"], payload))
         .await
         .unwrap();
@@ -274,7 +297,8 @@ pub async fn payload_bytes_are_kept_exactly(b: Backend) {
 
 pub async fn retries_wait_until_due(b: Backend) {
     let q = &b.queue;
-    q.publish(publish("msg_r", &["sub_a"], b"{}"))
+    b.intake
+        .publish(publish("msg_r", &["sub_a"], b"{}"))
         .await
         .unwrap();
     let job = claim(q, 1, LEASE).await.jobs.remove(0);
@@ -289,8 +313,8 @@ pub async fn retries_wait_until_due(b: Backend) {
     );
     let next = claimed.next_due.expect("next due time known");
     assert!((next - due).num_milliseconds().abs() < 5);
-    assert_eq!(q.stats().await.unwrap().scheduled, 1);
-    let rec = q.webhook("msg_r").await.unwrap().unwrap();
+    assert_eq!(b.intake.stats().await.unwrap().scheduled, 1);
+    let rec = b.intake.webhook("msg_r").await.unwrap().unwrap();
     assert_eq!(rec.deliveries[0].attempts, 1);
     assert!(rec.deliveries[0].next_attempt_at.is_some());
     tokio::time::sleep(Duration::from_millis(350)).await;
@@ -301,7 +325,8 @@ pub async fn retries_wait_until_due(b: Backend) {
 
 pub async fn expired_leases_are_reclaimed(b: Backend) {
     let q = &b.queue;
-    q.publish(publish("msg_l", &["sub_a"], b"{}"))
+    b.intake
+        .publish(publish("msg_l", &["sub_a"], b"{}"))
         .await
         .unwrap();
     let first = claim(q, 1, Duration::from_millis(200)).await.jobs;
@@ -322,17 +347,17 @@ pub async fn idempotency_keys_dedupe(b: Backend) {
     let key = IdempotencyKey::new("sub_a", "k-1", None, b"{}");
     let mut p = publish("msg_i1", &["sub_a"], b"{}");
     p.idempotency = Some(key.clone());
-    assert_eq!(q.publish(p).await.unwrap(), PublishOutcome::Accepted);
+    assert_eq!(b.intake.publish(p).await.unwrap(), PublishOutcome::Accepted);
     let mut p = publish("msg_i2", &["sub_a"], b"{}");
     p.idempotency = Some(key.clone());
     assert_eq!(
-        q.publish(p).await.unwrap(),
+        b.intake.publish(p).await.unwrap(),
         PublishOutcome::Duplicate {
             webhook_id: "msg_i1".into(),
             matched: 1
         }
     );
-    assert!(q.webhook("msg_i2").await.unwrap().is_none());
+    assert!(b.intake.webhook("msg_i2").await.unwrap().is_none());
     // The same key with another body or event type is refused and queues nothing.
     for other in [
         IdempotencyKey::new("sub_a", "k-1", None, b"{\"a\":1}"),
@@ -341,35 +366,88 @@ pub async fn idempotency_keys_dedupe(b: Backend) {
         let mut p = publish("msg_i4", &["sub_a"], b"{}");
         p.idempotency = Some(other);
         assert_eq!(
-            q.publish(p).await.unwrap(),
+            b.intake.publish(p).await.unwrap(),
             PublishOutcome::KeyReused {
                 webhook_id: "msg_i1".into()
             }
         );
-        assert!(q.webhook("msg_i4").await.unwrap().is_none());
+        assert!(b.intake.webhook("msg_i4").await.unwrap().is_none());
     }
     let mut p = publish("msg_i3", &["sub_b"], b"{}");
     p.idempotency = Some(IdempotencyKey::new("sub_b", "k-1", None, b"{}"));
-    assert_eq!(q.publish(p).await.unwrap(), PublishOutcome::Accepted);
+    assert_eq!(b.intake.publish(p).await.unwrap(), PublishOutcome::Accepted);
     assert_eq!(claim(q, 10, LEASE).await.jobs.len(), 2);
+}
+
+/// Every store keeps core's [`IDEMPOTENCY_WINDOW`]: a key a minute short of it still answers
+/// the first event, and a minute past it the key is free for a new event (held anew from then).
+pub async fn idempotency_keys_expire_with_the_window(b: Backend, clock: &impl Rewind) {
+    const MINUTE: Duration = Duration::from_secs(60);
+    let key = IdempotencyKey::new("sub_a", "k-window", None, b"{}");
+    let keyed = |id: &str| {
+        let mut p = publish(id, &["sub_a"], b"{}");
+        p.idempotency = Some(key.clone());
+        p
+    };
+    let duplicate_of = |id: &str| PublishOutcome::Duplicate {
+        webhook_id: id.into(),
+        matched: 1,
+    };
+    let q = &b.intake;
+    assert_eq!(
+        q.publish(keyed("msg_w1")).await.unwrap(),
+        PublishOutcome::Accepted
+    );
+    clock
+        .age_idempotency_keys(IDEMPOTENCY_WINDOW - MINUTE)
+        .await;
+    assert_eq!(
+        q.publish(keyed("msg_w2")).await.unwrap(),
+        duplicate_of("msg_w1"),
+        "a key younger than the window holds"
+    );
+    clock.age_idempotency_keys(2 * MINUTE).await;
+    assert_eq!(
+        q.publish(keyed("msg_w3")).await.unwrap(),
+        PublishOutcome::Accepted,
+        "a key older than the window is free again"
+    );
+    assert_eq!(
+        q.publish(keyed("msg_w4")).await.unwrap(),
+        duplicate_of("msg_w3")
+    );
+    let mut queued: Vec<String> = claim(&b.queue, 10, LEASE)
+        .await
+        .jobs
+        .into_iter()
+        .map(|j| j.webhook_id)
+        .collect();
+    queued.sort();
+    assert_eq!(queued, ["msg_w1", "msg_w3"]);
 }
 
 pub async fn replay_and_expedite(b: Backend) {
     let q = &b.queue;
-    q.publish(publish("msg_x", &["sub_a"], b"{}"))
+    b.intake
+        .publish(publish("msg_x", &["sub_a"], b"{}"))
         .await
         .unwrap();
     let job = claim(q, 1, LEASE).await.jobs.remove(0);
-    assert_eq!(q.replay("msg_x").await.unwrap(), 0, "nothing failed yet");
+    assert_eq!(
+        b.intake.replay("msg_x").await.unwrap(),
+        0,
+        "nothing failed yet"
+    );
     q.settle(vec![settle(&job, Disposition::Failed)])
         .await
         .unwrap();
-    assert_eq!(q.replay("msg_x").await.unwrap(), 1);
+    assert_eq!(b.intake.replay("msg_x").await.unwrap(), 1);
     let again = claim(q, 1, LEASE).await.jobs.remove(0);
     assert_eq!(again.attempt, 2);
     assert_eq!(again.final_attempt, Some(2));
 
-    q.publish(publish("msg_y", &["sub_b"], b"{}"))
+    b.intake
+        .publish(publish("msg_y", &["sub_b"], b"{}"))
         .await
         .unwrap();
     let job = claim(q, 1, LEASE).await.jobs.remove(0);
@@ -378,7 +456,7 @@ pub async fn replay_and_expedite(b: Backend) {
         .await
         .unwrap();
     assert!(claim(q, 1, LEASE).await.jobs.is_empty());
-    q.expedite("sub_b").await.unwrap();
+    b.intake.expedite("sub_b").await.unwrap();
     let now = claim(q, 1, LEASE).await.jobs;
     assert_eq!(now.len(), 1);
     assert_eq!(now[0].subscription_id, "sub_b");
@@ -426,10 +504,12 @@ pub async fn attempt_log_order_and_retention(b: Backend) {
 
 pub async fn purge_keeps_open_deliveries(b: Backend) {
     let q = &b.queue;
-    q.publish(publish("msg_done", &["sub_a"], b"{}"))
+    b.intake
+        .publish(publish("msg_done", &["sub_a"], b"{}"))
         .await
         .unwrap();
-    q.publish(publish("msg_open", &["sub_b"], b"{}"))
+    b.intake
+        .publish(publish("msg_open", &["sub_b"], b"{}"))
         .await
         .unwrap();
     let jobs = claim(q, 10, LEASE).await.jobs;
@@ -441,15 +521,15 @@ pub async fn purge_keeps_open_deliveries(b: Backend) {
     q.purge(Utc::now() - ChronoDuration::hours(1))
         .await
         .unwrap();
-    assert!(q.webhook("msg_done").await.unwrap().is_some());
+    assert!(b.intake.webhook("msg_done").await.unwrap().is_some());
     tokio::time::sleep(Duration::from_millis(5)).await;
     q.purge(Utc::now()).await.unwrap();
     assert!(
-        q.webhook("msg_done").await.unwrap().is_none(),
+        b.intake.webhook("msg_done").await.unwrap().is_none(),
         "settled and old"
     );
     assert!(
-        q.webhook("msg_open").await.unwrap().is_some(),
+        b.intake.webhook("msg_open").await.unwrap().is_some(),
         "still in flight"
     );
 }
@@ -460,7 +540,8 @@ pub async fn purge_keeps_open_deliveries(b: Backend) {
 pub async fn purge_keeps_events_whose_deliveries_are_open(b: Backend) {
     let q = &b.queue;
     let payload = b"{\"kept\": true}";
-    q.publish(publish("msg_kept", &["sub_slow"], payload))
+    b.intake
+        .publish(publish("msg_kept", &["sub_slow"], payload))
         .await
         .unwrap();
     let soon = || Utc::now() + ChronoDuration::milliseconds(200);
@@ -479,7 +560,7 @@ pub async fn purge_keeps_events_whose_deliveries_are_open(b: Backend) {
     tokio::time::sleep(Duration::from_millis(5)).await;
     // Everything received until now is past the retention.
     q.purge(Utc::now()).await.unwrap();
-    assert!(q.webhook("msg_kept").await.unwrap().is_some());
+    assert!(b.intake.webhook("msg_kept").await.unwrap().is_some());
     tokio::time::sleep(Duration::from_millis(250)).await;
     // The subscription is paused: the delivery is deferred, unattempted.
     let job = claim(q, 1, LEASE).await.jobs.remove(0);
@@ -503,13 +584,18 @@ pub async fn purge_keeps_events_whose_deliveries_are_open(b: Backend) {
     failed.attempts = 2;
     failed.last_error = Some("HTTP 500".into());
     q.settle(vec![failed]).await.unwrap();
-    let rec = q
+    let rec = b
+        .intake
         .webhook("msg_kept")
         .await
         .unwrap()
         .expect("an event kept while its delivery was open can be read after it ended");
     assert_eq!(rec.status(), DeliveryState::Failed);
-    assert_eq!(q.replay("msg_kept").await.unwrap(), 1, "and replayed");
+    assert_eq!(
+        b.intake.replay("msg_kept").await.unwrap(),
+        1,
+        "and replayed"
+    );
     let again = claim(q, 1, LEASE).await.jobs.remove(0);
     assert_eq!((again.attempt, &again.payload[..]), (3, &payload[..]));
 }
@@ -530,7 +616,8 @@ fn success(job: &Job) -> Settlement {
 
 pub async fn stale_settlements_are_fenced(b: Backend) {
     let q = &b.queue;
-    q.publish(publish("msg_fence", &["sub_a"], b"{}"))
+    b.intake
+        .publish(publish("msg_fence", &["sub_a"], b"{}"))
         .await
         .unwrap();
     let old = claim(q, 1, Duration::from_millis(200)).await.jobs.remove(0);
@@ -544,24 +631,25 @@ pub async fn stale_settlements_are_fenced(b: Backend) {
         b.attempts.by_webhook("msg_fence").await.unwrap().is_empty(),
         "a stale settlement logs no attempt"
     );
-    let rec = q.webhook("msg_fence").await.unwrap().unwrap();
+    let rec = b.intake.webhook("msg_fence").await.unwrap().unwrap();
     assert_eq!(rec.status(), DeliveryState::Delivering, "nothing changed");
-    assert_eq!(q.stats().await.unwrap().in_flight, 1);
+    assert_eq!(b.intake.stats().await.unwrap().in_flight, 1);
 
     assert_eq!(q.settle(vec![success(&new)]).await.unwrap(), 0);
-    let rec = q.webhook("msg_fence").await.unwrap().unwrap();
+    let rec = b.intake.webhook("msg_fence").await.unwrap().unwrap();
     assert_eq!(rec.status(), DeliveryState::Succeeded);
     assert_eq!(b.attempts.by_webhook("msg_fence").await.unwrap().len(), 1);
     // Settling twice under the same lease is stale too: a settled delivery never goes back.
     let again = settle(&new, Disposition::RetryAt(Utc::now()));
     assert_eq!(q.settle(vec![again]).await.unwrap(), 1);
-    let rec = q.webhook("msg_fence").await.unwrap().unwrap();
+    let rec = b.intake.webhook("msg_fence").await.unwrap().unwrap();
     assert_eq!(rec.status(), DeliveryState::Succeeded);
 }
 
 pub async fn heartbeats_renew_leases(b: Backend) {
     let q = &b.queue;
-    q.publish(publish("msg_hb", &["sub_a", "sub_b"], b"{}"))
+    b.intake
+        .publish(publish("msg_hb", &["sub_a", "sub_b"], b"{}"))
         .await
         .unwrap();
     let short = Duration::from_millis(300);
@@ -583,7 +671,7 @@ pub async fn heartbeats_renew_leases(b: Backend) {
         .await
         .unwrap();
     assert!(other.jobs.is_empty(), "renewed leases hold");
-    assert_eq!(q.stats().await.unwrap().in_flight, 2);
+    assert_eq!(b.intake.stats().await.unwrap().in_flight, 2);
     // Once settled, a delivery is no longer renewed.
     q.settle(vec![success(&held[0])]).await.unwrap();
     assert_eq!(q.heartbeat("wrk_live", short).await.unwrap(), 1);
@@ -600,7 +688,8 @@ pub async fn heartbeats_renew_leases(b: Backend) {
 
 pub async fn reaping_frees_only_dead_workers(b: Backend) {
     let q = &b.queue;
-    q.publish(publish("msg_dead", &["sub_a", "sub_b"], b"{}"))
+    b.intake
+        .publish(publish("msg_dead", &["sub_a", "sub_b"], b"{}"))
         .await
         .unwrap();
     let dead = q
@@ -609,7 +698,8 @@ pub async fn reaping_frees_only_dead_workers(b: Backend) {
         .unwrap()
         .jobs;
     assert_eq!(dead.len(), 2);
-    q.publish(publish("msg_live", &["sub_c"], b"{}"))
+    b.intake
+        .publish(publish("msg_live", &["sub_c"], b"{}"))
         .await
         .unwrap();
     let live = q
@@ -622,7 +712,7 @@ pub async fn reaping_frees_only_dead_workers(b: Backend) {
     q.heartbeat("wrk_live", LEASE).await.unwrap();
     assert_eq!(q.reap(Duration::from_millis(200)).await.unwrap(), 2);
     assert_eq!(q.reap(Duration::from_millis(200)).await.unwrap(), 0);
-    let rec = q.webhook("msg_dead").await.unwrap().unwrap();
+    let rec = b.intake.webhook("msg_dead").await.unwrap().unwrap();
     assert_eq!(
         rec.status(),
         DeliveryState::Queued,
@@ -654,7 +744,8 @@ pub async fn reaping_frees_only_dead_workers(b: Backend) {
 pub async fn reaped_deliveries_keep_their_place(b: Backend) {
     let q = &b.queue;
     // Named so that an order by id would put it last.
-    q.publish(publish("msg_z_held", &["sub_a"], b"{}"))
+    b.intake
+        .publish(publish("msg_z_held", &["sub_a"], b"{}"))
         .await
         .unwrap();
     let held = q
@@ -665,12 +756,13 @@ pub async fn reaped_deliveries_keep_their_place(b: Backend) {
     assert_eq!(held.len(), 1);
     tokio::time::sleep(Duration::from_millis(20)).await;
     for i in 0..3 {
-        q.publish(publish(&format!("msg_a_later{i}"), &["sub_a"], b"{}"))
+        b.intake
+            .publish(publish(&format!("msg_a_later{i}"), &["sub_a"], b"{}"))
             .await
             .unwrap();
     }
     // Queued now, before the reap (a count fans out what a transport holds back until then).
-    assert_eq!(q.stats().await.unwrap().ready, 3);
+    assert_eq!(b.intake.stats().await.unwrap().ready, 3);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(q.reap(Duration::from_millis(200)).await.unwrap(), 1);
     let next = q
@@ -688,16 +780,19 @@ pub async fn reaped_deliveries_keep_their_place(b: Backend) {
 pub async fn claims_honour_per_subscription_caps(b: Backend) {
     let q = &b.queue;
     for i in 0..10 {
-        q.publish(publish(&format!("msg_a{i}"), &["sub_a"], b"{}"))
+        b.intake
+            .publish(publish(&format!("msg_a{i}"), &["sub_a"], b"{}"))
             .await
             .unwrap();
     }
     for i in 0..3 {
-        q.publish(publish(&format!("msg_b{i}"), &["sub_b"], b"{}"))
+        b.intake
+            .publish(publish(&format!("msg_b{i}"), &["sub_b"], b"{}"))
             .await
             .unwrap();
     }
-    q.publish(publish("msg_c", &["sub_c"], b"{}"))
+    b.intake
+        .publish(publish("msg_c", &["sub_c"], b"{}"))
         .await
         .unwrap();
     let mut req = claim_request(WORKER, 100, LEASE);
@@ -726,11 +821,13 @@ pub async fn claims_honour_per_subscription_caps(b: Backend) {
 pub async fn claims_serve_subscriptions_in_turn(b: Backend) {
     let q = &b.queue;
     for i in 0..50 {
-        q.publish(publish(&format!("msg_big{i}"), &["sub_a_big"], b"{}"))
+        b.intake
+            .publish(publish(&format!("msg_big{i}"), &["sub_a_big"], b"{}"))
             .await
             .unwrap();
     }
-    q.publish(publish("msg_small", &["sub_b_small"], b"{}"))
+    b.intake
+        .publish(publish("msg_small", &["sub_b_small"], b"{}"))
         .await
         .unwrap();
     // Two claims of three: the subscription behind the backlog is served by the second.
@@ -744,6 +841,56 @@ pub async fn claims_serve_subscriptions_in_turn(b: Backend) {
         seen.iter().any(|j| j.subscription_id == "sub_b_small"),
         "a backlog does not hold every claim"
     );
+    fair_turns_within_caps(&b).await;
+}
+
+/// The fairness rule of `WorkQueue::claim`, which the SQLite claim and the Redis lease script
+/// each implement: claims of one job take three backlogged subscriptions in turn (none twice
+/// before the others once), and stop at each one's cap of two in flight.
+async fn fair_turns_within_caps(b: &Backend) {
+    const SUBS: [&str; 3] = ["sub_turn_a", "sub_turn_b", "sub_turn_c"];
+    for sub in SUBS {
+        for i in 0..4 {
+            b.intake
+                .publish(publish(&format!("msg_{sub}_{i}"), &[sub], b"{}"))
+                .await
+                .unwrap();
+        }
+    }
+    let mut req = claim_request(WORKER, 1, LEASE);
+    req.per_subscription = 2;
+    // Leftovers of the backlog above take their turns too: they are held here, at the cap.
+    let mut turns = Vec::new();
+    loop {
+        let jobs = b.queue.claim(&req).await.unwrap().jobs;
+        let [job] = &jobs[..] else {
+            assert!(jobs.is_empty(), "{} jobs in a claim of one", jobs.len());
+            break;
+        };
+        *req.in_flight
+            .entry(job.subscription_id.clone())
+            .or_default() += 1;
+        if SUBS.contains(&job.subscription_id.as_str()) {
+            turns.push(job.subscription_id.clone());
+        }
+        assert!(turns.len() <= 6, "claims went past the caps: {turns:?}");
+    }
+    assert_eq!(turns.len(), 6, "two of each, up to the caps: {turns:?}");
+    for (i, window) in turns.windows(3).enumerate() {
+        assert!(
+            window[0] != window[1] && window[1] != window[2] && window[0] != window[2],
+            "claim {i} served a subscription twice before the others once: {turns:?}"
+        );
+    }
+    for sub in SUBS {
+        assert_eq!(req.in_flight[sub], 2, "{sub} is held at its cap: {turns:?}");
+    }
+    // Raising a cap frees exactly that much, for that subscription only.
+    req.max = 10;
+    req.in_flight.insert(SUBS[1].into(), 1);
+    let freed = b.queue.claim(&req).await.unwrap().jobs;
+    let subs: Vec<_> = freed.iter().map(|j| j.subscription_id.as_str()).collect();
+    assert_eq!(subs, [SUBS[1]]);
 }
 
 pub async fn fan_out_shares_one_payload(b: Backend) {
@@ -751,10 +898,12 @@ pub async fn fan_out_shares_one_payload(b: Backend) {
     let subs: Vec<String> = (0..20).map(|i| format!("sub_{i:02}")).collect();
     let refs: Vec<&str> = subs.iter().map(String::as_str).collect();
     let payload = vec![b'x'; 64 * 1024];
-    q.publish(publish("msg_fan", &refs, &payload))
+    b.intake
+        .publish(publish("msg_fan", &refs, &payload))
         .await
         .unwrap();
-    q.publish(publish("msg_other", &["sub_00"], b"{}"))
+    b.intake
+        .publish(publish("msg_other", &["sub_00"], b"{}"))
         .await
         .unwrap();
     let jobs = claim(q, 100, LEASE).await.jobs;
@@ -773,13 +922,14 @@ pub async fn claims_respect_the_byte_budget(b: Backend) {
     let q = &b.queue;
     let kib = vec![b'y'; 1000];
     for i in 0..3 {
-        q.publish(publish(
-            &format!("msg_kib{i}"),
-            &[&format!("sub_{i}")],
-            &kib,
-        ))
-        .await
-        .unwrap();
+        b.intake
+            .publish(publish(
+                &format!("msg_kib{i}"),
+                &[&format!("sub_{i}")],
+                &kib,
+            ))
+            .await
+            .unwrap();
     }
     let mut req = claim_request(WORKER, 10, LEASE);
     req.byte_budget = 2500;
@@ -791,7 +941,8 @@ pub async fn claims_respect_the_byte_budget(b: Backend) {
         "one job even past the budget"
     );
     // Jobs sharing a payload already loaded cost nothing more.
-    q.publish(publish("msg_shared", &["sub_x", "sub_y", "sub_z"], &kib))
+    b.intake
+        .publish(publish("msg_shared", &["sub_x", "sub_y", "sub_z"], &kib))
         .await
         .unwrap();
     req.byte_budget = 1000;
@@ -882,7 +1033,7 @@ pub async fn concurrent_writes_lose_nothing(b: Backend) {
         let cache = Arc::new(SubscriptionCache::for_backend(b));
         Arc::new(Subscriptions::new(
             cache,
-            b.queue.clone(),
+            b.intake.clone(),
             herald_core::ssrf::TargetGuard::new(Vec::new()),
         ))
     };

@@ -72,7 +72,7 @@ fn checked_body(
 
 /// Stores and queues in a task of its own, so a client that goes away cannot cancel it half-way.
 async fn publish(st: &AppState, p: Publish) -> Result<PublishOutcome, ApiError> {
-    let queue = st.backend.queue.clone();
+    let queue = st.backend.intake.clone();
     let matched = p.subscription_ids.len() as u64;
     let out = tokio::spawn(async move {
         let out = queue.publish(p).await;

@@ -35,7 +35,7 @@ pub async fn healthz() -> Json<Health> {
 pub async fn readyz(State(st): State<AppState>) -> (StatusCode, Json<Health>) {
     let within = std::time::Duration::from_secs(2);
     let (queue, store) = tokio::join!(
-        tokio::time::timeout(within, st.backend.queue.ping()),
+        tokio::time::timeout(within, st.backend.intake.ping()),
         tokio::time::timeout(within, st.backend.subscriptions.ping()),
     );
     let failure = |r: Result<herald_core::backend::Result<()>, _>, what: &str| match r {
@@ -75,7 +75,7 @@ fn unready(error: String) -> (StatusCode, Json<Health>) {
 #[utoipa::path(get, path = "/stats", tag = "ops", responses((status = 200, body = Stats),
     (status = 401, body = crate::error::ErrorBody, description = "HERALD_API_KEY is set and the request lacks it")))]
 pub async fn stats(State(st): State<AppState>) -> Result<Json<Stats>, ApiError> {
-    let queue = st.backend.queue.stats().await?;
+    let queue = st.backend.intake.stats().await?;
     Ok(Json(Stats {
         ingested: telemetry::COUNTS.ingested.load(Ordering::Relaxed),
         delivered: telemetry::COUNTS.delivered.load(Ordering::Relaxed),

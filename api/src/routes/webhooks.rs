@@ -31,7 +31,7 @@ pub async fn status(
     // the log read second holds every attempt the state accounts for.
     let rec = st
         .backend
-        .queue
+        .intake
         .webhook(&webhook_id)
         .await?
         .ok_or(ApiError::NotFound("webhook"))?;
@@ -47,9 +47,9 @@ pub async fn retry(
     Path(webhook_id): Path<String>,
 ) -> Result<(StatusCode, Json<Requeued>), ApiError> {
     super::webhook_id(&webhook_id)?;
-    let requeued = st.backend.queue.replay(&webhook_id).await?;
+    let requeued = st.backend.intake.replay(&webhook_id).await?;
     if requeued == 0 {
-        return match st.backend.queue.webhook(&webhook_id).await? {
+        return match st.backend.intake.webhook(&webhook_id).await? {
             None => Err(ApiError::NotFound("webhook")),
             Some(rec) => Err(ApiError::Conflict(format!(
                 "nothing to retry: the webhook is {}, only failed deliveries can be retried",

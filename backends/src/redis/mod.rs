@@ -49,7 +49,7 @@
 //!   another `KeyReused`; with no subscriptions only the key is stored.
 //! - `lease`: fans out one batch of the intake (and answers "due now" while records are left),
 //!   returns leases that ended to their queues (due now, redelivered), then
-//!   leases due deliveries as [`herald_core::backend::Queue::claim`] describes, each under a
+//!   leases due deliveries as [`herald_core::backend::WorkQueue::claim`] describes, each under a
 //!   fresh token, recording the worker and the lease end; every distinct payload is returned
 //!   once. A queue entry whose delivery or event is missing is dropped (and logged here).
 //! - `settle`: fenced by the token: a settlement applies only while the delivery is leased

@@ -50,13 +50,12 @@
 
 use std::sync::Arc;
 
-use herald_core::backend::Result;
+use herald_core::backend::{Result, IDEMPOTENCY_WINDOW};
 use herald_core::model::{Publish, PublishOutcome};
 use herald_core::StoreError;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::scripts::SCRIPTS;
-use super::transport::IDEMPOTENCY_WINDOW;
 use super::{call, Shared};
 
 /// The most events one script run stores.

@@ -19,9 +19,6 @@ use super::publisher::Publisher;
 use super::scripts::SCRIPTS;
 use super::{call, Shared};
 
-/// How long an idempotency key holds.
-pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
-
 /// How many deliveries one `expedite` script moves; it runs again while batches are full.
 const EXPEDITE_BATCH: usize = 1000;
 

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Notify, Semaphore};
 
-use herald_core::backend::{Backend, Result};
+use herald_core::backend::{Backend, QueueTuning, Result};
 use herald_core::error::StoreError;
 pub use writer::Writer;
 
@@ -98,7 +98,10 @@ impl Sqlite {
         Backend {
             name: "sqlite",
             subscriptions: self.clone(),
+            intake: self.clone(),
             queue: self.clone(),
+            // A claim and a settle are one local transaction each: nothing to gather for.
+            tuning: QueueTuning::default(),
             attempts: self.clone(),
             changes: None,
         }
@@ -136,7 +139,7 @@ impl Sqlite {
         if let Some(fault) = self.storage_fault() {
             return Err(StoreError::full(fault));
         }
-        self.write_relaxed(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(())).map_err(sql)?))
+        self.write_relaxed(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(sql))
             .await
     }
 

@@ -11,17 +11,17 @@ use rusqlite::{params, OptionalExtension};
 use super::schema::{FAILED, LEASED, PENDING, SUCCEEDED};
 use super::store::{delete_in_chunks, insert_attempts};
 use super::{from_ms, now_ms, Sqlite};
-use herald_core::backend::{Queue, Result};
+use herald_core::backend::{Intake, Result, WorkQueue, IDEMPOTENCY_WINDOW};
 use herald_core::model::{
     ClaimRequest, Claimed, DeliveryState, DeliveryStatus, Disposition, Job, Publish,
     PublishOutcome, QueueStats, Settlement, WebhookRecord,
 };
 
-/// How long an idempotency key holds.
-pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 3600 * 1000;
+/// [`IDEMPOTENCY_WINDOW`] as the stores' millisecond timestamps count it.
+const IDEMPOTENCY_WINDOW_MS: i64 = IDEMPOTENCY_WINDOW.as_millis() as i64;
 
 #[async_trait]
-impl Queue for Sqlite {
+impl Intake for Sqlite {
     async fn publish(&self, p: Publish) -> Result<PublishOutcome> {
         let out = self
             .write(move |c| {
@@ -102,6 +102,131 @@ impl Queue for Sqlite {
         Ok(out)
     }
 
+    async fn webhook(&self, webhook_id: &str) -> Result<Option<WebhookRecord>> {
+        let id = webhook_id.to_string();
+        self.read(move |c| {
+            let event: Option<(Option<String>, i64)> = c
+                .prepare_cached("SELECT event_type, received_at FROM events WHERE webhook_id = ?1")
+                .map_err(super::sql)?
+                .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+                .map_err(super::sql)?;
+            let Some((event_type, received_at)) = event else {
+                return Ok(None);
+            };
+            let mut st = c
+                .prepare_cached(
+                    "SELECT subscription_id, state, attempts, due_at, last_error FROM deliveries
+                 WHERE webhook_id = ?1 ORDER BY id",
+                )
+                .map_err(super::sql)?;
+            let deliveries = st
+                .query_map([&id], |r| {
+                    let state: i64 = r.get(1)?;
+                    let attempts: u32 = r.get(2)?;
+                    let due: i64 = r.get(3)?;
+                    let status = match state {
+                        PENDING if attempts == 0 => DeliveryState::Queued,
+                        PENDING | LEASED => DeliveryState::Delivering,
+                        SUCCEEDED => DeliveryState::Succeeded,
+                        _ => DeliveryState::Failed,
+                    };
+                    Ok(DeliveryStatus {
+                        subscription_id: r.get(0)?,
+                        status,
+                        attempts,
+                        next_attempt_at: (state == PENDING).then(|| from_ms(due)),
+                        last_error: r.get(4)?,
+                    })
+                })
+                .map_err(super::sql)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(super::sql)?;
+            Ok(Some(WebhookRecord {
+                webhook_id: id,
+                event_type,
+                received_at: from_ms(received_at),
+                deliveries,
+            }))
+        })
+        .await
+    }
+
+    async fn replay(&self, webhook_id: &str) -> Result<usize> {
+        let id = webhook_id.to_string();
+        let n = self
+            .write(move |c| {
+                let now = now_ms();
+                c.prepare_cached(
+                    "UPDATE deliveries SET state = ?2, due_at = ?3, final_attempt = attempts + 1,
+                            updated_at = ?3
+                     WHERE webhook_id = ?1 AND state = ?4",
+                )
+                .map_err(super::sql)?
+                .execute(params![id, PENDING, now, FAILED])
+                .map_err(super::sql)
+            })
+            .await?;
+        if n > 0 {
+            self.work.notify_one();
+        }
+        Ok(n)
+    }
+
+    async fn expedite(&self, subscription_id: &str) -> Result<()> {
+        let id = subscription_id.to_string();
+        let n = self
+            .write(move |c| {
+                let now = now_ms();
+                c.prepare_cached(
+                    "UPDATE deliveries SET due_at = ?2
+                     WHERE subscription_id = ?1 AND state = ?3 AND due_at > ?2",
+                )
+                .map_err(super::sql)?
+                .execute(params![id, now, PENDING])
+                .map_err(super::sql)
+            })
+            .await?;
+        if n > 0 {
+            self.work.notify_one();
+        }
+        Ok(())
+    }
+
+    async fn stats(&self) -> Result<QueueStats> {
+        self.read(|c| {
+            let now = now_ms();
+            c.prepare_cached(
+                "SELECT
+                   COALESCE(SUM(state = 0 AND due_at <= ?1), 0),
+                   COALESCE(SUM(state = 0 AND due_at > ?1), 0),
+                   COALESCE(SUM(state = 1), 0),
+                   MIN(CASE WHEN state = 0 AND due_at <= ?1 THEN due_at END)
+                 FROM deliveries WHERE state < 2",
+            )
+            .map_err(super::sql)?
+            .query_row([now], |r| {
+                Ok(QueueStats {
+                    ready: r.get::<_, i64>(0)? as u64,
+                    scheduled: r.get::<_, i64>(1)? as u64,
+                    in_flight: r.get::<_, i64>(2)? as u64,
+                    oldest_ready_age_ms: r
+                        .get::<_, Option<i64>>(3)?
+                        .map_or(0, |due| now.saturating_sub(due).max(0) as u64),
+                })
+            })
+            .map_err(super::sql)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.ready().await
+    }
+}
+
+#[async_trait]
+impl WorkQueue for Sqlite {
     async fn claim(&self, req: &ClaimRequest) -> Result<Claimed> {
         let req = req.clone();
         let cursor = self.claim_cursor.clone();
@@ -219,124 +344,6 @@ impl Queue for Sqlite {
         let _ = tokio::time::timeout(max_wait, self.work.notified()).await;
     }
 
-    async fn webhook(&self, webhook_id: &str) -> Result<Option<WebhookRecord>> {
-        let id = webhook_id.to_string();
-        self.read(move |c| {
-            let event: Option<(Option<String>, i64)> = c
-                .prepare_cached("SELECT event_type, received_at FROM events WHERE webhook_id = ?1")
-                .map_err(super::sql)?
-                .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()
-                .map_err(super::sql)?;
-            let Some((event_type, received_at)) = event else {
-                return Ok(None);
-            };
-            let mut st = c
-                .prepare_cached(
-                    "SELECT subscription_id, state, attempts, due_at, last_error FROM deliveries
-                 WHERE webhook_id = ?1 ORDER BY id",
-                )
-                .map_err(super::sql)?;
-            let deliveries = st
-                .query_map([&id], |r| {
-                    let state: i64 = r.get(1)?;
-                    let attempts: u32 = r.get(2)?;
-                    let due: i64 = r.get(3)?;
-                    let status = match state {
-                        PENDING if attempts == 0 => DeliveryState::Queued,
-                        PENDING | LEASED => DeliveryState::Delivering,
-                        SUCCEEDED => DeliveryState::Succeeded,
-                        _ => DeliveryState::Failed,
-                    };
-                    Ok(DeliveryStatus {
-                        subscription_id: r.get(0)?,
-                        status,
-                        attempts,
-                        next_attempt_at: (state == PENDING).then(|| from_ms(due)),
-                        last_error: r.get(4)?,
-                    })
-                })
-                .map_err(super::sql)?
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(super::sql)?;
-            Ok(Some(WebhookRecord {
-                webhook_id: id,
-                event_type,
-                received_at: from_ms(received_at),
-                deliveries,
-            }))
-        })
-        .await
-    }
-
-    async fn replay(&self, webhook_id: &str) -> Result<usize> {
-        let id = webhook_id.to_string();
-        let n = self
-            .write(move |c| {
-                let now = now_ms();
-                Ok(c.prepare_cached(
-                    "UPDATE deliveries SET state = ?2, due_at = ?3, final_attempt = attempts + 1,
-                            updated_at = ?3
-                     WHERE webhook_id = ?1 AND state = ?4",
-                )
-                .map_err(super::sql)?
-                .execute(params![id, PENDING, now, FAILED])
-                .map_err(super::sql)?)
-            })
-            .await?;
-        if n > 0 {
-            self.work.notify_one();
-        }
-        Ok(n)
-    }
-
-    async fn expedite(&self, subscription_id: &str) -> Result<()> {
-        let id = subscription_id.to_string();
-        let n = self
-            .write(move |c| {
-                let now = now_ms();
-                Ok(c.prepare_cached(
-                    "UPDATE deliveries SET due_at = ?2
-                     WHERE subscription_id = ?1 AND state = ?3 AND due_at > ?2",
-                )
-                .map_err(super::sql)?
-                .execute(params![id, now, PENDING])
-                .map_err(super::sql)?)
-            })
-            .await?;
-        if n > 0 {
-            self.work.notify_one();
-        }
-        Ok(())
-    }
-
-    async fn stats(&self) -> Result<QueueStats> {
-        self.read(|c| {
-            let now = now_ms();
-            Ok(c.prepare_cached(
-                "SELECT
-                   COALESCE(SUM(state = 0 AND due_at <= ?1), 0),
-                   COALESCE(SUM(state = 0 AND due_at > ?1), 0),
-                   COALESCE(SUM(state = 1), 0),
-                   MIN(CASE WHEN state = 0 AND due_at <= ?1 THEN due_at END)
-                 FROM deliveries WHERE state < 2",
-            )
-            .map_err(super::sql)?
-            .query_row([now], |r| {
-                Ok(QueueStats {
-                    ready: r.get::<_, i64>(0)? as u64,
-                    scheduled: r.get::<_, i64>(1)? as u64,
-                    in_flight: r.get::<_, i64>(2)? as u64,
-                    oldest_ready_age_ms: r
-                        .get::<_, Option<i64>>(3)?
-                        .map_or(0, |due| now.saturating_sub(due).max(0) as u64),
-                })
-            })
-            .map_err(super::sql)?)
-        })
-        .await
-    }
-
     async fn purge(&self, cutoff: DateTime<Utc>) -> Result<u64> {
         let cutoff = cutoff.timestamp_millis();
         let mut n = delete_in_chunks(
@@ -362,10 +369,6 @@ impl Queue for Sqlite {
         )
         .await?;
         Ok(n)
-    }
-
-    async fn ping(&self) -> Result<()> {
-        self.ready().await
     }
 }
 
@@ -399,11 +402,11 @@ struct Candidate {
     due_at: i64,
 }
 
-/// The claim of `Queue::claim`: a loose index scan over the subscriptions with open rows,
-/// starting after `cursor` and wrapping around, taking from each at most its free concurrency
-/// of its earliest due rows. Each subscription costs two index seeks plus the rows taken, so a
-/// large backlog is never read whole. Leasing happens after the reads (no writes under an
-/// open cursor).
+/// The claim of [`WorkQueue::claim`], by the fairness rule written there (the Redis `lease`
+/// script follows the same one): a loose index scan over the subscriptions with open rows,
+/// starting after `cursor` and wrapping around. Each subscription costs two index seeks plus
+/// the rows taken, so a large backlog is never read whole. Leasing happens after the reads (no
+/// writes under an open cursor).
 fn claim_fairly(
     c: &rusqlite::Connection,
     req: &ClaimRequest,

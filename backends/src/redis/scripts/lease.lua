@@ -4,15 +4,15 @@
 -- 0. Events waiting in the intake are fanned out into their deliveries, due now (up to
 --    FAN_OUT_BATCH records; see `fan_out`).
 -- 1. Leases that ended (score < now in LEASES) go back to their queues, due now, redelivered.
--- 2. Subscriptions with due work (score <= now in DUE) are served in id order, starting after
---    the cursor (`{p}:cursor`) and wrapping around, each up to its free concurrency, at most
---    `max` in all, stopping once the distinct payloads would pass the byte budget (but taking
---    at least one job). Each lease gets a fresh token (`next_token`).
+-- 2. Due deliveries are leased by the fairness rule written once, on `WorkQueue` in
+--    herald-core's `backend` module (the SQLite claim follows the same rule): the subscriptions
+--    with due work (score <= now in DUE) from after the cursor (`{p}:cursor`), each up to its
+--    free concurrency, at most `max` in all, within the byte budget. Each lease gets a fresh
+--    token (`next_token`).
 -- 3. next_due: how long (ms from this server's now) until the earliest due time in the
 --    future (DUE) or lease end (LEASES): a delay, so that the caller's clock does not matter.
---    None when the byte budget stopped the claim (the caller asks again once payloads are
---    released). A subscription capped by its concurrency is no work to wake up for. Zero while
---    records are left in the intake, so that the caller comes back for them at once.
+--    None when the byte budget stopped the claim, as the rule says. Zero while records are
+--    left in the intake, so that the caller comes back for them at once.
 -- Returns {next_due or false, payloads, jobs, dropped}:
 --   payloads: {payload, type or false, received_at, subscription ids (JSON), archived 0/1}
 --   jobs: {webhook id, subscription id, attempts, final_attempt or false, token,

@@ -1,8 +1,8 @@
 -- publish: a batch of events, each checked and stored on its own (see `publisher.rs`): the
 -- events with an idempotency key (the others go through the intake and `fan_out`).
--- ARGV = prefix, idempotency key expiry ms, then per event: webhook id, has type (0/1),
--- type, received_at ms, payload, idempotency key name ('' for none), fingerprint (64 hex),
--- subscription count n, n subscription ids.
+-- ARGV = prefix, idempotency key expiry ms (core's `IDEMPOTENCY_WINDOW`), then per event:
+-- webhook id, has type (0/1), type, received_at ms, payload, idempotency key name ('' for
+-- none), fingerprint (64 hex), subscription count n, n subscription ids.
 --
 -- Invariants, per event: the idempotency key is recorded in the same step as the event and
 -- its deliveries, so a key never names an event that was not stored; nothing of an event is
