@@ -8,9 +8,9 @@ use clap::{Parser, Subcommand};
 use herald_core::cache::SubscriptionCache;
 use herald_core::subscriptions::Subscriptions;
 use herald_operator::{LeaseOptions, Options};
-use herald_runtime::config::Settings;
+use herald_runtime::config::{LogArgs, ShutdownArgs, StoreArgs, SubscriptionArgs, TargetArgs};
+use herald_runtime::shutdown::Supervisor;
 use kube::runtime::events::Reporter;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(name = "herald-operator", version, about)]
@@ -19,6 +19,16 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     run: RunArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    targets: TargetArgs,
+    #[command(flatten)]
+    subscriptions: SubscriptionArgs,
+    #[command(flatten)]
+    shutdown: ShutdownArgs,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[derive(Subcommand)]
@@ -52,43 +62,60 @@ struct RunArgs {
     /// namespace `*` rules the ones not named). Unset: no namespace is restricted.
     #[arg(long, env = "HERALD_OPERATOR_ALLOWED_EVENT_TYPES", default_value = "")]
     allowed_event_types: herald_operator::policy::EventTypePolicy,
-    #[command(flatten)]
-    settings: Settings,
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Crd) = cli.command {
         print!("{}", herald_operator::crd::crd_yaml());
-        return Ok(());
+        return std::process::ExitCode::SUCCESS;
     }
-    let args = cli.run;
-    herald_runtime::telemetry::init_tracing(&args.settings.log_format);
-    let settings = &args.settings;
-    let backend = herald_runtime::store::open(settings)
+    herald_runtime::telemetry::init_tracing(cli.log.log_format);
+    herald_runtime::exit("herald-operator", run(cli).await)
+}
+
+/// The process: the subscription service on the configured store, driven by the controller.
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let backend = herald_runtime::store::open(&cli.store.mode()?)
         .await
         .context("opening the subscription store")?;
     let cache = Arc::new(SubscriptionCache::for_backend(&backend));
     let _follower = cache.follow();
     let subscriptions = Arc::new(
-        Subscriptions::new(cache, backend.queue.clone(), settings.target_guard())
-            .with_secret_overlap(settings.secret_overlap),
+        Subscriptions::new(cache, backend.queue.clone(), cli.targets.target_guard())
+            .with_secret_overlap(cli.subscriptions.secret_overlap),
     );
     let config = kube::Config::infer()
         .await
         .context("finding the Kubernetes API (in-cluster service account or KUBECONFIG)")?;
-    let default_ns = config.default_namespace.clone();
+    let opts = options(cli.run, config.default_namespace.clone());
     let client = kube::Client::try_from(config)?;
+    let mut supervisor = Supervisor::new(cli.shutdown.drain());
+    let running = herald_operator::start(
+        opts,
+        client,
+        subscriptions,
+        backend.subscriptions.clone(),
+        supervisor.token(),
+    )
+    .await?;
+    tracing::info!(addr = %running.addr, store = backend.name, "herald-operator started");
+    supervisor.spawn("operator", async move { running.task.await? });
+    supervisor.stop_on_signal("finishing reconciles in flight");
+    supervisor.wait().await
+}
+
+fn options(args: RunArgs, default_namespace: String) -> Options {
     let identity = args.identity.unwrap_or_else(|| {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "herald-operator".into());
         format!("{host}-{}", std::process::id())
     });
-    let opts = Options {
+    Options {
         addr: args.operator_addr,
         lease: args.lease.map(|name| LeaseOptions {
             name,
-            namespace: args.lease_namespace.unwrap_or(default_ns),
+            namespace: args.lease_namespace.unwrap_or(default_namespace),
             identity: identity.clone(),
         }),
         watch_namespaces: args
@@ -102,25 +129,5 @@ async fn main() -> anyhow::Result<()> {
             controller: "herald-operator".into(),
             instance: Some(identity),
         },
-    };
-    let shutdown = CancellationToken::new();
-    let running = herald_operator::start(
-        opts,
-        client,
-        subscriptions,
-        backend.subscriptions.clone(),
-        shutdown.clone(),
-    )
-    .await?;
-    tracing::info!(addr = %running.addr, store = backend.name, "herald-operator started");
-    let mut task = running.task;
-    tokio::select! {
-        _ = herald_runtime::shutdown::signal() => {
-            tracing::info!("stopping: finishing reconciles in flight");
-            shutdown.cancel();
-            (&mut task).await??;
-        }
-        res = &mut task => res??,
     }
-    Ok(())
 }
