@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use herald_core::cache::SubscriptionCache;
-use herald_delivery::{retention, Engine, EngineConfig, RecorderWatch};
+use herald_delivery::{retention, Engine, EngineConfig, HealthArgs, RecorderWatch};
 use herald_runtime::config::{
     DeliveryArgs, LogArgs, RetentionArgs, ShutdownArgs, StoreArgs, TargetArgs,
 };
@@ -35,21 +35,6 @@ struct Cli {
     log: LogArgs,
     #[command(subcommand)]
     command: Option<Command>,
-}
-
-#[derive(clap::Args)]
-#[command(next_help_heading = "Health")]
-struct HealthArgs {
-    /// Serve `GET /healthz` (container and Kubernetes liveness checks) and `GET /metrics`
-    /// (Prometheus) on this address while the workers run; this process has no other HTTP
-    /// listener. Unset: no listener.
-    #[arg(long, env = "HERALD_HEALTH_ADDR")]
-    health_addr: Option<std::net::SocketAddr>,
-    /// `/healthz` answers 503 once the delivery recorder has held settlements it could not
-    /// write for this long (the store keeps failing), so that the process is restarted and its
-    /// deliveries handed to other workers.
-    #[arg(long, env = "HERALD_RECORDER_STALL", default_value = "2m", value_parser = herald_core::retry::parse_duration)]
-    recorder_stall: std::time::Duration,
 }
 
 #[derive(Subcommand)]

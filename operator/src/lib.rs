@@ -2,6 +2,7 @@
 //! through core's `Subscriptions` service, the same validation, ownership rules and cache
 //! invalidation the REST API uses.
 
+mod args;
 pub mod controller;
 pub mod crd;
 pub mod leader;
@@ -23,6 +24,8 @@ use policy::EventTypePolicy;
 use tokio_util::sync::CancellationToken;
 
 use crate::crd::WebhookSubscription;
+
+pub use args::OperatorArgs;
 
 /// The Lease replicas compete for, and who this replica is.
 #[derive(Debug, Clone)]
