@@ -7,7 +7,7 @@
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand};
-use herald_runtime::config::Settings;
+use herald_api::{healthcheck, App, Settings};
 
 #[derive(Parser)]
 #[command(name = "herald", version, about = "Herald webhook delivery service")]
@@ -39,82 +39,31 @@ enum Command {
     },
 }
 
-/// A failure is one line on stderr (the whole cause chain, `a: b: c`) and exit status 1, so
-/// that a bad `MONGO_URI` reads the same in a terminal, `docker logs` and `kubectl logs`.
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    herald_api::init_tracing(&cli.settings.log_format);
-    match run(cli).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("herald: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    herald_runtime::telemetry::init_tracing(cli.settings.log.log_format);
+    herald_runtime::exit("herald", run(cli).await)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = cli.settings;
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => {
-            let herald = herald_api::Herald::start(cli.settings).await?;
-            let stop = herald.shutdown_token();
-            tokio::spawn(async move {
-                herald_runtime::shutdown::signal().await;
-                tracing::info!("shutting down: finishing deliveries in flight");
-                stop.cancel();
-            });
-            herald.wait().await
-        }
+        Command::Serve => App::build(settings).await?.run_until_stopped().await,
         Command::Cleanup => {
-            let backend = herald_api::open_backend(&cli.settings).await?;
-            let swept =
-                herald_delivery::retention::run_once(&backend, cli.settings.retention).await?;
-            tracing::info!(
-                attempts = swept.attempts,
-                queue_rows = swept.queue_rows,
-                "retention sweep done"
-            );
-            Ok(())
+            herald_delivery::retention::cleanup(&settings.store, &settings.retention).await
         }
         Command::Openapi => {
             println!("{}", herald_api::openapi().to_pretty_json()?);
             Ok(())
         }
         Command::Healthcheck { url, timeout } => {
-            let url = url.unwrap_or_else(|| default_health_url(cli.settings.addr));
-            match healthcheck(&url, timeout).await {
-                Ok(()) => Ok(()),
-                Err(e) => {
-                    eprintln!("unhealthy: {url}: {e}");
-                    std::process::exit(1);
-                }
+            let url = url.unwrap_or_else(|| healthcheck::default_url(settings.http.addr));
+            if let Err(e) = healthcheck::check(&url, timeout).await {
+                eprintln!("unhealthy: {url}: {e}");
+                std::process::exit(1);
             }
+            Ok(())
         }
     }
-}
-
-/// `/healthz` of the api at `addr`, reached over loopback when `addr` is a wildcard (the
-/// container's `0.0.0.0:8000`): the check runs inside the same network namespace.
-fn default_health_url(addr: std::net::SocketAddr) -> String {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-    let ip = match addr.ip() {
-        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    format!("http://{}/healthz", SocketAddr::new(ip, addr.port()))
-}
-
-async fn healthcheck(url: &str, timeout: std::time::Duration) -> anyhow::Result<()> {
-    // No proxy: a proxy variable in the container's environment must not reroute a loopback
-    // check; no redirects: only the endpoint's own answer counts.
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(timeout)
-        .build()?;
-    let status = client.get(url).send().await?.status();
-    anyhow::ensure!(status == reqwest::StatusCode::OK, "answered {status}");
-    Ok(())
 }

@@ -57,6 +57,19 @@ pub struct Limits {
     pub grace: Duration,
 }
 
+impl Limits {
+    /// The settings' limits, with `grace` to drain after the stop request.
+    pub fn new(http: &herald_runtime::config::HttpArgs, grace: Duration) -> Self {
+        Self {
+            header_timeout: http.header_timeout,
+            body_timeout: http.body_timeout,
+            idle_timeout: http.idle_timeout,
+            max_connections: http.max_connections,
+            grace,
+        }
+    }
+}
+
 /// Serves `app` until `shutdown` is cancelled, then drains (see the module docs).
 pub async fn serve(
     listener: TcpListener,

@@ -549,7 +549,7 @@ async fn target_urls_are_parsed_once_and_judged_at_creation() {
     let dir = tempfile::tempdir().unwrap();
     let h = TestHerald::start_with(
         dir,
-        |s| s.allow_targets = herald_runtime::config::AllowList(Vec::new()),
+        |s| s.targets.allow_targets = herald_runtime::config::AllowList(Vec::new()),
         &[],
     )
     .await;

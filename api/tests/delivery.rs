@@ -446,7 +446,7 @@ async fn ssrf_guard_refuses_internal_targets_unless_allowed() {
     // No allow-list: loopback and private literal targets are refused at creation ...
     let h = TestHerald::start_with(
         tempfile::tempdir().unwrap(),
-        |s| s.allow_targets = Default::default(),
+        |s| s.targets.allow_targets = Default::default(),
         &[],
     )
     .await;

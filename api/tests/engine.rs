@@ -157,7 +157,7 @@ async fn retry_schedules_beyond_seven_days_are_refused() {
 async fn a_lease_shorter_than_the_longest_timeout_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let s = common::settings(dir.path(), &["--delivery-lease=2m"]);
-    let err = herald_api::Herald::start(s).await.err().expect("refused");
+    let err = herald_api::App::build(s).await.err().expect("refused");
     let msg = format!("{err:#}");
     assert!(msg.contains("HERALD_DELIVERY_LEASE"), "{msg}");
 }

@@ -17,28 +17,16 @@ use herald_core::StoreError;
 use split::SplitQueue;
 use thiserror::Error;
 
-/// Why the configured backends could not be opened.
+/// Why the configured backends could not be opened (which ones to open is settled before, by
+/// the settings).
 #[derive(Debug, Error)]
 pub enum OpenError {
-    #[error(
-        "{set} is set but {missing} is not: production mode needs both MongoDB (MONGO_URI) and \
-         Redis (REDIS_URL, or REDIS_ADDR with REDIS_PASSWORD); standalone mode needs neither"
-    )]
-    Incomplete {
-        set: &'static str,
-        missing: &'static str,
-    },
     #[error("opening the SQLite store (HERALD_SQLITE_PATH={path})")]
     Sqlite {
         path: String,
         #[source]
         source: StoreError,
     },
-    #[error(
-        "neither MONGO_URI nor REDIS_URL is set, and this binary is built without standalone \
-         mode (SQLite): set both"
-    )]
-    NoStandalone,
     #[error("connecting to MongoDB (MONGO_URI)")]
     Mongo(#[source] StoreError),
     #[error("connecting to Redis (REDIS_URL / REDIS_ADDR)")]

@@ -27,6 +27,7 @@ use herald_core::model::{
 use herald_core::retry::{due_after, RetryPolicy};
 use herald_core::ssrf::TargetGuard;
 use herald_core::telemetry;
+use herald_runtime::config::{DeliveryArgs, ShutdownArgs, TargetArgs};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -60,7 +61,7 @@ pub struct EngineConfig {
     /// Failing this long disables a subscription (see `health`).
     pub disable_after: Duration,
     /// The recorder's progress, which the process's liveness check reads (see
-    /// [`RecorderWatch`]); `from_settings` makes one with [`RECORDER_STALL`].
+    /// [`RecorderWatch`]); `from_args` makes one with [`RECORDER_STALL`].
     pub recorder: Arc<RecorderWatch>,
 }
 
@@ -87,7 +88,19 @@ pub enum ConfigError {
 pub const LEASE_MARGIN: Duration = Duration::from_secs(30);
 
 impl EngineConfig {
-    pub fn from_settings(s: &herald_runtime::config::Settings) -> Result<Self, ConfigError> {
+    /// The longest the engine takes to stop once cancelled: the grace for attempts in flight,
+    /// then bounded time for the cancelled ones and for the last settlements.
+    pub fn stop_bound(&self) -> Duration {
+        self.shutdown_grace + STOP_BOUND * 2
+    }
+
+    /// The engine's configuration from the delivery, target and shutdown settings; refuses a
+    /// combination it cannot run safely with.
+    pub fn from_args(
+        s: &DeliveryArgs,
+        targets: &TargetArgs,
+        shutdown: &ShutdownArgs,
+    ) -> Result<Self, ConfigError> {
         // A subscription may ask for up to TIMEOUT_MS_LIMIT, whatever the default is.
         let timeout = s
             .delivery_timeout
@@ -110,9 +123,9 @@ impl EngineConfig {
             lease: s.delivery_lease,
             concurrency: s.delivery_concurrency.max(1),
             per_subscription: s.subscription_concurrency.max(1),
-            guard: s.target_guard(),
+            guard: targets.target_guard(),
             max_poll_interval: Duration::from_millis(500),
-            shutdown_grace: s.shutdown_grace,
+            shutdown_grace: shutdown.shutdown_grace,
             heartbeat: s.worker_heartbeat,
             stale_after: s.worker_stale_after,
             max_inflight_bytes: s.max_inflight_bytes.max(1),

@@ -35,3 +35,20 @@ pub fn health_routes(recorder: std::sync::Arc<RecorderWatch>) -> axum::Router {
         }),
     )
 }
+
+/// The liveness side of a delivery process: its health listener, and when its recorder counts
+/// as stuck.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Health")]
+pub struct HealthArgs {
+    /// Serve `GET /healthz` (container and Kubernetes liveness checks) and `GET /metrics`
+    /// (Prometheus) on this address while the workers run; this process has no other HTTP
+    /// listener. Unset: no listener.
+    #[arg(long, env = "HERALD_HEALTH_ADDR")]
+    pub health_addr: Option<std::net::SocketAddr>,
+    /// `/healthz` answers 503 once the delivery recorder has held settlements it could not
+    /// write for this long (the store keeps failing), so that the process is restarted and its
+    /// deliveries handed to other workers.
+    #[arg(long, env = "HERALD_RECORDER_STALL", default_value = "2m", value_parser = herald_core::retry::parse_duration)]
+    pub recorder_stall: std::time::Duration,
+}

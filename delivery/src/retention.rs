@@ -1,6 +1,6 @@
 //! Retention: deletes attempt records, settled deliveries and their events older than the
 //! retention period (72 h by default), and expired idempotency keys. Runs as a background task
-//! in standalone and compose modes, and once per run as the chart's CronJob.
+//! in standalone and compose modes, and once per run as the chart's CronJob ([`cleanup`]).
 
 use std::time::Duration;
 
@@ -8,6 +8,7 @@ use chrono::Utc;
 use herald_core::backend::Backend;
 use herald_core::telemetry;
 use herald_core::StoreError;
+use herald_runtime::config::{RetentionArgs, StoreArgs};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -51,4 +52,17 @@ pub async fn run_periodic(
             _ = shutdown.cancelled() => return,
         }
     }
+}
+
+/// The `cleanup` subcommand of `herald` and `herald-delivery` (what the chart's CronJob runs):
+/// opens the store, sweeps once, and logs what went.
+pub async fn cleanup(store: &StoreArgs, retention: &RetentionArgs) -> anyhow::Result<()> {
+    let backend = herald_runtime::store::open(&store.mode()?).await?;
+    let swept = run_once(&backend, retention.retention).await?;
+    tracing::info!(
+        attempts = swept.attempts,
+        queue_rows = swept.queue_rows,
+        "retention sweep done"
+    );
+    Ok(())
 }

@@ -21,7 +21,7 @@ use herald_core::cache::SubscriptionCache;
 use herald_core::model::{ClaimRequest, Claimed, DeliveryState, PublishOutcome, Settlement};
 use herald_core::testkit;
 use herald_delivery::{Engine, EngineConfig};
-use herald_runtime::config::Settings;
+use herald_runtime::config::{DeliveryArgs, ShutdownArgs, TargetArgs};
 use tokio_util::sync::CancellationToken;
 
 const LINGER: Duration = Duration::from_secs(10);
@@ -58,7 +58,11 @@ impl WorkQueue for Counting {
 #[derive(Parser)]
 struct Args {
     #[command(flatten)]
-    settings: Settings,
+    delivery: DeliveryArgs,
+    #[command(flatten)]
+    targets: TargetArgs,
+    #[command(flatten)]
+    shutdown: ShutdownArgs,
 }
 
 /// The engine's configuration for these flags, loopback targets allowed.
@@ -66,7 +70,8 @@ fn engine_config(flags: &[&str]) -> EngineConfig {
     let args = ["herald-delivery", "--allow-targets=127.0.0.0/8"]
         .into_iter()
         .chain(flags.iter().copied());
-    EngineConfig::from_settings(&Args::try_parse_from(args).unwrap().settings).unwrap()
+    let a = Args::try_parse_from(args).unwrap();
+    EngineConfig::from_args(&a.delivery, &a.targets, &a.shutdown).unwrap()
 }
 
 /// Serves `app` on a free loopback port; returns the URL of its `/hook`.

@@ -19,7 +19,7 @@ use herald_core::cache::SubscriptionCache;
 use herald_core::model::{ClaimRequest, Claimed, DeliveryState, QueueStats, Settlement};
 use herald_core::{testkit, StoreError};
 use herald_delivery::{Engine, EngineConfig, RecorderWatch};
-use herald_runtime::config::Settings;
+use herald_runtime::config::{DeliveryArgs, ShutdownArgs, TargetArgs};
 use herald_testenv::Scratch;
 use tokio_util::sync::CancellationToken;
 
@@ -68,12 +68,17 @@ impl WorkQueue for Refusing {
 #[derive(Parser)]
 struct Args {
     #[command(flatten)]
-    settings: Settings,
+    delivery: DeliveryArgs,
+    #[command(flatten)]
+    targets: TargetArgs,
+    #[command(flatten)]
+    shutdown: ShutdownArgs,
 }
 
 fn engine_config() -> EngineConfig {
     let args = ["herald-delivery", "--allow-targets=127.0.0.0/8"];
-    EngineConfig::from_settings(&Args::try_parse_from(args).unwrap().settings).unwrap()
+    let a = Args::try_parse_from(args).unwrap();
+    EngineConfig::from_args(&a.delivery, &a.targets, &a.shutdown).unwrap()
 }
 
 /// Serves `app` on a free loopback port; returns its address.

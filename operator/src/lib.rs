@@ -2,6 +2,7 @@
 //! through core's `Subscriptions` service, the same validation, ownership rules and cache
 //! invalidation the REST API uses.
 
+mod args;
 pub mod controller;
 pub mod crd;
 pub mod leader;
@@ -23,6 +24,8 @@ use policy::EventTypePolicy;
 use tokio_util::sync::CancellationToken;
 
 use crate::crd::WebhookSubscription;
+
+pub use args::OperatorArgs;
 
 /// The Lease replicas compete for, and who this replica is.
 #[derive(Debug, Clone)]
@@ -71,21 +74,18 @@ pub async fn start(
              (`herald-operator crd | kubectl apply -f -`)",
         )?;
     }
-    let listener = tokio::net::TcpListener::bind(opts.addr)
-        .await
-        .with_context(|| format!("binding {}", opts.addr))?;
-    let addr = listener.local_addr()?;
     let health = Arc::new(server::Health {
         ready: AtomicBool::new(false),
         store,
     });
-    let http_stop = shutdown.clone();
-    let app = server::router(health.clone());
-    let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(http_stop.cancelled_owned())
-            .await
-    });
+    let listener = herald_runtime::health::bind(
+        opts.addr,
+        "HERALD_OPERATOR_ADDR",
+        server::router(health.clone()),
+    )
+    .await?;
+    let addr = listener.addr;
+    let http = tokio::spawn(listener.serve(shutdown.clone()));
     let ctx = Arc::new(
         controller::Context::new(client.clone(), subscriptions, opts.reporter.clone())
             .with_policy(opts.policy.clone()),

@@ -1,4 +1,5 @@
-//! `/healthz`, `/readyz` and `/metrics` on a small listener of their own.
+//! `/healthz` and `/readyz`, which the health listener serves beside `/metrics` (see
+//! [`herald_runtime::health`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,11 +19,9 @@ pub struct Health {
 }
 
 pub fn router(health: Arc<Health>) -> Router {
-    let metrics = herald_runtime::telemetry::prometheus();
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(move || async move { metrics.render() }))
         .with_state(health)
 }
 

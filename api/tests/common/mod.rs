@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use clap::Parser;
-use herald_runtime::config::Settings;
+use herald_api::Settings;
 use serde_json::{json, Value};
 
 #[derive(Parser)]
@@ -181,7 +181,7 @@ pub fn hub_signature(secret: &str, body: &[u8]) -> String {
 pub struct TestHerald {
     pub api: Api,
     pub dir: tempfile::TempDir,
-    herald: Option<herald_api::Herald>,
+    herald: Option<herald_api::App>,
 }
 
 impl std::ops::Deref for TestHerald {
@@ -205,7 +205,7 @@ impl TestHerald {
     ) -> Self {
         let mut s = settings(dir.path(), extra);
         adjust(&mut s);
-        let herald = herald_api::Herald::start(s).await.expect("Herald starts");
+        let herald = herald_api::App::build(s).await.expect("Herald starts");
         Self {
             api: Api::new(format!("http://{}", herald.addr)),
             dir,
