@@ -25,7 +25,7 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -37,6 +37,7 @@ use axum::Router;
 use bytes::Bytes;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
@@ -134,13 +135,13 @@ impl Phase {
     }
 
     fn get(&self) -> (Kind, Instant) {
-        *self.now.lock().unwrap()
+        *self.now.lock()
     }
 
     /// Moves to `to`, unless `only_from` is given and the phase is another one.
     fn set(&self, to: Kind, only_from: Option<Kind>) {
         {
-            let mut now = self.now.lock().unwrap();
+            let mut now = self.now.lock();
             if only_from.is_some_and(|f| now.0 != f) || now.0 == to {
                 return;
             }

@@ -23,7 +23,7 @@
 //!   returns nothing for a Secret that did not opt in.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -39,6 +39,7 @@ use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
+use parking_lot::Mutex;
 use serde_json::json;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
@@ -136,17 +137,14 @@ impl Context {
     }
 
     fn failed(&self, obj: &WebhookSubscription) -> u32 {
-        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.failures.lock();
         let n = map.entry(ObjectRef::from_obj(obj)).or_insert(0);
         *n = n.saturating_add(1);
         *n
     }
 
     fn succeeded(&self, obj: &WebhookSubscription) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&ObjectRef::from_obj(obj));
+        self.failures.lock().remove(&ObjectRef::from_obj(obj));
     }
 }
 

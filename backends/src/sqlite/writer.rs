@@ -9,9 +9,10 @@
 //! The fault clears only when a later transaction that changed rows commits, because a batch
 //! of reads commits fine on a full disk and proves nothing.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 
+use parking_lot::Mutex;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
@@ -55,7 +56,7 @@ impl Writer {
 
     /// The storage fault of the last write, until a write succeeds again.
     pub fn fault(&self) -> Option<String> {
-        self.fault.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.fault.lock().clone()
     }
 
     pub async fn run<T, F>(&self, durable: bool, f: F) -> Result<T>
@@ -169,7 +170,7 @@ fn run(conn: Connection, sync: Sync, mut rx: mpsc::Receiver<Op>, fault: Fault) {
             tracing::error!(error = ?err, "SQLite commit failed");
         }
         {
-            let mut f = fault.lock().unwrap_or_else(|e| e.into_inner());
+            let mut f = fault.lock();
             if let Some(m) = hit {
                 if f.is_none() {
                     tracing::error!(error = %m, "SQLite storage fault: writes fail until space is freed");
