@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herald_core::backend::Queue;
+use herald_core::error::chain;
 use herald_core::model::QueueStats;
 use herald_core::telemetry;
 use parking_lot::Mutex;
@@ -45,7 +46,7 @@ impl QueueGauges {
                 match tokio::time::timeout(interval, queue.stats()).await {
                     Ok(Ok(q)) => this.record(q),
                     Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "counting the queue for metrics failed")
+                        tracing::warn!(error = %chain(&e), "counting the queue for metrics failed")
                     }
                     Err(_) => tracing::warn!("counting the queue for metrics timed out"),
                 }

@@ -35,6 +35,7 @@ use axum::http::{header, HeaderValue, Request};
 use axum::response::IntoResponse;
 use axum::Router;
 use bytes::Bytes;
+use herald_core::error::chain;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
@@ -80,7 +81,7 @@ pub async fn serve(
                 Ok(a) => a,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    tracing::warn!(error = %chain(&e), "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -212,7 +213,7 @@ async fn connection(
         tokio::select! {
             done = conn.as_mut() => {
                 if let Err(e) = done {
-                    tracing::debug!(%remote, error = %e, "connection ended with an error");
+                    tracing::debug!(%remote, error = %chain(&e), "connection ended with an error");
                 }
                 return;
             }

@@ -21,6 +21,7 @@ use chrono::Utc;
 use futures::FutureExt;
 use herald_core::backend::Backend;
 use herald_core::cache::SubscriptionCache;
+use herald_core::error::chain;
 use herald_core::model::{
     Attempt, ClaimRequest, Disposition, Job, Outcome, Settlement, TIMEOUT_MS_LIMIT,
 };
@@ -262,7 +263,7 @@ impl Engine {
                 Err(e) => {
                     failures = (failures + 1).min(6);
                     telemetry::count_store_failure("claim");
-                    tracing::warn!(error = %e, "claiming deliveries failed; retrying");
+                    tracing::warn!(error = %chain(&e), "claiming deliveries failed; retrying");
                     let backoff = Duration::from_millis(100 * 2u64.pow(failures));
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {},
@@ -360,7 +361,7 @@ impl Engine {
         let sub = match self.cache.get(&job.subscription_id).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(error = %e, "reading a subscription failed; deferring");
+                tracing::warn!(error = %chain(&e), "reading a subscription failed; deferring");
                 return self.defer(job, STORE_RETRY, Some(e.to_string()));
             }
         };
@@ -561,7 +562,7 @@ async fn settle_all(backend: &Backend, settlements: Vec<Settlement>, watch: &Rec
                 }
                 Err(e) => {
                     telemetry::count_store_failure("settle");
-                    tracing::warn!(error = %e.chain(), "settling deliveries failed; retrying");
+                    tracing::warn!(error = %chain(&e), "settling deliveries failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
@@ -607,7 +608,7 @@ async fn end_refused(backend: &Backend, s: Settlement, refusal: &herald_core::St
                 Ok(_) => return,
                 Err(e) if e.is_permanent() => break,
                 Err(e) => {
-                    tracing::warn!(error = %e.chain(), "ending a refused settlement failed; retrying");
+                    tracing::warn!(error = %chain(&e), "ending a refused settlement failed; retrying");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }

@@ -28,6 +28,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use herald_core::backend::Queue;
 use herald_core::cache::SubscriptionCache;
+use herald_core::error::chain;
 use herald_core::model::Subscription;
 use herald_core::ssrf::TargetGuard;
 use herald_core::subscriptions::Subscriptions;
@@ -184,7 +185,7 @@ impl Health {
                 .map(|_| ()),
         };
         if let Err(e) = written {
-            tracing::warn!(error = %e, subscription = %sub.id, "recording endpoint health failed");
+            tracing::warn!(error = %chain(&e), subscription = %sub.id, "recording endpoint health failed");
             self.marks.lock().remove(&sub.id);
         }
         match decision {

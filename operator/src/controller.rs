@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use herald_core::error::chain;
 use herald_core::error::Error as CoreError;
 use herald_core::model::Owner;
 use herald_core::subscriptions::Subscriptions;
@@ -206,7 +207,7 @@ pub fn error_policy(obj: Arc<WebhookSubscription>, error: &Error, ctx: Arc<Conte
     let delay = backoff(n);
     tracing::warn!(
         resource = %ObjectRef::from_obj(&*obj),
-        error = %error,
+        error = %chain(&*error),
         failures = n,
         retry_in = ?delay,
         "reconcile failed"
@@ -518,7 +519,7 @@ async fn publish(
         secondary: None,
     };
     if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
-        tracing::warn!(resource = %obj.name_any(), error = %e, "publishing an Event failed");
+        tracing::warn!(resource = %obj.name_any(), error = %chain(&e), "publishing an Event failed");
     }
 }
 
@@ -592,7 +593,7 @@ pub async fn run(
                 .run(reconcile, error_policy, ctx.clone())
                 .for_each(|res| async move {
                     if let Err(e) = res {
-                        tracing::debug!(error = %e, "controller");
+                        tracing::debug!(error = %chain(&e), "controller");
                     }
                 }),
         );

@@ -83,7 +83,7 @@ async fn publish(st: &AppState, p: Publish) -> Result<PublishOutcome, ApiError> 
         out
     })
     .await
-    .map_err(|e| ApiError::Internal(format!("ingest task: {e}")))??;
+    .map_err(|e| ApiError::internal("ingest task", e))??;
     Ok(out)
 }
 
@@ -135,8 +135,8 @@ pub async fn ingest(
     let body = checked_body(&st, &headers, body)?;
     let secrets = sub.active_secrets(Utc::now());
     if !secrets.is_empty() {
-        let keys =
-            SigningKeys::from_secrets(secrets).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let keys = SigningKeys::from_secrets(secrets)
+            .map_err(|e| ApiError::internal("reading signing secrets", e))?;
         keys.verify_hub(header_str(&headers, HUB_SIGNATURE_HEADER)?, &body)?;
     }
     // After the signature check, so the reason is told only to a producer that may send here.

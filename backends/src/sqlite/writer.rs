@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Sync;
 use herald_core::backend::Result;
+use herald_core::error::chain;
 use herald_core::error::StoreError;
 
 /// Most operations one transaction takes.
@@ -136,12 +137,12 @@ fn run(conn: Connection, sync: Sync, mut rx: mpsc::Receiver<Op>, fault: Fault) {
             };
             match conn.execute_batch(pragma) {
                 Ok(()) => full = want_full,
-                Err(e) => tracing::error!(error = %e, "SQLite synchronous switch failed"),
+                Err(e) => tracing::error!(error = %chain(&e), "SQLite synchronous switch failed"),
             }
         }
         if let Err(e) = statement(&conn, "BEGIN IMMEDIATE") {
             // Nothing ran; dropping the operations tells each caller the store is unavailable.
-            tracing::error!(error = %e, ops = batch.len(), "SQLite BEGIN failed");
+            tracing::error!(error = %chain(&e), ops = batch.len(), "SQLite BEGIN failed");
             batch.clear();
             continue;
         }
