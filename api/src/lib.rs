@@ -264,7 +264,9 @@ impl Herald {
             settings.metrics_interval,
             shutdown.clone(),
         );
+        let telemetry = herald_core::telemetry::Metrics::new();
         let state = AppState::new(state::Shared {
+            telemetry: telemetry.clone(),
             queue_gauges,
             backend: backend.clone(),
             cache: cache.clone(),
@@ -306,7 +308,11 @@ impl Herald {
         let engine_config = settings
             .workers
             .then(|| EngineConfig::from_settings(&settings))
-            .transpose()?;
+            .transpose()?
+            .map(|config| EngineConfig {
+                metrics: telemetry,
+                ..config
+            });
         let workers = engine_config.map(|config| {
             (
                 tokio::spawn(Engine::run(

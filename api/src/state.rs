@@ -7,6 +7,7 @@ use std::time::Instant;
 use herald_core::backend::Backend;
 use herald_core::cache::SubscriptionCache;
 use herald_core::subscriptions::Subscriptions;
+use herald_core::telemetry::Metrics;
 use metrics_exporter_prometheus::PrometheusHandle;
 use parking_lot::Mutex;
 
@@ -37,6 +38,8 @@ pub struct Shared {
     pub ingest_key: Option<Arc<str>>,
     pub rate_limiter: Option<Arc<RateLimiter>>,
     pub metrics: PrometheusHandle,
+    /// This app's counts (`/stats`) and counters; in standalone mode shared with the engine.
+    pub telemetry: Arc<Metrics>,
     /// The queue counts `/metrics` serves, kept current off the scrape path.
     pub queue_gauges: Arc<crate::gauges::QueueGauges>,
 }

@@ -27,7 +27,7 @@ use herald_core::model::{
 };
 use herald_core::retry::{due_after, RetryPolicy};
 use herald_core::ssrf::TargetGuard;
-use herald_core::telemetry;
+use herald_core::telemetry::{self, Metrics};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -63,6 +63,9 @@ pub struct EngineConfig {
     /// The recorder's progress, which the process's liveness check reads (see
     /// [`RecorderWatch`]); `from_settings` makes one with [`RECORDER_STALL`].
     pub recorder: Arc<RecorderWatch>,
+    /// What this engine counts; in standalone mode the api's, so that `/stats` shows its
+    /// deliveries. `from_settings` makes a new one.
+    pub metrics: Arc<Metrics>,
 }
 
 /// A configuration the engine cannot run safely with.
@@ -119,6 +122,7 @@ impl EngineConfig {
             max_inflight_bytes: s.max_inflight_bytes.max(1),
             disable_after: s.disable_after,
             recorder: RecorderWatch::new(RECORDER_STALL),
+            metrics: Metrics::new(),
         })
     }
 }
@@ -183,7 +187,12 @@ impl Engine {
             }
             .run(backend.clone(), stop_liveness.clone()),
         );
-        let recorder = tokio::spawn(record(backend.clone(), done_rx, config.recorder.clone()));
+        let recorder = tokio::spawn(record(
+            backend.clone(),
+            done_rx,
+            config.recorder.clone(),
+            config.metrics.clone(),
+        ));
         let engine = Arc::new(Engine {
             health: Health::new(
                 cache.clone(),
@@ -379,7 +388,6 @@ impl Engine {
         let timeout = sub.timeout(self.config.default_timeout);
         let mut r: AttemptResult =
             attempt::send(&self.client, &self.config.guard, &sub, job, timeout).await;
-        metrics::histogram!(telemetry::ATTEMPT_DURATION).record(r.duration.as_secs_f64());
         let disabled = self.health.observe(&sub, &r).await;
         if disabled.is_some() {
             r.error = disabled.clone();
@@ -407,12 +415,7 @@ impl Engine {
                 None => (Outcome::Failure, Disposition::Failed),
             }
         };
-        let outcome_label = match outcome {
-            Outcome::Success => "success",
-            Outcome::FailedAttempt => "failed_attempt",
-            Outcome::Failure => "failure",
-        };
-        metrics::counter!(telemetry::ATTEMPTS, "outcome" => outcome_label).increment(1);
+        self.config.metrics.count_attempt(outcome, r.duration);
         let final_outcome = match outcome {
             Outcome::Success => Some(true),
             Outcome::Failure => Some(false),
@@ -495,7 +498,12 @@ impl Engine {
 /// the heartbeats keep the leases meanwhile, and if the process dies the reaper returns the
 /// deliveries and they are made again (at least once). A write the store refuses for good
 /// (`StoreError::is_permanent`) is not retried: see [`settle_all`].
-async fn record(backend: Backend, mut rx: mpsc::Receiver<Done>, watch: Arc<RecorderWatch>) {
+async fn record(
+    backend: Backend,
+    mut rx: mpsc::Receiver<Done>,
+    watch: Arc<RecorderWatch>,
+    metrics: Arc<Metrics>,
+) {
     let mut batch = Vec::with_capacity(SETTLE_BATCH);
     let linger = backend.queue.settle_linger();
     while rx.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
@@ -514,7 +522,7 @@ async fn record(backend: Backend, mut rx: mpsc::Receiver<Done>, watch: Arc<Recor
         let mut settlements = Vec::with_capacity(batch.len());
         for d in batch.drain(..) {
             if let Some(succeeded) = d.final_outcome {
-                telemetry::count_final(succeeded);
+                metrics.count_final(succeeded);
             }
             settlements.push(d.settlement);
         }

@@ -13,7 +13,6 @@ use bytes::Bytes;
 use chrono::Utc;
 use herald_core::model::{Event, IdempotencyKey, Publish, PublishOutcome};
 use herald_core::signing::{SigningKeys, HUB_SIGNATURE_HEADER};
-use herald_core::telemetry;
 
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{body_error, check_json_content_type, check_json_syntax};
@@ -73,12 +72,13 @@ fn checked_body(
 /// Stores and queues in a task of its own, so a client that goes away cannot cancel it half-way.
 async fn publish(st: &AppState, p: Publish) -> Result<PublishOutcome, ApiError> {
     let queue = st.backend.queue.clone();
+    let metrics = st.telemetry.clone();
     let matched = p.subscription_ids.len() as u64;
     let out = tokio::spawn(async move {
         let out = queue.publish(p).await;
         if matches!(out, Ok(PublishOutcome::Accepted)) {
-            telemetry::count_ingested(1);
-            telemetry::count_queued(matched);
+            metrics.count_ingested(1);
+            metrics.count_queued(matched);
         }
         out
     })
