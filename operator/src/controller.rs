@@ -207,7 +207,7 @@ pub fn error_policy(obj: Arc<WebhookSubscription>, error: &Error, ctx: Arc<Conte
     let delay = backoff(n);
     tracing::warn!(
         resource = %ObjectRef::from_obj(&*obj),
-        error = %chain(&*error),
+        error = %chain(error),
         failures = n,
         retry_in = ?delay,
         "reconcile failed"
