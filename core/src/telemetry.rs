@@ -1,4 +1,5 @@
-//! Metric names, in one place for every binary and the dashboard's counters.
+//! Metric names, in one place for every binary, and the [`Metrics`] each app counts with (the
+//! dashboard's totals and the handles of the hot-path counters).
 
 pub const EVENTS_INGESTED: &str = "herald_events_ingested_total";
 pub const DELIVERIES_QUEUED: &str = "herald_deliveries_queued_total";
