@@ -63,6 +63,12 @@ impl App {
                 EngineConfig::from_args(&settings.delivery, &settings.targets, &settings.shutdown)
             })
             .transpose()?;
+        // One set of counts for the process: the api's `/stats` shows what its engine delivered.
+        let telemetry = herald_core::telemetry::Metrics::new();
+        let engine = engine.map(|config| EngineConfig {
+            metrics: telemetry.clone(),
+            ..config
+        });
         let backend = herald_runtime::store::open(&mode).await?;
         let listener = tokio::net::TcpListener::bind(settings.http.addr)
             .await
@@ -89,6 +95,7 @@ impl App {
         )
         .with_secret_overlap(settings.subscriptions.secret_overlap);
         let services = Services {
+            telemetry,
             backend: backend.clone(),
             cache: cache.clone(),
             subscriptions: Arc::new(subscriptions),

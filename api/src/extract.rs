@@ -122,17 +122,16 @@ where
     }
 }
 
+/// Well-formed JSON that does not fit `T` is a 422 naming the offending field by its path
+/// (`headers.X-Env`, `event_types[2]`); an error at the top level (a missing field, a body that
+/// is not an object) names the body.
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     check_json_syntax(bytes)?;
-    serde_json::from_slice(bytes).map_err(|e| {
-        let msg = e.to_string();
-        let field = msg
-            .split('`')
-            .nth(1)
-            .filter(|_| msg.contains("field"))
-            .unwrap_or("body")
-            .to_string();
-        ApiError::invalid(field, msg)
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { "body".into() } else { path };
+        ApiError::invalid(field, e.into_inner().to_string())
     })
 }
 
@@ -184,6 +183,52 @@ mod tests {
         ] {
             assert!(!is_json_media_type(bad), "{bad}");
         }
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Spec {
+        target_url: String,
+        #[serde(default)]
+        max_attempts: Option<u32>,
+        #[serde(default)]
+        headers: std::collections::BTreeMap<String, String>,
+        #[serde(default)]
+        event_types: Vec<String>,
+    }
+
+    fn field_of(body: &str) -> String {
+        match parse_json::<Spec>(body.as_bytes()) {
+            Err(ApiError::Invalid { field, .. }) => field,
+            other => panic!("{body}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_body_that_does_not_fit_names_the_field_by_its_path() {
+        assert_eq!(field_of(r#"{"target_url": 1}"#), "target_url");
+        assert_eq!(
+            field_of(r#"{"target_url": "u", "max_attempts": "x"}"#),
+            "max_attempts"
+        );
+        assert_eq!(
+            field_of(r#"{"target_url": "u", "headers": {"X-Env": 5}}"#),
+            "headers.X-Env"
+        );
+        assert_eq!(
+            field_of(r#"{"target_url": "u", "event_types": ["a", 2]}"#),
+            "event_types[1]"
+        );
+        assert_eq!(field_of(r#"{"target_url": "u", "unknown": 1}"#), "unknown");
+        // Serde reports a missing field, or a body that is not an object, at the top level.
+        assert_eq!(field_of("{}"), "body");
+        assert_eq!(field_of("[]"), "body");
+        let Err(ApiError::Invalid { message, .. }) = parse_json::<Spec>(b"{}") else {
+            panic!("{{}} is refused");
+        };
+        assert!(message.contains("target_url"), "{message}");
+        assert!(parse_json::<Spec>(br#"{"target_url": "u"}"#).is_ok());
     }
 
     proptest! {

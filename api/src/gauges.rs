@@ -6,12 +6,14 @@
 //! their age, so it never waits for the store. A failed or slow count keeps the last values
 //! and the age shows how old they are.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herald_core::backend::Intake;
+use herald_core::error::chain;
 use herald_core::model::QueueStats;
 use herald_core::telemetry;
+use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 /// Seconds since the queue gauges were last counted.
@@ -44,7 +46,7 @@ impl QueueGauges {
                 match tokio::time::timeout(interval, queue.stats()).await {
                     Ok(Ok(q)) => this.record(q),
                     Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "counting the queue for metrics failed")
+                        tracing::warn!(error = %chain(&e), "counting the queue for metrics failed")
                     }
                     Err(_) => tracing::warn!("counting the queue for metrics timed out"),
                 }
@@ -54,12 +56,12 @@ impl QueueGauges {
     }
 
     fn record(&self, q: QueueStats) {
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some((q, Instant::now()));
+        *self.last.lock() = Some((q, Instant::now()));
     }
 
     /// Sets the process's gauges from the last count; never touches the store.
     pub fn publish(&self) {
-        let last = *self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let last = *self.last.lock();
         if let Some((q, at)) = last {
             metrics::gauge!(telemetry::QUEUE_READY).set(q.ready as f64);
             metrics::gauge!(telemetry::QUEUE_SCHEDULED).set(q.scheduled as f64);

@@ -190,6 +190,9 @@ fn build_router(state: AppState, origins: origin::Origins) -> Router {
 /// What the api's handlers work on: the store, and the subscription service with its cache.
 pub struct Services {
     pub backend: Backend,
+    /// The counts `/stats` shows and the counters behind them; in standalone mode shared with
+    /// the delivery engine of the same process.
+    pub telemetry: Arc<herald_core::telemetry::Metrics>,
     pub cache: Arc<SubscriptionCache>,
     pub subscriptions: Arc<Subscriptions>,
 }
@@ -203,6 +206,7 @@ pub fn router(http: &HttpArgs, services: Services, shutdown: CancellationToken) 
         shutdown,
     );
     let state = AppState::new(state::Shared {
+        telemetry: services.telemetry,
         queue_gauges,
         backend: services.backend,
         cache: services.cache,

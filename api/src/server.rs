@@ -25,7 +25,7 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -35,8 +35,10 @@ use axum::http::{header, HeaderValue, Request};
 use axum::response::IntoResponse;
 use axum::Router;
 use bytes::Bytes;
+use herald_core::error::chain;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
@@ -92,7 +94,7 @@ pub async fn serve(
                 Ok(a) => a,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    tracing::warn!(error = %chain(&e), "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -147,13 +149,13 @@ impl Phase {
     }
 
     fn get(&self) -> (Kind, Instant) {
-        *self.now.lock().unwrap()
+        *self.now.lock()
     }
 
     /// Moves to `to`, unless `only_from` is given and the phase is another one.
     fn set(&self, to: Kind, only_from: Option<Kind>) {
         {
-            let mut now = self.now.lock().unwrap();
+            let mut now = self.now.lock();
             if only_from.is_some_and(|f| now.0 != f) || now.0 == to {
                 return;
             }
@@ -224,7 +226,7 @@ async fn connection(
         tokio::select! {
             done = conn.as_mut() => {
                 if let Err(e) = done {
-                    tracing::debug!(%remote, error = %e, "connection ended with an error");
+                    tracing::debug!(%remote, error = %chain(&e), "connection ended with an error");
                 }
                 return;
             }

@@ -1,13 +1,15 @@
 //! What every handler shares.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use herald_core::backend::Backend;
 use herald_core::cache::SubscriptionCache;
 use herald_core::subscriptions::Subscriptions;
+use herald_core::telemetry::Metrics;
 use metrics_exporter_prometheus::PrometheusHandle;
+use parking_lot::Mutex;
 
 /// Cloned by every extractor and middleware of every request: one reference count, not one per
 /// field.
@@ -36,6 +38,8 @@ pub struct Shared {
     pub ingest_key: Option<Arc<str>>,
     pub rate_limiter: Option<Arc<RateLimiter>>,
     pub metrics: PrometheusHandle,
+    /// This app's counts (`/stats`) and counters; in standalone mode shared with the engine.
+    pub telemetry: Arc<Metrics>,
     /// The queue counts `/metrics` serves, kept current off the scrape path.
     pub queue_gauges: Arc<crate::gauges::QueueGauges>,
 }
@@ -57,7 +61,7 @@ impl RateLimiter {
     /// Takes one token for `key`; `false` when the bucket is empty.
     pub fn allow(&self, key: &str) -> bool {
         let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap();
+        let mut buckets = self.buckets.lock();
         if buckets.len() > 100_000 {
             buckets.clear();
         }
@@ -81,5 +85,19 @@ mod tests {
         assert!((0..3).all(|_| rl.allow("a")));
         assert!(!rl.allow("a"));
         assert!(rl.allow("b"), "buckets are per key");
+    }
+
+    #[test]
+    fn a_panic_while_the_buckets_are_locked_leaves_the_limiter_usable() {
+        let rl = std::sync::Arc::new(super::RateLimiter::new(3));
+        let held = rl.clone();
+        let panicked = std::thread::spawn(move || {
+            let _buckets = held.buckets.lock();
+            panic!("a panic while the buckets are held");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert!((0..3).all(|_| rl.allow("a")));
+        assert!(!rl.allow("a"));
     }
 }

@@ -45,11 +45,12 @@
 //! stale and the new holder's outcome is recorded after it. Delivery is at least once.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
 
 use herald_core::backend::{
     Archive, ArchivedEvent, AttemptLog, Intake, Leased, OpenEvents, QueueTuning, Result,
@@ -141,23 +142,18 @@ async fn write_generations(
     impl Drop for Unwinding {
         fn drop(&mut self) {
             if std::thread::panicking() {
-                self.0.lock().unwrap_or_else(|e| e.into_inner()).writing = false;
+                self.0.lock().writing = false;
             }
         }
     }
     let _unwinding = Unwinding(writes.clone());
     loop {
-        let waiting = writes
-            .lock()
-            .unwrap()
-            .next
-            .as_ref()
-            .map_or(0, |g| g.events.len());
+        let waiting = writes.lock().next.as_ref().map_or(0, |g| g.events.len());
         if waiting < ARCHIVE_BATCH {
             tokio::time::sleep(ARCHIVE_LINGER).await;
         }
         let Some(generation) = ({
-            let mut w = writes.lock().unwrap();
+            let mut w = writes.lock();
             let next = w.next.take();
             if next.is_none() {
                 w.writing = false;
@@ -177,7 +173,7 @@ async fn write_generations(
                 if let Err(e) = transport.archived(&ids).await {
                     tracing::warn!(error = %e.chain(), "noting archived events failed");
                 }
-                let mut map = archiving.lock().unwrap();
+                let mut map = archiving.lock();
                 for id in &ids {
                     map.remove(id);
                 }
@@ -225,11 +221,11 @@ impl SplitQueue {
     /// latency allows.
     fn archive_in_background(&self, events: Vec<ArchivedEvent>) {
         let start = {
-            let mut w = self.writes.lock().unwrap();
+            let mut w = self.writes.lock();
             let next = w.next.get_or_insert_with(Generation::new);
             let stored = next.stored.subscribe();
             {
-                let mut map = self.archiving.lock().unwrap();
+                let mut map = self.archiving.lock();
                 for e in &events {
                     map.insert(
                         e.event.webhook_id.clone(),
@@ -258,7 +254,7 @@ impl SplitQueue {
     /// the next try.
     async fn ensure_archived(&self, settlements: &[Settlement]) -> Result<()> {
         let pending: Vec<Archiving> = {
-            let map = self.archiving.lock().unwrap();
+            let map = self.archiving.lock();
             let mut seen = HashSet::new();
             settlements
                 .iter()
@@ -291,7 +287,7 @@ impl SplitQueue {
         if let Err(e) = self.transport.archived(&ids).await {
             tracing::warn!(error = %e.chain(), "noting archived events failed");
         }
-        let mut map = self.archiving.lock().unwrap();
+        let mut map = self.archiving.lock();
         for id in &ids {
             map.remove(id);
         }
@@ -336,7 +332,7 @@ impl SplitQueue {
     /// too, the leases run out or the reaper frees them.
     async fn hand_back(&self, jobs: &[Job], at: DateTime<Utc>) {
         {
-            let mut redelivered = self.redelivered.lock().unwrap();
+            let mut redelivered = self.redelivered.lock();
             for j in jobs {
                 redelivered.remove(&j.receipt);
             }
@@ -435,7 +431,7 @@ impl SplitQueue {
         );
         let acked: HashSet<&str> = acks.iter().map(|a| a.receipt.as_str()).collect();
         {
-            let mut set = self.redelivered.lock().unwrap();
+            let mut set = self.redelivered.lock();
             for r in &acked {
                 set.remove(*r);
             }
@@ -598,7 +594,7 @@ impl WorkQueue for SplitQueue {
         }
         if !redelivered.is_empty() {
             {
-                let mut set = self.redelivered.lock().unwrap();
+                let mut set = self.redelivered.lock();
                 for j in redelivered.iter().filter_map(|&i| jobs.get(i)) {
                     set.insert(j.receipt.clone());
                 }
@@ -632,7 +628,7 @@ impl WorkQueue for SplitQueue {
             self.attempts.record(attempts).await?;
         }
         let redelivered: HashSet<String> = {
-            let set = self.redelivered.lock().unwrap();
+            let set = self.redelivered.lock();
             live.iter()
                 .filter(|s| set.contains(&s.receipt))
                 .map(|s| s.receipt.clone())
@@ -660,7 +656,7 @@ impl WorkQueue for SplitQueue {
             self.archive.record_settled(&ended).await?;
         }
         let acked = self.transport.settle(&live).await?;
-        let mut set = self.redelivered.lock().unwrap();
+        let mut set = self.redelivered.lock();
         for r in &receipts {
             set.remove(r);
         }
@@ -802,5 +798,59 @@ mod tests {
             ],
             "sub_c has no end yet"
         );
+    }
+
+    /// A panic while the queue's locks are held (a bug in code run under them) must not make
+    /// every later claim and settle of the process panic too.
+    #[tokio::test]
+    async fn a_panic_while_the_queue_is_locked_leaves_it_usable() {
+        let (Some(mongo), Some(redis)) = (herald_testenv::mongo_uri(), herald_testenv::redis_url())
+        else {
+            return;
+        };
+        let scratch = herald_testenv::Scratch::new(mongo, redis, "split-lock");
+        let mongo = crate::mongo::open(&scratch.mongo_uri, Some(&scratch.database))
+            .await
+            .expect("MongoDB");
+        let redis = crate::redis::open(&scratch.redis_url, &scratch.prefix)
+            .await
+            .expect("Redis");
+        let q = Arc::new(SplitQueue::new(
+            redis.transport,
+            mongo.archive,
+            mongo.attempts,
+        ));
+        let lease = Duration::from_secs(60);
+        let request = herald_core::testkit::claim_request("wrk_1", 10, lease);
+        q.publish(herald_core::testkit::publish("msg_1", &["sub_a"], b"{}"))
+            .await
+            .unwrap();
+        let jobs = q.claim(&request).await.unwrap().jobs;
+        assert_eq!(jobs.len(), 1);
+
+        let held = q.clone();
+        let panicked = std::thread::spawn(move || {
+            let _writes = held.writes.lock();
+            let _archiving = held.archiving.lock();
+            let _redelivered = held.redelivered.lock();
+            panic!("a panic while the queue's locks are held");
+        })
+        .join();
+        assert!(panicked.is_err());
+
+        // Settling waits for the background write (archiving) and checks redeliveries.
+        let job = &jobs[0];
+        let mut a = attempt("sub_a", job.attempt, Outcome::Success, None);
+        a.webhook_id = job.webhook_id.clone();
+        let mut done = settlement(Some(a), Disposition::Delivered, None);
+        done.receipt = job.receipt.clone();
+        assert_eq!(q.settle(vec![done]).await.unwrap(), 0);
+        let rec = q.webhook("msg_1").await.unwrap().expect("recorded");
+        assert_eq!(rec.status(), DeliveryState::Succeeded);
+        // A new claim hands its events to the background writer again.
+        q.publish(herald_core::testkit::publish("msg_2", &["sub_a"], b"{}"))
+            .await
+            .unwrap();
+        assert_eq!(q.claim(&request).await.unwrap().jobs.len(), 1);
     }
 }

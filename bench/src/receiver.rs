@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -13,6 +13,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Router;
 use hdrhistogram::Histogram;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::serve::ServerThread;
@@ -126,7 +127,7 @@ impl Receiver {
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        let inner = self.shared.inner.lock().expect("receiver lock");
+        let inner = self.shared.inner.lock();
         Snapshot {
             requests: self.shared.requests.load(Ordering::Relaxed),
             delivered: inner.delivered,
@@ -147,20 +148,16 @@ impl Receiver {
 
     /// Distinct ids delivered so far (cheap enough to poll every few ms).
     pub fn delivered(&self) -> u64 {
-        self.shared.inner.lock().expect("receiver lock").delivered
+        self.shared.inner.lock().delivered
     }
 
     pub fn first_failures(&self) -> u64 {
-        self.shared
-            .inner
-            .lock()
-            .expect("receiver lock")
-            .first_failures
+        self.shared.inner.lock().first_failures
     }
 
     /// (earliest, latest) time a first attempt was failed, and the first retry's arrival.
     pub fn fail_times(&self) -> (Option<Instant>, Option<Instant>, Option<Instant>) {
-        let inner = self.shared.inner.lock().expect("receiver lock");
+        let inner = self.shared.inner.lock();
         (
             inner.first_fail_at,
             inner.last_first_fail_at,
@@ -192,7 +189,7 @@ impl Receiver {
 
     /// Resets latency histograms (between phases that share a receiver).
     pub fn reset_latency(&self) {
-        let mut inner = self.shared.inner.lock().expect("receiver lock");
+        let mut inner = self.shared.inner.lock();
         inner.latency.reset();
     }
 }
@@ -213,14 +210,14 @@ async fn handle(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
     else {
-        s.inner.lock().expect("receiver lock").missing_id += 1;
+        s.inner.lock().missing_id += 1;
         return StatusCode::OK;
     };
     let sent_ns = serde_json::from_slice::<Probe>(&body)
         .ok()
         .and_then(|p| p.t);
     let now_ns = u64::try_from(now.saturating_duration_since(s.epoch).as_nanos()).unwrap_or(0);
-    let mut inner = s.inner.lock().expect("receiver lock");
+    let mut inner = s.inner.lock();
     let status = match s.mode {
         Mode::Ok | Mode::Slow { .. } => {
             if inner.seen.insert(id, Seen::Delivered).is_some() {

@@ -17,8 +17,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
 
 use crate::backend::{ChangeFeed, Result, SubscriptionStore};
 use crate::model::Subscription;
@@ -157,7 +159,7 @@ impl SubscriptionCache {
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<Arc<Subscription>>> {
-        let stale = match self.by_id.read().unwrap().get(id) {
+        let stale = match self.by_id.read().get(id) {
             Some((at, sub)) if at.elapsed() < self.ttl => return Ok(sub.clone()),
             Some((_, sub)) => Some(sub.clone()),
             None => None,
@@ -167,7 +169,7 @@ impl SubscriptionCache {
             Ok(loaded) => loaded.map(Arc::new),
             Err(e @ StoreError::Unavailable(..)) => {
                 let Some(sub) = stale else { return Err(e) };
-                let mut map = self.by_id.write().unwrap();
+                let mut map = self.by_id.write();
                 if self.generation.load(Ordering::Acquire) == generation {
                     map.insert(id.to_string(), (self.retried_at(), sub.clone()));
                 }
@@ -176,7 +178,7 @@ impl SubscriptionCache {
             }
             Err(e) => return Err(e),
         };
-        let mut map = self.by_id.write().unwrap();
+        let mut map = self.by_id.write();
         if self.generation.load(Ordering::Acquire) == generation {
             if map.len() >= MAX_ENTRIES {
                 map.clear();
@@ -198,7 +200,7 @@ impl SubscriptionCache {
     }
 
     fn fresh_snapshot(&self) -> Option<Arc<Vec<Arc<Subscription>>>> {
-        match &*self.all.read().unwrap_or_else(|e| e.into_inner()) {
+        match &*self.all.read() {
             Some((at, all)) if at.elapsed() < self.ttl => Some(all.clone()),
             _ => None,
         }
@@ -216,19 +218,14 @@ impl SubscriptionCache {
         if let Some(all) = self.fresh_snapshot() {
             return Ok(all);
         }
-        let stale = self
-            .all
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|(_, all)| all.clone());
+        let stale = self.all.read().as_ref().map(|(_, all)| all.clone());
         let generation = self.snapshot_generation.load(Ordering::Acquire);
         self.snapshot_loads.fetch_add(1, Ordering::Relaxed);
         let loaded: Arc<Vec<_>> = match self.store.list_all().await {
             Ok(all) => Arc::new(all.into_iter().map(Arc::new).collect()),
             Err(e @ StoreError::Unavailable(..)) => {
                 let Some(all) = stale else { return Err(e) };
-                let mut slot = self.all.write().unwrap();
+                let mut slot = self.all.write();
                 if self.snapshot_generation.load(Ordering::Acquire) == generation {
                     *slot = Some((self.retried_at(), all.clone()));
                 }
@@ -237,7 +234,7 @@ impl SubscriptionCache {
             }
             Err(e) => return Err(e),
         };
-        let mut slot = self.all.write().unwrap();
+        let mut slot = self.all.write();
         if self.snapshot_generation.load(Ordering::Acquire) == generation {
             *slot = Some((Instant::now(), loaded.clone()));
         }
@@ -248,24 +245,88 @@ impl SubscriptionCache {
     /// not see: its health).
     pub fn invalidate_entry(&self, id: &str) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        self.by_id
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
+        self.by_id.write().remove(id);
     }
 
     /// Forgets one subscription (and the fan-out snapshot, which may hold it).
     pub fn invalidate(&self, id: &str) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.snapshot_generation.fetch_add(1, Ordering::AcqRel);
-        self.by_id.write().unwrap().remove(id);
-        *self.all.write().unwrap() = None;
+        self.by_id.write().remove(id);
+        *self.all.write() = None;
     }
 
     pub fn invalidate_all(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.snapshot_generation.fetch_add(1, Ordering::AcqRel);
-        self.by_id.write().unwrap().clear();
-        *self.all.write().unwrap() = None;
+        self.by_id.write().clear();
+        *self.all.write() = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{HealthChange, ReplaceHealth};
+    use crate::model::Owner;
+
+    /// Subscriptions in memory: reads only, which is all the cache does.
+    struct Fixed(Vec<Subscription>);
+
+    #[async_trait::async_trait]
+    impl SubscriptionStore for Fixed {
+        async fn insert(&self, _: &Subscription) -> Result<()> {
+            unimplemented!("the cache only reads")
+        }
+        async fn get(&self, id: &str) -> Result<Option<Subscription>> {
+            Ok(self.0.iter().find(|s| s.id == id).cloned())
+        }
+        async fn find_by_owner(&self, _: &Owner) -> Result<Option<Subscription>> {
+            Ok(None)
+        }
+        async fn list(&self, _: usize, _: Option<&str>) -> Result<Vec<Subscription>> {
+            Ok(self.0.clone())
+        }
+        async fn list_all(&self) -> Result<Vec<Subscription>> {
+            Ok(self.0.clone())
+        }
+        async fn replace(&self, _: &Subscription, _: ReplaceHealth) -> Result<()> {
+            unimplemented!("the cache only reads")
+        }
+        async fn record_health(&self, _: &str, _: &HealthChange) -> Result<bool> {
+            unimplemented!("the cache only reads")
+        }
+        async fn remove(&self, _: &str) -> Result<bool> {
+            unimplemented!("the cache only reads")
+        }
+        async fn ping(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panic_while_the_cache_is_locked_leaves_it_usable() {
+        let store = Arc::new(Fixed(vec![crate::testkit::subscription("sub_a")]));
+        let cache = Arc::new(SubscriptionCache::new(store, Duration::from_secs(60)));
+        assert!(cache.get("sub_a").await.unwrap().is_some());
+        assert_eq!(cache.matching(None).await.unwrap().len(), 1);
+
+        let held = cache.clone();
+        let panicked = std::thread::spawn(move || {
+            let _by_id = held.by_id.write();
+            let _all = held.all.write();
+            panic!("a panic while the cache's locks are held");
+        })
+        .join();
+        assert!(panicked.is_err());
+
+        // Every later lookup, load and invalidation takes the same locks again.
+        assert!(cache.get("sub_a").await.unwrap().is_some());
+        assert_eq!(cache.matching(None).await.unwrap().len(), 1);
+        cache.invalidate("sub_a");
+        assert!(cache.get("sub_a").await.unwrap().is_some());
+        assert_eq!(cache.matching(None).await.unwrap().len(), 1);
+        cache.invalidate_all();
+        assert!(cache.get("sub_b").await.unwrap().is_none());
     }
 }

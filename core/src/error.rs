@@ -62,16 +62,30 @@ impl StoreError {
         StoreError::Backend(message.into(), Some(cause.into()))
     }
 
-    /// The message with every cause, for logs and error bodies that must say why.
+    /// The message with every cause (see [`chain`]).
     pub fn chain(&self) -> String {
-        let mut out = self.to_string();
-        let mut cause = std::error::Error::source(self);
+        chain(self).to_string()
+    }
+}
+
+/// `error` and each of its causes, joined by ": ": how every log line shows an error, so that
+/// a driver's own message (kept as the `source`) is never lost on the way.
+pub fn chain<'a>(error: &'a (dyn std::error::Error + 'a)) -> Chain<'a> {
+    Chain(error)
+}
+
+/// The [`Display`](std::fmt::Display) of an error with its causes (see [`chain`]).
+pub struct Chain<'a>(&'a (dyn std::error::Error + 'a));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
         while let Some(c) = cause {
-            out.push_str(": ");
-            out.push_str(&c.to_string());
+            write!(f, ": {c}")?;
             cause = c.source();
         }
-        out
+        Ok(())
     }
 }
 
@@ -111,5 +125,22 @@ impl From<StoreError> for Error {
             StoreError::Conflict(m) => Error::Conflict(m),
             other => Error::Store(other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_names_every_cause_in_order() {
+        let driver = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = StoreError::unavailable_by("MongoDB is unavailable: reading", driver);
+        assert_eq!(
+            chain(&e).to_string(),
+            "backend unavailable: MongoDB is unavailable: reading: refused"
+        );
+        assert_eq!(e.chain(), chain(&e).to_string());
+        assert_eq!(chain(&StoreError::NotFound).to_string(), "not found");
     }
 }

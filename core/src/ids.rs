@@ -7,7 +7,7 @@
 //! value fits 128 bits. Lower case and Crockford's aliases (`I`, `L`, `O`) are refused, since
 //! stores compare ids as strings: an alias spelling would name nothing.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 use ulid::Ulid;
 
@@ -21,7 +21,7 @@ const ULID_LEN: usize = 26;
 static GENERATOR: Mutex<Option<ulid::Generator>> = Mutex::new(None);
 
 fn next() -> Ulid {
-    let mut g = GENERATOR.lock().unwrap_or_else(|p| p.into_inner());
+    let mut g = GENERATOR.lock();
     let g = g.get_or_insert_with(ulid::Generator::new);
     // Overflow needs 2^80 ids in one millisecond; fall back to a fresh random id then.
     g.generate().unwrap_or_else(|_| Ulid::new())

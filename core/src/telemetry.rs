@@ -1,4 +1,5 @@
-//! Metric names, in one place for every binary and the dashboard's counters.
+//! Metric names, in one place for every binary, and the [`Metrics`] each app counts with (the
+//! dashboard's totals and the handles of the hot-path counters).
 
 pub const EVENTS_INGESTED: &str = "herald_events_ingested_total";
 pub const DELIVERIES_QUEUED: &str = "herald_deliveries_queued_total";
@@ -34,60 +35,158 @@ pub fn count_store_failure(operation: &'static str) {
 }
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-/// Totals since this process started, for the dashboard's counters (`GET /stats`).
-#[derive(Debug, Default)]
+use crate::model::Outcome;
+
+/// Totals since a [`Metrics`] was made, for the dashboard's counters (`GET /stats`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {
-    pub ingested: AtomicU64,
-    pub delivered: AtomicU64,
-    pub failed: AtomicU64,
+    pub ingested: u64,
+    pub delivered: u64,
+    pub failed: u64,
 }
 
-pub static COUNTS: Counts = Counts {
-    ingested: AtomicU64::new(0),
-    delivered: AtomicU64::new(0),
-    failed: AtomicU64::new(0),
-};
+/// What one Herald counts: the dashboard's totals, and the Prometheus handles of the counters
+/// its hot paths bump. Made once by a process (or by each app a test starts) and handed to the
+/// api's state and the delivery engine, which in standalone mode share one.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    ingested: AtomicU64,
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    handles: OnceLock<Handles>,
+}
+
+/// Handles looked up in the recorder once instead of on every event (a lookup hashes the name
+/// and the labels and takes a lock).
+#[derive(Debug)]
+struct Handles {
+    ingested: metrics::Counter,
+    queued: metrics::Counter,
+    succeeded: metrics::Counter,
+    failed: metrics::Counter,
+    /// By outcome: success, failed attempt, failure.
+    attempts: [metrics::Counter; 3],
+    attempt_duration: metrics::Histogram,
+}
+
+impl Handles {
+    fn lookup() -> Self {
+        Self {
+            ingested: metrics::counter!(EVENTS_INGESTED),
+            queued: metrics::counter!(DELIVERIES_QUEUED),
+            succeeded: metrics::counter!(DELIVERIES_SUCCEEDED),
+            failed: metrics::counter!(DELIVERIES_FAILED),
+            attempts: [Outcome::Success, Outcome::FailedAttempt, Outcome::Failure]
+                .map(|o| metrics::counter!(ATTEMPTS, "outcome" => outcome(o).0)),
+            attempt_duration: metrics::histogram!(ATTEMPT_DURATION),
+        }
+    }
+}
+
+/// The `outcome` label of [`ATTEMPTS`], and the index of its handle.
+fn outcome(o: Outcome) -> (&'static str, usize) {
+    match o {
+        Outcome::Success => ("success", 0),
+        Outcome::FailedAttempt => ("failed_attempt", 1),
+        Outcome::Failure => ("failure", 2),
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// Runs `f` with the handles. Before the process's recorder is installed a handle would be
+    /// a no-op for good, so until then they are looked up afresh on each call.
+    fn with<R>(&self, f: impl FnOnce(&Handles) -> R) -> R {
+        if !RECORDER_INSTALLED.load(Ordering::Acquire) {
+            return f(&Handles::lookup());
+        }
+        f(self.handles.get_or_init(Handles::lookup))
+    }
+
+    /// `n` events accepted by ingest.
+    pub fn count_ingested(&self, n: u64) {
+        self.ingested.fetch_add(n, Ordering::Relaxed);
+        self.with(|h| h.ingested.increment(n));
+    }
+
+    /// `n` deliveries queued by ingest.
+    pub fn count_queued(&self, n: u64) {
+        self.with(|h| h.queued.increment(n));
+    }
+
+    /// One delivery ended: delivered, or failed for good.
+    pub fn count_final(&self, succeeded: bool) {
+        if succeeded {
+            self.delivered.fetch_add(1, Ordering::Relaxed);
+            self.with(|h| h.succeeded.increment(1));
+        } else {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            self.with(|h| h.failed.increment(1));
+        }
+    }
+
+    /// One attempt made, with how long it took.
+    pub fn count_attempt(&self, o: Outcome, took: Duration) {
+        self.with(|h| {
+            h.attempt_duration.record(took.as_secs_f64());
+            h.attempts[outcome(o).1].increment(1);
+        });
+    }
+
+    /// The dashboard's totals so far.
+    pub fn counts(&self) -> Counts {
+        Counts {
+            ingested: self.ingested.load(Ordering::Relaxed),
+            delivered: self.delivered.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+        }
+    }
+}
 
 /// Set once the process installed its metrics recorder (see [`recorder_installed`]).
 static RECORDER_INSTALLED: AtomicBool = AtomicBool::new(false);
 
-/// Says that the process's metrics recorder is installed, so the counters below may keep the
-/// handles they look up from now on.
+/// Says that the process's metrics recorder is installed, so that [`Metrics`] may keep the
+/// handles it looks up from now on.
 pub fn recorder_installed() {
     RECORDER_INSTALLED.store(true, Ordering::Release);
 }
 
-/// The counter `name`, looked up in the recorder once instead of on every event (a lookup
-/// hashes the name and takes a lock). Before the recorder is installed the handle would be a
-/// no-op for good, so until then each call looks it up afresh.
-fn counter(cell: &'static OnceLock<metrics::Counter>, name: &'static str) -> metrics::Counter {
-    if !RECORDER_INSTALLED.load(Ordering::Acquire) {
-        return metrics::counter!(name);
-    }
-    cell.get_or_init(|| metrics::counter!(name)).clone()
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-pub fn count_ingested(n: u64) {
-    static C: OnceLock<metrics::Counter> = OnceLock::new();
-    COUNTS.ingested.fetch_add(n, Ordering::Relaxed);
-    counter(&C, EVENTS_INGESTED).increment(n);
-}
-
-pub fn count_queued(n: u64) {
-    static C: OnceLock<metrics::Counter> = OnceLock::new();
-    counter(&C, DELIVERIES_QUEUED).increment(n);
-}
-
-pub fn count_final(succeeded: bool) {
-    static OK: OnceLock<metrics::Counter> = OnceLock::new();
-    static FAILED: OnceLock<metrics::Counter> = OnceLock::new();
-    if succeeded {
-        COUNTS.delivered.fetch_add(1, Ordering::Relaxed);
-        counter(&OK, DELIVERIES_SUCCEEDED).increment(1);
-    } else {
-        COUNTS.failed.fetch_add(1, Ordering::Relaxed);
-        counter(&FAILED, DELIVERIES_FAILED).increment(1);
+    #[test]
+    fn each_metrics_counts_its_own() {
+        let (a, b) = (Metrics::new(), Metrics::new());
+        a.count_ingested(3);
+        a.count_queued(6);
+        a.count_final(true);
+        a.count_final(true);
+        a.count_final(false);
+        a.count_attempt(Outcome::Success, Duration::from_millis(5));
+        b.count_ingested(1);
+        assert_eq!(
+            a.counts(),
+            Counts {
+                ingested: 3,
+                delivered: 2,
+                failed: 1
+            }
+        );
+        assert_eq!(
+            b.counts(),
+            Counts {
+                ingested: 1,
+                delivered: 0,
+                failed: 0
+            }
+        );
     }
 }

@@ -21,12 +21,13 @@ use chrono::Utc;
 use futures::FutureExt;
 use herald_core::backend::Backend;
 use herald_core::cache::SubscriptionCache;
+use herald_core::error::chain;
 use herald_core::model::{
     Attempt, ClaimRequest, Disposition, Job, Outcome, Settlement, TIMEOUT_MS_LIMIT,
 };
 use herald_core::retry::{due_after, RetryPolicy};
 use herald_core::ssrf::TargetGuard;
-use herald_core::telemetry;
+use herald_core::telemetry::{self, Metrics};
 use herald_runtime::config::{DeliveryArgs, ShutdownArgs, TargetArgs};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -63,6 +64,9 @@ pub struct EngineConfig {
     /// The recorder's progress, which the process's liveness check reads (see
     /// [`RecorderWatch`]); `from_args` makes one with [`RECORDER_STALL`].
     pub recorder: Arc<RecorderWatch>,
+    /// What this engine counts; in standalone mode the api's, so that `/stats` shows its
+    /// deliveries. `from_settings` makes a new one.
+    pub metrics: Arc<Metrics>,
 }
 
 /// A configuration the engine cannot run safely with.
@@ -131,6 +135,7 @@ impl EngineConfig {
             max_inflight_bytes: s.max_inflight_bytes.max(1),
             disable_after: s.disable_after,
             recorder: RecorderWatch::new(RECORDER_STALL),
+            metrics: Metrics::new(),
         })
     }
 }
@@ -195,7 +200,12 @@ impl Engine {
             }
             .run(backend.clone(), stop_liveness.clone()),
         );
-        let recorder = tokio::spawn(record(backend.clone(), done_rx, config.recorder.clone()));
+        let recorder = tokio::spawn(record(
+            backend.clone(),
+            done_rx,
+            config.recorder.clone(),
+            config.metrics.clone(),
+        ));
         let engine = Arc::new(Engine {
             health: Health::new(
                 cache.clone(),
@@ -275,7 +285,7 @@ impl Engine {
                 Err(e) => {
                     failures = (failures + 1).min(6);
                     telemetry::count_store_failure("claim");
-                    tracing::warn!(error = %e, "claiming deliveries failed; retrying");
+                    tracing::warn!(error = %chain(&e), "claiming deliveries failed; retrying");
                     let backoff = Duration::from_millis(100 * 2u64.pow(failures));
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {},
@@ -373,7 +383,7 @@ impl Engine {
         let sub = match self.cache.get(&job.subscription_id).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(error = %e, "reading a subscription failed; deferring");
+                tracing::warn!(error = %chain(&e), "reading a subscription failed; deferring");
                 return self.defer(job, STORE_RETRY, Some(e.to_string()));
             }
         };
@@ -391,7 +401,6 @@ impl Engine {
         let timeout = sub.timeout(self.config.default_timeout);
         let mut r: AttemptResult =
             attempt::send(&self.client, &self.config.guard, &sub, job, timeout).await;
-        metrics::histogram!(telemetry::ATTEMPT_DURATION).record(r.duration.as_secs_f64());
         let disabled = self.health.observe(&sub, &r).await;
         if disabled.is_some() {
             r.error = disabled.clone();
@@ -419,12 +428,7 @@ impl Engine {
                 None => (Outcome::Failure, Disposition::Failed),
             }
         };
-        let outcome_label = match outcome {
-            Outcome::Success => "success",
-            Outcome::FailedAttempt => "failed_attempt",
-            Outcome::Failure => "failure",
-        };
-        metrics::counter!(telemetry::ATTEMPTS, "outcome" => outcome_label).increment(1);
+        self.config.metrics.count_attempt(outcome, r.duration);
         let final_outcome = match outcome {
             Outcome::Success => Some(true),
             Outcome::Failure => Some(false),
@@ -507,7 +511,12 @@ impl Engine {
 /// the heartbeats keep the leases meanwhile, and if the process dies the reaper returns the
 /// deliveries and they are made again (at least once). A write the store refuses for good
 /// (`StoreError::is_permanent`) is not retried: see [`settle_all`].
-async fn record(backend: Backend, mut rx: mpsc::Receiver<Done>, watch: Arc<RecorderWatch>) {
+async fn record(
+    backend: Backend,
+    mut rx: mpsc::Receiver<Done>,
+    watch: Arc<RecorderWatch>,
+    metrics: Arc<Metrics>,
+) {
     let mut batch = Vec::with_capacity(SETTLE_BATCH);
     let linger = backend.tuning.settle_linger;
     while rx.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
@@ -526,7 +535,7 @@ async fn record(backend: Backend, mut rx: mpsc::Receiver<Done>, watch: Arc<Recor
         let mut settlements = Vec::with_capacity(batch.len());
         for d in batch.drain(..) {
             if let Some(succeeded) = d.final_outcome {
-                telemetry::count_final(succeeded);
+                metrics.count_final(succeeded);
             }
             settlements.push(d.settlement);
         }
@@ -574,7 +583,7 @@ async fn settle_all(backend: &Backend, settlements: Vec<Settlement>, watch: &Rec
                 }
                 Err(e) => {
                     telemetry::count_store_failure("settle");
-                    tracing::warn!(error = %e.chain(), "settling deliveries failed; retrying");
+                    tracing::warn!(error = %chain(&e), "settling deliveries failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
@@ -620,7 +629,7 @@ async fn end_refused(backend: &Backend, s: Settlement, refusal: &herald_core::St
                 Ok(_) => return,
                 Err(e) if e.is_permanent() => break,
                 Err(e) => {
-                    tracing::warn!(error = %e.chain(), "ending a refused settlement failed; retrying");
+                    tracing::warn!(error = %chain(&e), "ending a refused settlement failed; retrying");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }

@@ -22,15 +22,17 @@
 //! step.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use herald_core::backend::Intake;
 use herald_core::cache::SubscriptionCache;
+use herald_core::error::chain;
 use herald_core::model::Subscription;
 use herald_core::ssrf::TargetGuard;
 use herald_core::subscriptions::Subscriptions;
+use parking_lot::Mutex;
 
 use crate::attempt::AttemptResult;
 
@@ -136,7 +138,7 @@ impl Health {
     pub async fn observe(&self, sub: &Subscription, r: &AttemptResult) -> Option<String> {
         let now = Utc::now();
         let decision = {
-            let mut marks = self.marks.lock().unwrap();
+            let mut marks = self.marks.lock();
             let known = match marks.get(&sub.id) {
                 Some(m) if m.written_at >= sub.updated_at => m.state,
                 _ => known_from(sub),
@@ -183,8 +185,8 @@ impl Health {
                 .map(|_| ()),
         };
         if let Err(e) = written {
-            tracing::warn!(error = %e, subscription = %sub.id, "recording endpoint health failed");
-            self.marks.lock().unwrap().remove(&sub.id);
+            tracing::warn!(error = %chain(&e), subscription = %sub.id, "recording endpoint health failed");
+            self.marks.lock().remove(&sub.id);
         }
         match decision {
             Decision::Disable { reason, .. } => Some(format!(
@@ -285,5 +287,43 @@ mod tests {
             ),
             Decision::Nothing
         );
+    }
+
+    #[tokio::test]
+    async fn a_panic_while_the_marks_are_locked_leaves_health_usable() {
+        use herald_backends::sqlite::{Sqlite, Sync};
+
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Sqlite::open(&dir.path().join("h.db"), Sync::Normal)
+            .unwrap()
+            .backend();
+        let sub = herald_core::testkit::subscription("sub_h");
+        backend.subscriptions.insert(&sub).await.unwrap();
+        let cache = Arc::new(SubscriptionCache::for_backend(&backend));
+        let health = Arc::new(Health::new(
+            cache,
+            backend.intake.clone(),
+            TargetGuard::default(),
+            DAY,
+        ));
+        let held = health.clone();
+        let panicked = std::thread::spawn(move || {
+            let _marks = held.marks.lock();
+            panic!("a panic while the marks are held");
+        })
+        .join();
+        assert!(panicked.is_err());
+
+        let failed = AttemptResult {
+            success: false,
+            http_status: Some(500),
+            error: Some("HTTP 500".into()),
+            retry_after: None,
+            duration: Duration::ZERO,
+            response_excerpt: None,
+        };
+        assert_eq!(health.observe(&sub, &failed).await, None);
+        let stored = backend.subscriptions.get("sub_h").await.unwrap().unwrap();
+        assert!(stored.failing_since.is_some(), "the failure was recorded");
     }
 }

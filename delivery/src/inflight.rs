@@ -4,8 +4,9 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::Notify;
 
 #[derive(Default)]
@@ -26,8 +27,7 @@ pub struct InFlight {
 
 impl InFlight {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A guard's `Drop` may run while a panic unwinds; the counters stay consistent anyway.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock()
     }
 
     /// Deliveries in flight per subscription (subscriptions with none are absent).

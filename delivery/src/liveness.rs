@@ -29,6 +29,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use herald_core::backend::Backend;
+use herald_core::error::chain;
 use herald_core::telemetry;
 use tokio_util::sync::CancellationToken;
 
@@ -56,7 +57,7 @@ impl Liveness {
                 Err(e) => {
                     reaper.heartbeat_failed();
                     telemetry::count_store_failure("heartbeat");
-                    tracing::warn!(error = %e, worker = %self.worker, "heartbeat failed; retrying");
+                    tracing::warn!(error = %chain(&e), worker = %self.worker, "heartbeat failed; retrying");
                 }
             }
             if !reaper.may_reap(Instant::now()) {
@@ -70,7 +71,7 @@ impl Liveness {
                 }
                 Err(e) => {
                     telemetry::count_store_failure("reap");
-                    tracing::warn!(error = %e, "reaping stopped workers failed");
+                    tracing::warn!(error = %chain(&e), "reaping stopped workers failed");
                 }
             }
         }

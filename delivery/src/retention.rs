@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use herald_core::backend::Backend;
+use herald_core::error::chain;
 use herald_core::telemetry;
 use herald_core::StoreError;
 use herald_runtime::config::{RetentionArgs, StoreArgs};
@@ -45,7 +46,7 @@ pub async fn run_periodic(
                 )
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
+            Err(e) => tracing::warn!(error = %chain(&e), "retention sweep failed"),
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {},

@@ -119,6 +119,7 @@ async fn a_busy_subscription_claims_again_as_soon_as_its_slots_are_free() {
         );
     }
     let config = engine_config(&[&format!("--subscription-concurrency={PER_SUBSCRIPTION}")]);
+    let metrics = config.metrics.clone();
     let cache = Arc::new(SubscriptionCache::for_backend(&backend));
     let stop = CancellationToken::new();
     let started = Instant::now();
@@ -131,6 +132,9 @@ async fn a_busy_subscription_claims_again_as_soon_as_its_slots_are_free() {
     let took = started.elapsed();
     stop.cancel();
     engine.await.unwrap();
+    // The engine settled every delivery before it returned, and counted each once.
+    let counts = metrics.counts();
+    assert_eq!((counts.delivered, counts.failed), (EVENTS as u64, 0));
     // Lingering out each of the two later rounds would take 2 × 10 s.
     assert!(
         took < LINGER,

@@ -23,10 +23,11 @@
 //!   returns nothing for a Secret that did not opt in.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use herald_core::error::chain;
 use herald_core::error::Error as CoreError;
 use herald_core::model::Owner;
 use herald_core::subscriptions::Subscriptions;
@@ -39,6 +40,7 @@ use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
+use parking_lot::Mutex;
 use serde_json::json;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
@@ -136,17 +138,14 @@ impl Context {
     }
 
     fn failed(&self, obj: &WebhookSubscription) -> u32 {
-        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.failures.lock();
         let n = map.entry(ObjectRef::from_obj(obj)).or_insert(0);
         *n = n.saturating_add(1);
         *n
     }
 
     fn succeeded(&self, obj: &WebhookSubscription) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&ObjectRef::from_obj(obj));
+        self.failures.lock().remove(&ObjectRef::from_obj(obj));
     }
 }
 
@@ -208,7 +207,7 @@ pub fn error_policy(obj: Arc<WebhookSubscription>, error: &Error, ctx: Arc<Conte
     let delay = backoff(n);
     tracing::warn!(
         resource = %ObjectRef::from_obj(&*obj),
-        error = %error,
+        error = %chain(error),
         failures = n,
         retry_in = ?delay,
         "reconcile failed"
@@ -520,7 +519,7 @@ async fn publish(
         secondary: None,
     };
     if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
-        tracing::warn!(resource = %obj.name_any(), error = %e, "publishing an Event failed");
+        tracing::warn!(resource = %obj.name_any(), error = %chain(&e), "publishing an Event failed");
     }
 }
 
@@ -594,7 +593,7 @@ pub async fn run(
                 .run(reconcile, error_policy, ctx.clone())
                 .for_each(|res| async move {
                     if let Err(e) = res {
-                        tracing::debug!(error = %e, "controller");
+                        tracing::debug!(error = %chain(&e), "controller");
                     }
                 }),
         );

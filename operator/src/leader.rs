@@ -1,6 +1,7 @@
 //! Leader election over a `coordination.k8s.io` Lease (kube-lease-manager): one replica
 //! reconciles, the others wait and take over when the holder stops renewing.
 
+use herald_core::error::chain;
 use kube::Client;
 use kube_lease_manager::{LeaseManagerBuilder, Result};
 use tokio::sync::watch;
@@ -41,11 +42,11 @@ impl Election {
         match self.task.await {
             Ok(Ok(manager)) => {
                 if let Err(e) = manager.release().await {
-                    tracing::warn!(error = %e, "releasing the lease failed; it runs out by itself");
+                    tracing::warn!(error = %chain(&e), "releasing the lease failed; it runs out by itself");
                 }
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "the lease manager stopped"),
-            Err(e) => tracing::warn!(error = %e, "the lease manager task failed"),
+            Ok(Err(e)) => tracing::warn!(error = %chain(&e), "the lease manager stopped"),
+            Err(e) => tracing::warn!(error = %chain(&e), "the lease manager task failed"),
         }
     }
 }

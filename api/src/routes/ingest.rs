@@ -13,7 +13,6 @@ use bytes::Bytes;
 use chrono::Utc;
 use herald_core::model::{Event, IdempotencyKey, Publish, PublishOutcome};
 use herald_core::signing::{SigningKeys, HUB_SIGNATURE_HEADER};
-use herald_core::telemetry;
 
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{body_error, check_json_content_type, check_json_syntax};
@@ -73,17 +72,18 @@ fn checked_body(
 /// Stores and queues in a task of its own, so a client that goes away cannot cancel it half-way.
 async fn publish(st: &AppState, p: Publish) -> Result<PublishOutcome, ApiError> {
     let queue = st.backend.intake.clone();
+    let metrics = st.telemetry.clone();
     let matched = p.subscription_ids.len() as u64;
     let out = tokio::spawn(async move {
         let out = queue.publish(p).await;
         if matches!(out, Ok(PublishOutcome::Accepted)) {
-            telemetry::count_ingested(1);
-            telemetry::count_queued(matched);
+            metrics.count_ingested(1);
+            metrics.count_queued(matched);
         }
         out
     })
     .await
-    .map_err(|e| ApiError::Internal(format!("ingest task: {e}")))??;
+    .map_err(|e| ApiError::internal("ingest task", e))??;
     Ok(out)
 }
 
@@ -135,8 +135,8 @@ pub async fn ingest(
     let body = checked_body(&st, &headers, body)?;
     let secrets = sub.active_secrets(Utc::now());
     if !secrets.is_empty() {
-        let keys =
-            SigningKeys::from_secrets(secrets).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let keys = SigningKeys::from_secrets(secrets)
+            .map_err(|e| ApiError::internal("reading signing secrets", e))?;
         keys.verify_hub(header_str(&headers, HUB_SIGNATURE_HEADER)?, &body)?;
     }
     // After the signature check, so the reason is told only to a producer that may send here.

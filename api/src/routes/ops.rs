@@ -1,12 +1,9 @@
 //! Liveness, readiness, metrics and the dashboard's counters.
 
-use std::sync::atomic::Ordering;
-
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use herald_core::telemetry;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -76,10 +73,11 @@ fn unready(error: String) -> (StatusCode, Json<Health>) {
     (status = 401, body = crate::error::ErrorBody, description = "HERALD_API_KEY is set and the request lacks it")))]
 pub async fn stats(State(st): State<AppState>) -> Result<Json<Stats>, ApiError> {
     let queue = st.backend.intake.stats().await?;
+    let counts = st.telemetry.counts();
     Ok(Json(Stats {
-        ingested: telemetry::COUNTS.ingested.load(Ordering::Relaxed),
-        delivered: telemetry::COUNTS.delivered.load(Ordering::Relaxed),
-        failed: telemetry::COUNTS.failed.load(Ordering::Relaxed),
+        ingested: counts.ingested,
+        delivered: counts.delivered,
+        failed: counts.failed,
         queue,
     }))
 }

@@ -51,6 +51,7 @@
 use std::sync::Arc;
 
 use herald_core::backend::{Result, IDEMPOTENCY_WINDOW};
+use herald_core::error::chain;
 use herald_core::model::{Publish, PublishOutcome};
 use herald_core::StoreError;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -208,7 +209,7 @@ async fn append<'a>(
             let mut publish = redis::cmd("PUBLISH");
             publish.arg(wake).arg("1");
             if let Err(e) = call("waking workers", publish.query_async::<i64>(&mut conn)).await {
-                tracing::debug!(error = %e, "no wake-up for new events; workers find them at their next poll");
+                tracing::debug!(error = %chain(&e), "no wake-up for new events; workers find them at their next poll");
             }
         });
     }

@@ -21,8 +21,9 @@ mod writer;
 mod cache_tests;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Notify, Semaphore};
 
@@ -161,13 +162,9 @@ impl Sqlite {
             .map_err(|_| StoreError::unavailable("store closed"))?;
         let readers = self.readers.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = readers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop()
-                .expect("a permit means a reader");
+            let conn = readers.lock().pop().expect("a permit means a reader");
             let out = f(&conn);
-            readers.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+            readers.lock().push(conn);
             drop(permit);
             out
         })

@@ -231,7 +231,7 @@ impl WorkQueue for Sqlite {
         let req = req.clone();
         let cursor = self.claim_cursor.clone();
         self.write_relaxed(move |c| {
-            let mut cursor = cursor.lock().unwrap_or_else(|e| e.into_inner());
+            let mut cursor = cursor.lock();
             claim_fairly(c, &req, &mut cursor)
         })
         .await

@@ -9,14 +9,16 @@
 //! The fault clears only when a later transaction that changed rows commits, because a batch
 //! of reads commits fine on a full disk and proves nothing.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 
+use parking_lot::Mutex;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Sync;
 use herald_core::backend::Result;
+use herald_core::error::chain;
 use herald_core::error::StoreError;
 
 /// Most operations one transaction takes.
@@ -55,7 +57,7 @@ impl Writer {
 
     /// The storage fault of the last write, until a write succeeds again.
     pub fn fault(&self) -> Option<String> {
-        self.fault.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.fault.lock().clone()
     }
 
     pub async fn run<T, F>(&self, durable: bool, f: F) -> Result<T>
@@ -135,12 +137,12 @@ fn run(conn: Connection, sync: Sync, mut rx: mpsc::Receiver<Op>, fault: Fault) {
             };
             match conn.execute_batch(pragma) {
                 Ok(()) => full = want_full,
-                Err(e) => tracing::error!(error = %e, "SQLite synchronous switch failed"),
+                Err(e) => tracing::error!(error = %chain(&e), "SQLite synchronous switch failed"),
             }
         }
         if let Err(e) = statement(&conn, "BEGIN IMMEDIATE") {
             // Nothing ran; dropping the operations tells each caller the store is unavailable.
-            tracing::error!(error = %e, ops = batch.len(), "SQLite BEGIN failed");
+            tracing::error!(error = %chain(&e), ops = batch.len(), "SQLite BEGIN failed");
             batch.clear();
             continue;
         }
@@ -169,7 +171,7 @@ fn run(conn: Connection, sync: Sync, mut rx: mpsc::Receiver<Op>, fault: Fault) {
             tracing::error!(error = ?err, "SQLite commit failed");
         }
         {
-            let mut f = fault.lock().unwrap_or_else(|e| e.into_inner());
+            let mut f = fault.lock();
             if let Some(m) = hit {
                 if f.is_none() {
                     tracing::error!(error = %m, "SQLite storage fault: writes fail until space is freed");
