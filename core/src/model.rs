@@ -535,11 +535,69 @@ pub struct Claimed {
     pub next_due: Option<DateTime<Utc>>,
 }
 
+/// How one attempt ended. Its name ([`Outcome::as_str`]) is what the API shows and the stores
+/// keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub enum Outcome {
     Success,
     FailedAttempt,
     Failure,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 3] = [Outcome::Success, Outcome::FailedAttempt, Outcome::Failure];
+
+    /// The stored and serialized name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "Success",
+            Outcome::FailedAttempt => "FailedAttempt",
+            Outcome::Failure => "Failure",
+        }
+    }
+
+    /// The `outcome` label of the attempts counter.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::FailedAttempt => "failed_attempt",
+            Outcome::Failure => "failure",
+        }
+    }
+}
+
+impl std::str::FromStr for Outcome {
+    type Err = UnknownName;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|o| o.as_str() == s)
+            .ok_or_else(|| UnknownName::new("outcome", s))
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A stored name that names no variant.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name:?} is not a known {kind}")]
+pub struct UnknownName {
+    pub kind: &'static str,
+    pub name: String,
+}
+
+impl UnknownName {
+    fn new(kind: &'static str, name: &str) -> Self {
+        Self {
+            kind,
+            name: name.to_string(),
+        }
+    }
 }
 
 /// One delivery attempt, as logged.
@@ -570,6 +628,42 @@ pub enum DeliveryState {
     Delivering,
     Succeeded,
     Failed,
+}
+
+impl DeliveryState {
+    pub const ALL: [DeliveryState; 4] = [
+        DeliveryState::Queued,
+        DeliveryState::Delivering,
+        DeliveryState::Succeeded,
+        DeliveryState::Failed,
+    ];
+
+    /// The stored and serialized name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Queued => "queued",
+            DeliveryState::Delivering => "delivering",
+            DeliveryState::Succeeded => "succeeded",
+            DeliveryState::Failed => "failed",
+        }
+    }
+}
+
+impl std::str::FromStr for DeliveryState {
+    type Err = UnknownName;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|d| d.as_str() == s)
+            .ok_or_else(|| UnknownName::new("delivery state", s))
+    }
+}
+
+impl std::fmt::Display for DeliveryState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -854,6 +948,37 @@ mod tests {
         s.event_types = vec!["order.created".into()];
         assert!(s.accepts(Some("order.created")));
         assert!(!s.accepts(Some("order.paid")) && !s.accepts(None));
+    }
+
+    #[test]
+    fn names_are_the_serialized_ones_and_parse_back() {
+        for o in Outcome::ALL {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
+            assert_eq!(o.as_str().parse::<Outcome>(), Ok(o));
+            assert_eq!(o.to_string(), o.as_str());
+        }
+        for d in DeliveryState::ALL {
+            assert_eq!(serde_json::to_value(d).unwrap(), d.as_str());
+            assert_eq!(d.as_str().parse::<DeliveryState>(), Ok(d));
+            assert_eq!(d.to_string(), d.as_str());
+        }
+        // The stored names, which must never change.
+        let names: Vec<_> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
+        assert_eq!(names, ["Success", "FailedAttempt", "Failure"]);
+        let labels: Vec<_> = Outcome::ALL.iter().map(|o| o.label()).collect();
+        assert_eq!(labels, ["success", "failed_attempt", "failure"]);
+        let states: Vec<_> = DeliveryState::ALL.iter().map(|d| d.as_str()).collect();
+        assert_eq!(states, ["queued", "delivering", "succeeded", "failed"]);
+        for bad in ["", "success", "FAILURE", "Queued", "done"] {
+            assert!(bad.parse::<Outcome>().is_err(), "{bad}");
+            assert_eq!(
+                bad.parse::<DeliveryState>(),
+                Err(UnknownName {
+                    kind: "delivery state",
+                    name: bad.into()
+                })
+            );
+        }
     }
 
     #[test]

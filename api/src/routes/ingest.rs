@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use chrono::Utc;
-use herald_core::model::{Event, IdempotencyKey, Publish, PublishOutcome};
+use herald_core::model::{DeliveryState, Event, IdempotencyKey, Publish, PublishOutcome};
 use herald_core::signing::{SigningKeys, HUB_SIGNATURE_HEADER};
 use herald_core::telemetry;
 
@@ -181,7 +181,7 @@ pub async fn ingest(
         PublishOutcome::Accepted => replayed(
             IngestAccepted {
                 webhook_id,
-                status: "queued",
+                status: DeliveryState::Queued.as_str(),
             },
             false,
         ),
@@ -189,7 +189,7 @@ pub async fn ingest(
         PublishOutcome::Duplicate { webhook_id, .. } => replayed(
             IngestAccepted {
                 webhook_id,
-                status: "queued",
+                status: DeliveryState::Queued.as_str(),
             },
             true,
         ),

@@ -7,9 +7,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use herald_core::backend::{ArchivedEvent, SettledDelivery};
-use herald_core::model::{
-    Attempt, DeliveryState, DeliveryStatus, Event, Outcome, Owner, Subscription,
-};
+use herald_core::model::{Attempt, DeliveryStatus, Event, Owner, Subscription};
 use herald_core::StoreError;
 use mongodb::bson::spec::BinarySubtype;
 use mongodb::bson::{doc, Binary, Bson, DateTime as BsonDateTime, Document};
@@ -335,14 +333,6 @@ pub fn subscription_from(d: &Document) -> Decoded<Subscription> {
     })
 }
 
-fn outcome_name(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Success => "Success",
-        Outcome::FailedAttempt => "FailedAttempt",
-        Outcome::Failure => "Failure",
-    }
-}
-
 pub fn attempt_doc(a: &Attempt) -> Document {
     let mut d = doc! {
         "_id": attempt_id(&a.webhook_id, &a.subscription_id, a.attempt),
@@ -351,7 +341,7 @@ pub fn attempt_doc(a: &Attempt) -> Document {
         "attempt": int(a.attempt.into()),
         "target_url": &a.target_url,
         "attempted_at": date(a.attempted_at),
-        "outcome": outcome_name(a.outcome),
+        "outcome": a.outcome.as_str(),
         "duration_ms": int(a.duration_ms),
     };
     // Absent values are left out rather than stored as null: this is the one document written
@@ -373,12 +363,10 @@ fn put_some_str(d: &mut Document, key: &str, s: &Option<String>) {
 
 pub fn attempt_from(d: &Document) -> Decoded<Attempt> {
     let f = Fields::new(d, "attempts");
-    let outcome = match f.string("outcome")?.as_str() {
-        "Success" => Outcome::Success,
-        "FailedAttempt" => Outcome::FailedAttempt,
-        "Failure" => Outcome::Failure,
-        _ => return Err(f.err("outcome", "is not an outcome")),
-    };
+    let outcome = f
+        .string("outcome")?
+        .parse()
+        .map_err(|_| f.err("outcome", "is not an outcome"))?;
     Ok(Attempt {
         webhook_id: f.string("webhook_id")?,
         subscription_id: f.string("subscription_id")?,
@@ -426,22 +414,13 @@ pub fn event_from(d: &Document) -> Decoded<ArchivedEvent> {
     })
 }
 
-fn state_name(s: DeliveryState) -> &'static str {
-    match s {
-        DeliveryState::Queued => "queued",
-        DeliveryState::Delivering => "delivering",
-        DeliveryState::Succeeded => "succeeded",
-        DeliveryState::Failed => "failed",
-    }
-}
-
 pub fn delivery_doc(s: &SettledDelivery) -> Document {
     let d = &s.status;
     doc! {
         "_id": delivery_id(&s.webhook_id, &d.subscription_id),
         "webhook_id": &s.webhook_id,
         "subscription_id": &d.subscription_id,
-        "status": state_name(d.status),
+        "status": d.status.as_str(),
         "attempts": int(d.attempts.into()),
         "last_error": opt_str(&d.last_error),
         "settled_at": date(s.settled_at),
@@ -450,13 +429,10 @@ pub fn delivery_doc(s: &SettledDelivery) -> Document {
 
 pub fn delivery_from(d: &Document) -> Decoded<SettledDelivery> {
     let f = Fields::new(d, "deliveries");
-    let status = match f.string("status")?.as_str() {
-        "queued" => DeliveryState::Queued,
-        "delivering" => DeliveryState::Delivering,
-        "succeeded" => DeliveryState::Succeeded,
-        "failed" => DeliveryState::Failed,
-        _ => return Err(f.err("status", "is not a delivery state")),
-    };
+    let status = f
+        .string("status")?
+        .parse()
+        .map_err(|_| f.err("status", "is not a delivery state"))?;
     Ok(SettledDelivery {
         webhook_id: f.string("webhook_id")?,
         status: DeliveryStatus {

@@ -199,14 +199,6 @@ impl SubscriptionStore for Sqlite {
     }
 }
 
-fn outcome_str(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Success => "Success",
-        Outcome::FailedAttempt => "FailedAttempt",
-        Outcome::Failure => "Failure",
-    }
-}
-
 fn attempt_row(r: &Row<'_>) -> rusqlite::Result<Attempt> {
     let outcome: String = r.get(6)?;
     Ok(Attempt {
@@ -216,11 +208,7 @@ fn attempt_row(r: &Row<'_>) -> rusqlite::Result<Attempt> {
         target_url: r.get(3)?,
         attempted_at: from_ms(r.get(4)?),
         attempt: r.get(5)?,
-        outcome: match outcome.as_str() {
-            "Success" => Outcome::Success,
-            "FailedAttempt" => Outcome::FailedAttempt,
-            _ => Outcome::Failure,
-        },
+        outcome: outcome.parse().unwrap_or(Outcome::Failure),
         http_status: r.get(7)?,
         error: r.get(8)?,
         duration_ms: r.get::<_, i64>(9)? as u64,
@@ -244,7 +232,7 @@ pub(super) fn insert_attempts(c: &Connection, attempts: &[Attempt]) -> Result<()
             a.target_url,
             a.attempted_at.timestamp_millis(),
             a.attempt,
-            outcome_str(a.outcome),
+            a.outcome.as_str(),
             a.http_status,
             a.error,
             a.duration_ms as i64,
