@@ -90,11 +90,9 @@ impl Subscriptions {
         let valid = spec.validate()?;
         let target = TargetUrl::parse(&valid.target_url)
             .map_err(|e| ValidationError::new("target_url", e.to_string()))?;
-        if let Some(ip) = target.literal_ip() {
-            if let Err(blocked) = self.guard.check(ip) {
-                return Err(ValidationError::new("target_url", blocked.to_string()));
-            }
-        }
+        self.guard
+            .check_target(&target)
+            .map_err(|blocked| ValidationError::new("target_url", blocked.to_string()))?;
         Ok(valid)
     }
 
