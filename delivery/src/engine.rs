@@ -24,7 +24,7 @@ use herald_core::cache::SubscriptionCache;
 use herald_core::model::{
     Attempt, ClaimRequest, Disposition, Job, Outcome, Settlement, TIMEOUT_MS_LIMIT,
 };
-use herald_core::retry::{due_after, RetryPolicy};
+use herald_core::retry::{self, due_after, AttemptOutcome, RetryPolicy};
 use herald_core::ssrf::TargetGuard;
 use herald_core::telemetry;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -388,30 +388,20 @@ impl Engine {
             .config
             .policy
             .with_overrides(sub.retry_schedule(), sub.max_attempts);
-        let last_by_replay = job.final_attempt.is_some_and(|f| job.attempt >= f);
-        // The delay counts from the end of the attempt: a timed-out attempt is not retried at
-        // once.
-        let ended = Utc::now();
-        let (outcome, disposition) = if r.success {
-            (Outcome::Success, Disposition::Delivered)
-        } else if disabled.is_some() {
-            (Outcome::Failure, Disposition::Failed)
-        } else {
-            let retry_at = policy
-                .next_delay(job.attempt, r.retry_after)
-                .filter(|_| !last_by_replay)
-                .and_then(|delay| due_after(ended, delay));
-            match retry_at {
-                Some(at) => (Outcome::FailedAttempt, Disposition::RetryAt(at)),
-                None => (Outcome::Failure, Disposition::Failed),
-            }
-        };
-        let outcome_label = match outcome {
-            Outcome::Success => "success",
-            Outcome::FailedAttempt => "failed_attempt",
-            Outcome::Failure => "failure",
-        };
-        metrics::counter!(telemetry::ATTEMPTS, "outcome" => outcome_label).increment(1);
+        let decision = retry::decide(
+            &policy,
+            job.attempt,
+            job.final_attempt,
+            &AttemptOutcome {
+                success: r.success,
+                http_status: r.http_status,
+                retry_after: r.retry_after,
+                endpoint_disabled: disabled.is_some(),
+            },
+            Utc::now(),
+        );
+        let outcome = decision.outcome();
+        metrics::counter!(telemetry::ATTEMPTS, "outcome" => outcome.label()).increment(1);
         let final_outcome = match outcome {
             Outcome::Success => Some(true),
             Outcome::Failure => Some(false),
@@ -431,7 +421,7 @@ impl Engine {
             response_excerpt: r.response_excerpt,
         };
         Done {
-            settlement: self.settlement(job, Some(attempt), disposition, r.error),
+            settlement: self.settlement(job, Some(attempt), decision.disposition(), r.error),
             final_outcome,
         }
     }
