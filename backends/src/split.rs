@@ -341,7 +341,7 @@ impl SplitQueue {
                 webhook_id: j.webhook_id.clone(),
                 subscription_id: j.subscription_id.clone(),
                 receipt: j.receipt.clone(),
-                attempts: j.attempt.saturating_sub(1),
+                attempts_made: j.attempt_no.saturating_sub(1),
                 disposition: Disposition::Defer(at),
                 last_error: None,
             })
@@ -400,7 +400,7 @@ impl SplitQueue {
             let Some((_, end)) = ends.iter().find(|(w, e)| {
                 *w == job.webhook_id
                     && e.subscription_id == job.subscription_id
-                    && e.attempts >= job.attempt
+                    && e.attempts_made >= job.attempt_no
             }) else {
                 continue;
             };
@@ -409,7 +409,7 @@ impl SplitQueue {
                 webhook_id: job.webhook_id.clone(),
                 subscription_id: job.subscription_id.clone(),
                 receipt: job.receipt.clone(),
-                attempts: end.attempts,
+                attempts_made: end.attempts_made,
                 disposition: if end.status == DeliveryState::Succeeded {
                     Disposition::Delivered
                 } else {
@@ -447,7 +447,7 @@ fn end_implied_by_attempt(s: &Settlement, redelivered: bool) -> bool {
         (a.outcome, &s.disposition),
         (Outcome::Success, Disposition::Delivered) | (Outcome::Failure, Disposition::Failed)
     );
-    same_outcome && !redelivered && a.attempt == s.attempts && a.error == s.last_error
+    same_outcome && !redelivered && a.attempt_no == s.attempts_made && a.error == s.last_error
 }
 
 /// The ends of one webhook's deliveries: `recorded` (the archive's records) and the terminal
@@ -464,7 +464,7 @@ fn merge_ends(recorded: Vec<DeliveryStatus>, attempts: &[Attempt]) -> Vec<Delive
         Some(DeliveryStatus {
             subscription_id: a.subscription_id.clone(),
             status,
-            attempts: a.attempt,
+            attempts_made: a.attempt_no,
             next_attempt_at: None,
             last_error: a.error.clone(),
         })
@@ -474,7 +474,7 @@ fn merge_ends(recorded: Vec<DeliveryStatus>, attempts: &[Attempt]) -> Vec<Delive
             .iter_mut()
             .find(|e| e.subscription_id == end.subscription_id)
         {
-            Some(e) if end.attempts > e.attempts => *e = end,
+            Some(e) if end.attempts_made > e.attempts_made => *e = end,
             Some(_) => {}
             None => ends.push(end),
         }
@@ -568,7 +568,7 @@ impl Queue for SplitQueue {
                     status: herald_core::model::DeliveryStatus {
                         subscription_id: s.subscription_id.clone(),
                         status,
-                        attempts: s.attempts,
+                        attempts_made: s.attempts_made,
                         next_attempt_at: None,
                         last_error: s.last_error.clone(),
                     },
@@ -697,7 +697,7 @@ mod tests {
             event_type: None,
             target_url: "http://127.0.0.1:9/hook".into(),
             attempted_at: Utc::now(),
-            attempt: n,
+            attempt_no: n,
             outcome,
             http_status: None,
             error: error.map(Into::into),
@@ -708,7 +708,7 @@ mod tests {
 
     fn settlement(a: Option<Attempt>, disposition: Disposition, error: Option<&str>) -> Settlement {
         Settlement {
-            attempts: a.as_ref().map_or(0, |a| a.attempt),
+            attempts_made: a.as_ref().map_or(0, |a| a.attempt_no),
             attempt: a,
             webhook_id: "msg_1".into(),
             subscription_id: "sub_a".into(),
@@ -722,7 +722,7 @@ mod tests {
         DeliveryStatus {
             subscription_id: sid.into(),
             status,
-            attempts,
+            attempts_made: attempts,
             next_attempt_at: None,
             last_error: error.map(Into::into),
         }
@@ -767,7 +767,7 @@ mod tests {
             false
         ));
         let mut other_count = settlement(ok(), Disposition::Delivered, None);
-        other_count.attempts = 2;
+        other_count.attempts_made = 2;
         assert!(!end_implied_by_attempt(&other_count, false));
     }
 

@@ -99,7 +99,7 @@ fn attempt(webhook: &str, sub: &str, n: u32, at: DateTime<Utc>) -> Attempt {
         event_type: Some("order.created".into()),
         target_url: "https://receiver.example/hook".into(),
         attempted_at: at,
-        attempt: n,
+        attempt_no: n,
         outcome: Outcome::FailedAttempt,
         http_status: Some(500),
         error: Some("HTTP 500".into()),
@@ -133,7 +133,7 @@ fn settled(
         status: DeliveryStatus {
             subscription_id: sub.into(),
             status,
-            attempts,
+            attempts_made: attempts,
             next_attempt_at: None,
             last_error: (status == DeliveryState::Failed).then(|| "HTTP 500".into()),
         },
@@ -282,7 +282,7 @@ async fn attempts_order_keep_the_first_record_and_expire() {
     let recent = log.by_subscription("sub_a", 10).await.unwrap();
     let keys: Vec<_> = recent
         .iter()
-        .map(|a| (a.webhook_id.as_str(), a.attempt))
+        .map(|a| (a.webhook_id.as_str(), a.attempt_no))
         .collect();
     assert_eq!(
         keys,
@@ -320,7 +320,7 @@ async fn attempts_order_keep_the_first_record_and_expire() {
     let by_webhook = log.by_webhook("msg_1").await.unwrap();
     let keys: Vec<_> = by_webhook
         .iter()
-        .map(|a| (a.subscription_id.as_str(), a.attempt))
+        .map(|a| (a.subscription_id.as_str(), a.attempt_no))
         .collect();
     assert_eq!(
         keys,
@@ -342,7 +342,7 @@ async fn attempts_order_keep_the_first_record_and_expire() {
         .await
         .unwrap()
         .into_iter()
-        .map(|a| (a.subscription_id, a.attempt))
+        .map(|a| (a.subscription_id, a.attempt_no))
         .collect();
     assert_eq!(left, [("sub_a".to_string(), 2), ("sub_a".to_string(), 3)]);
     assert!(log.by_subscription("sub_b", 10).await.unwrap().is_empty());
@@ -449,7 +449,7 @@ async fn settled_deliveries_are_replaced_on_replay() {
     assert_eq!(got.len(), 2);
     assert_eq!(got[0].subscription_id, "sub_a");
     assert_eq!(got[0].status, DeliveryState::Failed);
-    assert_eq!(got[0].attempts, 5);
+    assert_eq!(got[0].attempts_made, 5);
     assert_eq!(got[0].last_error.as_deref(), Some("HTTP 500"));
     assert_eq!(got[1].status, DeliveryState::Succeeded);
 
@@ -465,7 +465,7 @@ async fn settled_deliveries_are_replaced_on_replay() {
     let got = a.settled("msg_1").await.unwrap();
     assert_eq!(got.len(), 2, "{got:?}");
     assert_eq!(got[0].status, DeliveryState::Succeeded);
-    assert_eq!(got[0].attempts, 7);
+    assert_eq!(got[0].attempts_made, 7);
     assert_eq!(got[0].last_error, None);
     assert_eq!(a.settled("msg_3").await.unwrap().len(), 1);
     assert!(a.settled("msg_missing").await.unwrap().is_empty());

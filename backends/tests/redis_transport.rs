@@ -66,7 +66,7 @@ fn settle(job: &Job, disposition: Disposition) -> Settlement {
         webhook_id: job.webhook_id.clone(),
         subscription_id: job.subscription_id.clone(),
         receipt: job.receipt.clone(),
-        attempts: job.attempt,
+        attempts_made: job.attempt_no,
         disposition,
         last_error: None,
     }
@@ -98,7 +98,7 @@ async fn stale_settlements_after_a_lease_ran_out_change_nothing() {
     );
     let new = &got.jobs[0];
     assert_ne!(old.receipt, new.receipt);
-    assert_eq!(new.attempt, 1);
+    assert_eq!(new.attempt_no, 1);
     assert_eq!(
         t.held(&[old.receipt.clone(), new.receipt.clone(), "junk".into()])
             .await
@@ -168,7 +168,7 @@ async fn reaping_frees_only_silent_workers_and_marks_redelivery() {
     assert!(again
         .jobs
         .iter()
-        .all(|j| j.webhook_id == "msg_dead" && j.attempt == 1));
+        .all(|j| j.webhook_id == "msg_dead" && j.attempt_no == 1));
     let late: Vec<_> = dead
         .iter()
         .map(|j| settle(j, Disposition::Delivered))
@@ -196,7 +196,7 @@ async fn the_redelivered_mark_survives_a_deferral_and_ends_with_a_retry() {
     let got = lease(t, &claim_request("w", 1, LEASE)).await;
     assert_eq!(got.redelivered, vec![0]);
     let mut back = settle(&got.jobs[0], Disposition::Defer(Utc::now()));
-    back.attempts = 0;
+    back.attempts_made = 0;
     assert_eq!(t.settle(&[back]).await.unwrap(), 0);
     let got = lease(t, &claim_request("w", 1, LEASE)).await;
     assert_eq!(got.redelivered, vec![0], "a hand-back is no attempt");
@@ -205,17 +205,17 @@ async fn the_redelivered_mark_survives_a_deferral_and_ends_with_a_retry() {
     t.settle(&[retry]).await.unwrap();
     let got = lease(t, &claim_request("w", 1, LEASE)).await;
     assert!(got.redelivered.is_empty());
-    assert_eq!(got.jobs[0].attempt, 2);
+    assert_eq!(got.jobs[0].attempt_no, 2);
     // A deferral without an error keeps the recorded one.
     let mut back = settle(
         &got.jobs[0],
         Disposition::Defer(Utc::now() + chrono::Duration::hours(1)),
     );
-    back.attempts = 1;
+    back.attempts_made = 1;
     t.settle(&[back]).await.unwrap();
     let d = &t.live("msg_m").await.unwrap().unwrap().open[0];
     assert_eq!(d.last_error.as_deref(), Some("HTTP 503"));
-    assert_eq!(d.attempts, 1);
+    assert_eq!(d.attempts_made, 1);
     assert_eq!(d.status, DeliveryState::Delivering);
     assert!(d.next_attempt_at.unwrap() > Utc::now() + chrono::Duration::minutes(59));
 }
@@ -622,7 +622,7 @@ async fn requeue_replays_settled_deliveries_once() {
         .iter()
         .map(|j| settle(j, Disposition::Failed))
         .collect();
-    failed[0].attempts = 3;
+    failed[0].attempts_made = 3;
     t.settle(&failed).await.unwrap();
     assert!(t.live("msg_r").await.unwrap().is_none());
 
@@ -634,7 +634,7 @@ async fn requeue_replays_settled_deliveries_once() {
     let status = |sid: &str, attempts| DeliveryStatus {
         subscription_id: sid.into(),
         status: DeliveryState::Failed,
-        attempts,
+        attempts_made: attempts,
         next_attempt_at: None,
         last_error: Some("HTTP 500".into()),
     };
@@ -652,7 +652,7 @@ async fn requeue_replays_settled_deliveries_once() {
     let got = lease(t, &claim_request("w", 10, LEASE)).await;
     assert_eq!(got.jobs.len(), 1);
     let job = &got.jobs[0];
-    assert_eq!((job.attempt, job.final_attempt), (4, Some(4)));
+    assert_eq!((job.attempt_no, job.final_attempt_no), (4, Some(4)));
     assert_eq!(&job.payload[..], b"{\"r\":1}");
     assert!(got.redelivered.is_empty(), "a replay is no redelivery");
     assert!(got.unarchived.is_empty(), "the event came from the archive");
@@ -731,7 +731,7 @@ async fn expedite_makes_waiting_deliveries_due_and_stats_count_them() {
     assert_eq!(got.len(), 3);
     assert!(got
         .iter()
-        .all(|j| j.subscription_id == "sub_a" && j.attempt == 2));
+        .all(|j| j.subscription_id == "sub_a" && j.attempt_no == 2));
 }
 
 #[tokio::test]

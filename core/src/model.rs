@@ -475,9 +475,10 @@ pub struct Job {
     pub event_type: Option<String>,
     pub payload: Bytes,
     /// The number this attempt will have (1 for the first).
-    pub attempt: u32,
-    /// Set by a manual replay: the attempt after which the delivery fails for good.
-    pub final_attempt: Option<u32>,
+    pub attempt_no: u32,
+    /// Set by a manual replay: the number of the attempt after which the delivery fails for
+    /// good.
+    pub final_attempt_no: Option<u32>,
     /// Backend-specific handle that identifies this lease (the delivery and its lease token)
     /// when settling: a settle under an older lease changes nothing.
     pub receipt: String,
@@ -504,7 +505,7 @@ pub struct Settlement {
     pub subscription_id: String,
     pub receipt: String,
     /// Attempts made so far, this one included.
-    pub attempts: u32,
+    pub attempts_made: u32,
     pub disposition: Disposition,
     pub last_error: Option<String>,
 }
@@ -535,8 +536,8 @@ pub struct Claimed {
     pub next_due: Option<DateTime<Utc>>,
 }
 
-/// How one attempt ended. Its name ([`Outcome::as_str`]) is what the API shows and the stores
-/// keep.
+// How one attempt ended; its name (`as_str`) is what the API shows and the stores keep. (A
+// plain comment: a doc comment here would change the OpenAPI document.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub enum Outcome {
     Success,
@@ -609,7 +610,8 @@ pub struct Attempt {
     pub target_url: String,
     pub attempted_at: DateTime<Utc>,
     /// 1 for the first attempt.
-    pub attempt: u32,
+    #[serde(rename = "attempt")]
+    pub attempt_no: u32,
     pub outcome: Outcome,
     pub http_status: Option<u16>,
     pub error: Option<String>,
@@ -670,7 +672,9 @@ impl std::fmt::Display for DeliveryState {
 pub struct DeliveryStatus {
     pub subscription_id: String,
     pub status: DeliveryState,
-    pub attempts: u32,
+    // Attempts made so far (not a doc comment: that would change the OpenAPI document).
+    #[serde(rename = "attempts")]
+    pub attempts_made: u32,
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
 }
@@ -986,7 +990,7 @@ mod tests {
         let d = |status| DeliveryStatus {
             subscription_id: "s".into(),
             status,
-            attempts: 0,
+            attempts_made: 0,
             next_attempt_at: None,
             last_error: None,
         };

@@ -390,8 +390,8 @@ impl Engine {
             .with_overrides(sub.retry_schedule(), sub.max_attempts);
         let decision = retry::decide(
             &policy,
-            job.attempt,
-            job.final_attempt,
+            job.attempt_no,
+            job.final_attempt_no,
             &AttemptOutcome {
                 success: r.success,
                 http_status: r.http_status,
@@ -413,7 +413,7 @@ impl Engine {
             event_type: job.event_type.clone(),
             target_url: sub.target_url.clone(),
             attempted_at: started,
-            attempt: job.attempt,
+            attempt_no: job.attempt_no,
             outcome,
             http_status: r.http_status,
             error: r.error.clone(),
@@ -434,7 +434,7 @@ impl Engine {
             event_type: job.event_type.clone(),
             target_url: target_url.to_string(),
             attempted_at: Utc::now(),
-            attempt: job.attempt,
+            attempt_no: job.attempt_no,
             outcome: Outcome::Failure,
             http_status: None,
             error: Some(reason.clone()),
@@ -465,10 +465,10 @@ impl Engine {
         last_error: Option<String>,
     ) -> Settlement {
         Settlement {
-            attempts: if attempt.is_some() {
-                job.attempt
+            attempts_made: if attempt.is_some() {
+                job.attempt_no
             } else {
-                job.attempt - 1
+                job.attempt_no - 1
             },
             attempt,
             webhook_id: job.webhook_id.clone(),
@@ -586,7 +586,9 @@ async fn end_refused(backend: &Backend, s: Settlement, refusal: &herald_core::St
     };
     let parked = Settlement {
         attempt: None,
-        attempts: s.attempts.saturating_sub(u32::from(s.attempt.is_some())),
+        attempts_made: s
+            .attempts_made
+            .saturating_sub(u32::from(s.attempt.is_some())),
         disposition: Disposition::Defer(due_after(now, PARK_FOR).unwrap_or(now)),
         last_error: Some(reason),
         ..s

@@ -28,7 +28,7 @@ fn attempt(webhook: &str, sub: &str, n: u32, outcome: Outcome, age: ChronoDurati
         event_type: Some("order.created".into()),
         target_url: "https://receiver.example/hook".into(),
         attempted_at: Utc::now() - age,
-        attempt: n,
+        attempt_no: n,
         outcome,
         http_status: Some(500),
         error: Some("HTTP 500".into()),
@@ -43,7 +43,7 @@ fn settle(job: &herald_core::model::Job, disposition: Disposition) -> Settlement
         webhook_id: job.webhook_id.clone(),
         subscription_id: job.subscription_id.clone(),
         receipt: job.receipt.clone(),
-        attempts: job.attempt,
+        attempts_made: job.attempt_no,
         disposition,
         last_error: None,
     }
@@ -222,7 +222,7 @@ pub async fn publish_claim_settle(b: Backend) {
 
     let claimed = claim(q, 10, LEASE).await;
     assert_eq!(claimed.jobs.len(), 2);
-    assert!(claimed.jobs.iter().all(|j| j.attempt == 1));
+    assert!(claimed.jobs.iter().all(|j| j.attempt_no == 1));
     assert_eq!(claim(q, 10, LEASE).await.jobs.len(), 0);
     assert_eq!(q.stats().await.unwrap().in_flight, 2);
     assert_eq!(
@@ -291,12 +291,12 @@ pub async fn retries_wait_until_due(b: Backend) {
     assert!((next - due).num_milliseconds().abs() < 5);
     assert_eq!(q.stats().await.unwrap().scheduled, 1);
     let rec = q.webhook("msg_r").await.unwrap().unwrap();
-    assert_eq!(rec.deliveries[0].attempts, 1);
+    assert_eq!(rec.deliveries[0].attempts_made, 1);
     assert!(rec.deliveries[0].next_attempt_at.is_some());
     tokio::time::sleep(Duration::from_millis(350)).await;
     let again = claim(q, 1, LEASE).await.jobs;
     assert_eq!(again.len(), 1);
-    assert_eq!(again[0].attempt, 2);
+    assert_eq!(again[0].attempt_no, 2);
 }
 
 pub async fn expired_leases_are_reclaimed(b: Backend) {
@@ -312,7 +312,7 @@ pub async fn expired_leases_are_reclaimed(b: Backend) {
     assert_eq!(second.len(), 1, "a dead worker's lease expires");
     assert_eq!(second[0].webhook_id, "msg_l");
     assert_eq!(
-        second[0].attempt, 1,
+        second[0].attempt_no, 1,
         "no attempt was recorded by the dead worker"
     );
 }
@@ -366,8 +366,8 @@ pub async fn replay_and_expedite(b: Backend) {
         .unwrap();
     assert_eq!(q.replay("msg_x").await.unwrap(), 1);
     let again = claim(q, 1, LEASE).await.jobs.remove(0);
-    assert_eq!(again.attempt, 2);
-    assert_eq!(again.final_attempt, Some(2));
+    assert_eq!(again.attempt_no, 2);
+    assert_eq!(again.final_attempt_no, Some(2));
 
     q.publish(publish("msg_y", &["sub_b"], b"{}"))
         .await
@@ -404,11 +404,11 @@ pub async fn attempt_log_order_and_retention(b: Backend) {
         vec!["msg_2", "msg_1", "msg_1"],
         "newest first"
     );
-    assert_eq!(recent[2].attempt, 1);
+    assert_eq!(recent[2].attempt_no, 1);
     assert_eq!(log.by_subscription("sub_a", 1).await.unwrap().len(), 1);
     let by_webhook = log.by_webhook("msg_1").await.unwrap();
     assert_eq!(
-        by_webhook.iter().map(|a| a.attempt).collect::<Vec<_>>(),
+        by_webhook.iter().map(|a| a.attempt_no).collect::<Vec<_>>(),
         vec![1, 2]
     );
     let a = &by_webhook[1];
@@ -474,7 +474,7 @@ pub async fn purge_keeps_events_whose_deliveries_are_open(b: Backend) {
         Outcome::FailedAttempt,
         ChronoDuration::zero(),
     ));
-    retry.attempts = 1;
+    retry.attempts_made = 1;
     q.settle(vec![retry]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
     // Everything received until now is past the retention.
@@ -483,7 +483,7 @@ pub async fn purge_keeps_events_whose_deliveries_are_open(b: Backend) {
     tokio::time::sleep(Duration::from_millis(250)).await;
     // The subscription is paused: the delivery is deferred, unattempted.
     let job = claim(q, 1, LEASE).await.jobs.remove(0);
-    assert_eq!(job.attempt, 2);
+    assert_eq!(job.attempt_no, 2);
     q.settle(vec![settle(&job, Disposition::Defer(soon()))])
         .await
         .unwrap();
@@ -500,7 +500,7 @@ pub async fn purge_keeps_events_whose_deliveries_are_open(b: Backend) {
         Outcome::Failure,
         ChronoDuration::zero(),
     ));
-    failed.attempts = 2;
+    failed.attempts_made = 2;
     failed.last_error = Some("HTTP 500".into());
     q.settle(vec![failed]).await.unwrap();
     let rec = q
@@ -511,7 +511,7 @@ pub async fn purge_keeps_events_whose_deliveries_are_open(b: Backend) {
     assert_eq!(rec.status(), DeliveryState::Failed);
     assert_eq!(q.replay("msg_kept").await.unwrap(), 1, "and replayed");
     let again = claim(q, 1, LEASE).await.jobs.remove(0);
-    assert_eq!((again.attempt, &again.payload[..]), (3, &payload[..]));
+    assert_eq!((again.attempt_no, &again.payload[..]), (3, &payload[..]));
 }
 
 fn success(job: &Job) -> Settlement {
@@ -519,7 +519,7 @@ fn success(job: &Job) -> Settlement {
     let mut a = attempt(
         &job.webhook_id,
         &job.subscription_id,
-        job.attempt,
+        job.attempt_no,
         Outcome::Success,
         ChronoDuration::zero(),
     );
@@ -640,7 +640,7 @@ pub async fn reaping_frees_only_dead_workers(b: Backend) {
     );
     assert!(again
         .iter()
-        .all(|j| j.webhook_id == "msg_dead" && j.attempt == 1));
+        .all(|j| j.webhook_id == "msg_dead" && j.attempt_no == 1));
     // The dead worker's late settlements are stale; the live worker's lease was untouched.
     let late: Vec<_> = dead.iter().map(success).collect();
     assert_eq!(q.settle(late).await.unwrap(), 2);

@@ -335,10 +335,10 @@ pub fn subscription_from(d: &Document) -> Decoded<Subscription> {
 
 pub fn attempt_doc(a: &Attempt) -> Document {
     let mut d = doc! {
-        "_id": attempt_id(&a.webhook_id, &a.subscription_id, a.attempt),
+        "_id": attempt_id(&a.webhook_id, &a.subscription_id, a.attempt_no),
         "webhook_id": &a.webhook_id,
         "subscription_id": &a.subscription_id,
-        "attempt": int(a.attempt.into()),
+        "attempt": int(a.attempt_no.into()),
         "target_url": &a.target_url,
         "attempted_at": date(a.attempted_at),
         "outcome": a.outcome.as_str(),
@@ -373,7 +373,7 @@ pub fn attempt_from(d: &Document) -> Decoded<Attempt> {
         event_type: f.opt_string("event_type")?,
         target_url: f.string("target_url")?,
         attempted_at: f.time("attempted_at")?,
-        attempt: f.unsigned("attempt")?,
+        attempt_no: f.unsigned("attempt")?,
         outcome,
         http_status: f.opt_unsigned("http_status")?,
         error: f.opt_string("error")?,
@@ -421,7 +421,7 @@ pub fn delivery_doc(s: &SettledDelivery) -> Document {
         "webhook_id": &s.webhook_id,
         "subscription_id": &d.subscription_id,
         "status": d.status.as_str(),
-        "attempts": int(d.attempts.into()),
+        "attempts": int(d.attempts_made.into()),
         "last_error": opt_str(&d.last_error),
         "settled_at": date(s.settled_at),
     }
@@ -438,7 +438,7 @@ pub fn delivery_from(d: &Document) -> Decoded<SettledDelivery> {
         status: DeliveryStatus {
             subscription_id: f.string("subscription_id")?,
             status,
-            attempts: f.unsigned("attempts")?,
+            attempts_made: f.unsigned("attempts")?,
             next_attempt_at: None,
             last_error: f.opt_string("last_error")?,
         },

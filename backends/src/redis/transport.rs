@@ -161,8 +161,8 @@ impl Transport for RedisTransport {
                 subscription_id,
                 event_type: event_type.clone(),
                 payload: payload.clone(),
-                attempt: attempts + 1,
-                final_attempt,
+                attempt_no: attempts + 1,
+                final_attempt_no: final_attempt,
             });
         }
         Ok(Leased {
@@ -252,7 +252,7 @@ impl Transport for RedisTransport {
                 .arg(token)
                 .arg(kind)
                 .arg(delay)
-                .arg(s.attempts)
+                .arg(s.attempts_made)
                 .arg(u8::from(s.last_error.is_some()))
                 .arg(s.last_error.as_deref().unwrap_or(""));
             any = true;
@@ -346,7 +346,7 @@ impl Transport for RedisTransport {
                         } else {
                             DeliveryState::Delivering
                         },
-                        attempts,
+                        attempts_made: attempts,
                         next_attempt_at: queued.then(|| from_ms(due)),
                         last_error,
                     }
@@ -372,7 +372,7 @@ impl Transport for RedisTransport {
             .arg(subs);
         for d in deliveries {
             inv.arg(&d.subscription_id)
-                .arg(d.attempts)
+                .arg(d.attempts_made)
                 .arg(u8::from(d.last_error.is_some()))
                 .arg(d.last_error.as_deref().unwrap_or(""));
         }

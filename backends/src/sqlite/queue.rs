@@ -146,7 +146,7 @@ impl Queue for Sqlite {
                         .execute(params![
                             id,
                             state,
-                            s.attempts,
+                            s.attempts_made,
                             due,
                             s.last_error,
                             now,
@@ -251,7 +251,7 @@ impl Queue for Sqlite {
                     Ok(DeliveryStatus {
                         subscription_id: r.get(0)?,
                         status,
-                        attempts,
+                        attempts_made: attempts,
                         next_attempt_at: (state == PENDING).then(|| from_ms(due)),
                         last_error: r.get(4)?,
                     })
@@ -520,8 +520,8 @@ fn claim_fairly(
                 receipt: receipt(row.id, token),
                 webhook_id: row.webhook_id,
                 subscription_id: sub.clone(),
-                attempt: row.attempts + 1,
-                final_attempt: row.final_attempt,
+                attempt_no: row.attempts + 1,
+                final_attempt_no: row.final_attempt,
                 event_type: event_type.clone(),
                 payload: payload.clone(),
             });
