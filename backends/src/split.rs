@@ -162,7 +162,7 @@ async fn write_generations(
         let ids: Vec<String> = generation
             .events
             .iter()
-            .map(|e| e.event.webhook_id.clone())
+            .map(|e| e.event.webhook_id.to_string())
             .collect();
         let stored = match archive.store_events(&generation.events).await {
             Ok(()) => {
@@ -225,7 +225,7 @@ impl SplitQueue {
                 let mut map = self.archiving.lock().unwrap();
                 for e in &events {
                     map.insert(
-                        e.event.webhook_id.clone(),
+                        e.event.webhook_id.clone().into(),
                         Archiving {
                             event: e.clone(),
                             stored: stored.clone(),
@@ -259,7 +259,7 @@ impl SplitQueue {
                 // (a hand-back without an attempt needs nothing).
                 .filter(|s| s.attempt.is_some() || is_end(&s.disposition).is_some())
                 .filter(|s| seen.insert(s.webhook_id.as_str()))
-                .filter_map(|s| map.get(&s.webhook_id).cloned())
+                .filter_map(|s| map.get(s.webhook_id.as_str()).cloned())
                 .collect()
         };
         let mut failed = Vec::new();
@@ -275,7 +275,10 @@ impl SplitQueue {
         if failed.is_empty() {
             return Ok(());
         }
-        let ids: Vec<String> = failed.iter().map(|e| e.event.webhook_id.clone()).collect();
+        let ids: Vec<String> = failed
+            .iter()
+            .map(|e| e.event.webhook_id.to_string())
+            .collect();
         match self.archive.store_events(&failed).await {
             Ok(()) => {}
             Err(e) if e.is_permanent() => self.store_apart(failed).await?,
@@ -366,7 +369,7 @@ impl SplitQueue {
         let pairs: Vec<(String, String)> = redelivered
             .iter()
             .filter_map(|&i| jobs.get(i))
-            .map(|j| (j.webhook_id.clone(), j.subscription_id.clone()))
+            .map(|j| (j.webhook_id.to_string(), j.subscription_id.to_string()))
             .collect();
         let mut records = self.archive.settled_among(&pairs).await?;
         let mut seen = HashSet::new();
@@ -564,7 +567,7 @@ impl Queue for SplitQueue {
             .filter(|s| !end_implied_by_attempt(s, redelivered.contains(&s.receipt)))
             .filter_map(|s| {
                 is_end(&s.disposition).map(|status| SettledDelivery {
-                    webhook_id: s.webhook_id.clone(),
+                    webhook_id: s.webhook_id.clone().into(),
                     status: herald_core::model::DeliveryStatus {
                         subscription_id: s.subscription_id.clone(),
                         status,
@@ -634,7 +637,7 @@ impl Queue for SplitQueue {
             })
             .collect();
         Ok(Some(WebhookRecord {
-            webhook_id: webhook_id.to_string(),
+            webhook_id: webhook_id.to_string().into(),
             event_type,
             received_at,
             deliveries,

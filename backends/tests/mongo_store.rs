@@ -344,7 +344,7 @@ async fn attempts_order_keep_the_first_record_and_expire() {
         .into_iter()
         .map(|a| (a.subscription_id, a.attempt_no))
         .collect();
-    assert_eq!(left, [("sub_a".to_string(), 2), ("sub_a".to_string(), 3)]);
+    assert_eq!(left, [("sub_a".into(), 2), ("sub_a".into(), 3)]);
     assert!(log.by_subscription("sub_b", 10).await.unwrap().is_empty());
     assert_eq!(log.by_subscription("sub_a", 10).await.unwrap().len(), 3);
     db.drop().await.unwrap();

@@ -628,7 +628,7 @@ async fn requeue_replays_settled_deliveries_once() {
 
     let event = ArchivedEvent {
         event: pb.event.clone(),
-        subscription_ids: pb.subscription_ids.clone(),
+        subscription_ids: pb.subscription_ids.iter().map(|s| s.to_string()).collect(),
         payload_omitted: None,
     };
     let status = |sid: &str, attempts| DeliveryStatus {
@@ -1020,10 +1020,10 @@ async fn a_lease_that_leaves_records_in_the_intake_asks_to_be_called_again_at_on
         "{due} vs {before}"
     );
     // Leasing on drains the intake, oldest first, and every event is leased once.
-    let mut leased = vec![got.jobs[0].webhook_id.clone()];
+    let mut leased = vec![got.jobs[0].webhook_id.to_string()];
     while intake_len(&mut conn, &prefix).await > 0 {
         let jobs = lease(t, &claim_request("w", 1, LEASE)).await.jobs;
-        leased.extend(jobs.into_iter().map(|j| j.webhook_id));
+        leased.extend(jobs.into_iter().map(|j| j.webhook_id.into_string()));
     }
     leased.extend(lease_all(t).await);
     leased.sort();
@@ -1470,7 +1470,7 @@ async fn lease_all(t: &Arc<dyn Transport>) -> Vec<String> {
         if jobs.is_empty() {
             break;
         }
-        got.extend(jobs.into_iter().map(|j| j.webhook_id));
+        got.extend(jobs.into_iter().map(|j| j.webhook_id.into_string()));
     }
     got.sort();
     got

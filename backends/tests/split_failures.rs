@@ -537,7 +537,7 @@ async fn a_claim_of_many_redelivered_deliveries_reads_the_log_once() {
         .collect();
     let ended_ids: std::collections::HashSet<(String, String)> = ended
         .iter()
-        .map(|s| (s.webhook_id.clone(), s.subscription_id.clone()))
+        .map(|s| (s.webhook_id.to_string(), s.subscription_id.to_string()))
         .collect();
     assert!(r.queue.settle(ended).await.is_err());
     r.transport.settle.set(false);
@@ -554,7 +554,7 @@ async fn a_claim_of_many_redelivered_deliveries_reads_the_log_once() {
     );
     let again_ids: std::collections::HashSet<(String, String)> = again
         .iter()
-        .map(|j| (j.webhook_id.clone(), j.subscription_id.clone()))
+        .map(|j| (j.webhook_id.to_string(), j.subscription_id.to_string()))
         .collect();
     assert_eq!(again.len(), 80 - ended_ids.len());
     assert!(

@@ -110,7 +110,7 @@ async fn the_wal_shrinks_after_a_burst() {
         tokio::spawn(async move {
             q.publish(Publish {
                 event: Event {
-                    webhook_id: format!("msg_{i}"),
+                    webhook_id: format!("msg_{i}").into(),
                     event_type: None,
                     payload,
                     received_at: chrono::Utc::now(),

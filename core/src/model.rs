@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::ValidationError;
+use crate::ids::{SubscriptionId, WebhookId};
 use crate::retry::parse_schedule;
 use crate::target::TargetUrl;
 
@@ -29,7 +30,7 @@ pub struct Owner {
 /// A subscriber: where deliveries go and how.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Subscription {
-    pub id: String,
+    pub id: SubscriptionId,
     pub target_url: String,
     /// Event types delivered to this subscriber; empty means every type.
     pub event_types: Vec<String>,
@@ -393,7 +394,7 @@ fn target_url(raw: &str) -> Result<String, ValidationError> {
 /// One ingested event, stored as the exact bytes received.
 #[derive(Debug, Clone)]
 pub struct Event {
-    pub webhook_id: String,
+    pub webhook_id: WebhookId,
     pub event_type: Option<String>,
     pub payload: Bytes,
     pub received_at: DateTime<Utc>,
@@ -448,7 +449,7 @@ impl IdempotencyKey {
 #[derive(Debug, Clone)]
 pub struct Publish {
     pub event: Event,
-    pub subscription_ids: Vec<String>,
+    pub subscription_ids: Vec<SubscriptionId>,
     pub idempotency: Option<IdempotencyKey>,
 }
 
@@ -457,21 +458,21 @@ pub enum PublishOutcome {
     Accepted,
     /// The idempotency key was seen within its window: nothing new was queued.
     Duplicate {
-        webhook_id: String,
+        webhook_id: WebhookId,
         matched: usize,
     },
     /// The idempotency key was seen within its window with a different request (event type or
     /// body): nothing was queued, and the caller must use a new key.
     KeyReused {
-        webhook_id: String,
+        webhook_id: WebhookId,
     },
 }
 
 /// A delivery taken off the queue by a worker, holding a lease until settled.
 #[derive(Debug, Clone)]
 pub struct Job {
-    pub webhook_id: String,
-    pub subscription_id: String,
+    pub webhook_id: WebhookId,
+    pub subscription_id: SubscriptionId,
     pub event_type: Option<String>,
     pub payload: Bytes,
     /// The number this attempt will have (1 for the first).
@@ -501,8 +502,8 @@ pub enum Disposition {
 #[derive(Debug, Clone)]
 pub struct Settlement {
     pub attempt: Option<Attempt>,
-    pub webhook_id: String,
-    pub subscription_id: String,
+    pub webhook_id: WebhookId,
+    pub subscription_id: SubscriptionId,
     pub receipt: String,
     /// Attempts made so far, this one included.
     pub attempts_made: u32,
@@ -604,8 +605,10 @@ impl UnknownName {
 /// One delivery attempt, as logged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Attempt {
-    pub webhook_id: String,
-    pub subscription_id: String,
+    #[schema(value_type = String)]
+    pub webhook_id: WebhookId,
+    #[schema(value_type = String)]
+    pub subscription_id: SubscriptionId,
     pub event_type: Option<String>,
     pub target_url: String,
     pub attempted_at: DateTime<Utc>,
@@ -670,7 +673,8 @@ impl std::fmt::Display for DeliveryState {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct DeliveryStatus {
-    pub subscription_id: String,
+    #[schema(value_type = String)]
+    pub subscription_id: SubscriptionId,
     pub status: DeliveryState,
     // Attempts made so far (not a doc comment: that would change the OpenAPI document).
     #[serde(rename = "attempts")]
@@ -682,7 +686,7 @@ pub struct DeliveryStatus {
 /// An ingested event with the state of each of its deliveries.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WebhookRecord {
-    pub webhook_id: String,
+    pub webhook_id: WebhookId,
     pub event_type: Option<String>,
     pub received_at: DateTime<Utc>,
     pub deliveries: Vec<DeliveryStatus>,

@@ -131,7 +131,7 @@ impl Subscriptions {
         let mut data = self.cache.store().list(limit + 1, cursor).await?;
         let next_cursor = if data.len() > limit {
             data.truncate(limit);
-            data.last().map(|s| s.id.clone())
+            data.last().map(|s| s.id.to_string())
         } else {
             None
         };
@@ -260,7 +260,7 @@ impl Subscriptions {
             Some(current) => current,
             None => {
                 let now = Utc::now();
-                let sub = build(new_id.to_string(), v.clone(), Some(owner.clone()), now, now);
+                let sub = build(new_id.into(), v.clone(), Some(owner.clone()), now, now);
                 match store.insert(&sub).await {
                     Ok(()) => {
                         self.cache.changed(&sub.id).await;
@@ -560,7 +560,7 @@ fn check_owner(sub: &Subscription, caller: &Caller) -> Result<(), Error> {
 }
 
 fn build(
-    id: String,
+    id: crate::ids::SubscriptionId,
     v: ValidSpec,
     owner: Option<Owner>,
     created_at: chrono::DateTime<Utc>,

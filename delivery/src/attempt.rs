@@ -57,7 +57,7 @@ pub async fn send(
         .post(target.into_url())
         .timeout(timeout)
         .header(CONTENT_TYPE, "application/json")
-        .header("webhook-id", &job.webhook_id)
+        .header("webhook-id", job.webhook_id.as_str())
         .header("webhook-timestamp", timestamp.to_string());
     if let Some(t) = &job.event_type {
         req = req.header("Event-Type", t);

@@ -605,7 +605,7 @@ async fn end_refused(backend: &Backend, s: Settlement, refusal: &herald_core::St
             }
         }
     }
-    tracing::error!(webhook_id, subscription_id, "could not end or hand back a delivery whose record was refused; its lease is left to the reaper");
+    tracing::error!(%webhook_id, %subscription_id, "could not end or hand back a delivery whose record was refused; its lease is left to the reaper");
 }
 
 /// How long the recorder may hold settlements it cannot write before the process counts as

@@ -28,6 +28,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use herald_core::backend::Queue;
 use herald_core::cache::SubscriptionCache;
+use herald_core::ids::SubscriptionId;
 use herald_core::model::Subscription;
 use herald_core::ssrf::TargetGuard;
 use herald_core::subscriptions::Subscriptions;
@@ -108,7 +109,7 @@ fn disabled_message(reason: &str) -> String {
 pub struct Health {
     subscriptions: Subscriptions,
     disable_after: Duration,
-    marks: Mutex<HashMap<String, Mark>>,
+    marks: Mutex<HashMap<SubscriptionId, Mark>>,
 }
 
 impl Health {

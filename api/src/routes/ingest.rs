@@ -180,7 +180,7 @@ pub async fn ingest(
     Ok(match publish(&st, p).await? {
         PublishOutcome::Accepted => replayed(
             IngestAccepted {
-                webhook_id,
+                webhook_id: webhook_id.into(),
                 status: DeliveryState::Queued.as_str(),
             },
             false,
@@ -188,7 +188,7 @@ pub async fn ingest(
         PublishOutcome::KeyReused { webhook_id } => return Err(key_reused(&webhook_id)),
         PublishOutcome::Duplicate { webhook_id, .. } => replayed(
             IngestAccepted {
-                webhook_id,
+                webhook_id: webhook_id.into(),
                 status: DeliveryState::Queued.as_str(),
             },
             true,
@@ -237,7 +237,7 @@ pub async fn fanout(
     Ok(match publish(&st, p).await? {
         PublishOutcome::Accepted => replayed(
             FanoutAccepted {
-                webhook_id,
+                webhook_id: webhook_id.into(),
                 matched,
             },
             false,
@@ -248,7 +248,7 @@ pub async fn fanout(
             matched,
         } => replayed(
             FanoutAccepted {
-                webhook_id,
+                webhook_id: webhook_id.into(),
                 matched,
             },
             true,

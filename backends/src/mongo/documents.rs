@@ -212,7 +212,7 @@ pub fn subscription_doc(s: &Subscription) -> Document {
         Bson::Document(doc! { "kind": &o.kind, "namespace": &o.namespace, "name": &o.name })
     });
     let mut d = doc! {
-        "_id": &s.id,
+        "_id": s.id.as_str(),
         "target_url": &s.target_url,
         "event_types": &s.event_types,
         "secret": opt_str(&s.secret),
@@ -311,7 +311,7 @@ pub fn subscription_from(d: &Document) -> Decoded<Subscription> {
         ),
     };
     Ok(Subscription {
-        id: f.string("_id")?,
+        id: f.string("_id")?.into(),
         target_url: f.string("target_url")?,
         event_types: f.strings("event_types")?,
         secret: f.opt_string("secret")?,
@@ -336,8 +336,8 @@ pub fn subscription_from(d: &Document) -> Decoded<Subscription> {
 pub fn attempt_doc(a: &Attempt) -> Document {
     let mut d = doc! {
         "_id": attempt_id(&a.webhook_id, &a.subscription_id, a.attempt_no),
-        "webhook_id": &a.webhook_id,
-        "subscription_id": &a.subscription_id,
+        "webhook_id": a.webhook_id.as_str(),
+        "subscription_id": a.subscription_id.as_str(),
         "attempt": int(a.attempt_no.into()),
         "target_url": &a.target_url,
         "attempted_at": date(a.attempted_at),
@@ -368,8 +368,8 @@ pub fn attempt_from(d: &Document) -> Decoded<Attempt> {
         .parse()
         .map_err(|_| f.err("outcome", "is not an outcome"))?;
     Ok(Attempt {
-        webhook_id: f.string("webhook_id")?,
-        subscription_id: f.string("subscription_id")?,
+        webhook_id: f.string("webhook_id")?.into(),
+        subscription_id: f.string("subscription_id")?.into(),
         event_type: f.opt_string("event_type")?,
         target_url: f.string("target_url")?,
         attempted_at: f.time("attempted_at")?,
@@ -384,7 +384,7 @@ pub fn attempt_from(d: &Document) -> Decoded<Attempt> {
 
 pub fn event_doc(e: &ArchivedEvent) -> Document {
     let mut d = doc! {
-        "_id": &e.event.webhook_id,
+        "_id": e.event.webhook_id.as_str(),
         "payload": Binary { subtype: BinarySubtype::Generic, bytes: e.event.payload.to_vec() },
         "received_at": date(e.event.received_at),
         "subscription_ids": &e.subscription_ids,
@@ -404,7 +404,7 @@ pub fn event_from(d: &Document) -> Decoded<ArchivedEvent> {
     };
     Ok(ArchivedEvent {
         event: Event {
-            webhook_id: f.string("_id")?,
+            webhook_id: f.string("_id")?.into(),
             event_type: f.opt_string("event_type")?,
             payload,
             received_at: f.time("received_at")?,
@@ -419,7 +419,7 @@ pub fn delivery_doc(s: &SettledDelivery) -> Document {
     doc! {
         "_id": delivery_id(&s.webhook_id, &d.subscription_id),
         "webhook_id": &s.webhook_id,
-        "subscription_id": &d.subscription_id,
+        "subscription_id": d.subscription_id.as_str(),
         "status": d.status.as_str(),
         "attempts": int(d.attempts_made.into()),
         "last_error": opt_str(&d.last_error),
@@ -436,7 +436,7 @@ pub fn delivery_from(d: &Document) -> Decoded<SettledDelivery> {
     Ok(SettledDelivery {
         webhook_id: f.string("webhook_id")?,
         status: DeliveryStatus {
-            subscription_id: f.string("subscription_id")?,
+            subscription_id: f.string("subscription_id")?.into(),
             status,
             attempts_made: f.unsigned("attempts")?,
             next_attempt_at: None,

@@ -105,9 +105,9 @@ impl SubscriptionStore for Subscriptions {
     async fn replace(&self, sub: &Subscription, health: ReplaceHealth) -> Result<()> {
         let expected = i64::try_from(sub.version).unwrap_or(i64::MAX);
         let filter = if expected == 0 {
-            doc! { "_id": &sub.id, "version": { "$in": [0_i64, Bson::Null] } }
+            doc! { "_id": sub.id.as_str(), "version": { "$in": [0_i64, Bson::Null] } }
         } else {
-            doc! { "_id": &sub.id, "version": expected }
+            doc! { "_id": sub.id.as_str(), "version": expected }
         };
         let mut next = sub.clone();
         next.version = sub.version + 1;

@@ -143,7 +143,7 @@ impl Transport for RedisTransport {
                 listed[idx - 1] = true;
                 unarchived.push(ArchivedEvent {
                     event: Event {
-                        webhook_id: webhook_id.clone(),
+                        webhook_id: webhook_id.clone().into(),
                         event_type: event_type.clone(),
                         payload: payload.clone(),
                         received_at: from_ms(*received_at),
@@ -157,8 +157,8 @@ impl Transport for RedisTransport {
             }
             out.push(Job {
                 receipt: receipt(&webhook_id, &subscription_id, token),
-                webhook_id,
-                subscription_id,
+                webhook_id: webhook_id.into(),
+                subscription_id: subscription_id.into(),
                 event_type: event_type.clone(),
                 payload: payload.clone(),
                 attempt_no: attempts + 1,
@@ -340,7 +340,7 @@ impl Transport for RedisTransport {
                 .map(|(subscription_id, state, attempts, due, last_error)| {
                     let queued = state == "queued";
                     DeliveryStatus {
-                        subscription_id,
+                        subscription_id: subscription_id.into(),
                         status: if queued && attempts == 0 {
                             DeliveryState::Queued
                         } else {
@@ -364,14 +364,14 @@ impl Transport for RedisTransport {
             .map_err(|e| StoreError::backend_by("encoding subscription ids", e))?;
         let mut inv = SCRIPTS.requeue.prepare_invoke();
         inv.arg(self.prefix())
-            .arg(&e.webhook_id)
+            .arg(e.webhook_id.as_str())
             .arg(u8::from(e.event_type.is_some()))
             .arg(e.event_type.as_deref().unwrap_or(""))
             .arg(e.received_at.timestamp_millis())
             .arg(&e.payload[..])
             .arg(subs);
         for d in deliveries {
-            inv.arg(&d.subscription_id)
+            inv.arg(d.subscription_id.as_str())
                 .arg(d.attempts_made)
                 .arg(u8::from(d.last_error.is_some()))
                 .arg(d.last_error.as_deref().unwrap_or(""));

@@ -45,10 +45,12 @@ impl Queue for Sqlite {
                     if let Some((webhook_id, matched, at, fingerprint)) = seen {
                         if now - at < IDEMPOTENCY_WINDOW_MS {
                             if fingerprint.is_some_and(|f| f[..] != idem.fingerprint[..]) {
-                                return Ok(PublishOutcome::KeyReused { webhook_id });
+                                return Ok(PublishOutcome::KeyReused {
+                                    webhook_id: webhook_id.into(),
+                                });
                             }
                             return Ok(PublishOutcome::Duplicate {
-                                webhook_id,
+                                webhook_id: webhook_id.into(),
                                 matched: matched as usize,
                             });
                         }
@@ -62,7 +64,7 @@ impl Queue for Sqlite {
                     .execute(params![
                         idem.scope,
                         idem.key,
-                        p.event.webhook_id,
+                        p.event.webhook_id.as_str(),
                         p.subscription_ids.len() as i64,
                         now,
                         &idem.fingerprint[..]
@@ -79,7 +81,7 @@ impl Queue for Sqlite {
                 )
                 .map_err(super::sql)?
                 .execute(params![
-                    e.webhook_id,
+                    e.webhook_id.as_str(),
                     e.event_type,
                     &e.payload[..],
                     e.received_at.timestamp_millis()
@@ -90,7 +92,7 @@ impl Queue for Sqlite {
                      VALUES (?1, ?2, ?3, ?4, ?4)",
                 ).map_err(super::sql)?;
                 for sub in &p.subscription_ids {
-                    st.execute(params![e.webhook_id, sub, PENDING, now])
+                    st.execute(params![e.webhook_id.as_str(), sub.as_str(), PENDING, now])
                         .map_err(super::sql)?;
                 }
                 Ok(PublishOutcome::Accepted)
@@ -249,7 +251,7 @@ impl Queue for Sqlite {
                         _ => DeliveryState::Failed,
                     };
                     Ok(DeliveryStatus {
-                        subscription_id: r.get(0)?,
+                        subscription_id: r.get::<_, String>(0)?.into(),
                         status,
                         attempts_made: attempts,
                         next_attempt_at: (state == PENDING).then(|| from_ms(due)),
@@ -260,7 +262,7 @@ impl Queue for Sqlite {
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(super::sql)?;
             Ok(Some(WebhookRecord {
-                webhook_id: id,
+                webhook_id: id.into(),
                 event_type,
                 received_at: from_ms(received_at),
                 deliveries,
@@ -518,8 +520,8 @@ fn claim_fairly(
                 .map_err(super::sql)?;
             jobs.push(Job {
                 receipt: receipt(row.id, token),
-                webhook_id: row.webhook_id,
-                subscription_id: sub.clone(),
+                webhook_id: row.webhook_id.into(),
+                subscription_id: sub.clone().into(),
                 attempt_no: row.attempts + 1,
                 final_attempt_no: row.final_attempt,
                 event_type: event_type.clone(),

@@ -43,7 +43,7 @@ fn load(c: &Connection, id: &str) -> rusqlite::Result<Option<Subscription>> {
 impl SubscriptionStore for Sqlite {
     async fn insert(&self, sub: &Subscription) -> Result<()> {
         let (owner, doc) = encode(sub)?;
-        let id = sub.id.clone();
+        let id = sub.id.to_string();
         self.write(move |c| {
             // The owner check and the insert are one statement on the single writer, so two
             // racing applies for one owner cannot both insert.
@@ -124,7 +124,7 @@ impl SubscriptionStore for Sqlite {
         let mut next = sub.clone();
         next.version = sub.version + 1;
         let expected = sub.version;
-        let id = sub.id.clone();
+        let id = sub.id.to_string();
         self.write(move |c| {
             // Read, check and write inside one writer transaction: nothing comes between. A
             // record written before versions existed has none: it counts as version 0.
@@ -202,8 +202,8 @@ impl SubscriptionStore for Sqlite {
 fn attempt_row(r: &Row<'_>) -> rusqlite::Result<Attempt> {
     let outcome: String = r.get(6)?;
     Ok(Attempt {
-        webhook_id: r.get(0)?,
-        subscription_id: r.get(1)?,
+        webhook_id: r.get::<_, String>(0)?.into(),
+        subscription_id: r.get::<_, String>(1)?.into(),
         event_type: r.get(2)?,
         target_url: r.get(3)?,
         attempted_at: from_ms(r.get(4)?),
@@ -226,8 +226,8 @@ pub(super) fn insert_attempts(c: &Connection, attempts: &[Attempt]) -> Result<()
     )).map_err(super::sql)?;
     for a in attempts {
         st.execute(params![
-            a.webhook_id,
-            a.subscription_id,
+            a.webhook_id.as_str(),
+            a.subscription_id.as_str(),
             a.event_type,
             a.target_url,
             a.attempted_at.timestamp_millis(),
