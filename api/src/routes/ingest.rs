@@ -129,7 +129,7 @@ pub async fn ingest(
 ) -> Result<Response, ApiError> {
     let sub = st
         .cache
-        .get(super::subscription_id(&subscription_id)?)
+        .get(&super::subscription_id(&subscription_id)?)
         .await?
         .ok_or(ApiError::NotFound("subscription"))?;
     let body = checked_body(&st, &headers, body)?;
