@@ -54,6 +54,7 @@ use herald_core::backend::{
     Archive, ArchivedEvent, AttemptLog, Leased, OpenEvents, Queue, Result, SettledDelivery,
     Transport,
 };
+use herald_core::ids::Receipt;
 use herald_core::model::{
     Attempt, ClaimRequest, Claimed, DeliveryState, DeliveryStatus, Disposition, Job, Outcome,
     Publish, PublishOutcome, QueueStats, Settlement, WebhookRecord,
@@ -96,7 +97,7 @@ pub struct SplitQueue {
     /// Receipts of the jobs this process leased as redelivered, until they are settled or
     /// handed back: the attempt log may hold an earlier record under their attempt number, so
     /// their end is recorded in the archive even when their attempt is terminal.
-    redelivered: Mutex<HashSet<String>>,
+    redelivered: Mutex<HashSet<Receipt>>,
 }
 
 #[derive(Default)]
@@ -538,7 +539,7 @@ impl Queue for SplitQueue {
         if settlements.is_empty() {
             return Ok(0);
         }
-        let receipts: Vec<String> = settlements.iter().map(|s| s.receipt.clone()).collect();
+        let receipts: Vec<String> = settlements.iter().map(|s| s.receipt.to_string()).collect();
         let held = self.transport.held(&receipts).await?;
         let mut stale = 0;
         let mut live = Vec::with_capacity(settlements.len());
@@ -554,7 +555,7 @@ impl Queue for SplitQueue {
         if !attempts.is_empty() {
             self.attempts.record(attempts).await?;
         }
-        let redelivered: HashSet<String> = {
+        let redelivered: HashSet<Receipt> = {
             let set = self.redelivered.lock().unwrap();
             live.iter()
                 .filter(|s| set.contains(&s.receipt))
@@ -585,7 +586,7 @@ impl Queue for SplitQueue {
         let acked = self.transport.settle(&live).await?;
         let mut set = self.redelivered.lock().unwrap();
         for r in &receipts {
-            set.remove(r);
+            set.remove(r.as_str());
         }
         Ok(stale + acked)
     }

@@ -100,9 +100,13 @@ async fn stale_settlements_after_a_lease_ran_out_change_nothing() {
     assert_ne!(old.receipt, new.receipt);
     assert_eq!(new.attempt_no, 1);
     assert_eq!(
-        t.held(&[old.receipt.clone(), new.receipt.clone(), "junk".into()])
-            .await
-            .unwrap(),
+        t.held(&[
+            old.receipt.to_string(),
+            new.receipt.to_string(),
+            "junk".into()
+        ])
+        .await
+        .unwrap(),
         vec![false, true, false]
     );
 
@@ -1515,7 +1519,7 @@ async fn acknowledged_publishes_survive_a_redis_restart() {
         "every queued delivery is still leasable"
     );
     assert_eq!(
-        t.held(std::slice::from_ref(&held.receipt)).await.unwrap(),
+        t.held(&[held.receipt.to_string()]).await.unwrap(),
         vec![true]
     );
     assert_eq!(
@@ -1658,9 +1662,7 @@ async fn lease_tokens_keep_rising_after_a_restart_that_lost_the_aofs_tail() {
         1
     );
     assert_eq!(
-        t.held(std::slice::from_ref(&second[0].receipt))
-            .await
-            .unwrap(),
+        t.held(&[second[0].receipt.to_string()]).await.unwrap(),
         vec![true]
     );
     assert_eq!(

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::ValidationError;
-use crate::ids::{SubscriptionId, WebhookId};
+use crate::ids::{Receipt, SubscriptionId, WebhookId, WorkerId};
 use crate::retry::parse_schedule;
 use crate::target::TargetUrl;
 
@@ -482,7 +482,7 @@ pub struct Job {
     pub final_attempt_no: Option<u32>,
     /// Backend-specific handle that identifies this lease (the delivery and its lease token)
     /// when settling: a settle under an older lease changes nothing.
-    pub receipt: String,
+    pub receipt: Receipt,
 }
 
 /// How a worker finishes a job.
@@ -504,7 +504,7 @@ pub struct Settlement {
     pub attempt: Option<Attempt>,
     pub webhook_id: WebhookId,
     pub subscription_id: SubscriptionId,
-    pub receipt: String,
+    pub receipt: Receipt,
     /// Attempts made so far, this one included.
     pub attempts_made: u32,
     pub disposition: Disposition,
@@ -521,7 +521,7 @@ pub struct ClaimRequest {
     pub lease: Duration,
     /// The claiming worker: its heartbeats renew the leases, and the reaper frees them once its
     /// heartbeats stop.
-    pub worker: String,
+    pub worker: WorkerId,
     /// Deliveries one subscription may have in flight with this worker.
     pub per_subscription: usize,
     /// Deliveries this worker has in flight now, per subscription.

@@ -249,7 +249,7 @@ impl Engine {
             let req = ClaimRequest {
                 max: want,
                 lease: self.config.lease,
-                worker: self.worker.clone(),
+                worker: self.worker.clone().into(),
                 per_subscription: self.config.per_subscription,
                 in_flight: self.in_flight.per_subscription(),
                 byte_budget: self.config.max_inflight_bytes.saturating_sub(bytes),

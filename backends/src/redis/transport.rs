@@ -103,7 +103,7 @@ impl Transport for RedisTransport {
         }
         let mut inv = SCRIPTS.lease.prepare_invoke();
         inv.arg(self.prefix())
-            .arg(&req.worker)
+            .arg(req.worker.as_str())
             .arg(req.lease.as_millis() as u64)
             .arg(req.max)
             .arg(req.per_subscription.min(MAX_BUDGET))
@@ -156,7 +156,7 @@ impl Transport for RedisTransport {
                 redelivered.push(out.len());
             }
             out.push(Job {
-                receipt: receipt(&webhook_id, &subscription_id, token),
+                receipt: receipt(&webhook_id, &subscription_id, token).into(),
                 webhook_id: webhook_id.into(),
                 subscription_id: subscription_id.into(),
                 event_type: event_type.clone(),

@@ -514,12 +514,13 @@ fn claim_fairly(
             }
             let (event_type, payload) = &payloads[&row.webhook_id];
             let token: i64 = lease
-                .query_row(params![row.id, LEASED, lease_until, now, req.worker], |r| {
-                    r.get(0)
-                })
+                .query_row(
+                    params![row.id, LEASED, lease_until, now, req.worker.as_str()],
+                    |r| r.get(0),
+                )
                 .map_err(super::sql)?;
             jobs.push(Job {
-                receipt: receipt(row.id, token),
+                receipt: receipt(row.id, token).into(),
                 webhook_id: row.webhook_id.into(),
                 subscription_id: sub.clone().into(),
                 attempt_no: row.attempts + 1,
