@@ -226,7 +226,7 @@ impl SplitQueue {
                 let mut map = self.archiving.lock().unwrap();
                 for e in &events {
                     map.insert(
-                        e.event.webhook_id.clone().into(),
+                        e.event.webhook_id.to_string(),
                         Archiving {
                             event: e.clone(),
                             stored: stored.clone(),
@@ -568,7 +568,7 @@ impl Queue for SplitQueue {
             .filter(|s| !end_implied_by_attempt(s, redelivered.contains(&s.receipt)))
             .filter_map(|s| {
                 is_end(&s.disposition).map(|status| SettledDelivery {
-                    webhook_id: s.webhook_id.clone().into(),
+                    webhook_id: s.webhook_id.to_string(),
                     status: herald_core::model::DeliveryStatus {
                         subscription_id: s.subscription_id.clone(),
                         status,
@@ -638,7 +638,7 @@ impl Queue for SplitQueue {
             })
             .collect();
         Ok(Some(WebhookRecord {
-            webhook_id: webhook_id.to_string().into(),
+            webhook_id: webhook_id.into(),
             event_type,
             received_at,
             deliveries,
