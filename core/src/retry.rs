@@ -558,6 +558,38 @@ mod tests {
             }
 
             #[test]
+            fn a_failure_is_retried_between_the_schedule_and_the_retry_after_bound(
+                schedule in proptest::collection::vec(delay(), 1..10),
+                attempt_no in 1u32..12,
+                status in proptest::option::of(100u16..600),
+                retry_after in proptest::option::of(0u64..u64::MAX / 4),
+            ) {
+                let p = RetryPolicy::from_schedule(schedule);
+                let ended = at(0);
+                let outcome = AttemptOutcome {
+                    success: false,
+                    http_status: status.filter(|s| *s != 410),
+                    retry_after: retry_after.map(Duration::from_millis),
+                    endpoint_disabled: false,
+                };
+                let d = decide(&p, attempt_no, None, &outcome, ended);
+                match p.next_delay(attempt_no, None) {
+                    None => prop_assert_eq!(d, Decision::GiveUp(GiveUp::Exhausted)),
+                    Some(base) => {
+                        let Decision::RetryAt(when) = d else {
+                            return Err(TestCaseError::fail(format!("{d:?}")));
+                        };
+                        let waited = (when - ended).to_std().unwrap();
+                        prop_assert!(waited >= base);
+                        prop_assert!(waited <= base.max(MAX_RETRY_AFTER));
+                        if !outcome.http_status.is_some_and(honours_retry_after) {
+                            prop_assert_eq!(waited, base);
+                        }
+                    }
+                }
+            }
+
+            #[test]
             fn next_delay_grows_with_attempts_on_a_growing_schedule(
                 mut schedule in proptest::collection::vec(delay(), 1..10),
                 extra in 0u32..5,

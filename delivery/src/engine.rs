@@ -398,6 +398,7 @@ impl Engine {
                 retry_after: r.retry_after,
                 endpoint_disabled: disabled.is_some(),
             },
+            // Now, the end of the attempt: a timed-out attempt is not retried at once.
             Utc::now(),
         );
         let outcome = decision.outcome();
