@@ -274,7 +274,7 @@ async fn claims_honour_caps_and_serve_subscriptions_in_turn() {
         .unwrap();
     let mut req = claim_request("w", 100, LEASE);
     req.per_subscription = 2;
-    req.in_flight = HashMap::from([("sub_a".to_string(), 1), ("sub_c".to_string(), 2)]);
+    req.in_flight = HashMap::from([("sub_a".into(), 1), ("sub_c".into(), 2)]);
     let got = lease(t, &req).await;
     let count = |s: &str| got.jobs.iter().filter(|j| j.subscription_id == s).count();
     assert_eq!((count("sub_a"), count("sub_b"), count("sub_c")), (1, 2, 0));
@@ -291,7 +291,7 @@ async fn claims_honour_caps_and_serve_subscriptions_in_turn() {
     req.per_subscription = 1;
     req.in_flight = ["sub_a", "sub_b", "sub_c"]
         .iter()
-        .map(|s| (s.to_string(), 1))
+        .map(|s| ((*s).into(), 1))
         .collect();
     let none = lease(t, &req).await;
     assert!(none.jobs.is_empty());
@@ -689,7 +689,7 @@ async fn expedite_makes_waiting_deliveries_due_and_stats_count_them() {
         }
     );
     let mut req = claim_request("w", 10, LEASE);
-    req.in_flight = HashMap::from([("sub_b".to_string(), 1000)]);
+    req.in_flight = HashMap::from([("sub_b".into(), 1000)]);
     let jobs = lease(t, &req).await.jobs;
     assert_eq!(jobs.len(), 3);
     assert_eq!(

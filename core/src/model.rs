@@ -525,7 +525,7 @@ pub struct ClaimRequest {
     /// Deliveries one subscription may have in flight with this worker.
     pub per_subscription: usize,
     /// Deliveries this worker has in flight now, per subscription.
-    pub in_flight: std::collections::HashMap<String, usize>,
+    pub in_flight: std::collections::HashMap<SubscriptionId, usize>,
     /// Payload bytes (of distinct payloads) the claim may add; one job is taken even past it.
     pub byte_budget: usize,
 }

@@ -716,7 +716,7 @@ pub async fn claims_honour_per_subscription_caps(b: Backend) {
     req.per_subscription = 1;
     req.in_flight = ["sub_a", "sub_b", "sub_c"]
         .iter()
-        .map(|s| (s.to_string(), 1))
+        .map(|s| ((*s).into(), 1))
         .collect();
     let none = q.claim(&req).await.unwrap();
     assert!(none.jobs.is_empty());

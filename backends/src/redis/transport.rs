@@ -109,7 +109,7 @@ impl Transport for RedisTransport {
             .arg(req.per_subscription.min(MAX_BUDGET))
             .arg(req.byte_budget.min(MAX_BUDGET));
         for (sid, n) in &req.in_flight {
-            inv.arg(sid).arg(*n);
+            inv.arg(sid.as_str()).arg(*n);
         }
         let mut conn = self.shared.conn();
         let (next_due, payloads, jobs, dropped): LeaseReply =

@@ -465,7 +465,7 @@ fn claim_fairly(
             }
         };
         after.clone_from(&sub);
-        let busy = req.in_flight.get(&sub).copied().unwrap_or(0);
+        let busy = req.in_flight.get(sub.as_str()).copied().unwrap_or(0);
         let free = req.per_subscription.saturating_sub(busy);
         if free == 0 {
             continue;
