@@ -153,16 +153,16 @@ async fn subscriptions_round_trip_every_field() {
 
     let full = full_subscription("sub_full");
     s.insert(&full).await.unwrap();
-    assert_eq!(s.get("sub_full").await.unwrap().unwrap(), full);
+    assert_eq!(s.get(&"sub_full".into()).await.unwrap().unwrap(), full);
     let bare = subscription("sub_bare");
     s.insert(&bare).await.unwrap();
-    assert_eq!(s.get("sub_bare").await.unwrap().unwrap(), bare);
-    assert!(s.get("sub_missing").await.unwrap().is_none());
+    assert_eq!(s.get(&"sub_bare".into()).await.unwrap().unwrap(), bare);
+    assert!(s.get(&"sub_missing".into()).await.unwrap().is_none());
 
     let again = s.insert(&subscription("sub_full")).await;
     assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
     assert_eq!(
-        s.get("sub_full").await.unwrap().unwrap(),
+        s.get(&"sub_full".into()).await.unwrap().unwrap(),
         full,
         "a refused insert changes nothing"
     );
@@ -201,23 +201,26 @@ async fn subscriptions_round_trip_every_field() {
     changed.updated_at = at(1_760_000_300, 7);
     s.replace(&changed, ReplaceHealth::Write).await.unwrap();
     changed.version += 1;
-    assert_eq!(s.get("sub_full").await.unwrap().unwrap(), changed);
+    assert_eq!(s.get(&"sub_full".into()).await.unwrap().unwrap(), changed);
     let mut back = changed.clone();
     back.owner = full.owner.clone();
     back.retry_schedule_ms = Some(vec![]);
     s.replace(&back, ReplaceHealth::Write).await.unwrap();
     back.version += 1;
-    assert_eq!(s.get("sub_full").await.unwrap().unwrap(), back);
+    assert_eq!(s.get(&"sub_full".into()).await.unwrap().unwrap(), back);
 
     let gone = s
         .replace(&subscription("sub_missing"), ReplaceHealth::Write)
         .await;
     assert!(matches!(gone, Err(StoreError::NotFound)), "{gone:?}");
-    assert!(s.get("sub_missing").await.unwrap().is_none(), "no upsert");
+    assert!(
+        s.get(&"sub_missing".into()).await.unwrap().is_none(),
+        "no upsert"
+    );
 
-    assert!(s.remove("sub_full").await.unwrap());
-    assert!(!s.remove("sub_full").await.unwrap());
-    assert!(s.get("sub_full").await.unwrap().is_none());
+    assert!(s.remove(&"sub_full".into()).await.unwrap());
+    assert!(!s.remove(&"sub_full".into()).await.unwrap());
+    assert!(s.get(&"sub_full".into()).await.unwrap().is_none());
     assert_eq!(s.list_all().await.unwrap(), vec![bare]);
     db.drop().await.unwrap();
 }
@@ -556,7 +559,12 @@ async fn indexes_exist_after_open_and_opening_twice_is_fine() {
         .await
         .unwrap();
     let second = mongo::open(&uri, Some(&name)).await.expect("a second open");
-    assert!(second.subscriptions.get("sub_1").await.unwrap().is_some());
+    assert!(second
+        .subscriptions
+        .get(&"sub_1".into())
+        .await
+        .unwrap()
+        .is_some());
 
     let db = Client::with_uri_str(&uri).await.unwrap().database(&name);
     for collection in ["subscriptions", "attempts", "events", "deliveries"] {

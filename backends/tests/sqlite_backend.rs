@@ -30,7 +30,12 @@ async fn sqlite_reopens_with_its_data() {
             .unwrap();
     }
     let db = Sqlite::open(&path, Sync::Full).unwrap().backend();
-    assert!(db.subscriptions.get("sub_keep").await.unwrap().is_some());
+    assert!(db
+        .subscriptions
+        .get(&"sub_keep".into())
+        .await
+        .unwrap()
+        .is_some());
     let jobs = db
         .queue
         .claim(&testkit::claim_request(
@@ -86,7 +91,7 @@ async fn cancelled_reads_do_not_shrink_the_reader_pool() {
     for _ in 0..50 {
         let got = tokio::time::timeout(
             std::time::Duration::from_secs(5),
-            db.subscriptions.get("sub_c"),
+            db.subscriptions.get(&"sub_c".into()),
         )
         .await
         .expect("a reader is free")

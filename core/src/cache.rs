@@ -21,6 +21,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::backend::{ChangeFeed, Result, SubscriptionStore};
+use crate::ids::SubscriptionId;
 use crate::model::Subscription;
 use crate::StoreError;
 
@@ -156,8 +157,8 @@ impl SubscriptionCache {
             .unwrap_or(now)
     }
 
-    pub async fn get(&self, id: &str) -> Result<Option<Arc<Subscription>>> {
-        let stale = match self.by_id.read().unwrap().get(id) {
+    pub async fn get(&self, id: &SubscriptionId) -> Result<Option<Arc<Subscription>>> {
+        let stale = match self.by_id.read().unwrap().get(id.as_str()) {
             Some((at, sub)) if at.elapsed() < self.ttl => return Ok(sub.clone()),
             Some((_, sub)) => Some(sub.clone()),
             None => None,
@@ -171,7 +172,7 @@ impl SubscriptionCache {
                 if self.generation.load(Ordering::Acquire) == generation {
                     map.insert(id.to_string(), (self.retried_at(), sub.clone()));
                 }
-                tracing::warn!(subscription = id, error = %e.chain(), "subscription store unavailable: serving the cached subscription");
+                tracing::warn!(subscription = %id, error = %e.chain(), "subscription store unavailable: serving the cached subscription");
                 return Ok(sub);
             }
             Err(e) => return Err(e),

@@ -125,8 +125,8 @@ pub async fn subscriptions_crud(b: Backend) {
     ));
     s.insert(&subscription("sub_b")).await.unwrap();
     s.insert(&subscription("sub_c")).await.unwrap();
-    assert_eq!(s.get("sub_a").await.unwrap().unwrap(), a);
-    assert!(s.get("sub_zz").await.unwrap().is_none());
+    assert_eq!(s.get(&"sub_a".into()).await.unwrap().unwrap(), a);
+    assert!(s.get(&"sub_zz".into()).await.unwrap().is_none());
     let page: Vec<_> = s
         .list(2, None)
         .await
@@ -148,15 +148,15 @@ pub async fn subscriptions_crud(b: Backend) {
     a.headers.insert("X-Team".into(), "shop".into());
     s.replace(&a, ReplaceHealth::Write).await.unwrap();
     a.version += 1;
-    assert_eq!(s.get("sub_a").await.unwrap().unwrap(), a);
+    assert_eq!(s.get(&"sub_a".into()).await.unwrap().unwrap(), a);
     assert!(matches!(
         s.replace(&subscription("sub_missing"), ReplaceHealth::Write)
             .await,
         Err(herald_core::StoreError::NotFound)
     ));
     assert_eq!(s.list_all().await.unwrap().len(), 3);
-    assert!(s.remove("sub_a").await.unwrap());
-    assert!(!s.remove("sub_a").await.unwrap());
+    assert!(s.remove(&"sub_a".into()).await.unwrap());
+    assert!(!s.remove(&"sub_a".into()).await.unwrap());
     assert_eq!(s.list_all().await.unwrap().len(), 2);
 }
 
@@ -809,7 +809,7 @@ pub async fn replaces_are_versioned(b: Backend) {
     let stale = a.clone();
     a.event_types = vec!["one".into()];
     s.replace(&a, ReplaceHealth::Write).await.unwrap();
-    let stored = s.get("sub_v").await.unwrap().unwrap();
+    let stored = s.get(&"sub_v".into()).await.unwrap().unwrap();
     assert_eq!((stored.version, &stored.event_types), (1, &a.event_types));
     assert!(
         matches!(
@@ -820,10 +820,10 @@ pub async fn replaces_are_versioned(b: Backend) {
     );
     let since = chrono::DateTime::from_timestamp(1_800_000_000, 123_456_789).unwrap();
     assert!(s
-        .record_health("sub_v", &HealthChange::FailingSince(Some(since)))
+        .record_health(&"sub_v".into(), &HealthChange::FailingSince(Some(since)))
         .await
         .unwrap());
-    let stored = s.get("sub_v").await.unwrap().unwrap();
+    let stored = s.get(&"sub_v".into()).await.unwrap().unwrap();
     assert_eq!(stored.failing_since, Some(since));
     assert_eq!(stored.event_types, a.event_types, "only the health fields");
     assert_eq!(stored.version, 1);
@@ -833,7 +833,7 @@ pub async fn replaces_are_versioned(b: Backend) {
     rotated.secret = Some("rotated-secret-0123456789".into());
     rotated.updated_at = chrono::DateTime::from_timestamp(1_800_000_100, 0).unwrap();
     s.replace(&rotated, ReplaceHealth::Keep).await.unwrap();
-    let stored = s.get("sub_v").await.unwrap().unwrap();
+    let stored = s.get(&"sub_v".into()).await.unwrap().unwrap();
     assert_eq!(stored.failing_since, Some(since), "health kept");
     assert_eq!(stored.secret, rotated.secret);
     assert_eq!(stored.updated_at, rotated.updated_at);
@@ -842,12 +842,12 @@ pub async fn replaces_are_versioned(b: Backend) {
         at: since,
         reason: "gone".into(),
     };
-    assert!(s.record_health("sub_v", &disable).await.unwrap());
+    assert!(s.record_health(&"sub_v".into(), &disable).await.unwrap());
     assert!(
-        !s.record_health("sub_v", &disable).await.unwrap(),
+        !s.record_health(&"sub_v".into(), &disable).await.unwrap(),
         "disabled once"
     );
-    let stored = s.get("sub_v").await.unwrap().unwrap();
+    let stored = s.get(&"sub_v".into()).await.unwrap().unwrap();
     assert_eq!(stored.disabled_reason.as_deref(), Some("gone"));
     assert_eq!(stored.disabled_at, Some(since));
     // A PUT writes its own health: cleared, the subscription is enabled again.
@@ -856,11 +856,11 @@ pub async fn replaces_are_versioned(b: Backend) {
     put.disabled_at = None;
     put.disabled_reason = None;
     s.replace(&put, ReplaceHealth::Write).await.unwrap();
-    let stored = s.get("sub_v").await.unwrap().unwrap();
+    let stored = s.get(&"sub_v".into()).await.unwrap().unwrap();
     assert!(!stored.is_disabled() && stored.failing_since.is_none());
     assert_eq!(stored.version, 3);
     assert!(!s
-        .record_health("sub_gone", &HealthChange::FailingSince(None))
+        .record_health(&"sub_gone".into(), &HealthChange::FailingSince(None))
         .await
         .unwrap());
 }

@@ -7,6 +7,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use super::{from_ms, Sqlite};
 use herald_core::backend::{AttemptLog, HealthChange, ReplaceHealth, Result, SubscriptionStore};
 use herald_core::error::StoreError;
+use herald_core::ids::SubscriptionId;
 use herald_core::model::{Attempt, Outcome, Owner, Subscription};
 
 /// Rows deleted per transaction, so retention never holds the writer for long.
@@ -69,7 +70,7 @@ impl SubscriptionStore for Sqlite {
         .await
     }
 
-    async fn get(&self, id: &str) -> Result<Option<Subscription>> {
+    async fn get(&self, id: &SubscriptionId) -> Result<Option<Subscription>> {
         let id = id.to_string();
         self.read(move |c| Ok(load(c, &id).map_err(super::sql)?))
             .await
@@ -151,7 +152,7 @@ impl SubscriptionStore for Sqlite {
         .await
     }
 
-    async fn record_health(&self, id: &str, change: &HealthChange) -> Result<bool> {
+    async fn record_health(&self, id: &SubscriptionId, change: &HealthChange) -> Result<bool> {
         let id = id.to_string();
         let change = change.clone();
         self.write(move |c| {
@@ -178,7 +179,7 @@ impl SubscriptionStore for Sqlite {
         .await
     }
 
-    async fn remove(&self, id: &str) -> Result<bool> {
+    async fn remove(&self, id: &SubscriptionId) -> Result<bool> {
         let id = id.to_string();
         self.write(move |c| {
             Ok(c.prepare_cached("DELETE FROM subscriptions WHERE id = ?1")
