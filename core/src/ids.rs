@@ -20,7 +20,7 @@ macro_rules! string_id {
     ($(#[$meta:meta])* $name:ident $(, parse = $parse:path)?) => {
         $(#[$meta])*
         #[derive(
-            Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash,
+            Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash,
             serde::Serialize, serde::Deserialize,
         )]
         #[serde(transparent)]
