@@ -136,7 +136,7 @@ impl Sqlite {
         if let Some(fault) = self.storage_fault() {
             return Err(StoreError::full(fault));
         }
-        self.write_relaxed(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(())).map_err(sql)?))
+        self.write_relaxed(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(sql))
             .await
     }
 

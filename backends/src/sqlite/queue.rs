@@ -276,14 +276,14 @@ impl Queue for Sqlite {
         let n = self
             .write(move |c| {
                 let now = now_ms();
-                Ok(c.prepare_cached(
+                c.prepare_cached(
                     "UPDATE deliveries SET state = ?2, due_at = ?3, final_attempt = attempts + 1,
                             updated_at = ?3
                      WHERE webhook_id = ?1 AND state = ?4",
                 )
                 .map_err(super::sql)?
                 .execute(params![id, PENDING, now, FAILED])
-                .map_err(super::sql)?)
+                .map_err(super::sql)
             })
             .await?;
         if n > 0 {
@@ -297,13 +297,13 @@ impl Queue for Sqlite {
         let n = self
             .write(move |c| {
                 let now = now_ms();
-                Ok(c.prepare_cached(
+                c.prepare_cached(
                     "UPDATE deliveries SET due_at = ?2
                      WHERE subscription_id = ?1 AND state = ?3 AND due_at > ?2",
                 )
                 .map_err(super::sql)?
                 .execute(params![id, now, PENDING])
-                .map_err(super::sql)?)
+                .map_err(super::sql)
             })
             .await?;
         if n > 0 {
@@ -315,7 +315,7 @@ impl Queue for Sqlite {
     async fn stats(&self) -> Result<QueueStats> {
         self.read(|c| {
             let now = now_ms();
-            Ok(c.prepare_cached(
+            c.prepare_cached(
                 "SELECT
                    COALESCE(SUM(state = 0 AND due_at <= ?1), 0),
                    COALESCE(SUM(state = 0 AND due_at > ?1), 0),
@@ -334,7 +334,7 @@ impl Queue for Sqlite {
                         .map_or(0, |due| now.saturating_sub(due).max(0) as u64),
                 })
             })
-            .map_err(super::sql)?)
+            .map_err(super::sql)
         })
         .await
     }

@@ -72,20 +72,19 @@ impl SubscriptionStore for Sqlite {
 
     async fn get(&self, id: &SubscriptionId) -> Result<Option<Subscription>> {
         let id = id.to_string();
-        self.read(move |c| Ok(load(c, &id).map_err(super::sql)?))
-            .await
+        self.read(move |c| load(c, &id).map_err(super::sql)).await
     }
 
     async fn find_by_owner(&self, owner: &Owner) -> Result<Option<Subscription>> {
         let key = owner_key(owner);
         self.read(move |c| {
-            Ok(c.prepare_cached(
+            c.prepare_cached(
                 "SELECT doc FROM subscriptions WHERE owner_key = ?1 ORDER BY id LIMIT 1",
             )
             .map_err(super::sql)?
             .query_row([key], |r| decode(r.get(0)?))
             .optional()
-            .map_err(super::sql)?)
+            .map_err(super::sql)
         })
         .await
     }
@@ -99,9 +98,8 @@ impl SubscriptionStore for Sqlite {
             let rows = st
                 .query_map(params![after, limit as i64], |r| decode(r.get(0)?))
                 .map_err(super::sql)?;
-            Ok(rows
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(super::sql)?)
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(super::sql)
         })
         .await
     }
@@ -114,9 +112,8 @@ impl SubscriptionStore for Sqlite {
             let rows = st
                 .query_map([], |r| decode(r.get(0)?))
                 .map_err(super::sql)?;
-            Ok(rows
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(super::sql)?)
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(super::sql)
         })
         .await
     }
@@ -192,11 +189,8 @@ impl SubscriptionStore for Sqlite {
     }
 
     async fn ping(&self) -> Result<()> {
-        self.read(|c| {
-            Ok(c.query_row("SELECT 1", [], |_| Ok(()))
-                .map_err(super::sql)?)
-        })
-        .await
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(super::sql))
+            .await
     }
 }
 
@@ -292,9 +286,8 @@ impl AttemptLog for Sqlite {
             let rows = st
                 .query_map(params![id, limit as i64], attempt_row)
                 .map_err(super::sql)?;
-            Ok(rows
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(super::sql)?)
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(super::sql)
         })
         .await
     }
@@ -309,9 +302,8 @@ impl AttemptLog for Sqlite {
                 ))
                 .map_err(super::sql)?;
             let rows = st.query_map([id], attempt_row).map_err(super::sql)?;
-            Ok(rows
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(super::sql)?)
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(super::sql)
         })
         .await
     }
