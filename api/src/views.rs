@@ -49,7 +49,7 @@ impl From<Subscription> for SubscriptionView {
             retry_schedule: s
                 .retry_schedule()
                 .map(|v| v.into_iter().map(format_duration).collect()),
-            id: s.id,
+            id: s.id.into(),
             target_url: s.target_url,
             event_types: s.event_types,
             headers: s
@@ -117,7 +117,7 @@ impl WebhookStatus {
     pub fn new(rec: WebhookRecord, attempts: Vec<Attempt>) -> Self {
         Self {
             status: rec.status(),
-            webhook_id: rec.webhook_id,
+            webhook_id: rec.webhook_id.into(),
             event_type: rec.event_type,
             received_at: rec.received_at,
             deliveries: rec.deliveries,

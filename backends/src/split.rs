@@ -56,6 +56,7 @@ use herald_core::backend::{
     Archive, ArchivedEvent, AttemptLog, Intake, Leased, OpenEvents, QueueTuning, Result,
     SettledDelivery, Transport, WorkQueue,
 };
+use herald_core::ids::Receipt;
 use herald_core::model::{
     Attempt, ClaimRequest, Claimed, DeliveryState, DeliveryStatus, Disposition, Job, Outcome,
     Publish, PublishOutcome, QueueStats, Settlement, WebhookRecord,
@@ -104,7 +105,7 @@ pub struct SplitQueue {
     /// Receipts of the jobs this process leased as redelivered, until they are settled or
     /// handed back: the attempt log may hold an earlier record under their attempt number, so
     /// their end is recorded in the archive even when their attempt is terminal.
-    redelivered: Mutex<HashSet<String>>,
+    redelivered: Mutex<HashSet<Receipt>>,
 }
 
 #[derive(Default)]
@@ -165,7 +166,7 @@ async fn write_generations(
         let ids: Vec<String> = generation
             .events
             .iter()
-            .map(|e| e.event.webhook_id.clone())
+            .map(|e| e.event.webhook_id.to_string())
             .collect();
         let stored = match archive.store_events(&generation.events).await {
             Ok(()) => {
@@ -228,7 +229,7 @@ impl SplitQueue {
                 let mut map = self.archiving.lock();
                 for e in &events {
                     map.insert(
-                        e.event.webhook_id.clone(),
+                        e.event.webhook_id.to_string(),
                         Archiving {
                             event: e.clone(),
                             stored: stored.clone(),
@@ -262,7 +263,7 @@ impl SplitQueue {
                 // (a hand-back without an attempt needs nothing).
                 .filter(|s| s.attempt.is_some() || is_end(&s.disposition).is_some())
                 .filter(|s| seen.insert(s.webhook_id.as_str()))
-                .filter_map(|s| map.get(&s.webhook_id).cloned())
+                .filter_map(|s| map.get(s.webhook_id.as_str()).cloned())
                 .collect()
         };
         let mut failed = Vec::new();
@@ -278,7 +279,10 @@ impl SplitQueue {
         if failed.is_empty() {
             return Ok(());
         }
-        let ids: Vec<String> = failed.iter().map(|e| e.event.webhook_id.clone()).collect();
+        let ids: Vec<String> = failed
+            .iter()
+            .map(|e| e.event.webhook_id.to_string())
+            .collect();
         match self.archive.store_events(&failed).await {
             Ok(()) => {}
             Err(e) if e.is_permanent() => self.store_apart(failed).await?,
@@ -344,7 +348,7 @@ impl SplitQueue {
                 webhook_id: j.webhook_id.clone(),
                 subscription_id: j.subscription_id.clone(),
                 receipt: j.receipt.clone(),
-                attempts: j.attempt.saturating_sub(1),
+                attempts_made: j.attempt_no.saturating_sub(1),
                 disposition: Disposition::Defer(at),
                 last_error: None,
             })
@@ -369,7 +373,7 @@ impl SplitQueue {
         let pairs: Vec<(String, String)> = redelivered
             .iter()
             .filter_map(|&i| jobs.get(i))
-            .map(|j| (j.webhook_id.clone(), j.subscription_id.clone()))
+            .map(|j| (j.webhook_id.to_string(), j.subscription_id.to_string()))
             .collect();
         let mut records = self.archive.settled_among(&pairs).await?;
         let mut seen = HashSet::new();
@@ -403,7 +407,7 @@ impl SplitQueue {
             let Some((_, end)) = ends.iter().find(|(w, e)| {
                 *w == job.webhook_id
                     && e.subscription_id == job.subscription_id
-                    && e.attempts >= job.attempt
+                    && e.attempts_made >= job.attempt_no
             }) else {
                 continue;
             };
@@ -412,7 +416,7 @@ impl SplitQueue {
                 webhook_id: job.webhook_id.clone(),
                 subscription_id: job.subscription_id.clone(),
                 receipt: job.receipt.clone(),
-                attempts: end.attempts,
+                attempts_made: end.attempts_made,
                 disposition: if end.status == DeliveryState::Succeeded {
                     Disposition::Delivered
                 } else {
@@ -450,7 +454,7 @@ fn end_implied_by_attempt(s: &Settlement, redelivered: bool) -> bool {
         (a.outcome, &s.disposition),
         (Outcome::Success, Disposition::Delivered) | (Outcome::Failure, Disposition::Failed)
     );
-    same_outcome && !redelivered && a.attempt == s.attempts && a.error == s.last_error
+    same_outcome && !redelivered && a.attempt_no == s.attempts_made && a.error == s.last_error
 }
 
 /// The ends of one webhook's deliveries: `recorded` (the archive's records) and the terminal
@@ -467,7 +471,7 @@ fn merge_ends(recorded: Vec<DeliveryStatus>, attempts: &[Attempt]) -> Vec<Delive
         Some(DeliveryStatus {
             subscription_id: a.subscription_id.clone(),
             status,
-            attempts: a.attempt,
+            attempts_made: a.attempt_no,
             next_attempt_at: None,
             last_error: a.error.clone(),
         })
@@ -477,7 +481,7 @@ fn merge_ends(recorded: Vec<DeliveryStatus>, attempts: &[Attempt]) -> Vec<Delive
             .iter_mut()
             .find(|e| e.subscription_id == end.subscription_id)
         {
-            Some(e) if end.attempts > e.attempts => *e = end,
+            Some(e) if end.attempts_made > e.attempts_made => *e = end,
             Some(_) => {}
             None => ends.push(end),
         }
@@ -536,7 +540,7 @@ impl Intake for SplitQueue {
             })
             .collect();
         Ok(Some(WebhookRecord {
-            webhook_id: webhook_id.to_string(),
+            webhook_id: webhook_id.into(),
             event_type,
             received_at,
             deliveries,
@@ -611,7 +615,7 @@ impl WorkQueue for SplitQueue {
         if settlements.is_empty() {
             return Ok(0);
         }
-        let receipts: Vec<String> = settlements.iter().map(|s| s.receipt.clone()).collect();
+        let receipts: Vec<String> = settlements.iter().map(|s| s.receipt.to_string()).collect();
         let held = self.transport.held(&receipts).await?;
         let mut stale = 0;
         let mut live = Vec::with_capacity(settlements.len());
@@ -627,7 +631,7 @@ impl WorkQueue for SplitQueue {
         if !attempts.is_empty() {
             self.attempts.record(attempts).await?;
         }
-        let redelivered: HashSet<String> = {
+        let redelivered: HashSet<Receipt> = {
             let set = self.redelivered.lock();
             live.iter()
                 .filter(|s| set.contains(&s.receipt))
@@ -640,11 +644,11 @@ impl WorkQueue for SplitQueue {
             .filter(|s| !end_implied_by_attempt(s, redelivered.contains(&s.receipt)))
             .filter_map(|s| {
                 is_end(&s.disposition).map(|status| SettledDelivery {
-                    webhook_id: s.webhook_id.clone(),
+                    webhook_id: s.webhook_id.to_string(),
                     status: herald_core::model::DeliveryStatus {
                         subscription_id: s.subscription_id.clone(),
                         status,
-                        attempts: s.attempts,
+                        attempts_made: s.attempts_made,
                         next_attempt_at: None,
                         last_error: s.last_error.clone(),
                     },
@@ -658,7 +662,7 @@ impl WorkQueue for SplitQueue {
         let acked = self.transport.settle(&live).await?;
         let mut set = self.redelivered.lock();
         for r in &receipts {
-            set.remove(r);
+            set.remove(r.as_str());
         }
         Ok(stale + acked)
     }
@@ -695,7 +699,7 @@ mod tests {
             event_type: None,
             target_url: "http://127.0.0.1:9/hook".into(),
             attempted_at: Utc::now(),
-            attempt: n,
+            attempt_no: n,
             outcome,
             http_status: None,
             error: error.map(Into::into),
@@ -706,7 +710,7 @@ mod tests {
 
     fn settlement(a: Option<Attempt>, disposition: Disposition, error: Option<&str>) -> Settlement {
         Settlement {
-            attempts: a.as_ref().map_or(0, |a| a.attempt),
+            attempts_made: a.as_ref().map_or(0, |a| a.attempt_no),
             attempt: a,
             webhook_id: "msg_1".into(),
             subscription_id: "sub_a".into(),
@@ -720,7 +724,7 @@ mod tests {
         DeliveryStatus {
             subscription_id: sid.into(),
             status,
-            attempts,
+            attempts_made: attempts,
             next_attempt_at: None,
             last_error: error.map(Into::into),
         }
@@ -765,7 +769,7 @@ mod tests {
             false
         ));
         let mut other_count = settlement(ok(), Disposition::Delivered, None);
-        other_count.attempts = 2;
+        other_count.attempts_made = 2;
         assert!(!end_implied_by_attempt(&other_count, false));
     }
 
@@ -840,7 +844,7 @@ mod tests {
 
         // Settling waits for the background write (archiving) and checks redeliveries.
         let job = &jobs[0];
-        let mut a = attempt("sub_a", job.attempt, Outcome::Success, None);
+        let mut a = attempt("sub_a", job.attempt_no, Outcome::Success, None);
         a.webhook_id = job.webhook_id.clone();
         let mut done = settlement(Some(a), Disposition::Delivered, None);
         done.receipt = job.receipt.clone();

@@ -99,7 +99,7 @@ fn attempt(webhook: &str, sub: &str, n: u32, at: DateTime<Utc>) -> Attempt {
         event_type: Some("order.created".into()),
         target_url: "https://receiver.example/hook".into(),
         attempted_at: at,
-        attempt: n,
+        attempt_no: n,
         outcome: Outcome::FailedAttempt,
         http_status: Some(500),
         error: Some("HTTP 500".into()),
@@ -133,7 +133,7 @@ fn settled(
         status: DeliveryStatus {
             subscription_id: sub.into(),
             status,
-            attempts,
+            attempts_made: attempts,
             next_attempt_at: None,
             last_error: (status == DeliveryState::Failed).then(|| "HTTP 500".into()),
         },
@@ -153,16 +153,16 @@ async fn subscriptions_round_trip_every_field() {
 
     let full = full_subscription("sub_full");
     s.insert(&full).await.unwrap();
-    assert_eq!(s.get("sub_full").await.unwrap().unwrap(), full);
+    assert_eq!(s.get(&"sub_full".into()).await.unwrap().unwrap(), full);
     let bare = subscription("sub_bare");
     s.insert(&bare).await.unwrap();
-    assert_eq!(s.get("sub_bare").await.unwrap().unwrap(), bare);
-    assert!(s.get("sub_missing").await.unwrap().is_none());
+    assert_eq!(s.get(&"sub_bare".into()).await.unwrap().unwrap(), bare);
+    assert!(s.get(&"sub_missing".into()).await.unwrap().is_none());
 
     let again = s.insert(&subscription("sub_full")).await;
     assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
     assert_eq!(
-        s.get("sub_full").await.unwrap().unwrap(),
+        s.get(&"sub_full".into()).await.unwrap().unwrap(),
         full,
         "a refused insert changes nothing"
     );
@@ -201,23 +201,26 @@ async fn subscriptions_round_trip_every_field() {
     changed.updated_at = at(1_760_000_300, 7);
     s.replace(&changed, ReplaceHealth::Write).await.unwrap();
     changed.version += 1;
-    assert_eq!(s.get("sub_full").await.unwrap().unwrap(), changed);
+    assert_eq!(s.get(&"sub_full".into()).await.unwrap().unwrap(), changed);
     let mut back = changed.clone();
     back.owner = full.owner.clone();
     back.retry_schedule_ms = Some(vec![]);
     s.replace(&back, ReplaceHealth::Write).await.unwrap();
     back.version += 1;
-    assert_eq!(s.get("sub_full").await.unwrap().unwrap(), back);
+    assert_eq!(s.get(&"sub_full".into()).await.unwrap().unwrap(), back);
 
     let gone = s
         .replace(&subscription("sub_missing"), ReplaceHealth::Write)
         .await;
     assert!(matches!(gone, Err(StoreError::NotFound)), "{gone:?}");
-    assert!(s.get("sub_missing").await.unwrap().is_none(), "no upsert");
+    assert!(
+        s.get(&"sub_missing".into()).await.unwrap().is_none(),
+        "no upsert"
+    );
 
-    assert!(s.remove("sub_full").await.unwrap());
-    assert!(!s.remove("sub_full").await.unwrap());
-    assert!(s.get("sub_full").await.unwrap().is_none());
+    assert!(s.remove(&"sub_full".into()).await.unwrap());
+    assert!(!s.remove(&"sub_full".into()).await.unwrap());
+    assert!(s.get(&"sub_full".into()).await.unwrap().is_none());
     assert_eq!(s.list_all().await.unwrap(), vec![bare]);
     db.drop().await.unwrap();
 }
@@ -282,7 +285,7 @@ async fn attempts_order_keep_the_first_record_and_expire() {
     let recent = log.by_subscription("sub_a", 10).await.unwrap();
     let keys: Vec<_> = recent
         .iter()
-        .map(|a| (a.webhook_id.as_str(), a.attempt))
+        .map(|a| (a.webhook_id.as_str(), a.attempt_no))
         .collect();
     assert_eq!(
         keys,
@@ -320,7 +323,7 @@ async fn attempts_order_keep_the_first_record_and_expire() {
     let by_webhook = log.by_webhook("msg_1").await.unwrap();
     let keys: Vec<_> = by_webhook
         .iter()
-        .map(|a| (a.subscription_id.as_str(), a.attempt))
+        .map(|a| (a.subscription_id.as_str(), a.attempt_no))
         .collect();
     assert_eq!(
         keys,
@@ -342,9 +345,9 @@ async fn attempts_order_keep_the_first_record_and_expire() {
         .await
         .unwrap()
         .into_iter()
-        .map(|a| (a.subscription_id, a.attempt))
+        .map(|a| (a.subscription_id, a.attempt_no))
         .collect();
-    assert_eq!(left, [("sub_a".to_string(), 2), ("sub_a".to_string(), 3)]);
+    assert_eq!(left, [("sub_a".into(), 2), ("sub_a".into(), 3)]);
     assert!(log.by_subscription("sub_b", 10).await.unwrap().is_empty());
     assert_eq!(log.by_subscription("sub_a", 10).await.unwrap().len(), 3);
     db.drop().await.unwrap();
@@ -449,7 +452,7 @@ async fn settled_deliveries_are_replaced_on_replay() {
     assert_eq!(got.len(), 2);
     assert_eq!(got[0].subscription_id, "sub_a");
     assert_eq!(got[0].status, DeliveryState::Failed);
-    assert_eq!(got[0].attempts, 5);
+    assert_eq!(got[0].attempts_made, 5);
     assert_eq!(got[0].last_error.as_deref(), Some("HTTP 500"));
     assert_eq!(got[1].status, DeliveryState::Succeeded);
 
@@ -465,7 +468,7 @@ async fn settled_deliveries_are_replaced_on_replay() {
     let got = a.settled("msg_1").await.unwrap();
     assert_eq!(got.len(), 2, "{got:?}");
     assert_eq!(got[0].status, DeliveryState::Succeeded);
-    assert_eq!(got[0].attempts, 7);
+    assert_eq!(got[0].attempts_made, 7);
     assert_eq!(got[0].last_error, None);
     assert_eq!(a.settled("msg_3").await.unwrap().len(), 1);
     assert!(a.settled("msg_missing").await.unwrap().is_empty());
@@ -556,7 +559,12 @@ async fn indexes_exist_after_open_and_opening_twice_is_fine() {
         .await
         .unwrap();
     let second = mongo::open(&uri, Some(&name)).await.expect("a second open");
-    assert!(second.subscriptions.get("sub_1").await.unwrap().is_some());
+    assert!(second
+        .subscriptions
+        .get(&"sub_1".into())
+        .await
+        .unwrap()
+        .is_some());
 
     let db = Client::with_uri_str(&uri).await.unwrap().database(&name);
     for collection in ["subscriptions", "attempts", "events", "deliveries"] {

@@ -50,7 +50,7 @@ fn owner(name: &str) -> Owner {
 
 /// The id a new subscription of the resource with this UID gets.
 fn id(uid: &str) -> String {
-    herald_core::ids::owned_subscription_id(1_700_000_000_000, uid)
+    herald_core::ids::owned_subscription_id(1_700_000_000_000, uid).into_string()
 }
 
 fn spec(types: &[&str]) -> SubscriptionSpec {

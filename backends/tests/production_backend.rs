@@ -77,5 +77,10 @@ async fn backend_is_named() {
         .insert(&testkit::subscription("sub_named"))
         .await
         .unwrap();
-    assert!(b.subscriptions.get("sub_named").await.unwrap().is_some());
+    assert!(b
+        .subscriptions
+        .get(&"sub_named".into())
+        .await
+        .unwrap()
+        .is_some());
 }

@@ -66,7 +66,7 @@ fn settle(job: &Job, disposition: Disposition) -> Settlement {
         webhook_id: job.webhook_id.clone(),
         subscription_id: job.subscription_id.clone(),
         receipt: job.receipt.clone(),
-        attempts: job.attempt,
+        attempts_made: job.attempt_no,
         disposition,
         last_error: None,
     }
@@ -98,11 +98,15 @@ async fn stale_settlements_after_a_lease_ran_out_change_nothing() {
     );
     let new = &got.jobs[0];
     assert_ne!(old.receipt, new.receipt);
-    assert_eq!(new.attempt, 1);
+    assert_eq!(new.attempt_no, 1);
     assert_eq!(
-        t.held(&[old.receipt.clone(), new.receipt.clone(), "junk".into()])
-            .await
-            .unwrap(),
+        t.held(&[
+            old.receipt.to_string(),
+            new.receipt.to_string(),
+            "junk".into()
+        ])
+        .await
+        .unwrap(),
         vec![false, true, false]
     );
 
@@ -168,7 +172,7 @@ async fn reaping_frees_only_silent_workers_and_marks_redelivery() {
     assert!(again
         .jobs
         .iter()
-        .all(|j| j.webhook_id == "msg_dead" && j.attempt == 1));
+        .all(|j| j.webhook_id == "msg_dead" && j.attempt_no == 1));
     let late: Vec<_> = dead
         .iter()
         .map(|j| settle(j, Disposition::Delivered))
@@ -196,7 +200,7 @@ async fn the_redelivered_mark_survives_a_deferral_and_ends_with_a_retry() {
     let got = lease(t, &claim_request("w", 1, LEASE)).await;
     assert_eq!(got.redelivered, vec![0]);
     let mut back = settle(&got.jobs[0], Disposition::Defer(Utc::now()));
-    back.attempts = 0;
+    back.attempts_made = 0;
     assert_eq!(t.settle(&[back]).await.unwrap(), 0);
     let got = lease(t, &claim_request("w", 1, LEASE)).await;
     assert_eq!(got.redelivered, vec![0], "a hand-back is no attempt");
@@ -205,17 +209,17 @@ async fn the_redelivered_mark_survives_a_deferral_and_ends_with_a_retry() {
     t.settle(&[retry]).await.unwrap();
     let got = lease(t, &claim_request("w", 1, LEASE)).await;
     assert!(got.redelivered.is_empty());
-    assert_eq!(got.jobs[0].attempt, 2);
+    assert_eq!(got.jobs[0].attempt_no, 2);
     // A deferral without an error keeps the recorded one.
     let mut back = settle(
         &got.jobs[0],
         Disposition::Defer(Utc::now() + chrono::Duration::hours(1)),
     );
-    back.attempts = 1;
+    back.attempts_made = 1;
     t.settle(&[back]).await.unwrap();
     let d = &t.live("msg_m").await.unwrap().unwrap().open[0];
     assert_eq!(d.last_error.as_deref(), Some("HTTP 503"));
-    assert_eq!(d.attempts, 1);
+    assert_eq!(d.attempts_made, 1);
     assert_eq!(d.status, DeliveryState::Delivering);
     assert!(d.next_attempt_at.unwrap() > Utc::now() + chrono::Duration::minutes(59));
 }
@@ -270,7 +274,7 @@ async fn claims_honour_caps_and_serve_subscriptions_in_turn() {
         .unwrap();
     let mut req = claim_request("w", 100, LEASE);
     req.per_subscription = 2;
-    req.in_flight = HashMap::from([("sub_a".to_string(), 1), ("sub_c".to_string(), 2)]);
+    req.in_flight = HashMap::from([("sub_a".into(), 1), ("sub_c".into(), 2)]);
     let got = lease(t, &req).await;
     let count = |s: &str| got.jobs.iter().filter(|j| j.subscription_id == s).count();
     assert_eq!((count("sub_a"), count("sub_b"), count("sub_c")), (1, 2, 0));
@@ -287,7 +291,7 @@ async fn claims_honour_caps_and_serve_subscriptions_in_turn() {
     req.per_subscription = 1;
     req.in_flight = ["sub_a", "sub_b", "sub_c"]
         .iter()
-        .map(|s| (s.to_string(), 1))
+        .map(|s| ((*s).into(), 1))
         .collect();
     let none = lease(t, &req).await;
     assert!(none.jobs.is_empty());
@@ -622,19 +626,19 @@ async fn requeue_replays_settled_deliveries_once() {
         .iter()
         .map(|j| settle(j, Disposition::Failed))
         .collect();
-    failed[0].attempts = 3;
+    failed[0].attempts_made = 3;
     t.settle(&failed).await.unwrap();
     assert!(t.live("msg_r").await.unwrap().is_none());
 
     let event = ArchivedEvent {
         event: pb.event.clone(),
-        subscription_ids: pb.subscription_ids.clone(),
+        subscription_ids: pb.subscription_ids.iter().map(|s| s.to_string()).collect(),
         payload_omitted: None,
     };
     let status = |sid: &str, attempts| DeliveryStatus {
         subscription_id: sid.into(),
         status: DeliveryState::Failed,
-        attempts,
+        attempts_made: attempts,
         next_attempt_at: None,
         last_error: Some("HTTP 500".into()),
     };
@@ -652,7 +656,7 @@ async fn requeue_replays_settled_deliveries_once() {
     let got = lease(t, &claim_request("w", 10, LEASE)).await;
     assert_eq!(got.jobs.len(), 1);
     let job = &got.jobs[0];
-    assert_eq!((job.attempt, job.final_attempt), (4, Some(4)));
+    assert_eq!((job.attempt_no, job.final_attempt_no), (4, Some(4)));
     assert_eq!(&job.payload[..], b"{\"r\":1}");
     assert!(got.redelivered.is_empty(), "a replay is no redelivery");
     assert!(got.unarchived.is_empty(), "the event came from the archive");
@@ -685,7 +689,7 @@ async fn expedite_makes_waiting_deliveries_due_and_stats_count_them() {
         }
     );
     let mut req = claim_request("w", 10, LEASE);
-    req.in_flight = HashMap::from([("sub_b".to_string(), 1000)]);
+    req.in_flight = HashMap::from([("sub_b".into(), 1000)]);
     let jobs = lease(t, &req).await.jobs;
     assert_eq!(jobs.len(), 3);
     assert_eq!(
@@ -731,7 +735,7 @@ async fn expedite_makes_waiting_deliveries_due_and_stats_count_them() {
     assert_eq!(got.len(), 3);
     assert!(got
         .iter()
-        .all(|j| j.subscription_id == "sub_a" && j.attempt == 2));
+        .all(|j| j.subscription_id == "sub_a" && j.attempt_no == 2));
 }
 
 #[tokio::test]
@@ -1020,10 +1024,10 @@ async fn a_lease_that_leaves_records_in_the_intake_asks_to_be_called_again_at_on
         "{due} vs {before}"
     );
     // Leasing on drains the intake, oldest first, and every event is leased once.
-    let mut leased = vec![got.jobs[0].webhook_id.clone()];
+    let mut leased = vec![got.jobs[0].webhook_id.to_string()];
     while intake_len(&mut conn, &prefix).await > 0 {
         let jobs = lease(t, &claim_request("w", 1, LEASE)).await.jobs;
-        leased.extend(jobs.into_iter().map(|j| j.webhook_id));
+        leased.extend(jobs.into_iter().map(|j| j.webhook_id.into_string()));
     }
     leased.extend(lease_all(t).await);
     leased.sort();
@@ -1470,7 +1474,7 @@ async fn lease_all(t: &Arc<dyn Transport>) -> Vec<String> {
         if jobs.is_empty() {
             break;
         }
-        got.extend(jobs.into_iter().map(|j| j.webhook_id));
+        got.extend(jobs.into_iter().map(|j| j.webhook_id.into_string()));
     }
     got.sort();
     got
@@ -1515,7 +1519,7 @@ async fn acknowledged_publishes_survive_a_redis_restart() {
         "every queued delivery is still leasable"
     );
     assert_eq!(
-        t.held(std::slice::from_ref(&held.receipt)).await.unwrap(),
+        t.held(&[held.receipt.to_string()]).await.unwrap(),
         vec![true]
     );
     assert_eq!(
@@ -1658,9 +1662,7 @@ async fn lease_tokens_keep_rising_after_a_restart_that_lost_the_aofs_tail() {
         1
     );
     assert_eq!(
-        t.held(std::slice::from_ref(&second[0].receipt))
-            .await
-            .unwrap(),
+        t.held(&[second[0].receipt.to_string()]).await.unwrap(),
         vec![true]
     );
     assert_eq!(

@@ -228,7 +228,7 @@ fn attempt(job: &Job, outcome: Outcome) -> Attempt {
         event_type: job.event_type.clone(),
         target_url: "http://127.0.0.1:9/hook".into(),
         attempted_at: Utc::now(),
-        attempt: job.attempt,
+        attempt_no: job.attempt_no,
         outcome,
         http_status: Some(if outcome == Outcome::Success {
             200
@@ -247,7 +247,7 @@ fn settlement(job: &Job, outcome: Outcome, disposition: Disposition) -> Settleme
         webhook_id: job.webhook_id.clone(),
         subscription_id: job.subscription_id.clone(),
         receipt: job.receipt.clone(),
-        attempts: job.attempt,
+        attempts_made: job.attempt_no,
         disposition,
         last_error: (outcome != Outcome::Success).then(|| "HTTP 500".into()),
     }
@@ -448,7 +448,10 @@ async fn a_failure_after_logging_the_attempt_redelivers_it_under_the_same_number
     reap_dead_worker(&r, "wrk_live").await;
     let again = claim(&r.queue, "wrk_live").await.unwrap();
     assert_eq!(again.len(), 1, "redelivered, not lost");
-    assert_eq!(again[0].attempt, 1, "under the number the transport knows");
+    assert_eq!(
+        again[0].attempt_no, 1,
+        "under the number the transport knows"
+    );
     r.queue
         .settle(vec![settlement(
             &again[0],
@@ -534,7 +537,7 @@ async fn a_claim_of_many_redelivered_deliveries_reads_the_log_once() {
         .collect();
     let ended_ids: std::collections::HashSet<(String, String)> = ended
         .iter()
-        .map(|s| (s.webhook_id.clone(), s.subscription_id.clone()))
+        .map(|s| (s.webhook_id.to_string(), s.subscription_id.to_string()))
         .collect();
     assert!(r.queue.settle(ended).await.is_err());
     r.transport.settle.set(false);
@@ -551,7 +554,7 @@ async fn a_claim_of_many_redelivered_deliveries_reads_the_log_once() {
     );
     let again_ids: std::collections::HashSet<(String, String)> = again
         .iter()
-        .map(|j| (j.webhook_id.clone(), j.subscription_id.clone()))
+        .map(|j| (j.webhook_id.to_string(), j.subscription_id.to_string()))
         .collect();
     assert_eq!(again.len(), 80 - ended_ids.len());
     assert!(
@@ -627,7 +630,7 @@ async fn a_failure_to_record_the_end_keeps_the_delivery_open_until_a_settle_succ
     assert_eq!(r.queue.replay("msg_noend").await.unwrap(), 1);
     let again = claim(&r.queue, "wrk_1").await.unwrap();
     assert_eq!(again.len(), 1);
-    assert_eq!(again[0].attempt, 2);
+    assert_eq!(again[0].attempt_no, 2);
 }
 
 #[tokio::test]
@@ -662,7 +665,7 @@ async fn an_end_told_by_its_terminal_attempt_writes_no_record_of_its_own() {
         );
         let rec = r.queue.webhook(wid).await.unwrap().unwrap();
         assert_eq!(rec.status(), state, "{wid}");
-        assert_eq!(rec.deliveries[0].attempts, 1, "{wid}");
+        assert_eq!(rec.deliveries[0].attempts_made, 1, "{wid}");
     }
     let failed = r.queue.webhook("msg_told_failed").await.unwrap().unwrap();
     assert_eq!(failed.deliveries[0].last_error.as_deref(), Some("HTTP 500"));
@@ -672,7 +675,7 @@ async fn an_end_told_by_its_terminal_attempt_writes_no_record_of_its_own() {
     let again = claim(&r.queue, "wrk_1").await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(
-        (again[0].webhook_id.as_str(), again[0].attempt),
+        (again[0].webhook_id.as_str(), again[0].attempt_no),
         ("msg_told_failed", 2)
     );
     assert_eq!(
@@ -688,7 +691,7 @@ async fn an_end_told_by_its_terminal_attempt_writes_no_record_of_its_own() {
     );
     let rec = r.queue.webhook("msg_told_failed").await.unwrap().unwrap();
     assert_eq!(rec.status(), DeliveryState::Succeeded, "the later end wins");
-    assert_eq!(rec.deliveries[0].attempts, 2);
+    assert_eq!(rec.deliveries[0].attempts_made, 2);
 }
 
 #[tokio::test]
@@ -707,7 +710,7 @@ async fn a_replayed_delivery_whose_worker_died_is_sent_again_not_taken_for_its_o
     // The replay's attempt is leased by a worker that dies without settling it.
     let replayed = claim(&r.queue, "wrk_dead").await.unwrap();
     assert_eq!(replayed.len(), 1);
-    assert_eq!(replayed[0].attempt, 2);
+    assert_eq!(replayed[0].attempt_no, 2);
     reap_dead_worker(&r, "wrk_live").await;
     let again = claim(&r.queue, "wrk_live").await.unwrap();
     assert_eq!(
@@ -715,7 +718,7 @@ async fn a_replayed_delivery_whose_worker_died_is_sent_again_not_taken_for_its_o
         1,
         "the end of attempt 1 does not end the replay's attempt 2"
     );
-    assert_eq!(again[0].attempt, 2);
+    assert_eq!(again[0].attempt_no, 2);
 }
 
 /// An event whose document MongoDB refuses for good (17 MB, over its 16 MiB limit: accepted

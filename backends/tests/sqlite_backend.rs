@@ -53,7 +53,12 @@ async fn sqlite_reopens_with_its_data() {
             .unwrap();
     }
     let db = Sqlite::open(&path, Sync::Full).unwrap().backend();
-    assert!(db.subscriptions.get("sub_keep").await.unwrap().is_some());
+    assert!(db
+        .subscriptions
+        .get(&"sub_keep".into())
+        .await
+        .unwrap()
+        .is_some());
     let jobs = db
         .queue
         .claim(&testkit::claim_request(
@@ -109,7 +114,7 @@ async fn cancelled_reads_do_not_shrink_the_reader_pool() {
     for _ in 0..50 {
         let got = tokio::time::timeout(
             std::time::Duration::from_secs(5),
-            db.subscriptions.get("sub_c"),
+            db.subscriptions.get(&"sub_c".into()),
         )
         .await
         .expect("a reader is free")
@@ -133,7 +138,7 @@ async fn the_wal_shrinks_after_a_burst() {
         tokio::spawn(async move {
             q.publish(Publish {
                 event: Event {
-                    webhook_id: format!("msg_{i}"),
+                    webhook_id: format!("msg_{i}").into(),
                     event_type: None,
                     payload,
                     received_at: chrono::Utc::now(),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::StoreError;
+use crate::ids::SubscriptionId;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
@@ -24,7 +25,7 @@ pub trait SubscriptionStore: Send + Sync {
     /// the same atomic step also answer `Conflict` when the subscription's owner has one
     /// already (SQLite does; the MongoDB store relies on the operator's single leader).
     async fn insert(&self, sub: &Subscription) -> Result<()>;
-    async fn get(&self, id: &str) -> Result<Option<Subscription>>;
+    async fn get(&self, id: &SubscriptionId) -> Result<Option<Subscription>>;
     /// The subscription `owner` manages (matched on kind, namespace and name), if any: how the
     /// operator finds the record of a resource without keeping the id anywhere but in status.
     async fn find_by_owner(&self, owner: &Owner) -> Result<Option<Subscription>>;
@@ -47,9 +48,9 @@ pub trait SubscriptionStore: Send + Sync {
     /// never reverts a client's write and never makes one redo its change. Returns whether
     /// the record changed: `false` when it is gone, or for [`HealthChange::Disable`] when it
     /// is disabled already (so one disable is counted once however many workers ask).
-    async fn record_health(&self, id: &str, change: &HealthChange) -> Result<bool>;
+    async fn record_health(&self, id: &SubscriptionId, change: &HealthChange) -> Result<bool>;
     /// Removes a subscription; `false` if there was none.
-    async fn remove(&self, id: &str) -> Result<bool>;
+    async fn remove(&self, id: &SubscriptionId) -> Result<bool>;
     async fn ping(&self) -> Result<()>;
 }
 

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use parking_lot::RwLock;
 
 use crate::backend::{ChangeFeed, Result, SubscriptionStore};
+use crate::ids::SubscriptionId;
 use crate::model::Subscription;
 use crate::StoreError;
 
@@ -158,8 +159,8 @@ impl SubscriptionCache {
             .unwrap_or(now)
     }
 
-    pub async fn get(&self, id: &str) -> Result<Option<Arc<Subscription>>> {
-        let stale = match self.by_id.read().get(id) {
+    pub async fn get(&self, id: &SubscriptionId) -> Result<Option<Arc<Subscription>>> {
+        let stale = match self.by_id.read().get(id.as_str()) {
             Some((at, sub)) if at.elapsed() < self.ttl => return Ok(sub.clone()),
             Some((_, sub)) => Some(sub.clone()),
             None => None,
@@ -173,7 +174,7 @@ impl SubscriptionCache {
                 if self.generation.load(Ordering::Acquire) == generation {
                     map.insert(id.to_string(), (self.retried_at(), sub.clone()));
                 }
-                tracing::warn!(subscription = id, error = %e.chain(), "subscription store unavailable: serving the cached subscription");
+                tracing::warn!(subscription = %id, error = %e.chain(), "subscription store unavailable: serving the cached subscription");
                 return Ok(sub);
             }
             Err(e) => return Err(e),
@@ -278,8 +279,8 @@ mod tests {
         async fn insert(&self, _: &Subscription) -> Result<()> {
             unimplemented!("the cache only reads")
         }
-        async fn get(&self, id: &str) -> Result<Option<Subscription>> {
-            Ok(self.0.iter().find(|s| s.id == id).cloned())
+        async fn get(&self, id: &SubscriptionId) -> Result<Option<Subscription>> {
+            Ok(self.0.iter().find(|s| &s.id == id).cloned())
         }
         async fn find_by_owner(&self, _: &Owner) -> Result<Option<Subscription>> {
             Ok(None)
@@ -293,10 +294,10 @@ mod tests {
         async fn replace(&self, _: &Subscription, _: ReplaceHealth) -> Result<()> {
             unimplemented!("the cache only reads")
         }
-        async fn record_health(&self, _: &str, _: &HealthChange) -> Result<bool> {
+        async fn record_health(&self, _: &SubscriptionId, _: &HealthChange) -> Result<bool> {
             unimplemented!("the cache only reads")
         }
-        async fn remove(&self, _: &str) -> Result<bool> {
+        async fn remove(&self, _: &SubscriptionId) -> Result<bool> {
             unimplemented!("the cache only reads")
         }
         async fn ping(&self) -> Result<()> {
@@ -308,7 +309,7 @@ mod tests {
     async fn a_panic_while_the_cache_is_locked_leaves_it_usable() {
         let store = Arc::new(Fixed(vec![crate::testkit::subscription("sub_a")]));
         let cache = Arc::new(SubscriptionCache::new(store, Duration::from_secs(60)));
-        assert!(cache.get("sub_a").await.unwrap().is_some());
+        assert!(cache.get(&"sub_a".into()).await.unwrap().is_some());
         assert_eq!(cache.matching(None).await.unwrap().len(), 1);
 
         let held = cache.clone();
@@ -321,12 +322,12 @@ mod tests {
         assert!(panicked.is_err());
 
         // Every later lookup, load and invalidation takes the same locks again.
-        assert!(cache.get("sub_a").await.unwrap().is_some());
+        assert!(cache.get(&"sub_a".into()).await.unwrap().is_some());
         assert_eq!(cache.matching(None).await.unwrap().len(), 1);
         cache.invalidate("sub_a");
-        assert!(cache.get("sub_a").await.unwrap().is_some());
+        assert!(cache.get(&"sub_a".into()).await.unwrap().is_some());
         assert_eq!(cache.matching(None).await.unwrap().len(), 1);
         cache.invalidate_all();
-        assert!(cache.get("sub_b").await.unwrap().is_none());
+        assert!(cache.get(&"sub_b".into()).await.unwrap().is_none());
     }
 }

@@ -11,6 +11,151 @@ use parking_lot::Mutex;
 
 use ulid::Ulid;
 
+/// Declares an id type: a `String` underneath that reads as a `str` wherever one is expected
+/// (`Deref`, `AsRef`, `Borrow`, comparisons with strings), serializes as the bare string, and is
+/// built unchecked from a string (stores read back what they wrote). With `parse = f`, `FromStr`
+/// is the checked parse for ids that come from outside (the api's path parameters): `f` says why
+/// a string is not one.
+macro_rules! string_id {
+    ($(#[$meta:meta])* $name:ident $(, parse = $parse:path)?) => {
+        $(#[$meta])*
+        #[derive(
+            Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash,
+            serde::Serialize, serde::Deserialize,
+        )]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            pub fn into_string(self) -> String {
+                self.0
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = str;
+
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        // `Hash` and `Ord` above are those of the inner string, so maps keyed by the id can be
+        // looked up with a `&str`.
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(s: String) -> Self {
+                Self(s)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                Self(s.to_string())
+            }
+        }
+
+        impl From<&String> for $name {
+            fn from(s: &String) -> Self {
+                Self(s.clone())
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> Self {
+                id.0
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+
+        impl PartialEq<String> for $name {
+            fn eq(&self, other: &String) -> bool {
+                &self.0 == other
+            }
+        }
+
+        impl PartialEq<$name> for str {
+            fn eq(&self, other: &$name) -> bool {
+                self == other.0
+            }
+        }
+
+        impl PartialEq<$name> for &str {
+            fn eq(&self, other: &$name) -> bool {
+                *self == other.0
+            }
+        }
+
+        impl PartialEq<$name> for String {
+            fn eq(&self, other: &$name) -> bool {
+                *self == other.0
+            }
+        }
+
+        $(
+            impl std::str::FromStr for $name {
+                type Err = IdError;
+
+                fn from_str(s: &str) -> Result<Self, IdError> {
+                    $parse(s)?;
+                    Ok(Self(s.to_string()))
+                }
+            }
+        )?
+    };
+}
+
+string_id!(
+    /// A subscription's id: `sub_` and a ULID.
+    SubscriptionId,
+    parse = parse_subscription_id
+);
+string_id!(
+    /// An ingested event's id: `msg_` and a ULID.
+    WebhookId,
+    parse = parse_webhook_id
+);
+string_id!(
+    /// A delivery worker's id, which its heartbeats and leases carry.
+    WorkerId
+);
+string_id!(
+    /// The handle of one lease on one delivery, which only the backend that issued it reads.
+    Receipt
+);
+
 /// Prefix of subscription ids.
 pub const SUBSCRIPTION_PREFIX: &str = "sub_";
 /// Prefix of webhook (event) ids.
@@ -27,8 +172,8 @@ fn next() -> Ulid {
     g.generate().unwrap_or_else(|_| Ulid::new())
 }
 
-pub fn subscription_id() -> String {
-    format!("{SUBSCRIPTION_PREFIX}{}", next())
+pub fn subscription_id() -> SubscriptionId {
+    SubscriptionId(format!("{SUBSCRIPTION_PREFIX}{}", next()))
 }
 
 /// The id of a subscription an owner manages, derived from the owner's unique key (the
@@ -36,7 +181,7 @@ pub fn subscription_id() -> String {
 /// same owner computes the same id, so two of them racing to create it insert one record (the
 /// store's unique id refuses the second) instead of two. The time keeps ids roughly in
 /// creation order; the key's SHA-256 fills the ULID's 80 random bits.
-pub fn owned_subscription_id(created_ms: u64, key: &str) -> String {
+pub fn owned_subscription_id(created_ms: u64, key: &str) -> SubscriptionId {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(key.as_bytes());
     let mut random = [0u8; 16];
@@ -44,11 +189,11 @@ pub fn owned_subscription_id(created_ms: u64, key: &str) -> String {
     // A ULID's time is 48 bits; later times are clamped (year 10889).
     let ms = created_ms.min((1u64 << 48) - 1);
     let ulid = Ulid::from_parts(ms, u128::from_be_bytes(random));
-    format!("{SUBSCRIPTION_PREFIX}{ulid}")
+    SubscriptionId(format!("{SUBSCRIPTION_PREFIX}{ulid}"))
 }
 
-pub fn webhook_id() -> String {
-    format!("{WEBHOOK_PREFIX}{}", next())
+pub fn webhook_id() -> WebhookId {
+    WebhookId(format!("{WEBHOOK_PREFIX}{}", next()))
 }
 
 /// Why a string is not an id of the expected kind.
@@ -94,7 +239,7 @@ mod tests {
 
     #[test]
     fn ids_are_prefixed_and_sortable() {
-        let ids: Vec<String> = (0..1000).map(|_| subscription_id()).collect();
+        let ids: Vec<SubscriptionId> = (0..1000).map(|_| subscription_id()).collect();
         assert!(ids[0].starts_with("sub_") && ids[0].len() == 30);
         assert!(
             ids.windows(2).all(|w| w[0] < w[1]),
@@ -152,6 +297,45 @@ mod tests {
         );
     }
 
+    #[test]
+    fn typed_ids_read_as_strings_and_parse_checked() {
+        use std::collections::HashMap;
+        let id = subscription_id();
+        let text = id.to_string();
+        assert_eq!(id, text.as_str());
+        assert_eq!(text.as_str(), id);
+        assert_eq!(id, text);
+        assert_eq!(text, id);
+        assert_eq!(id.as_str(), &*id);
+        assert_eq!(AsRef::<str>::as_ref(&id), text);
+        assert_eq!(SubscriptionId::from(text.as_str()), id);
+        assert_eq!(SubscriptionId::from(&text), id);
+        assert_eq!(String::from(id.clone()), text);
+        assert_eq!(id.clone().into_string(), text);
+        assert_eq!(text.parse::<SubscriptionId>(), Ok(id.clone()));
+        assert_eq!(
+            text.parse::<WebhookId>(),
+            Err(IdError::Prefix("msg_")),
+            "the checked parse is the kind's"
+        );
+        assert_eq!("sub_x".parse::<SubscriptionId>(), Err(IdError::Length));
+        let w = webhook_id();
+        assert_eq!(w.parse::<WebhookId>(), Ok(w.clone()));
+        // Unchecked construction is for a store's own data, which is trusted.
+        assert_eq!(WorkerId::from("wrk_1"), "wrk_1");
+        assert_ne!(Receipt::from("a"), "b");
+        // Serialized as the bare string, both ways.
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, format!("\"{text}\""));
+        assert_eq!(serde_json::from_str::<SubscriptionId>(&json).unwrap(), id);
+        // Looked up by `&str` in a map keyed by the id.
+        let map: HashMap<SubscriptionId, u8> = [(id.clone(), 1)].into();
+        assert_eq!(map.get(text.as_str()), Some(&1));
+        let a = SubscriptionId::from("sub_a");
+        let b = SubscriptionId::from("sub_b");
+        assert!(a < b && "sub_a" < "sub_b", "ordered as the strings are");
+    }
+
     /// The canonical text of a ULID: a first character 0-7, then 25 of the alphabet.
     fn canonical_ulid() -> impl Strategy<Value = String> {
         "[0-7][0-9A-HJKMNP-TV-Z]{25}"
@@ -170,7 +354,7 @@ mod tests {
 
         #[test]
         fn ids_sort_in_creation_order(n in 2usize..200) {
-            let ids: Vec<String> = (0..n).map(|i| if i % 2 == 0 { subscription_id() } else { webhook_id() }).collect();
+            let ids: Vec<String> = (0..n).map(|i| if i % 2 == 0 { subscription_id().into_string() } else { webhook_id().into_string() }).collect();
             let ulids: Vec<Ulid> = ids.iter().map(|id| {
                 parse_subscription_id(id).or_else(|_| parse_webhook_id(id)).expect("generated ids parse")
             }).collect();

@@ -6,7 +6,7 @@
 //! | module | holds |
 //! |---|---|
 //! | [`model`] | subscriptions, events, deliveries, attempts, claims and settlements |
-//! | [`ids`] | id minting and parsing (prefixed ULIDs) |
+//! | [`ids`] | the id types, id minting and parsing (prefixed ULIDs) |
 //! | [`retry`] | the retry schedule and the decision after each attempt |
 //! | [`signing`] | signatures of incoming events and outgoing deliveries |
 //! | [`ssrf`], [`target`] | which delivery targets are allowed, and the one URL parser |

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::ValidationError;
+use crate::ids::{Receipt, SubscriptionId, WebhookId, WorkerId};
 use crate::retry::parse_schedule;
 use crate::target::TargetUrl;
 
@@ -29,7 +30,7 @@ pub struct Owner {
 /// A subscriber: where deliveries go and how.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Subscription {
-    pub id: String,
+    pub id: SubscriptionId,
     pub target_url: String,
     /// Event types delivered to this subscriber; empty means every type.
     pub event_types: Vec<String>,
@@ -393,7 +394,7 @@ fn target_url(raw: &str) -> Result<String, ValidationError> {
 /// One ingested event, stored as the exact bytes received.
 #[derive(Debug, Clone)]
 pub struct Event {
-    pub webhook_id: String,
+    pub webhook_id: WebhookId,
     pub event_type: Option<String>,
     pub payload: Bytes,
     pub received_at: DateTime<Utc>,
@@ -449,7 +450,7 @@ impl IdempotencyKey {
 #[derive(Debug, Clone)]
 pub struct Publish {
     pub event: Event,
-    pub subscription_ids: Vec<String>,
+    pub subscription_ids: Vec<SubscriptionId>,
     pub idempotency: Option<IdempotencyKey>,
 }
 
@@ -458,30 +459,31 @@ pub enum PublishOutcome {
     Accepted,
     /// The idempotency key was seen within its window: nothing new was queued.
     Duplicate {
-        webhook_id: String,
+        webhook_id: WebhookId,
         matched: usize,
     },
     /// The idempotency key was seen within its window with a different request (event type or
     /// body): nothing was queued, and the caller must use a new key.
     KeyReused {
-        webhook_id: String,
+        webhook_id: WebhookId,
     },
 }
 
 /// A delivery taken off the queue by a worker, holding a lease until settled.
 #[derive(Debug, Clone)]
 pub struct Job {
-    pub webhook_id: String,
-    pub subscription_id: String,
+    pub webhook_id: WebhookId,
+    pub subscription_id: SubscriptionId,
     pub event_type: Option<String>,
     pub payload: Bytes,
     /// The number this attempt will have (1 for the first).
-    pub attempt: u32,
-    /// Set by a manual replay: the attempt after which the delivery fails for good.
-    pub final_attempt: Option<u32>,
+    pub attempt_no: u32,
+    /// Set by a manual replay: the number of the attempt after which the delivery fails for
+    /// good.
+    pub final_attempt_no: Option<u32>,
     /// Backend-specific handle that identifies this lease (the delivery and its lease token)
     /// when settling: a settle under an older lease changes nothing.
-    pub receipt: String,
+    pub receipt: Receipt,
 }
 
 /// How a worker finishes a job.
@@ -501,11 +503,11 @@ pub enum Disposition {
 #[derive(Debug, Clone)]
 pub struct Settlement {
     pub attempt: Option<Attempt>,
-    pub webhook_id: String,
-    pub subscription_id: String,
-    pub receipt: String,
+    pub webhook_id: WebhookId,
+    pub subscription_id: SubscriptionId,
+    pub receipt: Receipt,
     /// Attempts made so far, this one included.
-    pub attempts: u32,
+    pub attempts_made: u32,
     pub disposition: Disposition,
     pub last_error: Option<String>,
 }
@@ -520,11 +522,11 @@ pub struct ClaimRequest {
     pub lease: Duration,
     /// The claiming worker: its heartbeats renew the leases, and the reaper frees them once its
     /// heartbeats stop.
-    pub worker: String,
+    pub worker: WorkerId,
     /// Deliveries one subscription may have in flight with this worker.
     pub per_subscription: usize,
     /// Deliveries this worker has in flight now, per subscription.
-    pub in_flight: std::collections::HashMap<String, usize>,
+    pub in_flight: std::collections::HashMap<SubscriptionId, usize>,
     /// Payload bytes (of distinct payloads) the claim may add; one job is taken even past it.
     pub byte_budget: usize,
 }
@@ -536,6 +538,8 @@ pub struct Claimed {
     pub next_due: Option<DateTime<Utc>>,
 }
 
+// How one attempt ended; its name (`as_str`) is what the API shows and the stores keep. (A
+// plain comment: a doc comment here would change the OpenAPI document.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub enum Outcome {
     Success,
@@ -543,16 +547,75 @@ pub enum Outcome {
     Failure,
 }
 
+impl Outcome {
+    pub const ALL: [Outcome; 3] = [Outcome::Success, Outcome::FailedAttempt, Outcome::Failure];
+
+    /// The stored and serialized name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "Success",
+            Outcome::FailedAttempt => "FailedAttempt",
+            Outcome::Failure => "Failure",
+        }
+    }
+
+    /// The `outcome` label of the attempts counter.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::FailedAttempt => "failed_attempt",
+            Outcome::Failure => "failure",
+        }
+    }
+}
+
+impl std::str::FromStr for Outcome {
+    type Err = UnknownName;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|o| o.as_str() == s)
+            .ok_or_else(|| UnknownName::new("outcome", s))
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A stored name that names no variant.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name:?} is not a known {kind}")]
+pub struct UnknownName {
+    pub kind: &'static str,
+    pub name: String,
+}
+
+impl UnknownName {
+    fn new(kind: &'static str, name: &str) -> Self {
+        Self {
+            kind,
+            name: name.to_string(),
+        }
+    }
+}
+
 /// One delivery attempt, as logged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Attempt {
-    pub webhook_id: String,
-    pub subscription_id: String,
+    #[schema(value_type = String)]
+    pub webhook_id: WebhookId,
+    #[schema(value_type = String)]
+    pub subscription_id: SubscriptionId,
     pub event_type: Option<String>,
     pub target_url: String,
     pub attempted_at: DateTime<Utc>,
     /// 1 for the first attempt.
-    pub attempt: u32,
+    #[serde(rename = "attempt")]
+    pub attempt_no: u32,
     pub outcome: Outcome,
     pub http_status: Option<u16>,
     pub error: Option<String>,
@@ -573,11 +636,50 @@ pub enum DeliveryState {
     Failed,
 }
 
+impl DeliveryState {
+    pub const ALL: [DeliveryState; 4] = [
+        DeliveryState::Queued,
+        DeliveryState::Delivering,
+        DeliveryState::Succeeded,
+        DeliveryState::Failed,
+    ];
+
+    /// The stored and serialized name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Queued => "queued",
+            DeliveryState::Delivering => "delivering",
+            DeliveryState::Succeeded => "succeeded",
+            DeliveryState::Failed => "failed",
+        }
+    }
+}
+
+impl std::str::FromStr for DeliveryState {
+    type Err = UnknownName;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|d| d.as_str() == s)
+            .ok_or_else(|| UnknownName::new("delivery state", s))
+    }
+}
+
+impl std::fmt::Display for DeliveryState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct DeliveryStatus {
-    pub subscription_id: String,
+    #[schema(value_type = String)]
+    pub subscription_id: SubscriptionId,
     pub status: DeliveryState,
-    pub attempts: u32,
+    // Attempts made so far (not a doc comment: that would change the OpenAPI document).
+    #[serde(rename = "attempts")]
+    pub attempts_made: u32,
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
 }
@@ -585,7 +687,7 @@ pub struct DeliveryStatus {
 /// An ingested event with the state of each of its deliveries.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WebhookRecord {
-    pub webhook_id: String,
+    pub webhook_id: WebhookId,
     pub event_type: Option<String>,
     pub received_at: DateTime<Utc>,
     pub deliveries: Vec<DeliveryStatus>,
@@ -858,11 +960,42 @@ mod tests {
     }
 
     #[test]
+    fn names_are_the_serialized_ones_and_parse_back() {
+        for o in Outcome::ALL {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
+            assert_eq!(o.as_str().parse::<Outcome>(), Ok(o));
+            assert_eq!(o.to_string(), o.as_str());
+        }
+        for d in DeliveryState::ALL {
+            assert_eq!(serde_json::to_value(d).unwrap(), d.as_str());
+            assert_eq!(d.as_str().parse::<DeliveryState>(), Ok(d));
+            assert_eq!(d.to_string(), d.as_str());
+        }
+        // The stored names, which must never change.
+        let names: Vec<_> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
+        assert_eq!(names, ["Success", "FailedAttempt", "Failure"]);
+        let labels: Vec<_> = Outcome::ALL.iter().map(|o| o.label()).collect();
+        assert_eq!(labels, ["success", "failed_attempt", "failure"]);
+        let states: Vec<_> = DeliveryState::ALL.iter().map(|d| d.as_str()).collect();
+        assert_eq!(states, ["queued", "delivering", "succeeded", "failed"]);
+        for bad in ["", "success", "FAILURE", "Queued", "done"] {
+            assert!(bad.parse::<Outcome>().is_err(), "{bad}");
+            assert_eq!(
+                bad.parse::<DeliveryState>(),
+                Err(UnknownName {
+                    kind: "delivery state",
+                    name: bad.into()
+                })
+            );
+        }
+    }
+
+    #[test]
     fn webhook_status_aggregates_deliveries() {
         let d = |status| DeliveryStatus {
             subscription_id: "s".into(),
             status,
-            attempts: 0,
+            attempts_made: 0,
             next_attempt_at: None,
             last_error: None,
         };

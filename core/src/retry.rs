@@ -4,10 +4,15 @@
 //! may carry its own schedule and attempt count. A `Retry-After` on 429/503 is honoured when it
 //! asks for longer than the schedule. Every delay is bounded, so a due time can always be
 //! computed (a schedule of `300000y` would overflow the clock and wedge a delivery).
+//!
+//! [`decide`] is the whole rule for what follows an attempt; the delivery engine only carries
+//! it out.
 
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
+
+use crate::model::{Disposition, Outcome};
 
 pub const DEFAULT_SCHEDULE: &str = "10s,30s,1m,5m,15m";
 /// A `Retry-After` never postpones a retry beyond this.
@@ -115,6 +120,107 @@ impl RetryPolicy {
     }
 }
 
+/// What came of one attempt, as far as the decision after it needs to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AttemptOutcome {
+    /// The endpoint answered 2xx.
+    pub success: bool,
+    /// The endpoint's status, when it answered at all (none for a timeout or a connection
+    /// error).
+    pub http_status: Option<u16>,
+    /// The response's `Retry-After`, when it had a readable one.
+    pub retry_after: Option<Duration>,
+    /// The subscription is disabled (by this attempt, or while it was in flight).
+    pub endpoint_disabled: bool,
+}
+
+/// Statuses whose `Retry-After` is honoured: the endpoint says when it can take more.
+pub fn honours_retry_after(status: u16) -> bool {
+    status == 429 || status == 503
+}
+
+/// What follows an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Delivered,
+    /// Try again at this time.
+    RetryAt(DateTime<Utc>),
+    /// The delivery ends as a failure.
+    GiveUp(GiveUp),
+}
+
+/// Why a failed delivery is not tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GiveUp {
+    /// The endpoint answered `410 Gone`.
+    Gone,
+    /// The subscription is disabled.
+    Disabled,
+    /// That was the last attempt the policy allows.
+    Exhausted,
+    /// That was the last attempt a manual replay allows.
+    ReplayEnded,
+    /// The retry would be due past what the clock can represent.
+    Unschedulable,
+}
+
+impl Decision {
+    /// The attempt record's outcome.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Decision::Delivered => Outcome::Success,
+            Decision::RetryAt(_) => Outcome::FailedAttempt,
+            Decision::GiveUp(_) => Outcome::Failure,
+        }
+    }
+
+    /// How the claimed delivery is settled.
+    pub fn disposition(&self) -> Disposition {
+        match self {
+            Decision::Delivered => Disposition::Delivered,
+            Decision::RetryAt(at) => Disposition::RetryAt(*at),
+            Decision::GiveUp(_) => Disposition::Failed,
+        }
+    }
+}
+
+/// The rule after attempt number `attempt_no` (1-based) of a delivery ended at `ended`:
+/// delivered on success; otherwise given up when the endpoint is gone or disabled, when the
+/// policy has no attempt left, or when a manual replay's last attempt (`final_attempt_no`) was
+/// made; otherwise retried after the policy's delay, which counts from the end of the attempt
+/// (so a timed-out attempt is not retried at once) and which a `Retry-After` on 429/503 only
+/// lengthens.
+pub fn decide(
+    policy: &RetryPolicy,
+    attempt_no: u32,
+    final_attempt_no: Option<u32>,
+    outcome: &AttemptOutcome,
+    ended: DateTime<Utc>,
+) -> Decision {
+    if outcome.success {
+        return Decision::Delivered;
+    }
+    if outcome.http_status == Some(410) {
+        return Decision::GiveUp(GiveUp::Gone);
+    }
+    if outcome.endpoint_disabled {
+        return Decision::GiveUp(GiveUp::Disabled);
+    }
+    let retry_after = outcome
+        .retry_after
+        .filter(|_| outcome.http_status.is_some_and(honours_retry_after));
+    let Some(delay) = policy.next_delay(attempt_no, retry_after) else {
+        return Decision::GiveUp(GiveUp::Exhausted);
+    };
+    if final_attempt_no.is_some_and(|last| attempt_no >= last) {
+        return Decision::GiveUp(GiveUp::ReplayEnded);
+    }
+    match due_after(ended, delay) {
+        Some(at) => Decision::RetryAt(at),
+        None => Decision::GiveUp(GiveUp::Unschedulable),
+    }
+}
+
 /// The time `delay` after `from`, or `None` if the clock cannot represent it.
 pub fn due_after(from: DateTime<Utc>, delay: Duration) -> Option<DateTime<Utc>> {
     from.checked_add_signed(chrono::TimeDelta::from_std(delay).ok()?)
@@ -214,6 +320,186 @@ mod tests {
         assert_eq!(due_after(Utc::now(), Duration::MAX), None);
     }
 
+    fn at(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
+    }
+
+    fn failed(http_status: Option<u16>, retry_after: Option<Duration>) -> AttemptOutcome {
+        AttemptOutcome {
+            success: false,
+            http_status,
+            retry_after,
+            endpoint_disabled: false,
+        }
+    }
+
+    /// Three attempts, 10 s then 30 s apart.
+    fn three() -> RetryPolicy {
+        RetryPolicy::from_schedule(vec![secs(10), secs(30)])
+    }
+
+    fn retry_in(s: i64) -> Decision {
+        Decision::RetryAt(at(s))
+    }
+
+    #[test]
+    fn a_success_is_delivered_whatever_else_holds() {
+        let ok = AttemptOutcome {
+            success: true,
+            http_status: Some(200),
+            ..Default::default()
+        };
+        let p = three();
+        assert_eq!(decide(&p, 1, None, &ok, at(0)), Decision::Delivered);
+        assert_eq!(
+            decide(&p, 3, Some(1), &ok, at(0)),
+            Decision::Delivered,
+            "last attempt"
+        );
+        let disabled = AttemptOutcome {
+            endpoint_disabled: true,
+            ..ok
+        };
+        assert_eq!(decide(&p, 1, None, &disabled, at(0)), Decision::Delivered);
+    }
+
+    #[test]
+    fn gone_and_disabled_endpoints_are_given_up_with_attempts_left() {
+        let p = three();
+        for ra in [None, Some(secs(5))] {
+            assert_eq!(
+                decide(&p, 1, None, &failed(Some(410), ra), at(0)),
+                Decision::GiveUp(GiveUp::Gone)
+            );
+        }
+        let disabled = AttemptOutcome {
+            endpoint_disabled: true,
+            ..failed(Some(500), None)
+        };
+        assert_eq!(
+            decide(&p, 1, None, &disabled, at(0)),
+            Decision::GiveUp(GiveUp::Disabled)
+        );
+        let timed_out = AttemptOutcome {
+            endpoint_disabled: true,
+            ..failed(None, None)
+        };
+        assert_eq!(
+            decide(&p, 1, None, &timed_out, at(0)),
+            Decision::GiveUp(GiveUp::Disabled)
+        );
+        assert_eq!(
+            decide(&p, 1, None, &failed(Some(409), None), at(0)),
+            retry_in(10),
+            "only 410 means gone"
+        );
+    }
+
+    #[test]
+    fn failures_retry_after_the_schedule_until_the_last_attempt() {
+        let p = three();
+        for status in [Some(500), Some(404), Some(302), None] {
+            let f = failed(status, None);
+            assert_eq!(decide(&p, 1, None, &f, at(0)), retry_in(10), "{status:?}");
+            assert_eq!(decide(&p, 2, None, &f, at(7)), retry_in(37), "{status:?}");
+            assert_eq!(
+                decide(&p, 3, None, &f, at(0)),
+                Decision::GiveUp(GiveUp::Exhausted),
+                "{status:?}"
+            );
+            assert_eq!(
+                decide(&p, 4, None, &f, at(0)),
+                Decision::GiveUp(GiveUp::Exhausted)
+            );
+        }
+        let once = RetryPolicy::default().with_overrides(None, Some(1));
+        assert_eq!(
+            decide(&once, 1, None, &failed(Some(500), None), at(0)),
+            Decision::GiveUp(GiveUp::Exhausted)
+        );
+    }
+
+    #[test]
+    fn a_replay_ends_at_its_final_attempt() {
+        let p = RetryPolicy::default();
+        let f = failed(Some(500), None);
+        assert_eq!(decide(&p, 2, Some(3), &f, at(0)), retry_in(30));
+        assert_eq!(
+            decide(&p, 3, Some(3), &f, at(0)),
+            Decision::GiveUp(GiveUp::ReplayEnded)
+        );
+        assert_eq!(
+            decide(&p, 4, Some(3), &f, at(0)),
+            Decision::GiveUp(GiveUp::ReplayEnded)
+        );
+        // The policy's own end still applies to a replay.
+        assert_eq!(
+            decide(&three(), 3, Some(9), &f, at(0)),
+            Decision::GiveUp(GiveUp::Exhausted)
+        );
+    }
+
+    #[test]
+    fn retry_after_lengthens_only_on_429_and_503() {
+        let p = three();
+        for status in [429, 503] {
+            let longer = failed(Some(status), Some(secs(120)));
+            assert_eq!(decide(&p, 1, None, &longer, at(0)), retry_in(120));
+            let shorter = failed(Some(status), Some(secs(3)));
+            assert_eq!(decide(&p, 1, None, &shorter, at(0)), retry_in(10));
+            let huge = failed(Some(status), Some(secs(10_000_000)));
+            assert_eq!(
+                decide(&p, 1, None, &huge, at(0)),
+                retry_in(MAX_RETRY_AFTER.as_secs() as i64)
+            );
+            // No attempt left: a Retry-After does not add one.
+            assert_eq!(
+                decide(&p, 3, None, &longer, at(0)),
+                Decision::GiveUp(GiveUp::Exhausted)
+            );
+        }
+        for status in [Some(500), Some(502), Some(504), Some(428), Some(430), None] {
+            let f = failed(status, Some(secs(120)));
+            assert_eq!(decide(&p, 1, None, &f, at(0)), retry_in(10), "{status:?}");
+        }
+        assert!(honours_retry_after(429) && honours_retry_after(503));
+        for s in [200, 410, 428, 430, 500, 502, 504] {
+            assert!(!honours_retry_after(s), "{s}");
+        }
+    }
+
+    #[test]
+    fn a_retry_past_the_clock_gives_up() {
+        let f = failed(Some(500), None);
+        assert_eq!(
+            decide(&three(), 1, None, &f, DateTime::<Utc>::MAX_UTC),
+            Decision::GiveUp(GiveUp::Unschedulable)
+        );
+        let zero = RetryPolicy::from_schedule(vec![Duration::ZERO]);
+        assert_eq!(
+            decide(&zero, 1, None, &f, DateTime::<Utc>::MAX_UTC),
+            Decision::RetryAt(DateTime::<Utc>::MAX_UTC)
+        );
+    }
+
+    #[test]
+    fn decisions_map_to_outcomes_and_dispositions() {
+        assert_eq!(Decision::Delivered.outcome(), Outcome::Success);
+        assert_eq!(Decision::Delivered.disposition(), Disposition::Delivered);
+        assert_eq!(retry_in(5).outcome(), Outcome::FailedAttempt);
+        assert_eq!(retry_in(5).disposition(), Disposition::RetryAt(at(5)));
+        for why in [
+            GiveUp::Gone,
+            GiveUp::Disabled,
+            GiveUp::Exhausted,
+            GiveUp::ReplayEnded,
+            GiveUp::Unschedulable,
+        ] {
+            assert_eq!(Decision::GiveUp(why).outcome(), Outcome::Failure);
+            assert_eq!(Decision::GiveUp(why).disposition(), Disposition::Failed);
+        }
+    }
+
     mod properties {
         use super::*;
         use proptest::prelude::*;
@@ -268,6 +554,38 @@ mod tests {
                 if let Some(d) = d {
                     prop_assert!(d <= MAX_DELAY.max(MAX_RETRY_AFTER));
                     prop_assert!(due_after(Utc::now(), d).is_some());
+                }
+            }
+
+            #[test]
+            fn a_failure_is_retried_between_the_schedule_and_the_retry_after_bound(
+                schedule in proptest::collection::vec(delay(), 1..10),
+                attempt_no in 1u32..12,
+                status in proptest::option::of(100u16..600),
+                retry_after in proptest::option::of(0u64..u64::MAX / 4),
+            ) {
+                let p = RetryPolicy::from_schedule(schedule);
+                let ended = at(0);
+                let outcome = AttemptOutcome {
+                    success: false,
+                    http_status: status.filter(|s| *s != 410),
+                    retry_after: retry_after.map(Duration::from_millis),
+                    endpoint_disabled: false,
+                };
+                let d = decide(&p, attempt_no, None, &outcome, ended);
+                match p.next_delay(attempt_no, None) {
+                    None => prop_assert_eq!(d, Decision::GiveUp(GiveUp::Exhausted)),
+                    Some(base) => {
+                        let Decision::RetryAt(when) = d else {
+                            return Err(TestCaseError::fail(format!("{d:?}")));
+                        };
+                        let waited = (when - ended).to_std().unwrap();
+                        prop_assert!(waited >= base);
+                        prop_assert!(waited <= base.max(MAX_RETRY_AFTER));
+                        if !outcome.http_status.is_some_and(honours_retry_after) {
+                            prop_assert_eq!(waited, base);
+                        }
+                    }
                 }
             }
 

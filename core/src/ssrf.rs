@@ -17,6 +17,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnet::IpNet;
 
+use crate::target::TargetUrl;
+
 #[derive(Debug, Clone, Default)]
 pub struct TargetGuard {
     allow: Vec<IpNet>,
@@ -53,6 +55,16 @@ impl TargetGuard {
             None => Ok(()),
             Some(_) if self.allow.iter().any(|net| net.contains(&addr)) => Ok(()),
             Some(class) => Err(Blocked { addr, class }),
+        }
+    }
+
+    /// Judges a target whose host is a literal address: such a target never reaches the
+    /// resolver, whose filter judges every name (see [`TargetGuard::filter`]). A name passes
+    /// here.
+    pub fn check_target(&self, target: &TargetUrl) -> Result<(), Blocked> {
+        match target.literal_ip() {
+            Some(ip) => self.check(ip),
+            None => Ok(()),
         }
     }
 
@@ -348,6 +360,29 @@ mod tests {
                 prop_assert_eq!(Some(b.class), classify(c));
             }
         }
+    }
+
+    #[test]
+    fn literal_targets_are_judged_and_names_left_to_the_resolver() {
+        let g = TargetGuard::default();
+        let t = |raw: &str| TargetUrl::parse(raw).unwrap();
+        for blocked in [
+            "http://127.0.0.1/",
+            "http://2130706433/",
+            "http://[::1]:8080/",
+            "http://[::ffff:10.0.0.1]/",
+        ] {
+            assert!(g.check_target(&t(blocked)).is_err(), "{blocked}");
+        }
+        for passes in [
+            "https://93.184.216.34/",
+            "https://localhost/",
+            "https://example.com/",
+        ] {
+            assert_eq!(g.check_target(&t(passes)), Ok(()), "{passes}");
+        }
+        let allowed = TargetGuard::new(vec!["127.0.0.0/8".parse().unwrap()]);
+        assert_eq!(allowed.check_target(&t("http://127.0.0.1/")), Ok(()));
     }
 
     #[test]

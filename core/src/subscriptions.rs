@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 use crate::backend::{HealthChange, Intake, ReplaceHealth};
 use crate::cache::SubscriptionCache;
 use crate::error::{Error, ValidationError};
+use crate::ids::SubscriptionId;
 use crate::model::{Owner, Subscription, SubscriptionPatch, SubscriptionSpec, ValidSpec};
 use crate::ssrf::TargetGuard;
 use crate::target::TargetUrl;
@@ -90,11 +91,9 @@ impl Subscriptions {
         let valid = spec.validate()?;
         let target = TargetUrl::parse(&valid.target_url)
             .map_err(|e| ValidationError::new("target_url", e.to_string()))?;
-        if let Some(ip) = target.literal_ip() {
-            if let Err(blocked) = self.guard.check(ip) {
-                return Err(ValidationError::new("target_url", blocked.to_string()));
-            }
-        }
+        self.guard
+            .check_target(&target)
+            .map_err(|blocked| ValidationError::new("target_url", blocked.to_string()))?;
         Ok(valid)
     }
 
@@ -120,7 +119,7 @@ impl Subscriptions {
         Ok(sub)
     }
 
-    pub async fn get(&self, id: &str) -> Result<Subscription, Error> {
+    pub async fn get(&self, id: &SubscriptionId) -> Result<Subscription, Error> {
         self.cache
             .store()
             .get(id)
@@ -133,7 +132,7 @@ impl Subscriptions {
         let mut data = self.cache.store().list(limit + 1, cursor).await?;
         let next_cursor = if data.len() > limit {
             data.truncate(limit);
-            data.last().map(|s| s.id.clone())
+            data.last().map(|s| s.id.to_string())
         } else {
             None
         };
@@ -145,7 +144,7 @@ impl Subscriptions {
     /// secret survives only while the secret stays the same.
     pub async fn update(
         &self,
-        id: &str,
+        id: &SubscriptionId,
         spec: &SubscriptionSpec,
         caller: &Caller,
     ) -> Result<Subscription, Error> {
@@ -166,7 +165,7 @@ impl Subscriptions {
     /// update expects: the fields it names change, the others stay as they are now).
     pub async fn patch(
         &self,
-        id: &str,
+        id: &SubscriptionId,
         patch: SubscriptionPatch,
         caller: &Caller,
     ) -> Result<Subscription, Error> {
@@ -214,7 +213,7 @@ impl Subscriptions {
     }
 
     /// Deletes a subscription; its queued deliveries end as `Failure` promptly.
-    pub async fn delete(&self, id: &str, caller: &Caller) -> Result<(), Error> {
+    pub async fn delete(&self, id: &SubscriptionId, caller: &Caller) -> Result<(), Error> {
         let current = self.get(id).await?;
         check_owner(&current, caller)?;
         if !self.cache.store().remove(id).await? {
@@ -262,7 +261,7 @@ impl Subscriptions {
             Some(current) => current,
             None => {
                 let now = Utc::now();
-                let sub = build(new_id.to_string(), v.clone(), Some(owner.clone()), now, now);
+                let sub = build(new_id.into(), v.clone(), Some(owner.clone()), now, now);
                 match store.insert(&sub).await {
                     Ok(()) => {
                         self.cache.changed(&sub.id).await;
@@ -396,7 +395,7 @@ impl Subscriptions {
     /// secret is dropped: at most two secrets are active.
     pub async fn rotate_secret(
         &self,
-        id: &str,
+        id: &SubscriptionId,
         secret: Option<String>,
         overlap: Option<Duration>,
         caller: &Caller,
@@ -448,7 +447,12 @@ impl Subscriptions {
     /// gone), so one disable event is counted once. A field-level write (see
     /// [`crate::backend::SubscriptionStore::record_health`]): it never reverts a concurrent
     /// PUT, PATCH or rotation.
-    pub async fn disable(&self, id: &str, reason: &str, kind: &'static str) -> Result<bool, Error> {
+    pub async fn disable(
+        &self,
+        id: &SubscriptionId,
+        reason: &str,
+        kind: &'static str,
+    ) -> Result<bool, Error> {
         let store = self.cache.store();
         match store.get(id).await? {
             Some(sub) if !sub.is_disabled() => {}
@@ -463,7 +467,7 @@ impl Subscriptions {
         }
         self.cache.changed(id).await;
         metrics::counter!(crate::telemetry::SUBSCRIPTIONS_DISABLED, "reason" => kind).increment(1);
-        tracing::warn!(subscription = id, reason, "subscription disabled");
+        tracing::warn!(subscription = %id, reason, "subscription disabled");
         self.queue.expedite(id).await?;
         Ok(true)
     }
@@ -472,7 +476,7 @@ impl Subscriptions {
     /// field-level write like [`Self::disable`].
     pub async fn set_failing_since(
         &self,
-        id: &str,
+        id: &SubscriptionId,
         since: Option<DateTime<Utc>>,
     ) -> Result<(), Error> {
         let store = self.cache.store();
@@ -523,7 +527,7 @@ impl Subscriptions {
     /// the latest record and runs `change` again. Returns the stored record (its new version).
     async fn read_modify_replace(
         &self,
-        id: &str,
+        id: &SubscriptionId,
         health: ReplaceHealth,
         mut change: impl FnMut(&Subscription) -> Result<Subscription, Error>,
     ) -> Result<Subscription, Error> {
@@ -562,7 +566,7 @@ fn check_owner(sub: &Subscription, caller: &Caller) -> Result<(), Error> {
 }
 
 fn build(
-    id: String,
+    id: crate::ids::SubscriptionId,
     v: ValidSpec,
     owner: Option<Owner>,
     created_at: chrono::DateTime<Utc>,

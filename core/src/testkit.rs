@@ -53,7 +53,7 @@ pub fn publish(webhook_id: &str, subs: &[&str], payload: &[u8]) -> Publish {
             payload: Bytes::copy_from_slice(payload),
             received_at: Utc::now(),
         },
-        subscription_ids: subs.iter().map(|s| s.to_string()).collect(),
+        subscription_ids: subs.iter().map(|s| (*s).into()).collect(),
         idempotency: None,
     }
 }

@@ -4,12 +4,11 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use herald_core::model::{Job, Subscription, RESPONSE_EXCERPT_BYTES};
-use herald_core::retry::parse_retry_after;
+use herald_core::retry::{honours_retry_after, parse_retry_after};
 use herald_core::signing::SigningKeys;
 use herald_core::ssrf::TargetGuard;
 use herald_core::target::TargetUrl;
 use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
-use reqwest::StatusCode;
 
 #[derive(Debug)]
 pub struct AttemptResult {
@@ -46,11 +45,8 @@ pub async fn send(
         Ok(t) => t,
         Err(e) => return AttemptResult::error(started, format!("invalid target URL: {e}")),
     };
-    // Literal addresses never reach the resolver, so the guard checks them here.
-    if let Some(ip) = target.literal_ip() {
-        if let Err(blocked) = guard.check(ip) {
-            return AttemptResult::error(started, format!("refused: {blocked}"));
-        }
+    if let Err(blocked) = guard.check_target(&target) {
+        return AttemptResult::error(started, format!("refused: {blocked}"));
     }
 
     let timestamp = SystemTime::now()
@@ -61,7 +57,7 @@ pub async fn send(
         .post(target.into_url())
         .timeout(timeout)
         .header(CONTENT_TYPE, "application/json")
-        .header("webhook-id", &job.webhook_id)
+        .header("webhook-id", job.webhook_id.as_str())
         .header("webhook-timestamp", timestamp.to_string());
     if let Some(t) = &job.event_type {
         req = req.header("Event-Type", t);
@@ -94,15 +90,14 @@ pub async fn send(
         Err(e) => return AttemptResult::error(started, describe(&e, timeout)),
     };
     let status = resp.status();
-    let retry_after =
-        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers()
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| parse_retry_after(v, SystemTime::now()))
-        } else {
-            None
-        };
+    let retry_after = if honours_retry_after(status.as_u16()) {
+        resp.headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()))
+    } else {
+        None
+    };
     let (excerpt, body_error) = read_excerpt(resp).await;
     let success = status.is_success();
     AttemptResult {

@@ -25,7 +25,7 @@ use herald_core::error::chain;
 use herald_core::model::{
     Attempt, ClaimRequest, Disposition, Job, Outcome, Settlement, TIMEOUT_MS_LIMIT,
 };
-use herald_core::retry::{due_after, RetryPolicy};
+use herald_core::retry::{self, due_after, AttemptOutcome, RetryPolicy};
 use herald_core::ssrf::TargetGuard;
 use herald_core::telemetry::{self, Metrics};
 use herald_runtime::config::{DeliveryArgs, ShutdownArgs, TargetArgs};
@@ -272,7 +272,7 @@ impl Engine {
             let req = ClaimRequest {
                 max: want,
                 lease: self.config.lease,
-                worker: self.worker.clone(),
+                worker: self.worker.clone().into(),
                 per_subscription: self.config.per_subscription,
                 in_flight: self.in_flight.per_subscription(),
                 byte_budget: self.config.max_inflight_bytes.saturating_sub(bytes),
@@ -410,24 +410,20 @@ impl Engine {
             .config
             .policy
             .with_overrides(sub.retry_schedule(), sub.max_attempts);
-        let last_by_replay = job.final_attempt.is_some_and(|f| job.attempt >= f);
-        // The delay counts from the end of the attempt: a timed-out attempt is not retried at
-        // once.
-        let ended = Utc::now();
-        let (outcome, disposition) = if r.success {
-            (Outcome::Success, Disposition::Delivered)
-        } else if disabled.is_some() {
-            (Outcome::Failure, Disposition::Failed)
-        } else {
-            let retry_at = policy
-                .next_delay(job.attempt, r.retry_after)
-                .filter(|_| !last_by_replay)
-                .and_then(|delay| due_after(ended, delay));
-            match retry_at {
-                Some(at) => (Outcome::FailedAttempt, Disposition::RetryAt(at)),
-                None => (Outcome::Failure, Disposition::Failed),
-            }
-        };
+        let decision = retry::decide(
+            &policy,
+            job.attempt_no,
+            job.final_attempt_no,
+            &AttemptOutcome {
+                success: r.success,
+                http_status: r.http_status,
+                retry_after: r.retry_after,
+                endpoint_disabled: disabled.is_some(),
+            },
+            // Now, the end of the attempt: a timed-out attempt is not retried at once.
+            Utc::now(),
+        );
+        let outcome = decision.outcome();
         self.config.metrics.count_attempt(outcome, r.duration);
         let final_outcome = match outcome {
             Outcome::Success => Some(true),
@@ -440,7 +436,7 @@ impl Engine {
             event_type: job.event_type.clone(),
             target_url: sub.target_url.clone(),
             attempted_at: started,
-            attempt: job.attempt,
+            attempt_no: job.attempt_no,
             outcome,
             http_status: r.http_status,
             error: r.error.clone(),
@@ -448,7 +444,7 @@ impl Engine {
             response_excerpt: r.response_excerpt,
         };
         Done {
-            settlement: self.settlement(job, Some(attempt), disposition, r.error),
+            settlement: self.settlement(job, Some(attempt), decision.disposition(), r.error),
             final_outcome,
         }
     }
@@ -461,7 +457,7 @@ impl Engine {
             event_type: job.event_type.clone(),
             target_url: target_url.to_string(),
             attempted_at: Utc::now(),
-            attempt: job.attempt,
+            attempt_no: job.attempt_no,
             outcome: Outcome::Failure,
             http_status: None,
             error: Some(reason.clone()),
@@ -492,10 +488,10 @@ impl Engine {
         last_error: Option<String>,
     ) -> Settlement {
         Settlement {
-            attempts: if attempt.is_some() {
-                job.attempt
+            attempts_made: if attempt.is_some() {
+                job.attempt_no
             } else {
-                job.attempt - 1
+                job.attempt_no - 1
             },
             attempt,
             webhook_id: job.webhook_id.clone(),
@@ -618,7 +614,9 @@ async fn end_refused(backend: &Backend, s: Settlement, refusal: &herald_core::St
     };
     let parked = Settlement {
         attempt: None,
-        attempts: s.attempts.saturating_sub(u32::from(s.attempt.is_some())),
+        attempts_made: s
+            .attempts_made
+            .saturating_sub(u32::from(s.attempt.is_some())),
         disposition: Disposition::Defer(due_after(now, PARK_FOR).unwrap_or(now)),
         last_error: Some(reason),
         ..s
@@ -635,7 +633,7 @@ async fn end_refused(backend: &Backend, s: Settlement, refusal: &herald_core::St
             }
         }
     }
-    tracing::error!(webhook_id, subscription_id, "could not end or hand back a delivery whose record was refused; its lease is left to the reaper");
+    tracing::error!(%webhook_id, %subscription_id, "could not end or hand back a delivery whose record was refused; its lease is left to the reaper");
 }
 
 /// How long the recorder may hold settlements it cannot write before the process counts as

@@ -29,6 +29,7 @@ use chrono::{DateTime, Utc};
 use herald_core::backend::Intake;
 use herald_core::cache::SubscriptionCache;
 use herald_core::error::chain;
+use herald_core::ids::SubscriptionId;
 use herald_core::model::Subscription;
 use herald_core::ssrf::TargetGuard;
 use herald_core::subscriptions::Subscriptions;
@@ -110,7 +111,7 @@ fn disabled_message(reason: &str) -> String {
 pub struct Health {
     subscriptions: Subscriptions,
     disable_after: Duration,
-    marks: Mutex<HashMap<String, Mark>>,
+    marks: Mutex<HashMap<SubscriptionId, Mark>>,
 }
 
 impl Health {
@@ -323,7 +324,12 @@ mod tests {
             response_excerpt: None,
         };
         assert_eq!(health.observe(&sub, &failed).await, None);
-        let stored = backend.subscriptions.get("sub_h").await.unwrap().unwrap();
+        let stored = backend
+            .subscriptions
+            .get(&"sub_h".into())
+            .await
+            .unwrap()
+            .unwrap();
         assert!(stored.failing_since.is_some(), "the failure was recorded");
     }
 }

@@ -6,12 +6,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use herald_core::ids::SubscriptionId;
 use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::Notify;
 
 #[derive(Default)]
 struct State {
-    per_subscription: HashMap<String, usize>,
+    per_subscription: HashMap<SubscriptionId, usize>,
     bytes: usize,
 }
 
@@ -31,7 +32,7 @@ impl InFlight {
     }
 
     /// Deliveries in flight per subscription (subscriptions with none are absent).
-    pub fn per_subscription(&self) -> HashMap<String, usize> {
+    pub fn per_subscription(&self) -> HashMap<SubscriptionId, usize> {
         self.lock().per_subscription.clone()
     }
 
@@ -44,15 +45,15 @@ impl InFlight {
     }
 
     /// Counts one delivery of `subscription` until the slot is dropped.
-    pub fn enter(self: &Arc<Self>, subscription: &str) -> Slot {
+    pub fn enter(self: &Arc<Self>, subscription: &SubscriptionId) -> Slot {
         *self
             .lock()
             .per_subscription
-            .entry(subscription.to_string())
+            .entry(subscription.clone())
             .or_default() += 1;
         Slot {
             owner: self.clone(),
-            subscription: subscription.to_string(),
+            subscription: subscription.clone(),
         }
     }
 
@@ -80,7 +81,7 @@ impl InFlight {
 /// One delivery counted against its subscription's concurrency.
 pub struct Slot {
     owner: Arc<InFlight>,
-    subscription: String,
+    subscription: SubscriptionId,
 }
 
 impl Drop for Slot {
@@ -122,9 +123,9 @@ mod tests {
     #[test]
     fn slots_and_charges_are_given_back_on_drop() {
         let f = Arc::new(InFlight::default());
-        let a1 = f.enter("sub_a");
-        let a2 = f.enter("sub_a");
-        let b = f.enter("sub_b");
+        let a1 = f.enter(&"sub_a".into());
+        let a2 = f.enter(&"sub_a".into());
+        let b = f.enter(&"sub_b".into());
         let c = Arc::new(f.charge(1000));
         let shared = c.clone();
         assert_eq!(f.per_subscription()["sub_a"], 2);
@@ -142,7 +143,7 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_attempt_gives_its_slot_back() {
         let f = Arc::new(InFlight::default());
-        let held = (f.enter("sub_p"), Arc::new(f.charge(64)));
+        let held = (f.enter(&"sub_p".into()), Arc::new(f.charge(64)));
         let task = tokio::spawn(async move {
             let _held = held;
             tokio::task::yield_now().await;

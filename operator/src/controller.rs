@@ -174,10 +174,10 @@ pub fn owned_id(obj: &WebhookSubscription) -> Result<String, Error> {
         .as_ref()
         .map(|t| u64::try_from(t.0.as_millisecond()).unwrap_or(0))
         .unwrap_or(0);
-    Ok(herald_core::ids::owned_subscription_id(
-        created_ms,
-        &format!("{OWNER_KIND}/{uid}"),
-    ))
+    Ok(
+        herald_core::ids::owned_subscription_id(created_ms, &format!("{OWNER_KIND}/{uid}"))
+            .into_string(),
+    )
 }
 
 pub async fn reconcile(obj: Arc<WebhookSubscription>, ctx: Arc<Context>) -> Result<Action, Error> {

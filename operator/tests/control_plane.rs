@@ -432,7 +432,12 @@ async fn the_example_is_reconciled_updated_refused_and_deleted() {
     )
     .await;
     assert!(stored(&backend, &ns, "orders").await.is_none());
-    assert!(backend.subscriptions.get(&id).await.unwrap().is_none());
+    assert!(backend
+        .subscriptions
+        .get(&herald_core::ids::SubscriptionId::from(&id))
+        .await
+        .unwrap()
+        .is_none());
 
     // The health listener answers.
     let body = http_get(op.addr, "/readyz").await;

@@ -663,7 +663,7 @@ impl herald_core::backend::SubscriptionStore for Down {
     }
     async fn get(
         &self,
-        _: &str,
+        _: &herald_core::ids::SubscriptionId,
     ) -> herald_core::backend::Result<Option<herald_core::model::Subscription>> {
         Err(herald_core::StoreError::unavailable("down"))
     }
@@ -692,12 +692,15 @@ impl herald_core::backend::SubscriptionStore for Down {
     ) -> herald_core::backend::Result<()> {
         Err(herald_core::StoreError::unavailable("down"))
     }
-    async fn remove(&self, _: &str) -> herald_core::backend::Result<bool> {
+    async fn remove(
+        &self,
+        _: &herald_core::ids::SubscriptionId,
+    ) -> herald_core::backend::Result<bool> {
         Err(herald_core::StoreError::unavailable("down"))
     }
     async fn record_health(
         &self,
-        _: &str,
+        _: &herald_core::ids::SubscriptionId,
         _: &herald_core::backend::HealthChange,
     ) -> herald_core::backend::Result<bool> {
         Err(herald_core::StoreError::unavailable("down"))

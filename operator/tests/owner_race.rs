@@ -60,6 +60,7 @@ async fn upsert(subs: &Subscriptions, w: &WebhookSubscription) -> String {
     .await
     .unwrap()
     .id
+    .into_string()
 }
 
 async fn two_leaders_make_one_subscription_per_resource(backend: Backend) {

@@ -28,7 +28,7 @@ fn attempt(webhook: &str, sub: &str, n: u32, outcome: Outcome, age: ChronoDurati
         event_type: Some("order.created".into()),
         target_url: "https://receiver.example/hook".into(),
         attempted_at: Utc::now() - age,
-        attempt: n,
+        attempt_no: n,
         outcome,
         http_status: Some(500),
         error: Some("HTTP 500".into()),
@@ -43,7 +43,7 @@ fn settle(job: &herald_core::model::Job, disposition: Disposition) -> Settlement
         webhook_id: job.webhook_id.clone(),
         subscription_id: job.subscription_id.clone(),
         receipt: job.receipt.clone(),
-        attempts: job.attempt,
+        attempts_made: job.attempt_no,
         disposition,
         last_error: None,
     }
@@ -147,8 +147,8 @@ pub async fn subscriptions_crud(b: Backend) {
     ));
     s.insert(&subscription("sub_b")).await.unwrap();
     s.insert(&subscription("sub_c")).await.unwrap();
-    assert_eq!(s.get("sub_a").await.unwrap().unwrap(), a);
-    assert!(s.get("sub_zz").await.unwrap().is_none());
+    assert_eq!(s.get(&"sub_a".into()).await.unwrap().unwrap(), a);
+    assert!(s.get(&"sub_zz".into()).await.unwrap().is_none());
     let page: Vec<_> = s
         .list(2, None)
         .await
@@ -170,15 +170,15 @@ pub async fn subscriptions_crud(b: Backend) {
     a.headers.insert("X-Team".into(), "shop".into());
     s.replace(&a, ReplaceHealth::Write).await.unwrap();
     a.version += 1;
-    assert_eq!(s.get("sub_a").await.unwrap().unwrap(), a);
+    assert_eq!(s.get(&"sub_a".into()).await.unwrap().unwrap(), a);
     assert!(matches!(
         s.replace(&subscription("sub_missing"), ReplaceHealth::Write)
             .await,
         Err(herald_core::StoreError::NotFound)
     ));
     assert_eq!(s.list_all().await.unwrap().len(), 3);
-    assert!(s.remove("sub_a").await.unwrap());
-    assert!(!s.remove("sub_a").await.unwrap());
+    assert!(s.remove(&"sub_a".into()).await.unwrap());
+    assert!(!s.remove(&"sub_a".into()).await.unwrap());
     assert_eq!(s.list_all().await.unwrap().len(), 2);
 }
 
@@ -245,7 +245,7 @@ pub async fn publish_claim_settle(b: Backend) {
 
     let claimed = claim(q, 10, LEASE).await;
     assert_eq!(claimed.jobs.len(), 2);
-    assert!(claimed.jobs.iter().all(|j| j.attempt == 1));
+    assert!(claimed.jobs.iter().all(|j| j.attempt_no == 1));
     assert_eq!(claim(q, 10, LEASE).await.jobs.len(), 0);
     assert_eq!(b.intake.stats().await.unwrap().in_flight, 2);
     assert_eq!(
@@ -315,12 +315,12 @@ pub async fn retries_wait_until_due(b: Backend) {
     assert!((next - due).num_milliseconds().abs() < 5);
     assert_eq!(b.intake.stats().await.unwrap().scheduled, 1);
     let rec = b.intake.webhook("msg_r").await.unwrap().unwrap();
-    assert_eq!(rec.deliveries[0].attempts, 1);
+    assert_eq!(rec.deliveries[0].attempts_made, 1);
     assert!(rec.deliveries[0].next_attempt_at.is_some());
     tokio::time::sleep(Duration::from_millis(350)).await;
     let again = claim(q, 1, LEASE).await.jobs;
     assert_eq!(again.len(), 1);
-    assert_eq!(again[0].attempt, 2);
+    assert_eq!(again[0].attempt_no, 2);
 }
 
 pub async fn expired_leases_are_reclaimed(b: Backend) {
@@ -337,7 +337,7 @@ pub async fn expired_leases_are_reclaimed(b: Backend) {
     assert_eq!(second.len(), 1, "a dead worker's lease expires");
     assert_eq!(second[0].webhook_id, "msg_l");
     assert_eq!(
-        second[0].attempt, 1,
+        second[0].attempt_no, 1,
         "no attempt was recorded by the dead worker"
     );
 }
@@ -420,7 +420,7 @@ pub async fn idempotency_keys_expire_with_the_window(b: Backend, clock: &impl Re
         .await
         .jobs
         .into_iter()
-        .map(|j| j.webhook_id)
+        .map(|j| j.webhook_id.to_string())
         .collect();
     queued.sort();
     assert_eq!(queued, ["msg_w1", "msg_w3"]);
@@ -443,8 +443,8 @@ pub async fn replay_and_expedite(b: Backend) {
         .unwrap();
     assert_eq!(b.intake.replay("msg_x").await.unwrap(), 1);
     let again = claim(q, 1, LEASE).await.jobs.remove(0);
-    assert_eq!(again.attempt, 2);
-    assert_eq!(again.final_attempt, Some(2));
+    assert_eq!(again.attempt_no, 2);
+    assert_eq!(again.final_attempt_no, Some(2));
 
     b.intake
         .publish(publish("msg_y", &["sub_b"], b"{}"))
@@ -482,11 +482,11 @@ pub async fn attempt_log_order_and_retention(b: Backend) {
         vec!["msg_2", "msg_1", "msg_1"],
         "newest first"
     );
-    assert_eq!(recent[2].attempt, 1);
+    assert_eq!(recent[2].attempt_no, 1);
     assert_eq!(log.by_subscription("sub_a", 1).await.unwrap().len(), 1);
     let by_webhook = log.by_webhook("msg_1").await.unwrap();
     assert_eq!(
-        by_webhook.iter().map(|a| a.attempt).collect::<Vec<_>>(),
+        by_webhook.iter().map(|a| a.attempt_no).collect::<Vec<_>>(),
         vec![1, 2]
     );
     let a = &by_webhook[1];
@@ -555,7 +555,7 @@ pub async fn purge_keeps_events_whose_deliveries_are_open(b: Backend) {
         Outcome::FailedAttempt,
         ChronoDuration::zero(),
     ));
-    retry.attempts = 1;
+    retry.attempts_made = 1;
     q.settle(vec![retry]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
     // Everything received until now is past the retention.
@@ -564,7 +564,7 @@ pub async fn purge_keeps_events_whose_deliveries_are_open(b: Backend) {
     tokio::time::sleep(Duration::from_millis(250)).await;
     // The subscription is paused: the delivery is deferred, unattempted.
     let job = claim(q, 1, LEASE).await.jobs.remove(0);
-    assert_eq!(job.attempt, 2);
+    assert_eq!(job.attempt_no, 2);
     q.settle(vec![settle(&job, Disposition::Defer(soon()))])
         .await
         .unwrap();
@@ -581,7 +581,7 @@ pub async fn purge_keeps_events_whose_deliveries_are_open(b: Backend) {
         Outcome::Failure,
         ChronoDuration::zero(),
     ));
-    failed.attempts = 2;
+    failed.attempts_made = 2;
     failed.last_error = Some("HTTP 500".into());
     q.settle(vec![failed]).await.unwrap();
     let rec = b
@@ -597,7 +597,7 @@ pub async fn purge_keeps_events_whose_deliveries_are_open(b: Backend) {
         "and replayed"
     );
     let again = claim(q, 1, LEASE).await.jobs.remove(0);
-    assert_eq!((again.attempt, &again.payload[..]), (3, &payload[..]));
+    assert_eq!((again.attempt_no, &again.payload[..]), (3, &payload[..]));
 }
 
 fn success(job: &Job) -> Settlement {
@@ -605,7 +605,7 @@ fn success(job: &Job) -> Settlement {
     let mut a = attempt(
         &job.webhook_id,
         &job.subscription_id,
-        job.attempt,
+        job.attempt_no,
         Outcome::Success,
         ChronoDuration::zero(),
     );
@@ -730,7 +730,7 @@ pub async fn reaping_frees_only_dead_workers(b: Backend) {
     );
     assert!(again
         .iter()
-        .all(|j| j.webhook_id == "msg_dead" && j.attempt == 1));
+        .all(|j| j.webhook_id == "msg_dead" && j.attempt_no == 1));
     // The dead worker's late settlements are stale; the live worker's lease was untouched.
     let late: Vec<_> = dead.iter().map(success).collect();
     assert_eq!(q.settle(late).await.unwrap(), 2);
@@ -811,7 +811,7 @@ pub async fn claims_honour_per_subscription_caps(b: Backend) {
     req.per_subscription = 1;
     req.in_flight = ["sub_a", "sub_b", "sub_c"]
         .iter()
-        .map(|s| (s.to_string(), 1))
+        .map(|s| ((*s).into(), 1))
         .collect();
     let none = q.claim(&req).await.unwrap();
     assert!(none.jobs.is_empty());
@@ -960,7 +960,7 @@ pub async fn replaces_are_versioned(b: Backend) {
     let stale = a.clone();
     a.event_types = vec!["one".into()];
     s.replace(&a, ReplaceHealth::Write).await.unwrap();
-    let stored = s.get("sub_v").await.unwrap().unwrap();
+    let stored = s.get(&"sub_v".into()).await.unwrap().unwrap();
     assert_eq!((stored.version, &stored.event_types), (1, &a.event_types));
     assert!(
         matches!(
@@ -971,10 +971,10 @@ pub async fn replaces_are_versioned(b: Backend) {
     );
     let since = chrono::DateTime::from_timestamp(1_800_000_000, 123_456_789).unwrap();
     assert!(s
-        .record_health("sub_v", &HealthChange::FailingSince(Some(since)))
+        .record_health(&"sub_v".into(), &HealthChange::FailingSince(Some(since)))
         .await
         .unwrap());
-    let stored = s.get("sub_v").await.unwrap().unwrap();
+    let stored = s.get(&"sub_v".into()).await.unwrap().unwrap();
     assert_eq!(stored.failing_since, Some(since));
     assert_eq!(stored.event_types, a.event_types, "only the health fields");
     assert_eq!(stored.version, 1);
@@ -984,7 +984,7 @@ pub async fn replaces_are_versioned(b: Backend) {
     rotated.secret = Some("rotated-secret-0123456789".into());
     rotated.updated_at = chrono::DateTime::from_timestamp(1_800_000_100, 0).unwrap();
     s.replace(&rotated, ReplaceHealth::Keep).await.unwrap();
-    let stored = s.get("sub_v").await.unwrap().unwrap();
+    let stored = s.get(&"sub_v".into()).await.unwrap().unwrap();
     assert_eq!(stored.failing_since, Some(since), "health kept");
     assert_eq!(stored.secret, rotated.secret);
     assert_eq!(stored.updated_at, rotated.updated_at);
@@ -993,12 +993,12 @@ pub async fn replaces_are_versioned(b: Backend) {
         at: since,
         reason: "gone".into(),
     };
-    assert!(s.record_health("sub_v", &disable).await.unwrap());
+    assert!(s.record_health(&"sub_v".into(), &disable).await.unwrap());
     assert!(
-        !s.record_health("sub_v", &disable).await.unwrap(),
+        !s.record_health(&"sub_v".into(), &disable).await.unwrap(),
         "disabled once"
     );
-    let stored = s.get("sub_v").await.unwrap().unwrap();
+    let stored = s.get(&"sub_v".into()).await.unwrap().unwrap();
     assert_eq!(stored.disabled_reason.as_deref(), Some("gone"));
     assert_eq!(stored.disabled_at, Some(since));
     // A PUT writes its own health: cleared, the subscription is enabled again.
@@ -1007,11 +1007,11 @@ pub async fn replaces_are_versioned(b: Backend) {
     put.disabled_at = None;
     put.disabled_reason = None;
     s.replace(&put, ReplaceHealth::Write).await.unwrap();
-    let stored = s.get("sub_v").await.unwrap().unwrap();
+    let stored = s.get(&"sub_v".into()).await.unwrap().unwrap();
     assert!(!stored.is_disabled() && stored.failing_since.is_none());
     assert_eq!(stored.version, 3);
     assert!(!s
-        .record_health("sub_gone", &HealthChange::FailingSince(None))
+        .record_health(&"sub_gone".into(), &HealthChange::FailingSince(None))
         .await
         .unwrap());
 }

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use chrono::Utc;
-use herald_core::model::{Event, IdempotencyKey, Publish, PublishOutcome};
+use herald_core::model::{DeliveryState, Event, IdempotencyKey, Publish, PublishOutcome};
 use herald_core::signing::{SigningKeys, HUB_SIGNATURE_HEADER};
 
 use crate::error::{ApiError, ErrorBody};
@@ -129,7 +129,7 @@ pub async fn ingest(
 ) -> Result<Response, ApiError> {
     let sub = st
         .cache
-        .get(super::subscription_id(&subscription_id)?)
+        .get(&super::subscription_id(&subscription_id)?)
         .await?
         .ok_or(ApiError::NotFound("subscription"))?;
     let body = checked_body(&st, &headers, body)?;
@@ -180,16 +180,16 @@ pub async fn ingest(
     Ok(match publish(&st, p).await? {
         PublishOutcome::Accepted => replayed(
             IngestAccepted {
-                webhook_id,
-                status: "queued",
+                webhook_id: webhook_id.into(),
+                status: DeliveryState::Queued.as_str(),
             },
             false,
         ),
         PublishOutcome::KeyReused { webhook_id } => return Err(key_reused(&webhook_id)),
         PublishOutcome::Duplicate { webhook_id, .. } => replayed(
             IngestAccepted {
-                webhook_id,
-                status: "queued",
+                webhook_id: webhook_id.into(),
+                status: DeliveryState::Queued.as_str(),
             },
             true,
         ),
@@ -237,7 +237,7 @@ pub async fn fanout(
     Ok(match publish(&st, p).await? {
         PublishOutcome::Accepted => replayed(
             FanoutAccepted {
-                webhook_id,
+                webhook_id: webhook_id.into(),
                 matched,
             },
             false,
@@ -248,7 +248,7 @@ pub async fn fanout(
             matched,
         } => replayed(
             FanoutAccepted {
-                webhook_id,
+                webhook_id: webhook_id.into(),
                 matched,
             },
             true,

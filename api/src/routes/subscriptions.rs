@@ -58,7 +58,7 @@ pub async fn get(
 ) -> Result<Json<SubscriptionView>, ApiError> {
     Ok(Json(
         st.subscriptions
-            .get(super::subscription_id(&id)?)
+            .get(&super::subscription_id(&id)?)
             .await?
             .into(),
     ))
@@ -76,7 +76,7 @@ pub async fn replace(
 ) -> Result<Json<SubscriptionView>, ApiError> {
     Ok(Json(
         st.subscriptions
-            .update(super::subscription_id(&id)?, &spec, &Caller::Api)
+            .update(&super::subscription_id(&id)?, &spec, &Caller::Api)
             .await?
             .into(),
     ))
@@ -93,7 +93,7 @@ pub async fn patch(
 ) -> Result<Json<SubscriptionView>, ApiError> {
     Ok(Json(
         st.subscriptions
-            .patch(super::subscription_id(&id)?, patch, &Caller::Api)
+            .patch(&super::subscription_id(&id)?, patch, &Caller::Api)
             .await?
             .into(),
     ))
@@ -107,7 +107,7 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     st.subscriptions
-        .delete(super::subscription_id(&id)?, &Caller::Api)
+        .delete(&super::subscription_id(&id)?, &Caller::Api)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -152,7 +152,7 @@ pub async fn rotate_secret(
         .map_err(|m| ApiError::BadRequest(format!("invalid overlap: {m}")))?;
     let rotated = st
         .subscriptions
-        .rotate_secret(id, req.secret, overlap, &Caller::Api)
+        .rotate_secret(&id, req.secret, overlap, &Caller::Api)
         .await?;
     Ok(Json(SecretRotated {
         previous_secret_expires_at: rotated.subscription.previous_secret_expires_at,

@@ -77,7 +77,7 @@ pub async fn recent(
     Path(id): Path<String>,
     Query(p): Query<RecentParams>,
 ) -> Result<Json<AttemptList>, ApiError> {
-    super::subscription_id(&id)?;
+    let id = super::subscription_id(&id)?;
     let limit = p.limit.unwrap_or(20).clamp(1, MAX_ATTEMPTS_LISTED);
     let data = st.backend.attempts.by_subscription(&id, limit).await?;
     // A deleted subscription's log stays readable until retention removes it.
@@ -85,7 +85,7 @@ pub async fn recent(
         return Err(ApiError::NotFound("subscription"));
     }
     Ok(Json(AttemptList {
-        subscription_id: id,
+        subscription_id: id.into(),
         data,
     }))
 }

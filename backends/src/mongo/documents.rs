@@ -7,9 +7,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use herald_core::backend::{ArchivedEvent, SettledDelivery};
-use herald_core::model::{
-    Attempt, DeliveryState, DeliveryStatus, Event, Outcome, Owner, Subscription,
-};
+use herald_core::model::{Attempt, DeliveryStatus, Event, Owner, Subscription};
 use herald_core::StoreError;
 use mongodb::bson::spec::BinarySubtype;
 use mongodb::bson::{doc, Binary, Bson, DateTime as BsonDateTime, Document};
@@ -214,7 +212,7 @@ pub fn subscription_doc(s: &Subscription) -> Document {
         Bson::Document(doc! { "kind": &o.kind, "namespace": &o.namespace, "name": &o.name })
     });
     let mut d = doc! {
-        "_id": &s.id,
+        "_id": s.id.as_str(),
         "target_url": &s.target_url,
         "event_types": &s.event_types,
         "secret": opt_str(&s.secret),
@@ -313,7 +311,7 @@ pub fn subscription_from(d: &Document) -> Decoded<Subscription> {
         ),
     };
     Ok(Subscription {
-        id: f.string("_id")?,
+        id: f.string("_id")?.into(),
         target_url: f.string("target_url")?,
         event_types: f.strings("event_types")?,
         secret: f.opt_string("secret")?,
@@ -335,23 +333,15 @@ pub fn subscription_from(d: &Document) -> Decoded<Subscription> {
     })
 }
 
-fn outcome_name(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Success => "Success",
-        Outcome::FailedAttempt => "FailedAttempt",
-        Outcome::Failure => "Failure",
-    }
-}
-
 pub fn attempt_doc(a: &Attempt) -> Document {
     let mut d = doc! {
-        "_id": attempt_id(&a.webhook_id, &a.subscription_id, a.attempt),
-        "webhook_id": &a.webhook_id,
-        "subscription_id": &a.subscription_id,
-        "attempt": int(a.attempt.into()),
+        "_id": attempt_id(&a.webhook_id, &a.subscription_id, a.attempt_no),
+        "webhook_id": a.webhook_id.as_str(),
+        "subscription_id": a.subscription_id.as_str(),
+        "attempt": int(a.attempt_no.into()),
         "target_url": &a.target_url,
         "attempted_at": date(a.attempted_at),
-        "outcome": outcome_name(a.outcome),
+        "outcome": a.outcome.as_str(),
         "duration_ms": int(a.duration_ms),
     };
     // Absent values are left out rather than stored as null: this is the one document written
@@ -373,19 +363,17 @@ fn put_some_str(d: &mut Document, key: &str, s: &Option<String>) {
 
 pub fn attempt_from(d: &Document) -> Decoded<Attempt> {
     let f = Fields::new(d, "attempts");
-    let outcome = match f.string("outcome")?.as_str() {
-        "Success" => Outcome::Success,
-        "FailedAttempt" => Outcome::FailedAttempt,
-        "Failure" => Outcome::Failure,
-        _ => return Err(f.err("outcome", "is not an outcome")),
-    };
+    let outcome = f
+        .string("outcome")?
+        .parse()
+        .map_err(|_| f.err("outcome", "is not an outcome"))?;
     Ok(Attempt {
-        webhook_id: f.string("webhook_id")?,
-        subscription_id: f.string("subscription_id")?,
+        webhook_id: f.string("webhook_id")?.into(),
+        subscription_id: f.string("subscription_id")?.into(),
         event_type: f.opt_string("event_type")?,
         target_url: f.string("target_url")?,
         attempted_at: f.time("attempted_at")?,
-        attempt: f.unsigned("attempt")?,
+        attempt_no: f.unsigned("attempt")?,
         outcome,
         http_status: f.opt_unsigned("http_status")?,
         error: f.opt_string("error")?,
@@ -396,7 +384,7 @@ pub fn attempt_from(d: &Document) -> Decoded<Attempt> {
 
 pub fn event_doc(e: &ArchivedEvent) -> Document {
     let mut d = doc! {
-        "_id": &e.event.webhook_id,
+        "_id": e.event.webhook_id.as_str(),
         "payload": Binary { subtype: BinarySubtype::Generic, bytes: e.event.payload.to_vec() },
         "received_at": date(e.event.received_at),
         "subscription_ids": &e.subscription_ids,
@@ -416,7 +404,7 @@ pub fn event_from(d: &Document) -> Decoded<ArchivedEvent> {
     };
     Ok(ArchivedEvent {
         event: Event {
-            webhook_id: f.string("_id")?,
+            webhook_id: f.string("_id")?.into(),
             event_type: f.opt_string("event_type")?,
             payload,
             received_at: f.time("received_at")?,
@@ -426,23 +414,14 @@ pub fn event_from(d: &Document) -> Decoded<ArchivedEvent> {
     })
 }
 
-fn state_name(s: DeliveryState) -> &'static str {
-    match s {
-        DeliveryState::Queued => "queued",
-        DeliveryState::Delivering => "delivering",
-        DeliveryState::Succeeded => "succeeded",
-        DeliveryState::Failed => "failed",
-    }
-}
-
 pub fn delivery_doc(s: &SettledDelivery) -> Document {
     let d = &s.status;
     doc! {
         "_id": delivery_id(&s.webhook_id, &d.subscription_id),
         "webhook_id": &s.webhook_id,
-        "subscription_id": &d.subscription_id,
-        "status": state_name(d.status),
-        "attempts": int(d.attempts.into()),
+        "subscription_id": d.subscription_id.as_str(),
+        "status": d.status.as_str(),
+        "attempts": int(d.attempts_made.into()),
         "last_error": opt_str(&d.last_error),
         "settled_at": date(s.settled_at),
     }
@@ -450,19 +429,16 @@ pub fn delivery_doc(s: &SettledDelivery) -> Document {
 
 pub fn delivery_from(d: &Document) -> Decoded<SettledDelivery> {
     let f = Fields::new(d, "deliveries");
-    let status = match f.string("status")?.as_str() {
-        "queued" => DeliveryState::Queued,
-        "delivering" => DeliveryState::Delivering,
-        "succeeded" => DeliveryState::Succeeded,
-        "failed" => DeliveryState::Failed,
-        _ => return Err(f.err("status", "is not a delivery state")),
-    };
+    let status = f
+        .string("status")?
+        .parse()
+        .map_err(|_| f.err("status", "is not a delivery state"))?;
     Ok(SettledDelivery {
         webhook_id: f.string("webhook_id")?,
         status: DeliveryStatus {
-            subscription_id: f.string("subscription_id")?,
+            subscription_id: f.string("subscription_id")?.into(),
             status,
-            attempts: f.unsigned("attempts")?,
+            attempts_made: f.unsigned("attempts")?,
             next_attempt_at: None,
             last_error: f.opt_string("last_error")?,
         },

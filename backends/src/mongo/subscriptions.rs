@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use herald_core::backend::{HealthChange, ReplaceHealth, Result, SubscriptionStore};
+use herald_core::ids::SubscriptionId;
 use herald_core::model::{Owner, Subscription};
 use herald_core::StoreError;
 use mongodb::bson::{doc, Bson, Document};
@@ -56,10 +57,10 @@ impl SubscriptionStore for Subscriptions {
         }
     }
 
-    async fn get(&self, id: &str) -> Result<Option<Subscription>> {
+    async fn get(&self, id: &SubscriptionId) -> Result<Option<Subscription>> {
         let found = self
             .coll
-            .find_one(doc! { "_id": id })
+            .find_one(doc! { "_id": id.as_str() })
             .await
             .map_err(|e| convert("reading a subscription", e))?;
         Ok(found.as_ref().map(subscription_from).transpose()?)
@@ -105,9 +106,9 @@ impl SubscriptionStore for Subscriptions {
     async fn replace(&self, sub: &Subscription, health: ReplaceHealth) -> Result<()> {
         let expected = i64::try_from(sub.version).unwrap_or(i64::MAX);
         let filter = if expected == 0 {
-            doc! { "_id": &sub.id, "version": { "$in": [0_i64, Bson::Null] } }
+            doc! { "_id": sub.id.as_str(), "version": { "$in": [0_i64, Bson::Null] } }
         } else {
-            doc! { "_id": &sub.id, "version": expected }
+            doc! { "_id": sub.id.as_str(), "version": expected }
         };
         let mut next = sub.clone();
         next.version = sub.version + 1;
@@ -142,17 +143,17 @@ impl SubscriptionStore for Subscriptions {
     /// One `update_one` with `$set` on the health fields only: the rest of the record and its
     /// version are never written, so a concurrent replace is neither reverted nor made to
     /// redo its change.
-    async fn record_health(&self, id: &str, change: &HealthChange) -> Result<bool> {
+    async fn record_health(&self, id: &SubscriptionId, change: &HealthChange) -> Result<bool> {
         let (filter, set) = match change {
             HealthChange::FailingSince(since) => (
-                doc! { "_id": id },
+                doc! { "_id": id.as_str() },
                 exact_time_fields("failing_since", *since),
             ),
             HealthChange::Disable { at, reason } => {
                 let mut set = exact_time_fields("disabled_at", Some(*at));
                 set.insert("disabled_reason", reason.as_str());
                 // Only an enabled record: one disable is recorded (and counted) once.
-                (doc! { "_id": id, "disabled_at": Bson::Null }, set)
+                (doc! { "_id": id.as_str(), "disabled_at": Bson::Null }, set)
             }
         };
         let done = self
@@ -163,10 +164,10 @@ impl SubscriptionStore for Subscriptions {
         Ok(done.matched_count > 0)
     }
 
-    async fn remove(&self, id: &str) -> Result<bool> {
+    async fn remove(&self, id: &SubscriptionId) -> Result<bool> {
         let done = self
             .coll
-            .delete_one(doc! { "_id": id })
+            .delete_one(doc! { "_id": id.as_str() })
             .await
             .map_err(|e| convert("deleting a subscription", e))?;
         Ok(done.deleted_count > 0)

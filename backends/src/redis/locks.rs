@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use herald_core::backend::{HealthChange, ReplaceHealth, Result, SubscriptionStore};
+use herald_core::ids::SubscriptionId;
 use herald_core::model::{Owner, Subscription};
 use herald_core::StoreError;
 
@@ -96,7 +97,7 @@ impl SubscriptionStore for Serialized {
     async fn insert(&self, sub: &Subscription) -> Result<()> {
         self.inner.insert(sub).await
     }
-    async fn get(&self, id: &str) -> Result<Option<Subscription>> {
+    async fn get(&self, id: &SubscriptionId) -> Result<Option<Subscription>> {
         self.inner.get(id).await
     }
     async fn find_by_owner(&self, owner: &Owner) -> Result<Option<Subscription>> {
@@ -111,10 +112,10 @@ impl SubscriptionStore for Serialized {
     async fn replace(&self, sub: &Subscription, health: ReplaceHealth) -> Result<()> {
         self.locked(&sub.id, self.inner.replace(sub, health)).await
     }
-    async fn record_health(&self, id: &str, change: &HealthChange) -> Result<bool> {
+    async fn record_health(&self, id: &SubscriptionId, change: &HealthChange) -> Result<bool> {
         self.locked(id, self.inner.record_health(id, change)).await
     }
-    async fn remove(&self, id: &str) -> Result<bool> {
+    async fn remove(&self, id: &SubscriptionId) -> Result<bool> {
         self.locked(id, self.inner.remove(id)).await
     }
     async fn ping(&self) -> Result<()> {

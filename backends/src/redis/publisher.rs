@@ -239,7 +239,7 @@ fn record(p: &Publish) -> Result<Vec<u8>> {
             let distinct: Vec<&str> = p
                 .subscription_ids
                 .iter()
-                .map(String::as_str)
+                .map(|s| s.as_str())
                 .filter(|s| seen.insert(*s))
                 .collect();
             serde_json::to_writer(&mut r, &distinct)
@@ -263,7 +263,7 @@ async fn run_script<'a>(
     let mut ids = Vec::new();
     for p in events {
         let (e, idem) = (&p.event, &p.idempotency);
-        inv.arg(&e.webhook_id)
+        inv.arg(e.webhook_id.as_str())
             .arg(u8::from(e.event_type.is_some()))
             .arg(e.event_type.as_deref().unwrap_or(""))
             .arg(e.received_at.timestamp_millis())
@@ -276,7 +276,7 @@ async fn run_script<'a>(
         };
         inv.arg(p.subscription_ids.len());
         for sid in &p.subscription_ids {
-            inv.arg(sid);
+            inv.arg(sid.as_str());
         }
         ids.push(e.webhook_id.as_str());
     }
@@ -310,10 +310,12 @@ fn outcome(reply: Vec<redis::Value>, webhook_id: &str) -> Result<PublishOutcome>
     match (kind.as_str(), first) {
         ("accepted", _) => Ok(PublishOutcome::Accepted),
         ("duplicate", Some(webhook_id)) => Ok(PublishOutcome::Duplicate {
-            webhook_id,
+            webhook_id: webhook_id.into(),
             matched: matched.unwrap_or(0),
         }),
-        ("reused", Some(webhook_id)) => Ok(PublishOutcome::KeyReused { webhook_id }),
+        ("reused", Some(webhook_id)) => Ok(PublishOutcome::KeyReused {
+            webhook_id: webhook_id.into(),
+        }),
         ("exists", _) => Err(StoreError::Conflict(format!(
             "webhook {webhook_id} is stored already"
         ))),

@@ -100,13 +100,13 @@ impl Transport for RedisTransport {
         }
         let mut inv = SCRIPTS.lease.prepare_invoke();
         inv.arg(self.prefix())
-            .arg(&req.worker)
+            .arg(req.worker.as_str())
             .arg(req.lease.as_millis() as u64)
             .arg(req.max)
             .arg(req.per_subscription.min(MAX_BUDGET))
             .arg(req.byte_budget.min(MAX_BUDGET));
         for (sid, n) in &req.in_flight {
-            inv.arg(sid).arg(*n);
+            inv.arg(sid.as_str()).arg(*n);
         }
         let mut conn = self.shared.conn();
         let (next_due, payloads, jobs, dropped): LeaseReply =
@@ -140,7 +140,7 @@ impl Transport for RedisTransport {
                 listed[idx - 1] = true;
                 unarchived.push(ArchivedEvent {
                     event: Event {
-                        webhook_id: webhook_id.clone(),
+                        webhook_id: webhook_id.clone().into(),
                         event_type: event_type.clone(),
                         payload: payload.clone(),
                         received_at: from_ms(*received_at),
@@ -153,13 +153,13 @@ impl Transport for RedisTransport {
                 redelivered.push(out.len());
             }
             out.push(Job {
-                receipt: receipt(&webhook_id, &subscription_id, token),
-                webhook_id,
-                subscription_id,
+                receipt: receipt(&webhook_id, &subscription_id, token).into(),
+                webhook_id: webhook_id.into(),
+                subscription_id: subscription_id.into(),
                 event_type: event_type.clone(),
                 payload: payload.clone(),
-                attempt: attempts + 1,
-                final_attempt,
+                attempt_no: attempts + 1,
+                final_attempt_no: final_attempt,
             });
         }
         Ok(Leased {
@@ -249,7 +249,7 @@ impl Transport for RedisTransport {
                 .arg(token)
                 .arg(kind)
                 .arg(delay)
-                .arg(s.attempts)
+                .arg(s.attempts_made)
                 .arg(u8::from(s.last_error.is_some()))
                 .arg(s.last_error.as_deref().unwrap_or(""));
             any = true;
@@ -337,13 +337,13 @@ impl Transport for RedisTransport {
                 .map(|(subscription_id, state, attempts, due, last_error)| {
                     let queued = state == "queued";
                     DeliveryStatus {
-                        subscription_id,
+                        subscription_id: subscription_id.into(),
                         status: if queued && attempts == 0 {
                             DeliveryState::Queued
                         } else {
                             DeliveryState::Delivering
                         },
-                        attempts,
+                        attempts_made: attempts,
                         next_attempt_at: queued.then(|| from_ms(due)),
                         last_error,
                     }
@@ -361,15 +361,15 @@ impl Transport for RedisTransport {
             .map_err(|e| StoreError::backend_by("encoding subscription ids", e))?;
         let mut inv = SCRIPTS.requeue.prepare_invoke();
         inv.arg(self.prefix())
-            .arg(&e.webhook_id)
+            .arg(e.webhook_id.as_str())
             .arg(u8::from(e.event_type.is_some()))
             .arg(e.event_type.as_deref().unwrap_or(""))
             .arg(e.received_at.timestamp_millis())
             .arg(&e.payload[..])
             .arg(subs);
         for d in deliveries {
-            inv.arg(&d.subscription_id)
-                .arg(d.attempts)
+            inv.arg(d.subscription_id.as_str())
+                .arg(d.attempts_made)
                 .arg(u8::from(d.last_error.is_some()))
                 .arg(d.last_error.as_deref().unwrap_or(""));
         }

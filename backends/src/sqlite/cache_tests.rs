@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use herald_core::backend::{Result, SubscriptionStore};
 use herald_core::cache::*;
+use herald_core::ids::SubscriptionId;
 use herald_core::model::Subscription;
 use herald_core::testkit;
 use herald_core::StoreError;
@@ -39,7 +40,7 @@ impl SubscriptionStore for Flaky {
     async fn insert(&self, sub: &Subscription) -> Result<()> {
         self.inner.insert(sub).await
     }
-    async fn get(&self, id: &str) -> Result<Option<Subscription>> {
+    async fn get(&self, id: &SubscriptionId) -> Result<Option<Subscription>> {
         self.check()?;
         self.inner.get(id).await
     }
@@ -69,12 +70,12 @@ impl SubscriptionStore for Flaky {
     }
     async fn record_health(
         &self,
-        id: &str,
+        id: &SubscriptionId,
         change: &herald_core::backend::HealthChange,
     ) -> Result<bool> {
         self.inner.record_health(id, change).await
     }
-    async fn remove(&self, id: &str) -> Result<bool> {
+    async fn remove(&self, id: &SubscriptionId) -> Result<bool> {
         self.inner.remove(id).await
     }
     async fn ping(&self) -> Result<()> {
@@ -99,19 +100,22 @@ async fn expired_entries_are_served_while_the_store_is_unavailable() {
     let (store, _dir) = flaky();
     store.insert(&testkit::subscription("sub_a")).await.unwrap();
     let cache = SubscriptionCache::new(store.clone(), Duration::from_millis(50));
-    assert!(cache.get("sub_a").await.unwrap().is_some());
+    assert!(cache.get(&"sub_a".into()).await.unwrap().is_some());
     assert_eq!(cache.matching(None).await.unwrap().len(), 1);
     store.down.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(80)).await;
-    assert_eq!(cache.get("sub_a").await.unwrap().unwrap().id, "sub_a");
+    assert_eq!(
+        cache.get(&"sub_a".into()).await.unwrap().unwrap().id,
+        "sub_a"
+    );
     assert_eq!(cache.matching(None).await.unwrap().len(), 1);
     // What was never cached, or was dropped by a change, needs the store.
     assert!(matches!(
-        cache.get("sub_b").await,
+        cache.get(&"sub_b".into()).await,
         Err(StoreError::Unavailable(..))
     ));
     cache.invalidate("sub_a");
-    assert!(cache.get("sub_a").await.is_err());
+    assert!(cache.get(&"sub_a".into()).await.is_err());
     assert!(cache.matching(None).await.is_err());
 }
 
@@ -120,12 +124,12 @@ async fn other_store_errors_are_not_hidden_by_stale_entries() {
     let (store, _dir) = flaky();
     store.insert(&testkit::subscription("sub_a")).await.unwrap();
     let cache = SubscriptionCache::new(store.clone(), Duration::from_millis(50));
-    cache.get("sub_a").await.unwrap();
+    cache.get(&"sub_a".into()).await.unwrap();
     cache.matching(None).await.unwrap();
     store.broken.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(80)).await;
     assert!(matches!(
-        cache.get("sub_a").await,
+        cache.get(&"sub_a".into()).await,
         Err(StoreError::Backend(..))
     ));
     assert!(cache.matching(None).await.is_err());
@@ -138,10 +142,10 @@ async fn a_stale_entry_is_retried_after_the_stale_interval_and_refreshed_when_th
     store.insert(&sub).await.unwrap();
     let ttl = STALE_RETRY + Duration::from_millis(100);
     let cache = SubscriptionCache::new(store.clone(), ttl);
-    cache.get("sub_a").await.unwrap();
+    cache.get(&"sub_a".into()).await.unwrap();
     store.down.store(true, Ordering::Relaxed);
     tokio::time::sleep(ttl + Duration::from_millis(20)).await;
-    assert!(cache.get("sub_a").await.unwrap().is_some());
+    assert!(cache.get(&"sub_a".into()).await.unwrap().is_some());
     // The store comes back with a change this process did not hear of.
     store.down.store(false, Ordering::Relaxed);
     sub.target_url = "http://127.0.0.1:9/changed".into();
@@ -151,12 +155,22 @@ async fn a_stale_entry_is_retried_after_the_stale_interval_and_refreshed_when_th
         .unwrap();
     // Within the stale interval the old value is still served; after it, the new one.
     assert_ne!(
-        cache.get("sub_a").await.unwrap().unwrap().target_url,
+        cache
+            .get(&"sub_a".into())
+            .await
+            .unwrap()
+            .unwrap()
+            .target_url,
         sub.target_url
     );
     tokio::time::sleep(STALE_RETRY + Duration::from_millis(50)).await;
     assert_eq!(
-        cache.get("sub_a").await.unwrap().unwrap().target_url,
+        cache
+            .get(&"sub_a".into())
+            .await
+            .unwrap()
+            .unwrap()
+            .target_url,
         sub.target_url
     );
 }
@@ -218,14 +232,14 @@ async fn a_burst_of_changes_reloads_the_snapshot_once_and_health_changes_not_at_
         "health-only changes keep the snapshot"
     );
     // They do drop the entry itself.
-    cache.get("sub_1").await.unwrap();
-    let mut changed = store.get("sub_1").await.unwrap().unwrap();
+    cache.get(&"sub_1".into()).await.unwrap();
+    let mut changed = store.get(&"sub_1".into()).await.unwrap().unwrap();
     changed.failing_since = Some(chrono::Utc::now());
     store
         .replace(&changed, herald_core::backend::ReplaceHealth::Write)
         .await
         .unwrap();
     cache.announced(&format!("{}sub_1", herald_core::backend::HEALTH_ONLY));
-    let got = cache.get("sub_1").await.unwrap().unwrap();
+    let got = cache.get(&"sub_1".into()).await.unwrap().unwrap();
     assert_eq!(got.failing_since, changed.failing_since);
 }

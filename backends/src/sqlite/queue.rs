@@ -45,10 +45,12 @@ impl Intake for Sqlite {
                     if let Some((webhook_id, matched, at, fingerprint)) = seen {
                         if now - at < IDEMPOTENCY_WINDOW_MS {
                             if fingerprint.is_some_and(|f| f[..] != idem.fingerprint[..]) {
-                                return Ok(PublishOutcome::KeyReused { webhook_id });
+                                return Ok(PublishOutcome::KeyReused {
+                                    webhook_id: webhook_id.into(),
+                                });
                             }
                             return Ok(PublishOutcome::Duplicate {
-                                webhook_id,
+                                webhook_id: webhook_id.into(),
                                 matched: matched as usize,
                             });
                         }
@@ -62,7 +64,7 @@ impl Intake for Sqlite {
                     .execute(params![
                         idem.scope,
                         idem.key,
-                        p.event.webhook_id,
+                        p.event.webhook_id.as_str(),
                         p.subscription_ids.len() as i64,
                         now,
                         &idem.fingerprint[..]
@@ -79,7 +81,7 @@ impl Intake for Sqlite {
                 )
                 .map_err(super::sql)?
                 .execute(params![
-                    e.webhook_id,
+                    e.webhook_id.as_str(),
                     e.event_type,
                     &e.payload[..],
                     e.received_at.timestamp_millis()
@@ -90,7 +92,7 @@ impl Intake for Sqlite {
                      VALUES (?1, ?2, ?3, ?4, ?4)",
                 ).map_err(super::sql)?;
                 for sub in &p.subscription_ids {
-                    st.execute(params![e.webhook_id, sub, PENDING, now])
+                    st.execute(params![e.webhook_id.as_str(), sub.as_str(), PENDING, now])
                         .map_err(super::sql)?;
                 }
                 Ok(PublishOutcome::Accepted)
@@ -132,9 +134,9 @@ impl Intake for Sqlite {
                         _ => DeliveryState::Failed,
                     };
                     Ok(DeliveryStatus {
-                        subscription_id: r.get(0)?,
+                        subscription_id: r.get::<_, String>(0)?.into(),
                         status,
-                        attempts,
+                        attempts_made: attempts,
                         next_attempt_at: (state == PENDING).then(|| from_ms(due)),
                         last_error: r.get(4)?,
                     })
@@ -143,7 +145,7 @@ impl Intake for Sqlite {
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(super::sql)?;
             Ok(Some(WebhookRecord {
-                webhook_id: id,
+                webhook_id: id.into(),
                 event_type,
                 received_at: from_ms(received_at),
                 deliveries,
@@ -271,7 +273,7 @@ impl WorkQueue for Sqlite {
                         .execute(params![
                             id,
                             state,
-                            s.attempts,
+                            s.attempts_made,
                             due,
                             s.last_error,
                             now,
@@ -466,7 +468,7 @@ fn claim_fairly(
             }
         };
         after.clone_from(&sub);
-        let busy = req.in_flight.get(&sub).copied().unwrap_or(0);
+        let busy = req.in_flight.get(sub.as_str()).copied().unwrap_or(0);
         let free = req.per_subscription.saturating_sub(busy);
         if free == 0 {
             continue;
@@ -515,16 +517,17 @@ fn claim_fairly(
             }
             let (event_type, payload) = &payloads[&row.webhook_id];
             let token: i64 = lease
-                .query_row(params![row.id, LEASED, lease_until, now, req.worker], |r| {
-                    r.get(0)
-                })
+                .query_row(
+                    params![row.id, LEASED, lease_until, now, req.worker.as_str()],
+                    |r| r.get(0),
+                )
                 .map_err(super::sql)?;
             jobs.push(Job {
-                receipt: receipt(row.id, token),
-                webhook_id: row.webhook_id,
-                subscription_id: sub.clone(),
-                attempt: row.attempts + 1,
-                final_attempt: row.final_attempt,
+                receipt: receipt(row.id, token).into(),
+                webhook_id: row.webhook_id.into(),
+                subscription_id: sub.clone().into(),
+                attempt_no: row.attempts + 1,
+                final_attempt_no: row.final_attempt,
                 event_type: event_type.clone(),
                 payload: payload.clone(),
             });

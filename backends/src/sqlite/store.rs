@@ -7,6 +7,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use super::{from_ms, Sqlite};
 use herald_core::backend::{AttemptLog, HealthChange, ReplaceHealth, Result, SubscriptionStore};
 use herald_core::error::StoreError;
+use herald_core::ids::SubscriptionId;
 use herald_core::model::{Attempt, Outcome, Owner, Subscription};
 
 /// Rows deleted per transaction, so retention never holds the writer for long.
@@ -43,7 +44,7 @@ fn load(c: &Connection, id: &str) -> rusqlite::Result<Option<Subscription>> {
 impl SubscriptionStore for Sqlite {
     async fn insert(&self, sub: &Subscription) -> Result<()> {
         let (owner, doc) = encode(sub)?;
-        let id = sub.id.clone();
+        let id = sub.id.to_string();
         self.write(move |c| {
             // The owner check and the insert are one statement on the single writer, so two
             // racing applies for one owner cannot both insert.
@@ -69,7 +70,7 @@ impl SubscriptionStore for Sqlite {
         .await
     }
 
-    async fn get(&self, id: &str) -> Result<Option<Subscription>> {
+    async fn get(&self, id: &SubscriptionId) -> Result<Option<Subscription>> {
         let id = id.to_string();
         self.read(move |c| load(c, &id).map_err(super::sql)).await
     }
@@ -121,7 +122,7 @@ impl SubscriptionStore for Sqlite {
         let mut next = sub.clone();
         next.version = sub.version + 1;
         let expected = sub.version;
-        let id = sub.id.clone();
+        let id = sub.id.to_string();
         self.write(move |c| {
             // Read, check and write inside one writer transaction: nothing comes between. A
             // record written before versions existed has none: it counts as version 0.
@@ -148,7 +149,7 @@ impl SubscriptionStore for Sqlite {
         .await
     }
 
-    async fn record_health(&self, id: &str, change: &HealthChange) -> Result<bool> {
+    async fn record_health(&self, id: &SubscriptionId, change: &HealthChange) -> Result<bool> {
         let id = id.to_string();
         let change = change.clone();
         self.write(move |c| {
@@ -175,7 +176,7 @@ impl SubscriptionStore for Sqlite {
         .await
     }
 
-    async fn remove(&self, id: &str) -> Result<bool> {
+    async fn remove(&self, id: &SubscriptionId) -> Result<bool> {
         let id = id.to_string();
         self.write(move |c| {
             Ok(c.prepare_cached("DELETE FROM subscriptions WHERE id = ?1")
@@ -193,28 +194,16 @@ impl SubscriptionStore for Sqlite {
     }
 }
 
-fn outcome_str(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Success => "Success",
-        Outcome::FailedAttempt => "FailedAttempt",
-        Outcome::Failure => "Failure",
-    }
-}
-
 fn attempt_row(r: &Row<'_>) -> rusqlite::Result<Attempt> {
     let outcome: String = r.get(6)?;
     Ok(Attempt {
-        webhook_id: r.get(0)?,
-        subscription_id: r.get(1)?,
+        webhook_id: r.get::<_, String>(0)?.into(),
+        subscription_id: r.get::<_, String>(1)?.into(),
         event_type: r.get(2)?,
         target_url: r.get(3)?,
         attempted_at: from_ms(r.get(4)?),
-        attempt: r.get(5)?,
-        outcome: match outcome.as_str() {
-            "Success" => Outcome::Success,
-            "FailedAttempt" => Outcome::FailedAttempt,
-            _ => Outcome::Failure,
-        },
+        attempt_no: r.get(5)?,
+        outcome: outcome.parse().unwrap_or(Outcome::Failure),
         http_status: r.get(7)?,
         error: r.get(8)?,
         duration_ms: r.get::<_, i64>(9)? as u64,
@@ -232,13 +221,13 @@ pub(super) fn insert_attempts(c: &Connection, attempts: &[Attempt]) -> Result<()
     )).map_err(super::sql)?;
     for a in attempts {
         st.execute(params![
-            a.webhook_id,
-            a.subscription_id,
+            a.webhook_id.as_str(),
+            a.subscription_id.as_str(),
             a.event_type,
             a.target_url,
             a.attempted_at.timestamp_millis(),
-            a.attempt,
-            outcome_str(a.outcome),
+            a.attempt_no,
+            a.outcome.as_str(),
             a.http_status,
             a.error,
             a.duration_ms as i64,
