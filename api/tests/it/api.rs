@@ -1,7 +1,7 @@
 //! The management API and ingest validation against a real server: CRUD, pagination, error
 //! answers, auth, idempotency, ownership.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

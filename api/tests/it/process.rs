@@ -2,7 +2,7 @@
 //! restart (with the default lease: recovery comes from heartbeats, not from leases ending);
 //! graceful SIGTERM; clients that disconnect mid-request.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::io::Write;

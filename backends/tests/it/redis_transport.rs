@@ -1,5 +1,5 @@
 //! The Redis transport and change feed against a real Redis (`scripts/testenv.sh -- cargo test
-//! -p herald-backends --test redis_transport`). Each test works under its own key prefix; the
+//! -p herald-backends --test it redis_transport::`). Each test works under its own key prefix; the
 //! restart tests run a Redis of their own from the test server's config, so that stopping it
 //! disturbs no other test.
 

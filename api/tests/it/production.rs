@@ -6,7 +6,7 @@
 //! `herald-delivery` is another package's binary: `cargo test --workspace` builds it before
 //! any test runs; a narrower run needs `cargo build -p herald-delivery` first.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;

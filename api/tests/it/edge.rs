@@ -1,7 +1,7 @@
 //! The api's edge against a real server: who may call what (fan-out credentials, Origin),
 //! connection timeouts and cap, masked credentials, the self-contained reference page.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

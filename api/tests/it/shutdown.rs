@@ -1,7 +1,7 @@
 //! The `herald` binary under SIGTERM with a client that never finishes its request: the grace
 //! is a hard deadline.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! Endpoint health and secret rotation end to end: a real Herald, real receivers on loopback,
 //! and the `standardwebhooks` reference library verifying what Herald sends.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

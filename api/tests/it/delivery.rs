@@ -1,6 +1,6 @@
 //! Delivery semantics end to end: a real Herald delivering to real receivers on loopback.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! from the end of an attempt, a hard shutdown deadline, bounded retry schedules and the lease
 //! check at start-up.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -24,7 +24,7 @@ use kube::{Client, Config, CustomResourceExt, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-const EXAMPLE: &str = include_str!("../../examples/webhooksubscription.yaml");
+const EXAMPLE: &str = include_str!("../../../examples/webhooksubscription.yaml");
 const MANAGER: &str = "herald-operator-test";
 
 async fn client() -> Option<Client> {

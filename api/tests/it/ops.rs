@@ -1,7 +1,7 @@
 //! Operations against a real server: readiness while the store is full, queue gauges kept off
 //! the scrape path. In their own test binary, because metrics are process-wide.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
