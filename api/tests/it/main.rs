@@ -1,8 +1,8 @@
 //! herald-api's integration tests, one test binary: one module per area (run one with
 //! `cargo test -p herald-api --test it <module>::`).
 
-mod common;
 mod api;
+mod common;
 mod delivery;
 mod edge;
 mod engine;

@@ -1,11 +1,12 @@
 //! Operations against a real server: readiness while the store is full, queue gauges kept off
-//! the scrape path. In their own test binary, because metrics are process-wide.
+//! the scrape path. Metrics are process-wide: the gauge test has them to itself (see
+//! [`common::gauges_to_itself`]).
 
 use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::{Receiver, TestHerald};
+use common::{gauges_to_itself, Receiver, TestHerald};
 use serde_json::Value;
 
 #[tokio::test]
@@ -63,9 +64,12 @@ async fn scrape(h: &TestHerald) -> String {
 
 #[tokio::test]
 async fn queue_gauges_are_counted_in_the_background_not_per_scrape() {
+    let alone = gauges_to_itself().await;
     let rx = Receiver::start().await;
     // A recount interval longer than the test: scrapes serve the count taken at start.
-    let slow = TestHerald::start(&["--metrics-interval=1h", "--workers=false"]).await;
+    let slow =
+        TestHerald::start_reading_gauges(&alone, &["--metrics-interval=1h", "--workers=false"])
+            .await;
     let sub = slow.subscribe(&rx.url("/g")).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     for _ in 0..3 {
@@ -82,7 +86,9 @@ async fn queue_gauges_are_counted_in_the_background_not_per_scrape() {
     slow.stop().await;
 
     // A short interval: the gauges follow the queue without a scrape asking for it.
-    let fast = TestHerald::start(&["--metrics-interval=100ms", "--workers=false"]).await;
+    let fast =
+        TestHerald::start_reading_gauges(&alone, &["--metrics-interval=100ms", "--workers=false"])
+            .await;
     let sub = fast.subscribe(&rx.url("/g")).await;
     for _ in 0..3 {
         assert_eq!(fast.ingest(&sub, "t", "{}").await.status(), 202);

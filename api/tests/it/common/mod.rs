@@ -1,6 +1,5 @@
 //! Test harness: a real Herald on a random loopback port with a temporary SQLite file, and real
 //! HTTP receivers on loopback whose behaviour each test scripts.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -177,11 +176,29 @@ pub fn hub_signature(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// The queue gauges (`herald_queue_*`) are process-wide, and every in-process Herald of this
+/// test binary sets them from its own queue. A test that reads them takes this lock exclusively
+/// ([`gauges_to_itself`]); every other in-process Herald holds it shared while it runs.
+static GAUGES: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// Held by a test that reads the queue gauges: no other in-process Herald runs meanwhile.
+pub struct GaugesToItself {
+    _held: tokio::sync::RwLockWriteGuard<'static, ()>,
+}
+
+/// Waits until no other in-process Herald runs, and keeps others from starting until dropped.
+pub async fn gauges_to_itself() -> GaugesToItself {
+    GaugesToItself {
+        _held: GAUGES.write().await,
+    }
+}
+
 /// Herald in this process on a random loopback port, with its own temporary SQLite file.
 pub struct TestHerald {
     pub api: Api,
     pub dir: tempfile::TempDir,
     herald: Option<herald_api::Herald>,
+    _gauges: Option<tokio::sync::RwLockReadGuard<'static, ()>>,
 }
 
 impl std::ops::Deref for TestHerald {
@@ -203,6 +220,22 @@ impl TestHerald {
         adjust: impl FnOnce(&mut Settings),
         extra: &[&str],
     ) -> Self {
+        let gauges = GAUGES.read().await;
+        Self::launch(dir, adjust, extra, Some(gauges)).await
+    }
+
+    /// Starts while the caller has the queue gauges to itself.
+    pub async fn start_reading_gauges(_: &GaugesToItself, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::launch(dir, |_| {}, extra, None).await
+    }
+
+    async fn launch(
+        dir: tempfile::TempDir,
+        adjust: impl FnOnce(&mut Settings),
+        extra: &[&str],
+        gauges: Option<tokio::sync::RwLockReadGuard<'static, ()>>,
+    ) -> Self {
         let mut s = settings(dir.path(), extra);
         adjust(&mut s);
         let herald = herald_api::Herald::start(s).await.expect("Herald starts");
@@ -210,6 +243,7 @@ impl TestHerald {
             api: Api::new(format!("http://{}", herald.addr)),
             dir,
             herald: Some(herald),
+            _gauges: gauges,
         }
     }
 
