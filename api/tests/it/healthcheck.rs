@@ -2,16 +2,11 @@
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use herald_testenv::process::{self, Child};
+use herald_testenv::{free_port, wait_until_blocking};
 
 fn healthcheck(envs: &[(&str, String)], args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
@@ -26,46 +21,29 @@ fn healthcheck(envs: &[(&str, String)], args: &[&str]) -> Output {
     cmd.output().expect("run herald healthcheck")
 }
 
-struct Herald(Child);
-
-impl Drop for Herald {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn healthcheck_passes_against_a_running_api_and_fails_once_it_is_gone() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let herald = Herald(
-        Command::new(env!("CARGO_BIN_EXE_herald"))
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
+    let herald = Child::spawn(
+        process::command(env!("CARGO_BIN_EXE_herald"))
             .env("HERALD_ADDR", &addr)
             .env("HERALD_SQLITE_PATH", dir.path().join("hc.db"))
-            .env("HERALD_WORKERS", "false")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start herald"),
+            .env("HERALD_WORKERS", "false"),
+        "herald",
     );
 
     // Without --url the check derives the endpoint from HERALD_ADDR, as in the image.
     let env = [("HERALD_ADDR", addr.clone())];
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    wait_until_blocking("herald healthy", Duration::from_secs(30), || {
         let out = healthcheck(&env, &["--timeout", "1s"]);
-        if out.status.success() {
-            break;
-        }
-        assert_eq!(out.status.code(), Some(1), "{out:?}");
-        assert!(Instant::now() < deadline, "herald not healthy within 30 s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        assert!(
+            out.status.success() || out.status.code() == Some(1),
+            "{out:?}"
+        );
+        out.status.success().then_some(())
+    });
     let url = format!("http://{addr}/healthz");
     assert!(healthcheck(&[], &["--url", &url]).status.success());
 

@@ -7,19 +7,14 @@ use crate::common;
 use std::collections::HashSet;
 use std::io::Write;
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{Api, Behaviour, Receiver};
+use herald_testenv::process::{self, Child};
+use herald_testenv::{free_port, wait_until_blocking};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
+/// A herald process (killed when dropped: a failed test leaves none running) and its API.
 struct Proc {
     child: Child,
     api: Api,
@@ -27,37 +22,22 @@ struct Proc {
 
 impl Proc {
     fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-/// A failed test leaves no Herald running.
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
     }
 }
 
 fn spawn(db: &std::path::Path, port: u16, extra: &[(&str, &str)]) -> Proc {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HERALD_ADDR", format!("127.0.0.1:{port}"))
+    let mut cmd = process::command(env!("CARGO_BIN_EXE_herald"));
+    cmd.env("HERALD_ADDR", format!("127.0.0.1:{port}"))
         .env("HERALD_SQLITE_PATH", db)
         .env("HERALD_ALLOW_TARGETS", "127.0.0.0/8,::1/128")
         .env("HERALD_RETRY_SCHEDULE", "100ms,100ms,100ms")
-        .env("HERALD_DELIVERY_TIMEOUT", "5s")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
+        .env("HERALD_DELIVERY_TIMEOUT", "5s");
     for (k, v) in extra {
         cmd.env(k, v);
     }
-    let child = cmd.spawn().expect("the herald binary starts");
     Proc {
-        child,
+        child: Child::spawn(&mut cmd, "the herald binary"),
         api: Api::new(format!("http://127.0.0.1:{port}")),
     }
 }
@@ -87,8 +67,7 @@ async fn sigkill_with_deliveries_in_flight_loses_nothing() {
     }
     rx.wait_for("/crash", 4, Duration::from_secs(10)).await;
     // SIGKILL: no chance to clean up.
-    p.child.kill().unwrap();
-    p.child.wait().unwrap();
+    p.child.kill();
     // None of these was answered yet: the killed process held them.
     let in_flight = unique_ids(&rx, "/crash");
 
@@ -145,11 +124,7 @@ async fn sigterm_stops_gracefully_and_finishes_in_flight_deliveries() {
     rx.wait_for("/term", 1, Duration::from_secs(5)).await;
     let started = Instant::now();
     // SIGTERM while the delivery is in flight.
-    Command::new("kill")
-        .args(["-TERM", &p.child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = p.child.wait().unwrap();
+    let status = p.child.terminate_and_wait(Duration::from_secs(15));
     assert!(status.success(), "exit status {status:?}");
     assert!(started.elapsed() < Duration::from_secs(15));
     // The in-flight attempt finished and was recorded before exit: a restart sees it settled.
@@ -218,29 +193,24 @@ async fn clients_that_disconnect_mid_request_lose_nothing_half_way() {
 #[test]
 fn a_payload_limit_over_the_document_limit_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HERALD_ADDR", format!("127.0.0.1:{}", free_port()))
-        .env("HERALD_SQLITE_PATH", dir.path().join("h.db"))
-        .env("HERALD_MAX_PAYLOAD", "17000000")
-        .env("RUST_LOG", "off")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("herald started with HERALD_MAX_PAYLOAD=17000000 instead of refusing");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let mut child = Child::spawn(
+        process::command(env!("CARGO_BIN_EXE_herald"))
+            .env("HERALD_ADDR", format!("127.0.0.1:{}", free_port()))
+            .env("HERALD_SQLITE_PATH", dir.path().join("h.db"))
+            .env("HERALD_MAX_PAYLOAD", "17000000")
+            .env("RUST_LOG", "off")
+            .stderr(Stdio::piped()),
+        "herald",
+    );
+    wait_until_blocking(
+        "herald to refuse HERALD_MAX_PAYLOAD=17000000 and exit",
+        Duration::from_secs(20),
+        || child.try_wait().unwrap(),
+    );
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let out_status = child.wait().unwrap();
+    assert_eq!(out_status.code(), Some(1), "{err}");
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "one error line, got {err:?}");
     assert!(
@@ -292,8 +262,7 @@ async fn every_delivery_in_flight_at_a_sigkill_is_attempted_again_within_30s_of_
         assert!(Instant::now() < deadline, "only {} requests held", held());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    p.child.kill().unwrap();
-    p.child.wait().unwrap();
+    p.child.kill();
     let in_flight: HashSet<String> = paths.iter().flat_map(|p| unique_ids(&rx, p)).collect();
     assert_eq!(
         in_flight.len(),

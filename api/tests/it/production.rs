@@ -16,49 +16,20 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Api, Behaviour, Receiver};
-use herald_testenv::Scratch;
+use herald_testenv::process::{self, Child as Proc};
+use herald_testenv::{free_port, wait_until_blocking, Scratch};
 use serde_json::{json, Value};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn herald_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_herald"))
 }
 
 fn delivery_bin() -> PathBuf {
-    let bin =
-        herald_bin().with_file_name(format!("herald-delivery{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p herald-delivery` (cargo test --workspace builds it)",
-        bin.display()
-    );
-    bin
+    process::sibling(herald_bin(), "herald-delivery", "herald-delivery")
 }
 
-/// A child process killed when the test ends, however it ends.
-struct Proc {
-    child: Child,
-}
-
-impl Proc {
-    fn sigkill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.sigkill();
-    }
-}
+/// How long a private server has to open its port.
+const SERVER_START: Duration = Duration::from_secs(20);
 
 /// One installation: a MongoDB database and a Redis key prefix of its own (removed when it is
 /// dropped), and the settings every process of it shares.
@@ -90,20 +61,15 @@ impl Installation {
     }
 
     fn command(&self, bin: &Path) -> Command {
-        let mut cmd = Command::new(bin);
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("MONGO_URI", &self.scratch.mongo_uri)
+        let mut cmd = process::command(bin);
+        cmd.env("MONGO_URI", &self.scratch.mongo_uri)
             .env("HERALD_MONGO_DATABASE", &self.scratch.database)
             .env("HERALD_REDIS_PREFIX", &self.scratch.prefix)
             .env("HERALD_ALLOW_TARGETS", "127.0.0.0/8,::1/128")
             .env("HERALD_RETRY_SCHEDULE", "200ms,200ms,200ms")
             .env("HERALD_DELIVERY_TIMEOUT", "5s")
             .env("HERALD_WORKER_HEARTBEAT", "1s")
-            .env("HERALD_WORKER_STALE_AFTER", "3s")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .env("HERALD_WORKER_STALE_AFTER", "3s");
         match &self.redis_by_addr {
             Some((addr, password)) => cmd.env("REDIS_ADDR", addr).env("REDIS_PASSWORD", password),
             None => cmd.env("REDIS_URL", &self.scratch.redis_url),
@@ -117,14 +83,13 @@ impl Installation {
     /// An api process without workers; answers once ready.
     async fn api(&self) -> (Proc, Api) {
         let port = free_port();
-        let child = self
-            .command(&herald_bin())
-            .env("HERALD_ADDR", format!("127.0.0.1:{port}"))
-            .env("HERALD_WORKERS", "false")
-            .spawn()
-            .expect("herald starts");
+        let proc = Proc::spawn(
+            self.command(&herald_bin())
+                .env("HERALD_ADDR", format!("127.0.0.1:{port}"))
+                .env("HERALD_WORKERS", "false"),
+            "herald",
+        );
         let api = Api::new(format!("http://127.0.0.1:{port}"));
-        let proc = Proc { child };
         api.wait_ready().await;
         (proc, api)
     }
@@ -138,9 +103,7 @@ impl Installation {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        Proc {
-            child: cmd.spawn().expect("herald-delivery starts"),
-        }
+        Proc::spawn(&mut cmd, "herald-delivery")
     }
 }
 
@@ -320,7 +283,7 @@ async fn a_killed_delivery_process_hands_its_deliveries_to_the_other() {
     let mut a = inst.delivery();
     let _b = inst.delivery();
     rx.wait_for("/slow", 300, Duration::from_secs(30)).await;
-    a.sigkill();
+    a.kill();
     let killed_at = Instant::now();
     let before_kill = rx.received("/slow").len();
     // The survivor clears the backlog in a few seconds, then idles; it takes over what the
@@ -438,39 +401,28 @@ async fn a_change_made_through_one_api_process_reaches_another_within_a_second()
 
 /// Runs a binary with `env` until it exits (at most 30 s) and returns its status and stderr.
 fn run_to_exit(bin: &Path, env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
-    let mut cmd = Command::new(bin);
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HERALD_ADDR", format!("127.0.0.1:{}", free_port()))
+    let mut cmd = process::command(bin);
+    cmd.env("HERALD_ADDR", format!("127.0.0.1:{}", free_port()))
         .env("RUST_LOG", "off")
-        .stdout(Stdio::null())
         .stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            use std::io::Read;
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            return (status, err);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!(
-                "{} with {env:?} neither started nor exited in 30 s",
-                bin.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut child = Proc::spawn(&mut cmd, &bin.display().to_string());
+    let status = wait_until_blocking(
+        &format!("{} with {env:?} to exit", bin.display()),
+        Duration::from_secs(30),
+        || child.try_wait().unwrap(),
+    );
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (status, err)
 }
 
 #[test]
@@ -537,7 +489,7 @@ struct Server {
 
 impl Server {
     fn new(start: impl Fn() -> Child + Send + 'static) -> Self {
-        let proc = Some(Proc { child: start() });
+        let proc = Some(Proc(start()));
         Self {
             proc,
             start: Box::new(start),
@@ -547,30 +499,19 @@ impl Server {
     fn stop(&mut self) {
         if let Some(mut p) = self.proc.take() {
             // SIGTERM: Redis flushes its AOF, FerretDB closes its files.
-            let _ = Command::new("kill")
-                .args(["-TERM", &p.child.id().to_string()])
-                .status();
-            let _ = p.child.wait();
+            p.terminate();
+            let _ = p.wait();
         }
     }
 
     fn restart(&mut self) {
         self.stop();
-        self.proc = Some(Proc {
-            child: (self.start)(),
-        });
+        self.proc = Some(Proc((self.start)()));
     }
 }
 
 async fn wait_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "port {port} never opened");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    process::wait_port(port, SERVER_START).await
 }
 
 /// The private Redis asks for a password, as the compose file's does; this one holds every
@@ -1009,9 +950,7 @@ async fn a_delivery_process_whose_clock_is_five_minutes_behind_retries_and_defer
     cmd.env("LD_PRELOAD", libfaketime())
         .env("FAKETIME", "-300s")
         .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
-    let _skewed = Proc {
-        child: cmd.spawn().expect("herald-delivery starts"),
-    };
+    let _skewed = Proc::spawn(&mut cmd, "herald-delivery");
     // The paused subscription's delivery is claimed and deferred for a minute: on Redis's
     // clock, not due again at once (which would claim it in a loop).
     tokio::time::sleep(Duration::from_secs(2)).await;

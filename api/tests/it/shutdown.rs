@@ -3,34 +3,26 @@
 
 use crate::common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Api;
+use herald_testenv::process::{self, Child};
 use tokio::io::AsyncWriteExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exits_within_the_grace_although_a_request_body_stays_open() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HERALD_ADDR", format!("127.0.0.1:{port}"))
-        .env("HERALD_SQLITE_PATH", dir.path().join("grace.db"))
-        .env("HERALD_SHUTDOWN_GRACE", "2s")
-        // Longer than the test: only the grace can end the stuck request.
-        .env("HERALD_HEADER_TIMEOUT", "5m")
-        .env("HERALD_BODY_TIMEOUT", "5m")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the herald binary starts");
+    let port = herald_testenv::free_port();
+    let mut child = Child::spawn(
+        process::command(env!("CARGO_BIN_EXE_herald"))
+            .env("HERALD_ADDR", format!("127.0.0.1:{port}"))
+            .env("HERALD_SQLITE_PATH", dir.path().join("grace.db"))
+            .env("HERALD_SHUTDOWN_GRACE", "2s")
+            // Longer than the test: only the grace can end the stuck request.
+            .env("HERALD_HEADER_TIMEOUT", "5m")
+            .env("HERALD_BODY_TIMEOUT", "5m"),
+        "the herald binary",
+    );
     let api = Api::new(format!("http://127.0.0.1:{port}"));
     api.wait_ready().await;
 
@@ -47,24 +39,14 @@ async fn sigterm_exits_within_the_grace_although_a_request_body_stays_open() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let started = Instant::now();
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let mut status = None;
-    for _ in 0..300 {
-        if let Some(s) = child.try_wait().unwrap() {
-            status = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    child.terminate();
+    let status = herald_testenv::wait_until(
+        "herald to exit after SIGTERM with a 2 s grace",
+        Duration::from_secs(15),
+        || std::future::ready(child.try_wait().unwrap()),
+    )
+    .await;
     let took = started.elapsed();
-    let Some(status) = status else {
-        child.kill().unwrap();
-        child.wait().unwrap();
-        panic!("still running {took:?} after SIGTERM with a 2 s grace");
-    };
     assert!(status.success(), "exit status {status:?}");
     assert!(
         took < Duration::from_secs(2 + 5),
