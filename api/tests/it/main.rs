@@ -8,6 +8,7 @@ mod edge;
 mod engine;
 mod health;
 mod healthcheck;
+mod openapi;
 mod ops;
 mod process;
 mod production;
