@@ -4,13 +4,29 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-/// How often a condition is checked again.
+/// How often a condition is checked again by [`wait_until`] and [`wait_for`].
 pub const POLL: Duration = Duration::from_millis(25);
+/// How often [`wait_until_blocking`] checks again: its checks usually run a command.
+pub const POLL_BLOCKING: Duration = Duration::from_millis(100);
 
 /// Polls `check` until it returns `Some`, and returns that value; panics after `within` with
 /// "timed out after … waiting for {what}". The check runs at least once, even when `within` is
 /// zero.
-pub async fn wait_until<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+pub async fn wait_until<T, F, Fut>(what: &str, within: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    wait_until_every(what, within, POLL, check).await
+}
+
+/// [`wait_until`] checking every `every`, for checks that cost a server something.
+pub async fn wait_until_every<T, F, Fut>(
+    what: &str,
+    within: Duration,
+    every: Duration,
+    mut check: F,
+) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -24,7 +40,7 @@ where
             Instant::now() < deadline,
             "timed out after {within:?} waiting for {what}"
         );
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -56,7 +72,7 @@ pub fn wait_until_blocking<T>(
             Instant::now() < deadline,
             "timed out after {within:?} waiting for {what}"
         );
-        std::thread::sleep(POLL);
+        std::thread::sleep(POLL_BLOCKING);
     }
 }
 

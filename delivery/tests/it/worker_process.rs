@@ -1,15 +1,19 @@
 //! The `herald-delivery` binary as a process of its own: it delivers what another process queued
 //! in the same SQLite file, stops cleanly on SIGTERM, and `cleanup` sweeps old records.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::Router;
 use herald_backends::sqlite::{Sqlite, Sync};
 use herald_core::testkit;
+use herald_testenv::process::{self, Child};
+use herald_testenv::{free_port, wait_for, wait_until};
+
+const BIN: &str = env!("CARGO_BIN_EXE_herald-delivery");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivers_what_another_process_queued_and_stops_on_sigterm() {
@@ -48,45 +52,31 @@ async fn delivers_what_another_process_queued_and_stops_on_sigterm() {
             .unwrap();
     }
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald-delivery"))
-        .env_clear()
-        .env("HERALD_SQLITE_PATH", &path)
-        .env("HERALD_ALLOW_TARGETS", "127.0.0.0/8")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while seen.lock().unwrap().len() < 20 {
-        assert!(
-            Instant::now() < deadline,
-            "{} of 20 delivered",
-            seen.lock().unwrap().len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut child = Child::spawn(
+        process::command(BIN)
+            .env("HERALD_SQLITE_PATH", &path)
+            .env("HERALD_ALLOW_TARGETS", "127.0.0.0/8"),
+        "herald-delivery",
+    );
+    wait_for("20 deliveries", Duration::from_secs(15), || async {
+        seen.lock().unwrap().len() >= 20
+    })
+    .await;
     // The worker recorded the attempts in the shared file.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while db
-        .attempts
-        .by_subscription("sub_worker", 100)
-        .await
-        .unwrap()
-        .len()
-        < 20
-    {
-        assert!(Instant::now() < deadline, "attempts recorded");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
+    wait_for("20 attempts recorded", Duration::from_secs(5), || async {
+        db.attempts
+            .by_subscription("sub_worker", 100)
+            .await
+            .unwrap()
+            .len()
+            >= 20
+    })
+    .await;
+    let status = child.terminate_and_wait(Duration::from_secs(15));
     assert!(status.success(), "{status:?}");
 
     // `cleanup` with a zero retention sweeps every settled record.
-    let out = Command::new(env!("CARGO_BIN_EXE_herald-delivery"))
+    let out = Command::new(BIN)
         .env_clear()
         .env("HERALD_SQLITE_PATH", &path)
         .env("HERALD_RETENTION", "0s")
@@ -109,7 +99,7 @@ async fn delivers_what_another_process_queued_and_stops_on_sigterm() {
 
 #[test]
 fn a_missing_store_directory_is_a_clear_error() {
-    let out = Command::new(env!("CARGO_BIN_EXE_herald-delivery"))
+    let out = Command::new(BIN)
         .env_clear()
         .env("HERALD_SQLITE_PATH", "/nonexistent-herald-dir/h.db")
         .arg("cleanup")
@@ -123,34 +113,25 @@ fn a_missing_store_directory_is_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_listener_answers_while_workers_run() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald-delivery"))
-        .env_clear()
-        .env("HERALD_SQLITE_PATH", dir.path().join("h.db"))
-        .env("HERALD_HEALTH_ADDR", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let port = free_port();
+    let mut child = Child::spawn(
+        process::command(BIN)
+            .env("HERALD_SQLITE_PATH", dir.path().join("h.db"))
+            .env("HERALD_HEALTH_ADDR", format!("127.0.0.1:{port}")),
+        "herald-delivery",
+    );
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(2))
         .build()
         .unwrap();
     let url = format!("http://127.0.0.1:{port}/healthz");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let body = loop {
-        if let Ok(r) = client.get(&url).send().await {
-            assert_eq!(r.status(), 200);
-            break r.text().await.unwrap();
-        }
-        assert!(Instant::now() < deadline, "no health listener within 15 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let r = wait_until("the health listener", Duration::from_secs(15), || async {
+        client.get(&url).send().await.ok()
+    })
+    .await;
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap();
     assert_eq!(body, r#"{"status":"ok"}"#);
     let metrics = client
         .get(format!("http://127.0.0.1:{port}/metrics"))
@@ -163,11 +144,7 @@ async fn health_listener_answers_while_workers_run() {
         .unwrap()
         .starts_with("text/plain"));
 
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    assert!(child.terminate_and_wait(Duration::from_secs(15)).success());
     assert!(client.get(&url).send().await.is_err(), "listener closed");
 }
 
@@ -175,7 +152,7 @@ async fn health_listener_answers_while_workers_run() {
 fn a_taken_health_port_fails_start_up() {
     let dir = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_herald-delivery"))
+    let out = Command::new(BIN)
         .env_clear()
         .env("HERALD_SQLITE_PATH", dir.path().join("h.db"))
         .env(

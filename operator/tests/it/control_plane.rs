@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use herald_core::backend::Backend;
 use herald_core::cache::SubscriptionCache;
@@ -58,23 +58,14 @@ fn service(backend: &Backend) -> Arc<Subscriptions> {
     )
 }
 
-/// Polls `check` every 100 ms until it gives a value, for at most `limit`.
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+/// Polls `check` every 100 ms (each check asks the API server) until it gives a value, for at
+/// most `limit`.
+async fn eventually<T, F, Fut>(what: &str, limit: Duration, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    herald_testenv::wait_until_every(what, limit, Duration::from_millis(100), check).await
 }
 
 async fn install_crd(client: &Client) {

@@ -14,44 +14,20 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use herald_core::signing::SigningKey;
+use herald_testenv::process::{self, Child as Proc};
+use herald_testenv::{free_port, wait_until_blocking as eventually};
 
 const OLD_SECRET: &str = "change-me-to-a-long-random-secret";
 const NEW_SECRET: &str = "the-rotated-secret-0123456789";
 const API_KEY: &str = "full-stack-api-key";
 
-fn sibling(name: &str) -> PathBuf {
-    let bin = Path::new(env!("CARGO_BIN_EXE_herald-operator"))
-        .with_file_name(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p herald-api -p herald-delivery` (cargo test \
-         --workspace builds it)",
-        bin.display()
-    );
-    bin
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A child process killed when the test ends, however it ends.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+fn sibling(name: &str, package: &str) -> PathBuf {
+    process::sibling(env!("CARGO_BIN_EXE_herald-operator"), name, package)
 }
 
 fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&[u8]>) -> String {
@@ -76,20 +52,6 @@ fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&[u8]>) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-fn eventually<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// One HTTP/1.1 request on the loopback: the status and the body.
@@ -235,23 +197,21 @@ fn kubectl_to_signed_delivery_and_back() {
     else {
         return;
     };
-    let (api_bin, delivery_bin) = (sibling("herald"), sibling("herald-delivery"));
+    let (api_bin, delivery_bin) = (
+        sibling("herald", "herald-api"),
+        sibling("herald-delivery", "herald-delivery"),
+    );
     let database = herald_testenv::unique_name("stack").replace('-', "_");
     let prefix = herald_testenv::unique_name("stack");
     let ns = herald_testenv::unique_name("whs-stack");
     let env = |cmd: &mut Command| {
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("MONGO_URI", &mongo)
+        cmd.env("MONGO_URI", &mongo)
             .env("HERALD_MONGO_DATABASE", &database)
             .env("REDIS_URL", &redis)
             .env("HERALD_REDIS_PREFIX", &prefix)
             .env("HERALD_ALLOW_TARGETS", "127.0.0.0/8")
             .env("HERALD_API_KEY", API_KEY)
-            .env("HERALD_RETRY_SCHEDULE", "200ms,200ms")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .env("HERALD_RETRY_SCHEDULE", "200ms,200ms");
     };
 
     let crd = Command::new(env!("CARGO_BIN_EXE_herald-operator"))
@@ -277,30 +237,27 @@ fn kubectl_to_signed_delivery_and_back() {
     kubectl(&kubeconfig, &["create", "namespace", &ns], None);
 
     let api_port = free_port();
-    let mut cmd = Command::new(&api_bin);
+    let mut cmd = process::command(&api_bin);
     env(&mut cmd);
-    let _api = Proc(
+    let _api = Proc::spawn(
         cmd.env("HERALD_ADDR", format!("127.0.0.1:{api_port}"))
-            .env("HERALD_WORKERS", "false")
-            .spawn()
-            .unwrap(),
+            .env("HERALD_WORKERS", "false"),
+        "herald",
     );
-    let mut cmd = Command::new(&delivery_bin);
+    let mut cmd = process::command(&delivery_bin);
     env(&mut cmd);
-    let _delivery = Proc(
-        cmd.env("HERALD_HEALTH_ADDR", format!("127.0.0.1:{}", free_port()))
-            .spawn()
-            .unwrap(),
+    let _delivery = Proc::spawn(
+        cmd.env("HERALD_HEALTH_ADDR", format!("127.0.0.1:{}", free_port())),
+        "herald-delivery",
     );
     let op_port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald-operator"));
+    let mut cmd = process::command(env!("CARGO_BIN_EXE_herald-operator"));
     env(&mut cmd);
-    let _operator = Proc(
+    let _operator = Proc::spawn(
         cmd.env("KUBECONFIG", &kubeconfig)
             .env("HERALD_OPERATOR_ADDR", format!("127.0.0.1:{op_port}"))
-            .env("HERALD_OPERATOR_WATCH_NAMESPACE", &ns)
-            .spawn()
-            .unwrap(),
+            .env("HERALD_OPERATOR_WATCH_NAMESPACE", &ns),
+        "herald-operator",
     );
     eventually("the api to be ready", Duration::from_secs(30), || {
         TcpStream::connect(("127.0.0.1", api_port))

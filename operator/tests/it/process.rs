@@ -8,6 +8,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use herald_testenv::process::Child;
+use herald_testenv::{free_port, wait_until_blocking};
+
 const BIN: &str = env!("CARGO_BIN_EXE_herald-operator");
 
 fn repo(relative: &str) -> std::path::PathBuf {
@@ -72,14 +75,7 @@ fn install_crd(kubeconfig: &Path) {
 }
 
 fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until_blocking(what, limit, || check().then_some(()))
 }
 
 fn http_status(port: u16, path: &str) -> Option<u16> {
@@ -105,27 +101,24 @@ fn run_reconciles_serves_probes_and_stops_cleanly_on_sigterm() {
     let ns = herald_testenv::unique_name("whs-proc");
     kubectl(&kubeconfig, &["create", "namespace", &ns], None);
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(BIN)
-        .env_remove("MONGO_URI")
-        .env_remove("REDIS_URL")
-        .env_remove("REDIS_ADDR")
-        .env("KUBECONFIG", &kubeconfig)
-        .env("HERALD_SQLITE_PATH", dir.path().join("operator.db"))
-        .env("HERALD_ALLOW_TARGETS", "127.0.0.0/8")
-        .env("HERALD_OPERATOR_ADDR", format!("127.0.0.1:{port}"))
-        .env("HERALD_OPERATOR_LEASE", "herald-operator")
-        .env("HERALD_OPERATOR_WATCH_NAMESPACE", &ns)
-        .env("POD_NAMESPACE", &ns)
-        .env("POD_NAME", "proc-a")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let port = free_port();
+    let mut child = Child::spawn(
+        Command::new(BIN)
+            .env_remove("MONGO_URI")
+            .env_remove("REDIS_URL")
+            .env_remove("REDIS_ADDR")
+            .env("KUBECONFIG", &kubeconfig)
+            .env("HERALD_SQLITE_PATH", dir.path().join("operator.db"))
+            .env("HERALD_ALLOW_TARGETS", "127.0.0.0/8")
+            .env("HERALD_OPERATOR_ADDR", format!("127.0.0.1:{port}"))
+            .env("HERALD_OPERATOR_LEASE", "herald-operator")
+            .env("HERALD_OPERATOR_WATCH_NAMESPACE", &ns)
+            .env("POD_NAMESPACE", &ns)
+            .env("POD_NAME", "proc-a")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit()),
+        "herald-operator",
+    );
     eventually("/readyz to answer 200", Duration::from_secs(30), || {
         http_status(port, "/readyz") == Some(200)
     });
@@ -160,23 +153,7 @@ fn run_reconciles_serves_probes_and_stops_cleanly_on_sigterm() {
     );
     assert!(id.starts_with("sub_"), "{id:?}");
 
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            panic!("herald-operator did not stop within 20 s of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = child.terminate_and_wait(Duration::from_secs(20));
     assert!(status.success(), "exit status {status}");
     // The lease was freed, so a standby need not wait for it to run out.
     let holder = kubectl(
@@ -212,14 +189,10 @@ fn run_reconciles_serves_probes_and_stops_cleanly_on_sigterm() {
 }
 
 /// An operator process with leader election in `ns`, on the SQLite file `db`.
-fn spawn_replica(kubeconfig: &Path, ns: &str, db: &Path, name: &str) -> (std::process::Child, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(BIN)
-        .env_remove("MONGO_URI")
+fn spawn_replica(kubeconfig: &Path, ns: &str, db: &Path, name: &str) -> (Child, u16) {
+    let port = free_port();
+    let mut cmd = Command::new(BIN);
+    cmd.env_remove("MONGO_URI")
         .env_remove("REDIS_URL")
         .env_remove("REDIS_ADDR")
         .env("KUBECONFIG", kubeconfig)
@@ -232,10 +205,8 @@ fn spawn_replica(kubeconfig: &Path, ns: &str, db: &Path, name: &str) -> (std::pr
         .env("POD_NAME", name)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    (child, port)
+        .stderr(Stdio::inherit());
+    (Child::spawn(&mut cmd, "herald-operator"), port)
 }
 
 #[test]
@@ -275,8 +246,7 @@ fn a_sigkilled_leader_is_replaced_once_its_lease_runs_out() {
     assert_eq!(http_status(a_port, "/healthz"), Some(200));
 
     // SIGKILL: no chance to free the lease. The standby takes it once it runs out (15 s).
-    a.kill().unwrap();
-    a.wait().unwrap();
+    a.kill();
     let killed = Instant::now();
     eventually("kill-b to take the lease", Duration::from_secs(45), || {
         holder() == "kill-b"
@@ -300,8 +270,7 @@ fn a_sigkilled_leader_is_replaced_once_its_lease_runs_out() {
             None,
         ) == "True"
     });
-    let _ = b.kill();
-    let _ = b.wait();
+    b.kill();
     kubectl(
         &kubeconfig,
         &[

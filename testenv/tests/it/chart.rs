@@ -716,47 +716,28 @@ fn a_real_redis_runs_the_rendered_configuration() {
     args[0] = conf.to_str().unwrap().to_string();
     let at = args.iter().position(|a| a == "--dir").unwrap();
     args[at + 1] = dir.to_str().unwrap().to_string();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("redis-server")
-        .args(&args)
-        .args([
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-server runs");
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let pid = child.id();
-    let _stop = Kill(child);
+    let port = herald_testenv::free_port();
+    let server = herald_testenv::process::Child::spawn(
+        Command::new("redis-server")
+            .args(&args)
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+            ])
+            .stdout(std::process::Stdio::null()),
+        "redis-server",
+    );
+    let pid = server.id();
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
-    let started = std::time::Instant::now();
-    let mut conn = loop {
-        match client.get_connection() {
-            Ok(c) => break c,
-            Err(e) => {
-                assert!(
-                    started.elapsed().as_secs() < 10,
-                    "redis-server did not start: {e}"
-                );
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-        }
-    };
+    let mut conn = herald_testenv::wait_until_blocking(
+        "the chart's redis-server to start",
+        std::time::Duration::from_secs(10),
+        || client.get_connection().ok(),
+    );
     let unauthenticated: redis::RedisResult<String> = redis::cmd("PING").query(&mut conn);
     assert!(
         unauthenticated.unwrap_err().to_string().contains("NOAUTH"),
