@@ -23,7 +23,7 @@ pub mod wait;
 
 pub use process::free_port;
 pub use scratch::Scratch;
-pub use wait::{wait_for, wait_until, wait_until_blocking, wait_until_every};
+pub use wait::{wait_for, wait_ok, wait_until, wait_until_blocking, wait_until_every};
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -44,6 +44,27 @@ where
     }
 }
 
+/// [`wait_until`] for a check that says why it is not done yet: panics after `within` with
+/// "timed out after … waiting for {what}: {the last Err}".
+pub async fn wait_ok<T, E, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "timed out after {within:?} waiting for {what}: {e}"
+            ),
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// [`wait_until`] for a condition that is only true or false.
 pub async fn wait_for<F, Fut>(what: &str, within: Duration, mut check: F)
 where
@@ -96,6 +117,15 @@ mod tests {
     async fn fails_at_the_deadline_naming_what_it_waited_for() {
         wait_for("the impossible", Duration::from_millis(100), || async {
             false
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "waiting for a yes: still no")]
+    async fn wait_ok_fails_with_the_last_reason() {
+        wait_ok::<(), _, _, _>("a yes", Duration::from_millis(50), || async {
+            Err("still no")
         })
         .await;
     }

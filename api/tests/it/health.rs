@@ -127,6 +127,7 @@ async fn gone_disables_at_once_and_patch_re_enables() {
     let v = fanout(&h, "any.type").await;
     assert_eq!(v["matched"], 1, "{v}");
     rx.wait_for("/other", 1, WAIT).await;
+    // A quiet window: what must not happen has no event to wait for.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(rx.received("/gone").len(), 1);
 
@@ -197,6 +198,7 @@ async fn failing_for_the_disable_period_disables() {
     assert!(reason.contains("every attempt failed for 1s"), "{v}");
     assert!(time(&v["disabled_at"]) >= since + chrono::Duration::seconds(1));
     let seen = rx.received("/down").len();
+    // A quiet window: what must not happen has no event to wait for.
     tokio::time::sleep(Duration::from_millis(900)).await;
     assert_eq!(
         rx.received("/down").len(),

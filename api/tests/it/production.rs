@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::{Api, Behaviour, Receiver};
 use herald_testenv::process::{self, Child as Proc};
-use herald_testenv::{free_port, wait_until_blocking, Scratch};
+use herald_testenv::{free_port, wait_for, wait_ok, wait_until_blocking, Scratch};
 use serde_json::{json, Value};
 
 fn herald_bin() -> PathBuf {
@@ -109,20 +109,14 @@ impl Installation {
 
 /// Waits until every id in `ids` reached the receiver at `path`, or panics after `within`.
 async fn wait_received(rx: &Receiver, path: &str, ids: &HashSet<String>, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let got = received_ids(rx, path);
-        let missing = ids.difference(&got).count();
-        if missing == 0 {
-            return;
+    let what = format!("{} accepted events at {path}", ids.len());
+    wait_ok(&what, within, || async {
+        match ids.difference(&received_ids(rx, path)).count() {
+            0 => Ok(()),
+            missing => Err(format!("{missing} not delivered")),
         }
-        assert!(
-            Instant::now() < deadline,
-            "{missing} of {} accepted events not delivered within {within:?}",
-            ids.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 fn received_ids(rx: &Receiver, path: &str) -> HashSet<String> {
@@ -293,19 +287,17 @@ async fn a_killed_delivery_process_hands_its_deliveries_to_the_other() {
     let all_delivered = killed_at.elapsed();
     // Every redelivery has been made once nothing is queued or leased any more (bounded: a
     // redelivery later than the bound fails below anyway).
-    let deadline = killed_at + Duration::from_secs(120);
-    loop {
+    let left = Duration::from_secs(120).saturating_sub(killed_at.elapsed());
+    wait_ok("the queue to empty", left, || async {
         let (_, stats) = api.get("/stats").await;
         let q = &stats["queue"];
         if q["ready"] == 0 && q["scheduled"] == 0 && q["in_flight"] == 0 {
-            break;
+            Ok(())
+        } else {
+            Err(stats)
         }
-        assert!(
-            Instant::now() < deadline,
-            "the queue never emptied: {stats}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
     // A duplicate is a delivery the killed process had sent but not settled (in flight, or
     // answered and not yet settled), which the survivor sends again: never one first
     // answered after the kill, which would be a duplicate without a crash.
@@ -651,22 +643,17 @@ async fn with_redis_down_ingest_answers_503_and_every_acknowledged_event_arrives
     let _worker = inst.delivery();
     wait_received(&rx, "/r", &accepted, Duration::from_secs(30)).await;
     // And ingest works again without restarting the api.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if api
-            .ingest(&sub, "order.created", "{\"after\":1}")
-            .await
-            .status()
-            == 202
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "ingest never recovered after Redis came back"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for(
+        "ingest to recover after Redis came back",
+        Duration::from_secs(10),
+        || async {
+            api.ingest(&sub, "order.created", "{\"after\":1}")
+                .await
+                .status()
+                == 202
+        },
+    )
+    .await;
     let extra: HashSet<String> = received_ids(&rx, "/r")
         .difference(&accepted)
         .cloned()
@@ -880,14 +867,11 @@ async fn a_redis_outage_longer_than_the_silence_limit_makes_no_worker_reap_a_liv
     }
     // Every delivery leased: at most 16 per process, so both hold some.
     let leases = format!("{}:leases", inst.scratch.prefix);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while redis_cli(port, &["zcard", &leases]) != "24" {
-        assert!(
-            Instant::now() < deadline,
-            "the 24 deliveries were never all leased"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_blocking(
+        "the 24 deliveries to be leased",
+        Duration::from_secs(10),
+        || (redis_cli(port, &["zcard", &leases]) == "24").then_some(()),
+    );
 
     redis.stop();
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -1038,16 +1022,13 @@ async fn a_redis_that_may_evict_keys_is_refused_at_start_and_while_running() {
     let (ready, _) = api.get("/readyz").await;
     assert_eq!(ready, 503, "not ready while Redis may evict");
     set_policy("noeviction");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while api
-        .ingest(&sub, "order.created", "{\"after\":1}")
-        .await
-        .status()
-        != 202
-    {
-        assert!(Instant::now() < deadline, "ingest never resumed");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for("ingest to resume", Duration::from_secs(10), || async {
+        api.ingest(&sub, "order.created", "{\"after\":1}")
+            .await
+            .status()
+            == 202
+    })
+    .await;
     assert_eq!(api.get("/readyz").await.0, 200);
 }
 

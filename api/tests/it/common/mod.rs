@@ -14,6 +14,7 @@ use axum::routing::post;
 use axum::Router;
 use clap::Parser;
 use herald_runtime::config::Settings;
+use herald_testenv::{wait_for, wait_ok};
 use serde_json::{json, Value};
 
 #[derive(Parser)]
@@ -135,36 +136,31 @@ impl Api {
 
     /// Polls a webhook until its status is `want` (or panics after `within`).
     pub async fn wait_status(&self, webhook_id: &str, want: &str, within: Duration) -> Value {
-        let deadline = Instant::now() + within;
-        loop {
+        let what = format!("webhook {webhook_id} to reach {want}");
+        wait_ok(&what, within, || async {
             let (code, v) = self.get(&format!("/webhooks/{webhook_id}")).await;
             if code == 200 && v["status"] == want {
-                return v;
+                Ok(v)
+            } else {
+                Err(v)
             }
-            assert!(
-                Instant::now() < deadline,
-                "webhook {webhook_id} did not reach {want}: {v}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        })
+        .await
     }
 
     /// Waits until `/readyz` answers 200.
     pub async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(r) = self.http.get(self.url("/readyz")).send().await {
-                if r.status() == 200 {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} never became ready",
-                self.base
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for(
+            &format!("{} to become ready", self.base),
+            Duration::from_secs(20),
+            || async {
+                matches!(
+                    self.http.get(self.url("/readyz")).send().await,
+                    Ok(r) if r.status() == 200
+                )
+            },
+        )
+        .await
     }
 }
 
@@ -339,19 +335,15 @@ impl Receiver {
     }
 
     pub async fn wait_for(&self, path: &str, n: usize, within: Duration) -> Vec<Received> {
-        let deadline = Instant::now() + within;
-        loop {
+        wait_ok(&format!("{n} requests at {path}"), within, || async {
             let got = self.received(path);
             if got.len() >= n {
-                return got;
+                Ok(got)
+            } else {
+                Err(format!("{} arrived", got.len()))
             }
-            assert!(
-                Instant::now() < deadline,
-                "{path}: {} of {n} requests arrived",
-                got.len()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 }
 
