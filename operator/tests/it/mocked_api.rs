@@ -1,11 +1,11 @@
 //! The reconciler against a mocked API server (tower-test), for the paths that are hard to
 //! provoke on a real one, checking each request it makes and answering as the server would.
-//! The store is a real SQLite file.
+//! The store is the production one (FerretDB + Redis of `scripts/testenv.sh`), with a database
+//! and key prefix of each test's own.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_backends::sqlite::{Sqlite, Sync};
 use herald_core::backend::Backend;
 use herald_core::cache::SubscriptionCache;
 use herald_core::model::{Owner, SubscriptionSpec};
@@ -29,14 +29,24 @@ struct Fixture {
     ctx: Arc<Context>,
     server: Handle,
     backend: Backend,
-    _dir: tempfile::TempDir,
+    _scratch: herald_testenv::Scratch,
 }
 
-fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let backend = Sqlite::open(&dir.path().join("mocked.db"), Sync::Normal)
-        .unwrap()
-        .backend();
+/// A fixture, or `None` outside `scripts/testenv.sh` (a failure in CI).
+async fn fixture() -> Option<Fixture> {
+    let scratch = herald_testenv::Scratch::new(
+        herald_testenv::mongo_uri()?,
+        herald_testenv::redis_url()?,
+        "mocked",
+    );
+    let backend = herald_backends::open_production(
+        &scratch.mongo_uri,
+        Some(&scratch.database),
+        &scratch.redis_url,
+        &scratch.prefix,
+    )
+    .await
+    .expect("open the production store");
     let cache = Arc::new(SubscriptionCache::for_backend(&backend));
     let subs = Arc::new(Subscriptions::new(
         cache,
@@ -46,12 +56,12 @@ fn fixture() -> Fixture {
     let (service, server) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let ctx = Arc::new(Context::new(client, subs, "herald-operator-test".into()));
-    Fixture {
+    Some(Fixture {
         ctx,
         server,
         backend,
-        _dir: dir,
-    }
+        _scratch: scratch,
+    })
 }
 
 fn resource(name: &str) -> WebhookSubscription {
@@ -174,12 +184,15 @@ async fn expect_status(server: &mut Handle, w: &WebhookSubscription) -> Value {
 
 #[tokio::test]
 async fn a_resource_without_the_finalizer_gets_it_first() {
-    let Fixture {
+    let Some(Fixture {
         ctx,
         mut server,
         backend,
-        _dir,
-    } = fixture();
+        _scratch,
+    }) = fixture().await
+    else {
+        return;
+    };
     let w = resource("orders");
     let expected = finalized(w.clone());
     let api = tokio::spawn(async move {
@@ -245,12 +258,15 @@ fn labelled_secret(data: Value) -> Value {
 
 #[tokio::test]
 async fn a_missing_secret_gives_ready_false_an_event_and_a_backoff() {
-    let Fixture {
+    let Some(Fixture {
         ctx,
         mut server,
         backend,
-        _dir,
-    } = fixture();
+        _scratch,
+    }) = fixture().await
+    else {
+        return;
+    };
     let w = with_secret_ref(finalized(resource("orders")));
     let sent = w.clone();
     let api = tokio::spawn(async move {
@@ -330,12 +346,15 @@ async fn every_unusable_secret_reads_the_same_not_found_or_not_permitted() {
     ];
     let mut seen = Vec::new();
     for (what, code, body) in cases {
-        let Fixture {
+        let Some(Fixture {
             ctx,
             mut server,
             backend,
-            _dir,
-        } = fixture();
+            _scratch,
+        }) = fixture().await
+        else {
+            return;
+        };
         let w = with_secret_ref(finalized(resource("orders")));
         let sent = w.clone();
         let api = tokio::spawn(async move {
@@ -377,12 +396,15 @@ async fn every_unusable_secret_reads_the_same_not_found_or_not_permitted() {
 #[tokio::test]
 async fn an_opted_in_secret_signs_the_subscription() {
     use base64::Engine as _;
-    let Fixture {
+    let Some(Fixture {
         ctx,
         mut server,
         backend,
-        _dir,
-    } = fixture();
+        _scratch,
+    }) = fixture().await
+    else {
+        return;
+    };
     let w = with_secret_ref(finalized(resource("orders")));
     let sent = w.clone();
     let value = base64::engine::general_purpose::STANDARD.encode("a-long-enough-secret-0123");
@@ -415,7 +437,9 @@ async fn an_opted_in_secret_signs_the_subscription() {
 
 #[tokio::test]
 async fn event_types_outside_the_namespace_policy_are_refused_and_disable_the_subscription() {
-    let f = fixture();
+    let Some(f) = fixture().await else {
+        return;
+    };
     let policy: EventTypePolicy = "default=order.*;*=*".parse().unwrap();
     let ctx = Arc::new(
         Context::new(
@@ -428,7 +452,7 @@ async fn event_types_outside_the_namespace_policy_are_refused_and_disable_the_su
     let Fixture {
         mut server,
         backend,
-        _dir,
+        _scratch,
         ..
     } = f;
     // A subscription the resource got before the policy: every event type.
@@ -506,12 +530,15 @@ async fn event_types_outside_the_namespace_policy_are_refused_and_disable_the_su
 
 #[tokio::test]
 async fn a_finalized_resource_is_stored_and_gets_ready_true() {
-    let Fixture {
+    let Some(Fixture {
         ctx,
         mut server,
         backend,
-        _dir,
-    } = fixture();
+        _scratch,
+    }) = fixture().await
+    else {
+        return;
+    };
     let w = finalized(resource("orders"));
     let sent = w.clone();
     let api = tokio::spawn(async move {
@@ -537,12 +564,15 @@ async fn a_finalized_resource_is_stored_and_gets_ready_true() {
 
 #[tokio::test]
 async fn a_spec_core_refuses_waits_for_a_change_without_retrying() {
-    let Fixture {
+    let Some(Fixture {
         ctx,
         mut server,
         backend,
-        _dir,
-    } = fixture();
+        _scratch,
+    }) = fixture().await
+    else {
+        return;
+    };
     // The schema lets a private address through; the SSRF guard does not.
     let mut w = finalized(resource("orders"));
     w.spec.target_url = "http://10.1.2.3/hook".into();
@@ -567,12 +597,15 @@ async fn a_spec_core_refuses_waits_for_a_change_without_retrying() {
 
 #[tokio::test]
 async fn a_disabled_endpoint_shows_as_ready_false_until_the_spec_changes() {
-    let Fixture {
+    let Some(Fixture {
         ctx,
         mut server,
         backend: _backend,
-        _dir,
-    } = fixture();
+        _scratch,
+    }) = fixture().await
+    else {
+        return;
+    };
     let w = finalized(resource("orders"));
     let spec = w.spec.to_subscription_spec(None);
     let sub = ctx
@@ -608,12 +641,15 @@ async fn a_disabled_endpoint_shows_as_ready_false_until_the_spec_changes() {
 
 #[tokio::test]
 async fn deletion_removes_the_record_then_the_finalizer() {
-    let Fixture {
+    let Some(Fixture {
         ctx,
         mut server,
         backend,
-        _dir,
-    } = fixture();
+        _scratch,
+    }) = fixture().await
+    else {
+        return;
+    };
     let sub = ctx
         .subscriptions
         .apply_owned(
@@ -707,8 +743,8 @@ impl herald_core::backend::SubscriptionStore for Down {
     }
 }
 
-fn fixture_with_the_store_down() -> Fixture {
-    let f = fixture();
+async fn fixture_with_the_store_down() -> Option<Fixture> {
+    let f = fixture().await?;
     let cache = Arc::new(SubscriptionCache::new(
         Arc::new(Down),
         Duration::from_secs(1),
@@ -719,20 +755,23 @@ fn fixture_with_the_store_down() -> Fixture {
         TargetGuard::new(vec![]),
     ));
     let client = f.ctx.client.clone();
-    Fixture {
+    Some(Fixture {
         ctx: Arc::new(Context::new(client, subs, "herald-operator-test".into())),
         ..f
-    }
+    })
 }
 
 #[tokio::test]
 async fn a_store_outage_gives_ready_false_and_an_error_to_retry() {
-    let Fixture {
+    let Some(Fixture {
         ctx,
         mut server,
         backend: _backend,
-        _dir,
-    } = fixture_with_the_store_down();
+        _scratch,
+    }) = fixture_with_the_store_down().await
+    else {
+        return;
+    };
     let w = finalized(resource("orders"));
     let sent = w.clone();
     let api = tokio::spawn(async move {
@@ -750,12 +789,15 @@ async fn a_store_outage_gives_ready_false_and_an_error_to_retry() {
 
 #[tokio::test]
 async fn a_deletion_during_a_store_outage_keeps_the_finalizer() {
-    let Fixture {
+    let Some(Fixture {
         ctx,
         mut server,
         backend: _backend,
-        _dir,
-    } = fixture_with_the_store_down();
+        _scratch,
+    }) = fixture_with_the_store_down().await
+    else {
+        return;
+    };
     let w = deleted(finalized(resource("orders")));
     // A request would go unanswered and stall the reconcile, so a timeout means one was sent.
     let err = tokio::time::timeout(
@@ -825,12 +867,15 @@ fn the_transition_time_changes_only_with_the_condition_status() {
 /// Helm release Secrets costs it nothing.
 #[tokio::test]
 async fn the_secret_watch_asks_for_opted_in_metadata_only() {
-    let Fixture {
+    let Some(Fixture {
         ctx,
         mut server,
         backend: _backend,
-        _dir,
-    } = fixture();
+        _scratch,
+    }) = fixture().await
+    else {
+        return;
+    };
     let stop = tokio_util::sync::CancellationToken::new();
     let scopes = controller::scopes(&ctx.client, &["default".to_string()]);
     let run = tokio::spawn(controller::run(scopes, ctx, stop.clone(), || {}));

@@ -1,13 +1,13 @@
 //! Two operator leaders for a moment (a lease handover, a paused process that wakes up) run
 //! the same reconcile at once, each with its own cache: the upsert path must still make one
-//! subscription per resource, on the real production store (FerretDB, whose owner index is not
-//! unique) and on SQLite. And `delete_owned` removes every record of an owner, including
-//! duplicates an older version could leave.
+//! subscription per resource, on the production store the operator runs on (FerretDB, whose
+//! owner index is not unique; SQLite's unique one is tested with herald-backends). And
+//! `delete_owned` removes every record of an owner, including duplicates an older version could
+//! leave.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_backends::sqlite::{Sqlite, Sync};
 use herald_core::backend::Backend;
 use herald_core::cache::SubscriptionCache;
 use herald_core::model::Owner;
@@ -124,7 +124,7 @@ async fn delete_owned_removes_every_record_of_the_owner(backend: Backend) {
         s.owner = Some(owner.clone());
         match backend.subscriptions.insert(&s).await {
             Ok(()) => inserted.push(s.id),
-            // SQLite refuses a second record for one owner in the insert itself.
+            // A store with a unique owner index refuses a second record in the insert itself.
             Err(herald_core::StoreError::Conflict(_)) => {}
             Err(e) => panic!("{e}"),
         }
@@ -153,12 +153,6 @@ async fn production() -> Option<Backend> {
     )
 }
 
-fn sqlite(dir: &tempfile::TempDir) -> Backend {
-    Sqlite::open(&dir.path().join("race.db"), Sync::Normal)
-        .unwrap()
-        .backend()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn production_two_leaders_make_one_subscription_per_resource() {
     let Some(backend) = production().await else {
@@ -167,22 +161,10 @@ async fn production_two_leaders_make_one_subscription_per_resource() {
     two_leaders_make_one_subscription_per_resource(backend).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sqlite_two_leaders_make_one_subscription_per_resource() {
-    let dir = tempfile::tempdir().unwrap();
-    two_leaders_make_one_subscription_per_resource(sqlite(&dir)).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn production_delete_owned_removes_every_record_of_the_owner() {
     let Some(backend) = production().await else {
         return;
     };
     delete_owned_removes_every_record_of_the_owner(backend).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_delete_owned_removes_every_record_of_the_owner() {
-    let dir = tempfile::tempdir().unwrap();
-    delete_owned_removes_every_record_of_the_owner(sqlite(&dir)).await;
 }

@@ -1,5 +1,5 @@
 //! The `herald-operator` binary as a process: `crd` prints what `crds/` holds and the API
-//! server accepts it; `run` (the default) on the SQLite store reconciles the example through
+//! server accepts it; `run` (the default) on the production store reconciles the example through
 //! kubectl, serves its probes, and on SIGTERM finishes, frees its Lease and exits 0; a SIGKILLed
 //! leader is replaced by its standby once its Lease runs out.
 
@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use herald_testenv::process::Child;
-use herald_testenv::{free_port, wait_until_blocking};
+use herald_testenv::{free_port, wait_until_blocking, Scratch};
 
 const BIN: &str = env!("CARGO_BIN_EXE_herald-operator");
 
@@ -97,18 +97,16 @@ fn run_reconciles_serves_probes_and_stops_cleanly_on_sigterm() {
     let Some(kubeconfig) = herald_testenv::kubeconfig() else {
         return;
     };
+    let Some(store) = store() else {
+        return;
+    };
     install_crd(&kubeconfig);
     let ns = herald_testenv::unique_name("whs-proc");
     kubectl(&kubeconfig, &["create", "namespace", &ns], None);
-    let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut child = Child::spawn(
-        Command::new(BIN)
-            .env_remove("MONGO_URI")
-            .env_remove("REDIS_URL")
-            .env_remove("REDIS_ADDR")
+        with_store(&mut Command::new(BIN), &store)
             .env("KUBECONFIG", &kubeconfig)
-            .env("HERALD_SQLITE_PATH", dir.path().join("operator.db"))
             .env("HERALD_ALLOW_TARGETS", "127.0.0.0/8")
             .env("HERALD_OPERATOR_ADDR", format!("127.0.0.1:{port}"))
             .env("HERALD_OPERATOR_LEASE", "herald-operator")
@@ -188,15 +186,32 @@ fn run_reconciles_serves_probes_and_stops_cleanly_on_sigterm() {
     );
 }
 
-/// An operator process with leader election in `ns`, on the SQLite file `db`.
-fn spawn_replica(kubeconfig: &Path, ns: &str, db: &Path, name: &str) -> (Child, u16) {
+/// A database and key prefix of the test's own on the shared FerretDB and Redis, or `None`
+/// outside `scripts/testenv.sh` (a failure in CI).
+fn store() -> Option<Scratch> {
+    Some(Scratch::new(
+        herald_testenv::mongo_uri()?,
+        herald_testenv::redis_url()?,
+        "operator",
+    ))
+}
+
+/// `cmd` on the production store `store` (the operator builds without SQLite).
+fn with_store<'a>(cmd: &'a mut Command, store: &Scratch) -> &'a mut Command {
+    cmd.env_remove("REDIS_ADDR")
+        .env_remove("HERALD_SQLITE_PATH")
+        .env("MONGO_URI", &store.mongo_uri)
+        .env("HERALD_MONGO_DATABASE", &store.database)
+        .env("REDIS_URL", &store.redis_url)
+        .env("HERALD_REDIS_PREFIX", &store.prefix)
+}
+
+/// An operator process with leader election in `ns`, on `store`.
+fn spawn_replica(kubeconfig: &Path, ns: &str, store: &Scratch, name: &str) -> (Child, u16) {
     let port = free_port();
     let mut cmd = Command::new(BIN);
-    cmd.env_remove("MONGO_URI")
-        .env_remove("REDIS_URL")
-        .env_remove("REDIS_ADDR")
+    with_store(&mut cmd, store)
         .env("KUBECONFIG", kubeconfig)
-        .env("HERALD_SQLITE_PATH", db)
         .env("HERALD_ALLOW_TARGETS", "127.0.0.0/8")
         .env("HERALD_OPERATOR_ADDR", format!("127.0.0.1:{port}"))
         .env("HERALD_OPERATOR_LEASE", "herald-operator")
@@ -214,11 +229,12 @@ fn a_sigkilled_leader_is_replaced_once_its_lease_runs_out() {
     let Some(kubeconfig) = herald_testenv::kubeconfig() else {
         return;
     };
+    let Some(store) = store() else {
+        return;
+    };
     install_crd(&kubeconfig);
     let ns = herald_testenv::unique_name("whs-kill");
     kubectl(&kubeconfig, &["create", "namespace", &ns], None);
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("operator.db");
     let holder = || {
         kubectl(
             &kubeconfig,
@@ -235,11 +251,11 @@ fn a_sigkilled_leader_is_replaced_once_its_lease_runs_out() {
             None,
         )
     };
-    let (mut a, a_port) = spawn_replica(&kubeconfig, &ns, &db, "kill-a");
+    let (mut a, a_port) = spawn_replica(&kubeconfig, &ns, &store, "kill-a");
     eventually("kill-a to hold the lease", Duration::from_secs(30), || {
         holder() == "kill-a"
     });
-    let (mut b, b_port) = spawn_replica(&kubeconfig, &ns, &db, "kill-b");
+    let (mut b, b_port) = spawn_replica(&kubeconfig, &ns, &store, "kill-b");
     eventually("kill-b to answer", Duration::from_secs(30), || {
         http_status(b_port, "/healthz") == Some(200)
     });
