@@ -324,11 +324,10 @@ async fn an_event_stored_in_the_background_is_not_stored_again_at_settle() {
     let job = claim(&r.queue, "wrk_1").await.unwrap().remove(0);
     // The background write lands; then the archive refuses writes: a settle that tried to
     // store the event again would fail.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while r.archive.event("msg_bg").await.unwrap().is_none() {
-        assert!(std::time::Instant::now() < deadline, "never archived");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    herald_testenv::wait_for("msg_bg to be archived", Duration::from_secs(5), || async {
+        r.archive.event("msg_bg").await.unwrap().is_some()
+    })
+    .await;
     r.archive.store_events.set(true);
     r.queue
         .settle(vec![settlement(
@@ -354,11 +353,10 @@ async fn events_leased_while_an_archive_write_runs_are_stored_together_by_the_ne
         jobs.extend(claim(&r.queue, "wrk_1").await.unwrap());
         if i == 0 {
             // The first claim's write has begun (and waits at the gate).
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while r.archive.stores.load(Ordering::SeqCst) == 0 {
-                assert!(std::time::Instant::now() < deadline, "no background write");
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            herald_testenv::wait_for("a background write", Duration::from_secs(5), || async {
+                r.archive.stores.load(Ordering::SeqCst) > 0
+            })
+            .await;
         }
     }
     assert_eq!(jobs.len(), 3);

@@ -25,6 +25,7 @@ use herald_core::model::{
 use herald_core::testkit;
 use herald_delivery::{Engine, EngineConfig};
 use herald_runtime::config::Settings;
+use herald_testenv::wait_for;
 use tokio_util::sync::CancellationToken;
 
 const LINGER: Duration = Duration::from_secs(10);
@@ -158,11 +159,10 @@ async fn a_busy_subscription_claims_again_as_soon_as_its_slots_are_free() {
     let stop = CancellationToken::new();
     let started = Instant::now();
     let engine = tokio::spawn(Engine::run(backend, cache, config, stop.clone()));
-    let deadline = started + Duration::from_secs(60);
-    while received.load(Ordering::SeqCst) < EVENTS {
-        assert!(Instant::now() < deadline, "not all delivered");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for("every event delivered", Duration::from_secs(60), || async {
+        received.load(Ordering::SeqCst) >= EVENTS
+    })
+    .await;
     let took = started.elapsed();
     stop.cancel();
     engine.await.unwrap();
@@ -224,20 +224,19 @@ async fn the_settle_linger_gathers_jobs_that_finish_apart_and_holds_no_slot() {
     let stop = CancellationToken::new();
     let started = Instant::now();
     let engine = tokio::spawn(Engine::run(backend.clone(), cache, config, stop.clone()));
-    let deadline = started + Duration::from_secs(30);
-    while arrivals.lock().unwrap().len() < FIRST {
-        assert!(Instant::now() < deadline, "the first round was not sent");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for("the first round sent", Duration::from_secs(30), || async {
+        arrivals.lock().unwrap().len() >= FIRST
+    })
+    .await;
     // Wait until the whole first round has been answered, then publish one more event: with
     // every slot taken by the first round, it can only be sent once a slot is free again.
     tokio::time::sleep(STEP * u32::try_from(FIRST).unwrap() + Duration::from_millis(100)).await;
     let publish = testkit::publish("msg_settle_next", &["sub_settle"], br#"{"i":0}"#);
     backend.queue.publish(publish).await.unwrap();
-    while arrivals.lock().unwrap().len() < FIRST + 1 {
-        assert!(Instant::now() < deadline, "the next event was not sent");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for("the next event sent", Duration::from_secs(30), || async {
+        arrivals.lock().unwrap().len() > FIRST
+    })
+    .await;
     let next_sent = started.elapsed();
     let first_settles: Vec<usize> = lingering.settles.lock().unwrap().clone();
     // The first round's jobs finished but are still lingering, unsettled: their slots were
@@ -249,14 +248,11 @@ async fn the_settle_linger_gathers_jobs_that_finish_apart_and_holds_no_slot() {
     // Every delivery ends, the first round in one settle.
     for i in 0..FIRST {
         let id = format!("msg_settle{i}");
-        loop {
+        wait_for(&format!("{id} to end"), Duration::from_secs(30), || async {
             let record = backend.queue.webhook(&id).await.unwrap().unwrap();
-            if record.status() == DeliveryState::Succeeded {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{id} did not end");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            record.status() == DeliveryState::Succeeded
+        })
+        .await;
     }
     stop.cancel();
     engine.await.unwrap();

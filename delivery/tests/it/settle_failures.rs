@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -23,7 +23,7 @@ use herald_core::model::{
 use herald_core::{testkit, StoreError};
 use herald_delivery::{Engine, EngineConfig, RecorderWatch};
 use herald_runtime::config::Settings;
-use herald_testenv::Scratch;
+use herald_testenv::{wait_for, wait_until, Scratch};
 use tokio_util::sync::CancellationToken;
 
 /// The production queue, refusing for good any settle that logs an attempt of `poison`, and
@@ -164,23 +164,22 @@ async fn a_settlement_refused_for_good_ends_alone_and_the_rest_of_its_batch_sett
         engine_config(),
         stop.clone(),
     ));
-    let deadline = Instant::now() + Duration::from_secs(30);
     for i in 1..21 {
         let id = format!("msg_{i}");
-        while status(&backend, &id).await.map(|s| s.0) != Some(DeliveryState::Succeeded) {
-            assert!(Instant::now() < deadline, "{id} never settled");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for(
+            &format!("{id} to settle"),
+            Duration::from_secs(30),
+            || async { status(&backend, &id).await.map(|s| s.0) == Some(DeliveryState::Succeeded) },
+        )
+        .await;
     }
-    let (state, error) = loop {
+    let (state, error) = wait_until("msg_0 to end", Duration::from_secs(30), || async {
         match status(&backend, "msg_0").await {
-            Some((DeliveryState::Failed, e)) => break (DeliveryState::Failed, e),
-            _ => {
-                assert!(Instant::now() < deadline, "msg_0 never ended");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            Some((DeliveryState::Failed, e)) => Some((DeliveryState::Failed, e)),
+            _ => None,
         }
-    };
+    })
+    .await;
     assert_eq!(state, DeliveryState::Failed);
     let error = error.unwrap_or_default();
     assert!(
@@ -211,29 +210,25 @@ async fn a_recorder_that_cannot_write_flips_healthz_until_it_writes_again() {
     assert_eq!(healthz().await.0, 200, "idle is healthy");
     let p = testkit::publish("msg_stuck", &["sub_rec"], b"{}");
     backend.queue.publish(p).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let body = loop {
+    let body = wait_until("/healthz to flip", Duration::from_secs(20), || async {
         let (code, body) = healthz().await;
-        if code == 503 {
-            break body;
-        }
-        assert!(Instant::now() < deadline, "/healthz never flipped");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        (code == 503).then_some(body)
+    })
+    .await;
     assert!(
         body.contains("stuck") && body.contains("recorder"),
         "{body}"
     );
     // The store is back: the recorder writes, and the process is healthy again.
     refusing.down.store(false, Ordering::SeqCst);
-    while healthz().await.0 != 200 {
-        assert!(Instant::now() < deadline, "/healthz never recovered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    while status(&backend, "msg_stuck").await.map(|s| s.0) != Some(DeliveryState::Succeeded) {
-        assert!(Instant::now() < deadline, "msg_stuck never settled");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for("/healthz to recover", Duration::from_secs(20), || async {
+        healthz().await.0 == 200
+    })
+    .await;
+    wait_for("msg_stuck to settle", Duration::from_secs(20), || async {
+        status(&backend, "msg_stuck").await.map(|s| s.0) == Some(DeliveryState::Succeeded)
+    })
+    .await;
     stop.cancel();
     engine.await.unwrap();
 }

@@ -199,11 +199,12 @@ async fn outage_then_recovery(t: &Arc<dyn Transport>, redis: &mut OwnRedis, stop
         assert!(started.elapsed() < bound, "{:?}", started.elapsed());
     }
     redis.run();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while t.ping().await.is_err() {
-        assert!(Instant::now() < deadline, "the transport did not reconnect");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    herald_testenv::wait_ok(
+        "the transport to reconnect",
+        Duration::from_secs(10),
+        || t.ping(),
+    )
+    .await;
 }
 
 /// Announces `id` until the follower hears it (within 6 s); whether a reset came first.
@@ -343,11 +344,10 @@ async fn a_redis_that_stops_answering_fails_calls_in_time() {
     p.changes.announce("sub_a").await.unwrap_err();
     assert!(started.elapsed() < bound, "{:?}", started.elapsed());
     redis.signal("CONT");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while t.ping().await.is_err() {
-        assert!(Instant::now() < deadline, "the transport did not recover");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    herald_testenv::wait_ok("the transport to recover", Duration::from_secs(10), || {
+        t.ping()
+    })
+    .await;
     // A publish that timed out may still apply once the server resumes (it had the command):
     // an Unavailable publish is not known to be lost, which is why clients retry with their
     // idempotency key. The ones acknowledged before are all there.
@@ -393,11 +393,12 @@ async fn lease_tokens_keep_rising_after_a_restart_that_lost_the_aofs_tail() {
         .set_len(before_lease)
         .unwrap();
     redis.run();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while t.ping().await.is_err() {
-        assert!(Instant::now() < deadline, "the transport did not reconnect");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    herald_testenv::wait_ok(
+        "the transport to reconnect",
+        Duration::from_secs(10),
+        || t.ping(),
+    )
+    .await;
 
     // The lease is gone with the tail, so the delivery is leased again: under a new token, never
     // the one the old holder (still sending, as far as it knows) has.
