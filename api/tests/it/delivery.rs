@@ -519,6 +519,7 @@ async fn retention_deletes_old_attempts_and_keeps_newer_ones() {
     let sub = h.subscribe(&rx.url("/ret")).await;
     let old = h.ingest_ok(&sub, "{}").await;
     h.wait_status(&old, "succeeded", WAIT).await;
+    // Age is the point: the first attempt must be older than the second by about 2 s.
     tokio::time::sleep(Duration::from_millis(2000)).await;
     let new = h.ingest_ok(&sub, "{}").await;
     h.wait_status(&new, "succeeded", WAIT).await;

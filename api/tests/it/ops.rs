@@ -71,6 +71,9 @@ async fn queue_gauges_are_counted_in_the_background_not_per_scrape() {
         TestHerald::start_reading_gauges(&alone, &["--metrics-interval=1h", "--workers=false"])
             .await;
     let sub = slow.subscribe(&rx.url("/g")).await;
+    // Lets the count taken at start come before the ingests. Not a condition wait: a scrape
+    // cannot tell this Herald's first count from an earlier Herald's (the gauges are
+    // process-wide and keep their last values).
     tokio::time::sleep(Duration::from_millis(200)).await;
     for _ in 0..3 {
         assert_eq!(slow.ingest(&sub, "t", "{}").await.status(), 202);
@@ -102,6 +105,7 @@ async fn queue_gauges_are_counted_in_the_background_not_per_scrape() {
             // Nothing delivers (no workers): the oldest ready delivery's wait grows.
             let waiting = gauge(&m, "herald_queue_oldest_ready_age_seconds").unwrap();
             assert!((0.0..60.0).contains(&waiting), "{waiting}");
+            // Time is the point: the oldest ready delivery ages.
             tokio::time::sleep(Duration::from_millis(400)).await;
             let later = gauge(
                 &scrape(&fast).await,

@@ -264,6 +264,7 @@ fn terminal_failure(job: &Job) -> Settlement {
 
 /// A worker that died holding its jobs: its deliveries are reaped back to the queue.
 async fn reap_dead_worker(r: &Rig, worker_alive: &str) {
+    // Time is the point: the dead worker is silent for longer than the reap limit.
     tokio::time::sleep(Duration::from_millis(250)).await;
     r.queue.heartbeat(worker_alive, LEASE).await.unwrap();
     assert!(r.queue.reap(Duration::from_millis(200)).await.unwrap() >= 1);
@@ -285,6 +286,7 @@ async fn an_archive_failure_at_claim_holds_the_settle_until_the_event_is_stored(
     let jobs = claim(&r.queue, "wrk_1").await.unwrap();
     assert_eq!(jobs.len(), 2);
     assert_eq!(&jobs[0].payload[..], b"{\"a\":1}");
+    // A quiet window: a write that must not happen has no event to wait for.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(r.archive.event("msg_arch").await.unwrap().is_none());
     // Their settle cannot log an attempt naming an event the archive lacks: it fails, logs
@@ -360,6 +362,7 @@ async fn events_leased_while_an_archive_write_runs_are_stored_together_by_the_ne
         }
     }
     assert_eq!(jobs.len(), 3);
+    // A quiet window: a write that must not happen has no event to wait for.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         r.archive.stores.load(Ordering::SeqCst),

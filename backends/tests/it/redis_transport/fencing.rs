@@ -19,6 +19,7 @@ async fn stale_settlements_after_a_lease_ran_out_change_nothing() {
         .await
         .jobs
         .is_empty());
+    // Time is the point: the 150 ms lease runs out.
     tokio::time::sleep(Duration::from_millis(250)).await;
     let got = lease(t, &claim_request("w2", 1, LEASE)).await;
     assert_eq!(got.jobs.len(), 1);

@@ -17,6 +17,7 @@ async fn reaping_frees_only_silent_workers_and_marks_redelivery() {
         .unwrap();
     let live = lease(t, &claim_request("w_live", 10, LEASE)).await.jobs;
     assert_eq!(live.len(), 1);
+    // Time is the point: both workers go silent for longer than the reap limit below.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(t.heartbeat("w_live", LEASE).await.unwrap(), 1);
     assert_eq!(t.reap(Duration::from_millis(200)).await.unwrap(), 2);
@@ -57,6 +58,7 @@ async fn the_redelivered_mark_survives_a_deferral_and_ends_with_a_retry() {
         .await
         .unwrap();
     lease(t, &claim_request("w_gone", 1, LEASE)).await;
+    // Time is the point: the worker is silent for longer than the reap limit below.
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(t.reap(Duration::from_millis(20)).await.unwrap(), 1);
     let got = lease(t, &claim_request("w", 1, LEASE)).await;
@@ -97,6 +99,7 @@ async fn heartbeats_renew_and_unrenewed_leases_end() {
     let short = Duration::from_millis(300);
     let held = lease(t, &claim_request("w_live", 10, short)).await.jobs;
     for _ in 0..4 {
+        // Time is the point: each heartbeat comes after half the lease.
         tokio::time::sleep(Duration::from_millis(150)).await;
         assert_eq!(t.heartbeat("w_live", short).await.unwrap(), 2);
     }
@@ -109,6 +112,7 @@ async fn heartbeats_renew_and_unrenewed_leases_end() {
         .await
         .unwrap();
     assert_eq!(t.heartbeat("w_live", short).await.unwrap(), 1);
+    // Time is the point: the unrenewed 300 ms lease runs out.
     tokio::time::sleep(Duration::from_millis(400)).await;
     let taken = lease(t, &claim_request("w_other", 10, LEASE)).await;
     assert_eq!(taken.jobs.len(), 1);

@@ -39,6 +39,7 @@ async fn a_batch_to_a_subscription_waiting_for_a_retry_is_due_at_once_and_wakes_
         leased, ids,
         "every new delivery is due now, the retry is not"
     );
+    // A window for the wake-ups to arrive, long enough that one too many would show.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut wakes = 0;
     while let Some(Some(_)) =
@@ -81,6 +82,7 @@ async fn wait_for_work_wakes_on_a_publish_from_another_process() {
         w.wait_for_work(Duration::from_secs(5)).await;
         started.elapsed()
     });
+    // Let the spawned waiter begin its wait (nothing to observe from outside).
     tokio::time::sleep(Duration::from_millis(100)).await;
     let sent = Instant::now();
     publisher
@@ -133,17 +135,20 @@ async fn a_publish_wakes_workers_only_when_it_finds_the_intake_empty() {
     ] {
         t.publish(publish(id, &[sub], b"{}")).await.unwrap();
     }
+    // A window for the wake-ups to arrive, long enough that one too many would show.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(arrived(&mut messages), 1);
     // A claim fans the intake out (it wakes nobody: its caller takes the work).
     let leased = lease(&t, &claim_request("wrk_w", 10, LEASE)).await;
     assert_eq!(leased.jobs.len(), 4);
+    // A window for the wake-ups to arrive, long enough that one too many would show.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(arrived(&mut messages), 0);
     // The intake is empty again: the next event wakes.
     t.publish(publish("msg_w5", &["sub_a"], b"{}"))
         .await
         .unwrap();
+    // A window for the wake-ups to arrive, long enough that one too many would show.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(arrived(&mut messages), 1);
 }
@@ -164,16 +169,19 @@ async fn a_keyed_publish_wakes_workers_only_when_its_subscription_becomes_due_so
     for id in ["msg_k1", "msg_k2", "msg_k3"] {
         t.publish(keyed(id, "sub_a")).await.unwrap();
     }
+    // A window for the wake-ups to arrive, long enough that one too many would show.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(arrived(&mut messages), 1);
     // Another subscription's first event does.
     t.publish(keyed("msg_k4", "sub_b")).await.unwrap();
+    // A window for the wake-ups to arrive, long enough that one too many would show.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(arrived(&mut messages), 1);
     // Once a claim emptied the queue, the next event wakes again.
     let leased = lease(&t, &claim_request("wrk_w", 10, LEASE)).await;
     assert_eq!(leased.jobs.len(), 4);
     t.publish(keyed("msg_k5", "sub_a")).await.unwrap();
+    // A window for the wake-ups to arrive, long enough that one too many would show.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(arrived(&mut messages), 1);
 }
