@@ -53,18 +53,16 @@ async fn a_backlogged_slow_subscriber_does_not_delay_another() {
     // The fast subscriber's last delivery may still be settling when its receipt arrives, so
     // give in-flight a moment to fall back to the slow subscriber's share (4, not the 64
     // global slots the backlog would take without the per-subscription cap).
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let stats = loop {
+    let what = "the slow subscriber to hold no more than its concurrency";
+    herald_testenv::wait_ok(what, Duration::from_secs(3), || async {
         let (_, stats) = h.get("/stats").await;
-        if stats["queue"]["in_flight"].as_u64().unwrap() <= 4 || Instant::now() > deadline {
-            break stats;
+        if stats["queue"]["in_flight"].as_u64().unwrap() <= 4 {
+            Ok(())
+        } else {
+            Err(stats)
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(
-        stats["queue"]["in_flight"].as_u64().unwrap() <= 4,
-        "the slow subscriber holds no more than its concurrency: {stats}"
-    );
+    })
+    .await;
     h.stop().await;
 }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::{Api, Behaviour, Receiver};
 use herald_testenv::process::{self, Child as Proc};
-use herald_testenv::{free_port, wait_for, wait_ok, wait_until_blocking, Scratch};
+use herald_testenv::{free_port, wait_for, wait_ok, wait_until, wait_until_blocking, Scratch};
 use serde_json::{json, Value};
 
 fn herald_bin() -> PathBuf {
@@ -362,33 +362,23 @@ async fn a_change_made_through_one_api_process_reaches_another_within_a_second()
         )
         .await;
     assert_eq!(r.status(), 200);
-    let changed = Instant::now();
-    loop {
-        if two.ingest(&sub, "b", "{}").await.status() == 202 {
-            break;
-        }
-        assert!(
-            changed.elapsed() < Duration::from_secs(1),
-            "the other process still serves the old subscription after 1 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(
+        "the other process to serve the changed subscription",
+        Duration::from_secs(1),
+        || async { two.ingest(&sub, "b", "{}").await.status() == 202 },
+    )
+    .await;
 
     assert_eq!(
         one.delete(&format!("/subscriptions/{sub}")).await.status(),
         204
     );
-    let deleted = Instant::now();
-    loop {
-        if two.ingest(&sub, "a", "{}").await.status() == 404 {
-            break;
-        }
-        assert!(
-            deleted.elapsed() < Duration::from_secs(1),
-            "the other process still accepts events for a deleted subscription after 1 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(
+        "the other process to refuse events for the deleted subscription",
+        Duration::from_secs(1),
+        || async { two.ingest(&sub, "a", "{}").await.status() == 404 },
+    )
+    .await;
 }
 
 /// Runs a binary with `env` until it exits (at most 30 s) and returns its status and stderr.
@@ -1003,27 +993,20 @@ async fn a_redis_that_may_evict_keys_is_refused_at_start_and_while_running() {
     let sub = api.subscribe("http://127.0.0.1:9/never").await;
     api.ingest_ok(&sub, "{\"before\":1}").await;
     set_policy("volatile-lru");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let what = "ingest to be refused while Redis may evict";
+    let body = wait_until(what, Duration::from_secs(10), || async {
         let r = api.ingest(&sub, "order.created", "{\"during\":1}").await;
         match r.status().as_u16() {
-            202 => {}
-            503 => {
-                let body: Value = r.json().await.unwrap();
-                assert!(
-                    body.to_string().contains("maxmemory-policy"),
-                    "the refusal says why: {body}"
-                );
-                break;
-            }
+            202 => None,
+            503 => Some(r.json::<Value>().await.unwrap()),
             other => panic!("ingest answered {other} while Redis may evict"),
         }
-        assert!(
-            Instant::now() < deadline,
-            "ingest still accepted 10 s after Redis began to evict"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
+    assert!(
+        body.to_string().contains("maxmemory-policy"),
+        "the refusal says why: {body}"
+    );
     let (ready, _) = api.get("/readyz").await;
     assert_eq!(ready, 503, "not ready while Redis may evict");
     set_policy("noeviction");
