@@ -3,7 +3,7 @@
 # out its image (same paths, user, environment, entrypoint, healthcheck), from binaries built on
 # this machine. The Dockerfile stays the way to build the image for users; this script is for
 # machines without a Docker engine (the test node of scripts/testenv.sh). A test
-# (testenv/tests/image.rs) builds an archive with this script and compares it with the
+# (testenv/tests/it/dockerfile.rs) builds an archive with this script and compares it with the
 # Dockerfile, so that the two cannot drift.
 #
 #   scripts/build-image.sh [--profile release|dev] [--bin-dir DIR] [--name NAME] [--no-build] OUT.tar
@@ -25,7 +25,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=scripts/lib/oci.sh
 source "$ROOT/scripts/lib/oci.sh"
 
-# What the Dockerfile's runtime stage says (testenv/tests/image.rs compares).
+# What the Dockerfile's runtime stage says (testenv/tests/it/dockerfile.rs compares).
 BINARIES="herald herald-delivery herald-operator" # ARG BINARIES
 BIN_DEST=usr/local/bin                             # COPY --from=builder /out/bin/ /usr/local/bin/
 DATA_DIR=data                                      # COPY --chown=65532:65532 /out/data /data

@@ -16,10 +16,14 @@
 //! whose server is absent must fail in CI) and otherwise prints a message naming
 //! `scripts/testenv.sh` and returns `None`, so that the test can return early.
 
+pub mod process;
 pub mod scratch;
 pub mod suite;
+pub mod wait;
 
+pub use process::free_port;
 pub use scratch::Scratch;
+pub use wait::{wait_for, wait_ok, wait_until, wait_until_blocking, wait_until_every};
 
 use std::io::Write;
 use std::path::PathBuf;
