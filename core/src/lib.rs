@@ -6,6 +6,7 @@
 //! | module | holds |
 //! |---|---|
 //! | [`model`] | subscriptions, events, deliveries, attempts, claims and settlements |
+//! | [`spec`] | what a client may ask of a subscription, and its validation |
 //! | [`ids`] | the id types, id minting and parsing (prefixed ULIDs) |
 //! | [`retry`] | the retry schedule and the decision after each attempt |
 //! | [`signing`] | signatures of incoming events and outgoing deliveries |
@@ -38,6 +39,7 @@ pub mod ids;
 pub mod model;
 pub mod retry;
 pub mod signing;
+pub mod spec;
 pub mod ssrf;
 pub mod subscriptions;
 pub mod target;

@@ -19,7 +19,8 @@ use crate::backend::{HealthChange, Intake, ReplaceHealth};
 use crate::cache::SubscriptionCache;
 use crate::error::{Error, ValidationError};
 use crate::ids::SubscriptionId;
-use crate::model::{Owner, Subscription, SubscriptionPatch, SubscriptionSpec, ValidSpec};
+use crate::model::{Owner, Subscription};
+use crate::spec::{SubscriptionPatch, SubscriptionSpec, ValidSpec};
 use crate::ssrf::TargetGuard;
 use crate::target::TargetUrl;
 

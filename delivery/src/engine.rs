@@ -22,10 +22,9 @@ use futures::FutureExt;
 use herald_core::backend::Backend;
 use herald_core::cache::SubscriptionCache;
 use herald_core::error::chain;
-use herald_core::model::{
-    Attempt, ClaimRequest, Disposition, Job, Outcome, Settlement, TIMEOUT_MS_LIMIT,
-};
+use herald_core::model::{Attempt, ClaimRequest, Disposition, Job, Outcome, Settlement};
 use herald_core::retry::{self, due_after, AttemptOutcome, RetryPolicy};
+use herald_core::spec::TIMEOUT_MS_LIMIT;
 use herald_core::ssrf::TargetGuard;
 use herald_core::telemetry::{self, Metrics};
 use herald_runtime::config::{DeliveryArgs, ShutdownArgs, TargetArgs};

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use herald_core::model::{SubscriptionSpec, MAX_ATTEMPTS_LIMIT, TIMEOUT_MS_LIMIT};
+use herald_core::spec::{SubscriptionSpec, MAX_ATTEMPTS_LIMIT, TIMEOUT_MS_LIMIT};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use serde::{Deserialize, Serialize};

@@ -1025,7 +1025,7 @@ pub async fn concurrent_writes_lose_nothing(b: Backend) {
     use std::sync::Arc;
 
     use herald_core::cache::SubscriptionCache;
-    use herald_core::model::{SubscriptionPatch, SubscriptionSpec};
+    use herald_core::spec::{SubscriptionPatch, SubscriptionSpec};
     use herald_core::subscriptions::{Caller, Subscriptions};
 
     const ROUNDS: usize = 40;

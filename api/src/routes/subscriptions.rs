@@ -3,8 +3,8 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use herald_core::model::{SubscriptionPatch, SubscriptionSpec};
 use herald_core::retry::parse_duration;
+use herald_core::spec::{SubscriptionPatch, SubscriptionSpec};
 use herald_core::subscriptions::{check_overlap, Caller};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};

@@ -7,7 +7,8 @@ use std::time::Duration;
 use herald_backends::sqlite::{Sqlite, Sync};
 use herald_core::cache::SubscriptionCache;
 use herald_core::error::Error;
-use herald_core::model::{Owner, SubscriptionSpec};
+use herald_core::model::Owner;
+use herald_core::spec::SubscriptionSpec;
 use herald_core::ssrf::TargetGuard;
 use herald_core::subscriptions::{Caller, Subscriptions};
 

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use herald_core::backend::Backend;
 use herald_core::cache::SubscriptionCache;
-use herald_core::model::{Owner, SubscriptionSpec};
+use herald_core::model::Owner;
+use herald_core::spec::SubscriptionSpec;
 use herald_core::ssrf::TargetGuard;
 use herald_core::subscriptions::Subscriptions;
 use herald_operator::controller::{self, Context, FINALIZER};
