@@ -11,7 +11,7 @@
 //! the recorder writes what is left; heartbeats stop last, so no lease lapses before its
 //! settlement is written.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,6 +22,7 @@ use futures::FutureExt;
 use herald_core::backend::Backend;
 use herald_core::cache::SubscriptionCache;
 use herald_core::error::chain;
+use herald_core::ids::SubscriptionId;
 use herald_core::model::{Attempt, ClaimRequest, Disposition, Job, Outcome, Settlement};
 use herald_core::retry::{self, due_after, AttemptOutcome, RetryPolicy};
 use herald_core::spec::TIMEOUT_MS_LIMIT;
@@ -153,6 +154,8 @@ const STOP_BOUND: Duration = Duration::from_secs(5);
 struct Done {
     settlement: Settlement,
     final_outcome: Option<bool>,
+    /// Set for a delivery put off because its subscription was paused (see [`record`]).
+    paused: bool,
 }
 
 /// A claimed job and what it holds while it runs; dropping it gives everything back.
@@ -201,6 +204,7 @@ impl Engine {
         );
         let recorder = tokio::spawn(record(
             backend.clone(),
+            cache.clone(),
             done_rx,
             config.recorder.clone(),
             config.metrics.clone(),
@@ -391,7 +395,10 @@ impl Engine {
             return self.unattempted_failure(job, "", reason);
         };
         if sub.paused {
-            return self.defer(job, PAUSED_RECHECK, Some("subscription paused".into()));
+            return Done {
+                paused: true,
+                ..self.defer(job, PAUSED_RECHECK, Some("subscription paused".into()))
+            };
         }
         if let Some(reason) = self.health.refusal(&sub) {
             return self.unattempted_failure(job, &sub.target_url, reason);
@@ -445,6 +452,7 @@ impl Engine {
         Done {
             settlement: self.settlement(job, Some(attempt), decision.disposition(), r.error),
             final_outcome,
+            paused: false,
         }
     }
 
@@ -466,6 +474,7 @@ impl Engine {
         Done {
             settlement: self.settlement(job, Some(attempt), Disposition::Failed, Some(reason)),
             final_outcome: Some(false),
+            paused: false,
         }
     }
 
@@ -475,6 +484,7 @@ impl Engine {
         Done {
             settlement: self.settlement(job, None, Disposition::Defer(at), reason),
             final_outcome: None,
+            paused: false,
         }
     }
 
@@ -506,8 +516,16 @@ impl Engine {
 /// the heartbeats keep the leases meanwhile, and if the process dies the reaper returns the
 /// deliveries and they are made again (at least once). A write the store refuses for good
 /// (`StoreError::is_permanent`) is not retried: see [`settle_all`].
+///
+/// Deliveries put off because their subscription was paused wait [`PAUSED_RECHECK`]; resuming
+/// makes the waiting ones due at once (`Intake::expedite`). Failure point: a resume whose
+/// expedite ran while some of them were still on their way here (claimed while paused,
+/// settled after) would leave those for the whole wait. So after settling them the recorder
+/// reads their subscription again (the resume invalidated the cache before it expedited),
+/// and expedites once more if it is no longer paused.
 async fn record(
     backend: Backend,
+    cache: Arc<SubscriptionCache>,
     mut rx: mpsc::Receiver<Done>,
     watch: Arc<RecorderWatch>,
     metrics: Arc<Metrics>,
@@ -528,14 +546,37 @@ async fn record(
             }
         }
         let mut settlements = Vec::with_capacity(batch.len());
+        let mut paused = HashSet::new();
         for d in batch.drain(..) {
             if let Some(succeeded) = d.final_outcome {
                 metrics.count_final(succeeded);
             }
+            if d.paused {
+                paused.insert(d.settlement.subscription_id.clone());
+            }
             settlements.push(d.settlement);
         }
         settle_all(&backend, settlements, &watch).await;
+        for id in paused {
+            expedite_if_resumed(&backend, &cache, &id).await;
+        }
         watch.idle();
+    }
+}
+
+/// Makes the put-off deliveries of subscription `id` due now unless it is still paused (see
+/// [`record`]). A failed read or expedite leaves them to their recheck.
+async fn expedite_if_resumed(backend: &Backend, cache: &SubscriptionCache, id: &SubscriptionId) {
+    match cache.get(id).await {
+        Ok(Some(sub)) if sub.paused => {}
+        Ok(_) => {
+            if let Err(e) = backend.intake.expedite(id).await {
+                tracing::warn!(error = %chain(&e), subscription = %id, "expediting resumed deliveries failed");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %chain(&e), subscription = %id, "reading a paused subscription failed")
+        }
     }
 }
 

@@ -358,6 +358,44 @@ async fn status_is_queued_before_the_first_attempt() {
     h.stop().await;
 }
 
+/// Resuming a subscription while its deliveries are being put off (claimed while it was paused,
+/// settled after the resume made the waiting ones due) delivers every one of them at once, none
+/// left for the minute a paused delivery waits before it is looked at again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resume_amid_put_off_deliveries_leaves_none_behind() {
+    const EVENTS: usize = 3000;
+    let h = TestHerald::start(&[]).await;
+    let rx = Receiver::start().await;
+    let sub = h
+        .create_id(json!({"target_url": rx.url("/resumed"), "paused": true}))
+        .await;
+    // Events keep arriving (and workers keep putting them off) while the resume lands.
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut senders = Vec::new();
+    for _ in 0..8 {
+        let (api, sub, sent) = (h.api.clone(), sub.clone(), sent.clone());
+        senders.push(tokio::spawn(async move {
+            while sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < EVENTS {
+                api.ingest_ok(&sub, "{}").await;
+            }
+        }));
+    }
+    herald_testenv::wait_for("half the events accepted", WAIT, || async {
+        sent.load(std::sync::atomic::Ordering::Relaxed) >= EVENTS / 2
+    })
+    .await;
+    let r = h
+        .patch(&format!("/subscriptions/{sub}"), json!({"paused": false}))
+        .await;
+    assert_eq!(r.status(), 200);
+    for s in senders {
+        s.await.unwrap();
+    }
+    // Well inside the minute a put-off delivery would otherwise wait.
+    rx.wait_for("/resumed", EVENTS, Duration::from_secs(20)).await;
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn recent_deliveries_are_the_last_twenty_newest_first() {
     let h = TestHerald::start(&[]).await;

@@ -42,6 +42,7 @@ pub fn settings(dir: &std::path::Path, extra: &[&str]) -> Settings {
 }
 
 /// A client for one Herald's API, in-process or a separate process.
+#[derive(Clone)]
 pub struct Api {
     pub base: String,
     pub http: reqwest::Client,
