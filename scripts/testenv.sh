@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # shellcheck disable=SC2317  # functions are also called indirectly (traps, PREPARE, wait_for)
-# Herald's test environment: real Redis, on request (`redis-cluster`) a real Redis
-# Cluster of 3 masters and 3 replicas, FerretDB (MongoDB wire protocol),
+# Herald's test environment: real Redis, a real Redis Cluster of 3 masters and 3
+# replicas (`redis-cluster`), FerretDB (MongoDB wire protocol),
 # etcd + kube-apiserver (a node-less Kubernetes control plane), helm and
 # check-jsonschema (validates docker-compose.yml against the Compose spec); on request
 # (`node`) a real single-node cluster around that control plane, where pods run
@@ -29,9 +29,9 @@
 # Settings (environment):
 #   HERALD_TESTENV_CACHE    where built tools and Go caches live
 #                           (default: ${XDG_CACHE_HOME:-$HOME/.cache}/herald-testenv)
-#   HERALD_TESTENV_SERVERS  which servers to start (default: "redis mongo kube"; add
-#                           "redis-cluster" for a Redis Cluster, "node" for a real node:
-#                           root, cgroup v1 and overlayfs needed)
+#   HERALD_TESTENV_SERVERS  which servers to start (default: "redis redis-cluster mongo
+#                           kube"; add "node" for a real node: root, cgroup v1 and
+#                           overlayfs needed)
 #   HERALD_TESTENV_NODE_NET the node's /24 as its first three octets (default: 10.213.7)
 #   HERALD_TESTENV_GO_P     Go build parallelism (default: 1, or nproc when CI=true)
 #   HERALD_TESTENV_KEEP=1   keep the run directory (logs, data) after stopping
@@ -49,7 +49,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 MODS=$ROOT/tools/testenv
 HOME=${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}
 CACHE=${HERALD_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/herald-testenv}
-SERVERS=${HERALD_TESTENV_SERVERS:-redis mongo kube}
+SERVERS=${HERALD_TESTENV_SERVERS:-redis redis-cluster mongo kube}
 # The node is a node of the test control plane.
 [[ " $SERVERS " != *" node "* || " $SERVERS " == *" kube "* ]] || SERVERS+=" kube"
 # Bump when the way tools are built changes, to force a rebuild.

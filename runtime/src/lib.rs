@@ -18,7 +18,10 @@ pub fn exit(binary: &str, result: anyhow::Result<()>) -> std::process::ExitCode 
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{binary}: {e:#}");
-            std::process::ExitCode::FAILURE
+            // Exit here, not by returning: dropping the runtime ends the background tasks of
+            // clients opened before the failure (the MongoDB driver's), and one that panics
+            // while it ends would add its message to the one error line.
+            std::process::exit(1)
         }
     }
 }

@@ -33,6 +33,9 @@ pub const REDIS_URL_VAR: &str = "HERALD_TEST_REDIS_URL";
 /// Environment variable holding the Redis config file of the test server, for
 /// tests that restart Redis (`redis-server $HERALD_TEST_REDIS_CONF`); AOF is on.
 pub const REDIS_CONF_VAR: &str = "HERALD_TEST_REDIS_CONF";
+/// Environment variable holding every node of the Redis Cluster test server (3 masters, 3
+/// replicas), as `127.0.0.1:PORT` separated by commas.
+pub const REDIS_CLUSTER_NODES_VAR: &str = "HERALD_TEST_REDIS_CLUSTER_NODES";
 /// Environment variable holding the MongoDB URI of FerretDB (`mongodb://127.0.0.1:PORT/`).
 pub const MONGO_URI_VAR: &str = "HERALD_TEST_MONGO_URI";
 /// Environment variable holding the kubeconfig of the test control plane.
@@ -91,6 +94,12 @@ pub fn redis_url() -> Option<String> {
 /// Redis config file of the test server, for tests that restart Redis.
 pub fn redis_conf() -> Option<PathBuf> {
     required(REDIS_CONF_VAR, "the Redis test server's config").map(PathBuf::from)
+}
+
+/// The nodes of the Redis Cluster test server (`127.0.0.1:PORT` each), masters and replicas.
+pub fn redis_cluster_nodes() -> Option<Vec<String>> {
+    required(REDIS_CLUSTER_NODES_VAR, "the Redis Cluster test server")
+        .map(|v| v.split(',').map(str::to_string).collect())
 }
 
 /// MongoDB URI of the FerretDB test server (`mongodb://127.0.0.1:PORT/`).

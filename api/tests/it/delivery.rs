@@ -392,7 +392,8 @@ async fn a_resume_amid_put_off_deliveries_leaves_none_behind() {
         s.await.unwrap();
     }
     // Well inside the minute a put-off delivery would otherwise wait.
-    rx.wait_for("/resumed", EVENTS, Duration::from_secs(20)).await;
+    rx.wait_for("/resumed", EVENTS, Duration::from_secs(20))
+        .await;
     h.stop().await;
 }
 

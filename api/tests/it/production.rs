@@ -415,6 +415,8 @@ fn bad_production_configuration_is_one_error_line_and_a_failed_exit() {
     let dead_redis = format!("redis://{dead}/");
     let live_mongo = herald_testenv::mongo_uri();
     let live_redis = herald_testenv::redis_url();
+    // A node of a Redis Cluster: Herald's single-node client would lose events there.
+    let cluster_node = herald_testenv::redis_cluster_nodes().map(|n| format!("redis://{}/", n[0]));
     let mut cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
         (vec![("MONGO_URI", dead_mongo.as_str())], "REDIS_URL"),
         (vec![("REDIS_URL", dead_redis.as_str())], "MONGO_URI"),
@@ -439,6 +441,12 @@ fn bad_production_configuration_is_one_error_line_and_a_failed_exit() {
             vec![("MONGO_URI", m.as_str()), ("REDIS_URL", "not a url")],
             "Redis",
         ));
+        if let Some(node) = &cluster_node {
+            cases.push((
+                vec![("MONGO_URI", m.as_str()), ("REDIS_URL", node.as_str())],
+                "Redis Cluster",
+            ));
+        }
     }
     for bin in [herald_bin(), delivery_bin()] {
         for (env, names) in &cases {

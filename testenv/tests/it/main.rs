@@ -9,3 +9,4 @@ mod kube;
 mod mongo;
 mod node;
 mod redis;
+mod redis_cluster;
