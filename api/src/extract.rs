@@ -123,16 +123,29 @@ where
 }
 
 /// Well-formed JSON that does not fit `T` is a 422 naming the offending field by its path
-/// (`headers.X-Env`, `event_types[2]`); an error at the top level (a missing field, a body that
-/// is not an object) names the body.
+/// (`headers.X-Env`, `event_types[2]`). A missing field is reported at the object that lacks
+/// it, so its name (which serde gives only in the message) is added to that path (`target_url`,
+/// not the body); any other error at the top level (a body that is not an object) names the
+/// body.
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     check_json_syntax(bytes)?;
     let mut de = serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." { "body".into() } else { path };
-        ApiError::invalid(field, e.into_inner().to_string())
+        let message = e.into_inner().to_string();
+        let field = match (path.as_str(), named_field(&message)) {
+            (".", Some(name)) => name.to_string(),
+            (".", None) => "body".to_string(),
+            (_, Some(name)) => format!("{path}.{name}"),
+            (_, None) => path,
+        };
+        ApiError::invalid(field, message)
     })
+}
+
+/// The field a serde "missing field `x`" message names.
+fn named_field(message: &str) -> Option<&str> {
+    message.strip_prefix("missing field `")?.split('`').next()
 }
 
 /// Query parameters whose rejection (`?limit=abc`) is the API's JSON 400, not axum's plain text.
@@ -157,6 +170,39 @@ where
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn errors_name_the_field_by_its_path() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Inner {
+            name: String,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Outer {
+            target_url: String,
+            limit: Option<u32>,
+            inner: Option<Inner>,
+            tags: Option<Vec<u32>>,
+        }
+        let field = |body: &str| match parse_json::<Outer>(body.as_bytes()) {
+            Err(ApiError::Invalid { field, .. }) => field,
+            other => panic!("{body}: {other:?}"),
+        };
+        assert_eq!(field("{}"), "target_url");
+        assert_eq!(field(r#"{"target_url":"x","extra":1}"#), "extra");
+        assert_eq!(field(r#"{"target_url":"x","limit":"many"}"#), "limit");
+        assert_eq!(field(r#"{"target_url":"x","inner":{}}"#), "inner.name");
+        assert_eq!(
+            field(r#"{"target_url":"x","inner":{"name":"a","b":1}}"#),
+            "inner.b"
+        );
+        assert_eq!(field(r#"{"target_url":"x","tags":[1,"two"]}"#), "tags[1]");
+        assert_eq!(field(r#""a string""#), "body");
+    }
 
     #[test]
     fn json_media_types() {
@@ -221,8 +267,8 @@ mod tests {
             "event_types[1]"
         );
         assert_eq!(field_of(r#"{"target_url": "u", "unknown": 1}"#), "unknown");
-        // Serde reports a missing field, or a body that is not an object, at the top level.
-        assert_eq!(field_of("{}"), "body");
+        // A missing field is named; a body that is not an object is the body's fault.
+        assert_eq!(field_of("{}"), "target_url");
         assert_eq!(field_of("[]"), "body");
         let Err(ApiError::Invalid { message, .. }) = parse_json::<Spec>(b"{}") else {
             panic!("{{}} is refused");
