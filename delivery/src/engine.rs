@@ -298,24 +298,7 @@ impl Engine {
                 }
             };
             let got = claimed.jobs.len();
-            // One charge per payload buffer: the jobs of one event share both.
-            let mut charges: HashMap<usize, Arc<Charge>> = HashMap::new();
-            for job in claimed.jobs {
-                let charge = charges
-                    .entry(job.payload.as_ptr() as usize)
-                    .or_insert_with(|| Arc::new(self.in_flight.charge(job.payload.len())))
-                    .clone();
-                let running = Running {
-                    _slot: self.in_flight.enter(&job.subscription_id),
-                    _charge: charge,
-                    _permit: permits
-                        .clone()
-                        .try_acquire_owned()
-                        .expect("only the dispatcher takes permits"),
-                    job,
-                };
-                self.tasks.spawn(self.clone().run_job(running));
-            }
+            self.start(claimed.jobs, &permits);
             if got < want {
                 let mut wait = self.config.max_poll_interval;
                 if let Some(due) = claimed.next_due {
@@ -333,6 +316,29 @@ impl Engine {
                     break;
                 }
             }
+        }
+    }
+
+    /// Runs claimed jobs, each holding its subscription's slot, a share of the payload budget
+    /// and a permit (the claim asked for no more than the free permits).
+    fn start(self: &Arc<Self>, jobs: Vec<Job>, permits: &Arc<Semaphore>) {
+        // One charge per payload buffer: the jobs of one event share both.
+        let mut charges: HashMap<usize, Arc<Charge>> = HashMap::new();
+        for job in jobs {
+            let charge = charges
+                .entry(job.payload.as_ptr() as usize)
+                .or_insert_with(|| Arc::new(self.in_flight.charge(job.payload.len())))
+                .clone();
+            let running = Running {
+                _slot: self.in_flight.enter(&job.subscription_id),
+                _charge: charge,
+                _permit: permits
+                    .clone()
+                    .try_acquire_owned()
+                    .expect("only the dispatcher takes permits"),
+                job,
+            };
+            self.tasks.spawn(self.clone().run_job(running));
         }
     }
 

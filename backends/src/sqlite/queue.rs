@@ -12,9 +12,10 @@ use super::schema::{FAILED, LEASED, PENDING, SUCCEEDED};
 use super::store::{delete_in_chunks, insert_attempts};
 use super::{from_ms, now_ms, Sqlite};
 use herald_core::backend::{Intake, Result, WorkQueue, IDEMPOTENCY_WINDOW};
+use herald_core::ids::WebhookId;
 use herald_core::model::{
-    ClaimRequest, Claimed, DeliveryState, DeliveryStatus, Disposition, Job, Publish,
-    PublishOutcome, QueueStats, Settlement, WebhookRecord,
+    ClaimRequest, Claimed, DeliveryState, DeliveryStatus, Disposition, IdempotencyKey, Job,
+    Publish, PublishOutcome, QueueStats, Settlement, WebhookRecord,
 };
 
 /// [`IDEMPOTENCY_WINDOW`] as the stores' millisecond timestamps count it.
@@ -26,50 +27,13 @@ impl Intake for Sqlite {
         let out = self
             .write(move |c| {
                 let now = now_ms();
-                // Idempotency, in the same transaction as the insert it guards: a key is either
-                // recorded with its event or not at all. A key seen within the window answers
-                // the first result when the fingerprint matches, `KeyReused` when it does not;
-                // rows written before fingerprints existed (NULL) count as matching.
+                // In the same transaction as the insert it guards: a key is either recorded
+                // with its event or not at all.
                 if let Some(idem) = &p.idempotency {
-                    let seen: Option<(String, i64, i64, Option<Vec<u8>>)> = c
-                        .prepare_cached(
-                            "SELECT webhook_id, matched, created_at, fingerprint FROM idempotency
-                             WHERE scope = ?1 AND key = ?2",
-                        )
-                        .map_err(super::sql)?
-                        .query_row(params![idem.scope, idem.key], |r| {
-                            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                        })
-                        .optional()
-                        .map_err(super::sql)?;
-                    if let Some((webhook_id, matched, at, fingerprint)) = seen {
-                        if now - at < IDEMPOTENCY_WINDOW_MS {
-                            if fingerprint.is_some_and(|f| f[..] != idem.fingerprint[..]) {
-                                return Ok(PublishOutcome::KeyReused {
-                                    webhook_id: webhook_id.into(),
-                                });
-                            }
-                            return Ok(PublishOutcome::Duplicate {
-                                webhook_id: webhook_id.into(),
-                                matched: matched as usize,
-                            });
-                        }
+                    let matched = p.subscription_ids.len();
+                    if let Some(first) = idempotent(c, idem, &p.event.webhook_id, matched, now)? {
+                        return Ok(first);
                     }
-                    c.prepare_cached(
-                        "INSERT OR REPLACE INTO idempotency
-                            (scope, key, webhook_id, matched, created_at, fingerprint)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    )
-                    .map_err(super::sql)?
-                    .execute(params![
-                        idem.scope,
-                        idem.key,
-                        p.event.webhook_id.as_str(),
-                        p.subscription_ids.len() as i64,
-                        now,
-                        &idem.fingerprint[..]
-                    ])
-                    .map_err(super::sql)?;
                 }
                 if p.subscription_ids.is_empty() {
                     return Ok(PublishOutcome::Accepted);
@@ -393,6 +357,59 @@ fn touch_worker(c: &rusqlite::Connection, worker: &str, now: i64) -> Result<()> 
     .execute(params![worker, now])
     .map_err(super::sql)?;
     Ok(())
+}
+
+/// Checks and records an idempotency key (see [`Intake::publish`]): the first answer when the
+/// key was seen within the window (`KeyReused` when the fingerprint differs; rows written
+/// before fingerprints existed, NULL, count as matching), else `None` with the key recorded for
+/// `webhook_id`.
+fn idempotent(
+    c: &rusqlite::Connection,
+    idem: &IdempotencyKey,
+    webhook_id: &WebhookId,
+    matched: usize,
+    now: i64,
+) -> Result<Option<PublishOutcome>> {
+    let seen: Option<(String, i64, i64, Option<Vec<u8>>)> = c
+        .prepare_cached(
+            "SELECT webhook_id, matched, created_at, fingerprint FROM idempotency
+             WHERE scope = ?1 AND key = ?2",
+        )
+        .map_err(super::sql)?
+        .query_row(params![idem.scope, idem.key], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()
+        .map_err(super::sql)?;
+    if let Some((webhook_id, matched, at, fingerprint)) = seen {
+        if now - at < IDEMPOTENCY_WINDOW_MS {
+            if fingerprint.is_some_and(|f| f[..] != idem.fingerprint[..]) {
+                return Ok(Some(PublishOutcome::KeyReused {
+                    webhook_id: webhook_id.into(),
+                }));
+            }
+            return Ok(Some(PublishOutcome::Duplicate {
+                webhook_id: webhook_id.into(),
+                matched: matched as usize,
+            }));
+        }
+    }
+    c.prepare_cached(
+        "INSERT OR REPLACE INTO idempotency
+            (scope, key, webhook_id, matched, created_at, fingerprint)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .map_err(super::sql)?
+    .execute(params![
+        idem.scope,
+        idem.key,
+        webhook_id.as_str(),
+        matched as i64,
+        now,
+        &idem.fingerprint[..]
+    ])
+    .map_err(super::sql)?;
+    Ok(None)
 }
 
 /// One open row of a subscription, as the claim reads it.
