@@ -10,11 +10,12 @@
 //! `herald` and `herald-delivery` are other packages' binaries: `cargo test --workspace`
 //! builds them first; a narrower run needs `cargo build -p herald-api -p herald-delivery`.
 
+use crate::common::kubectl;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,30 +29,6 @@ const API_KEY: &str = "full-stack-api-key";
 
 fn sibling(name: &str, package: &str) -> PathBuf {
     process::sibling(env!("CARGO_BIN_EXE_herald-operator"), name, package)
-}
-
-fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&[u8]>) -> String {
-    let mut child = Command::new("kubectl")
-        .env("KUBECONFIG", kubeconfig)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl runs (on PATH under scripts/testenv.sh)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.unwrap_or_default())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// One HTTP/1.1 request on the loopback: the status and the body.

@@ -3,6 +3,7 @@
 //! kubectl, serves its probes, and on SIGTERM finishes, frees its Lease and exits 0; a SIGKILLed
 //! leader is replaced by its standby once its Lease runs out.
 
+use crate::common::kubectl;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -28,30 +29,6 @@ fn the_crd_subcommand_prints_the_checked_in_crd() {
         out.stdout == on_disk,
         "`herald-operator crd` differs from crds/"
     );
-}
-
-fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&[u8]>) -> String {
-    let mut child = Command::new("kubectl")
-        .env("KUBECONFIG", kubeconfig)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl runs (on PATH under scripts/testenv.sh)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.unwrap_or_default())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Applies the CRD `crd` prints and waits until the API server serves it.
