@@ -127,8 +127,13 @@ pub async fn wait_port(port: u16, within: Duration) {
 mod tests {
     use super::*;
 
+    /// Held by the tests that take ephemeral ports: the kernel may hand the port `free_port` just
+    /// released to the other test's `bind(0)` before this one binds it again.
+    static EPHEMERAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     #[test]
     fn free_ports_can_be_bound() {
+        let _ports = EPHEMERAL.blocking_lock();
         let port = free_port();
         assert_ne!(port, 0);
         std::net::TcpListener::bind(("127.0.0.1", port)).expect("the port is free");
@@ -156,6 +161,7 @@ mod tests {
 
     #[tokio::test]
     async fn wait_port_returns_once_the_port_listens() {
+        let _ports = EPHEMERAL.lock().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         wait_port(port, Duration::from_secs(5)).await;
