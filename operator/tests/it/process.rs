@@ -99,20 +99,7 @@ fn run_reconciles_serves_probes_and_stops_cleanly_on_sigterm() {
     });
     assert_eq!(http_status(port, "/healthz"), Some(200));
 
-    let example = std::fs::read(repo("examples/webhooksubscription.yaml")).unwrap();
-    kubectl(
-        &kubeconfig,
-        &["apply", "-n", &ns, "-f", "-"],
-        Some(&example),
-    );
-    let ready = r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#;
-    eventually("orders to be Ready", Duration::from_secs(30), || {
-        kubectl(
-            &kubeconfig,
-            &["get", "whs", "orders", "-n", &ns, "-o", ready],
-            None,
-        ) == "True"
-    });
+    apply_example(&kubeconfig, &ns);
     let id = kubectl(
         &kubeconfig,
         &[
@@ -249,20 +236,7 @@ fn a_sigkilled_leader_is_replaced_once_its_lease_runs_out() {
     println!("a SIGKILLed operator leader was replaced after {took:?}");
 
     // The new leader reconciles.
-    let example = std::fs::read(repo("examples/webhooksubscription.yaml")).unwrap();
-    kubectl(
-        &kubeconfig,
-        &["apply", "-n", &ns, "-f", "-"],
-        Some(&example),
-    );
-    let ready = r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#;
-    eventually("orders to be Ready", Duration::from_secs(30), || {
-        kubectl(
-            &kubeconfig,
-            &["get", "whs", "orders", "-n", &ns, "-o", ready],
-            None,
-        ) == "True"
-    });
+    apply_example(&kubeconfig, &ns);
     b.kill();
     kubectl(
         &kubeconfig,
@@ -278,4 +252,18 @@ fn a_sigkilled_leader_is_replaced_once_its_lease_runs_out() {
         ],
         None,
     );
+}
+
+/// Applies the README's example resource (`orders`) in `ns` and waits until it is Ready.
+fn apply_example(kubeconfig: &Path, ns: &str) {
+    let example = std::fs::read(repo("examples/webhooksubscription.yaml")).unwrap();
+    kubectl(kubeconfig, &["apply", "-n", ns, "-f", "-"], Some(&example));
+    let ready = r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#;
+    eventually("orders to be Ready", Duration::from_secs(30), || {
+        kubectl(
+            kubeconfig,
+            &["get", "whs", "orders", "-n", ns, "-o", ready],
+            None,
+        ) == "True"
+    });
 }
